@@ -1,0 +1,60 @@
+"""Training: the shared loop (``loop.py``) and one module per stage (``rae.py``, ``lfm.py``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+
+from degflow.loggers import build_logger
+from degflow.training.loop import RunContext, TrainSettings, fit, resolve_device
+
+log = logging.getLogger(__name__)
+
+STAGES = ("rae", "lfm")
+
+
+def build_stage(config: dict[str, Any], data, device):
+    """The :class:`~degflow.training.loop.Stage` selected by ``stage.name``."""
+    name = config["stage"]["name"]
+    if name == "rae":
+        from degflow.training.rae import RAEStage
+
+        return RAEStage(
+            instantiate(config["model"]["rae"]), data.train_scales, data.val, data.val_scales, device,
+            data_description=data.description, max_val_images=config["eval"]["max_images"],
+            strip_images=config["eval"]["strip_images"],
+        )
+    if name == "lfm":
+        from degflow.training.lfm import build_lfm_stage
+
+        return build_lfm_stage(config, data, device)
+    raise ValueError(f"stage.name={name!r} is not one of {list(STAGES)} (choose with stage=rae|lfm)")
+
+
+def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+    """Run one training job described by a resolved, plain ``config`` in ``run_dir``.
+
+    Builds data, stage and logger, trains with resume-by-default, always finishes the logger.
+    Returns the final validation metrics.
+    """
+    run_dir = Path(run_dir)
+    settings = TrainSettings(**config["stage"])
+    device = resolve_device(config["device"])
+    data = instantiate(config["data"], _convert_="all")
+    log.info("data: %s", data.description)
+    stage = build_stage(config, data, device)
+    logger_cfg = dict(config["logger"])
+    logger = build_logger(logger_cfg.pop("kind"), run_dir, config, **logger_cfg)
+    ctx = RunContext(run_dir=run_dir, device=device, precision=config["precision"], logger=logger,
+                     config=config, overrides=list(overrides), resume=config["resume"], seed=config["seed"],
+                     num_workers=config["num_workers"])
+    try:
+        metrics = fit(stage, data.train, settings, ctx)
+    except BaseException:
+        logger.finish(exit_code=1)
+        raise
+    logger.finish(exit_code=0)
+    return metrics

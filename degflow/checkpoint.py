@@ -1,0 +1,182 @@
+"""Checkpoint I/O: atomic writes, untrusted-safe loads, one documented format.
+
+A degflow checkpoint is a plain dict of tensors and plain containers (no pickled classes),
+so it loads with ``torch.load(..., weights_only=True)``:
+
+    {
+      "format": "degflow", "format_version": 1, "kind": "rae" | "lfm",
+      "degflow_version": str,
+      "step": int,
+      "models": {name: {"class": "degflow.models.rae.RAE", "config": {...}, "state_dict": {...}}},
+      "optimizer": state_dict | None, "scheduler": state_dict | None,
+      "rng": {"torch": ByteTensor, "cuda": [ByteTensor] , "numpy": {...}, "python": [...]},
+      "train_scales": [1.0, 2.0, 4.0],
+      "time_map": {"scales": [...], "times": [...]} | None,
+      "config": the run's resolved config as plain dicts,
+      "extra": {...}  # stage-specific plain data (spline settings, metrics ...)
+    }
+
+Everything a later stage needs (architecture arguments, training scales, the scale-to-time
+map) is written here once, never re-derived from YAML.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from degflow import __version__
+
+FORMAT = "degflow"
+FORMAT_VERSION = 1
+KINDS = ("rae", "lfm")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, of another kind or of an unsupported version."""
+
+
+def atomic_write_bytes(path: str | Path, write) -> None:
+    """Write a file atomically: ``write(fileobj)`` into a temp file beside ``path``, then rename.
+
+    A crash mid-write leaves the previous file (or nothing) in place, never a partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Atomically write a UTF-8 text file (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Atomically save a checkpoint dict (must already be plain tensors and containers)."""
+    if payload.get("kind") not in KINDS:
+        raise ValueError(f"checkpoint kind must be one of {list(KINDS)}, got {payload.get('kind')!r}")
+    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "degflow_version": __version__, **payload}
+    atomic_write_bytes(path, lambda f: torch.save(full, f))
+
+
+def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str | torch.device = "cpu",
+                    key: str = "ckpt") -> dict[str, Any]:
+    """Load a degflow checkpoint safely (``weights_only=True``) and check what it is.
+
+    Args:
+        path: checkpoint file.
+        kind: expected ``"rae"`` or ``"lfm"`` (None accepts either).
+        key: the config key that named this file, quoted in error messages.
+    Raises:
+        CheckpointError: missing file, unreadable/corrupt file, not a degflow checkpoint,
+            unsupported format version, or a checkpoint of another kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{key}={str(path)!r}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # corrupt, truncated, or holding non-plain objects
+        raise CheckpointError(
+            f"{key}={str(path)!r} could not be read as a degflow checkpoint "
+            f"(corrupt, truncated, or not a plain-tensor checkpoint): {type(err).__name__}: {err}"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{key}={str(path)!r} is not a degflow checkpoint (expected a dict with format='degflow')"
+        )
+    version = ckpt.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{key}={str(path)!r} has checkpoint format version {version!r}; this degflow "
+            f"({__version__}) reads version {FORMAT_VERSION}"
+        )
+    if kind is not None and ckpt.get("kind") != kind:
+        raise CheckpointError(
+            f"{key}={str(path)!r} is a stage-{ckpt.get('kind')!r} checkpoint, expected a stage-{kind!r} "
+            f"checkpoint ({'train one with `python train.py stage=' + kind + '`'})"
+        )
+    return ckpt
+
+
+def model_entry(model: torch.nn.Module) -> dict[str, Any]:
+    """The checkpoint entry of a model: its class path, constructor config and weights."""
+    cls = type(model)
+    return {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "config": dict(model.config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+
+
+def build_model(entry: dict[str, Any]) -> torch.nn.Module:
+    """Rebuild a model from :func:`model_entry` output (only degflow model classes are allowed)."""
+    from degflow.models.rae import RAE
+    from degflow.models.unet import VelocityUNet
+
+    allowed = {f"{c.__module__}.{c.__qualname__}": c for c in (RAE, VelocityUNet)}
+    cls = allowed.get(entry.get("class"))
+    if cls is None:
+        raise CheckpointError(f"checkpoint names model class {entry.get('class')!r}; known: {sorted(allowed)}")
+    model = cls(**entry["config"])
+    model.load_state_dict(entry["state_dict"])
+    return model
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """RNG states of torch (CPU and CUDA), numpy and Python, as plain tensors/containers."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+
+
+def find_latest_checkpoint(root: str | Path, kind: str) -> Path | None:
+    """The most recently written ``last.pt`` of stage ``kind`` under ``root`` (or None).
+
+    Runs are laid out as ``{root}/.../checkpoints/last.pt``; the kind is read from each file.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    candidates = sorted(root.rglob("checkpoints/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            continue
+        if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT and ckpt.get("kind") == kind:
+            return path
+    return None

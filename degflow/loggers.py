@@ -1,0 +1,99 @@
+"""Experiment loggers: wandb (offline by default) or none, plus a local history file.
+
+Every logger also appends its scalars to ``{run_dir}/history.jsonl`` so runs can be compared
+without any tracker. The wandb run id is kept in ``{run_dir}/wandb_id.txt``: a resumed job
+(same run directory, e.g. a requeued SLURM job) continues the same wandb run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+LOGGER_KINDS = ("none", "wandb")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return value
+
+
+class NullLogger:
+    """Console-free logger that only keeps ``history.jsonl`` in the run directory."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._history = self.run_dir / "history.jsonl"
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        """Record scalar ``metrics`` at ``step``."""
+        row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+        with open(self._history, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def log_image(self, key: str, image: torch.Tensor, step: int, caption: str = "") -> None:
+        """Record an image ``[3, H, W]`` in [-1, 1] (saved as PNG under ``{run_dir}/images``)."""
+        from degflow.data.images import write_image
+
+        write_image(self.run_dir / "images" / f"{key.replace('/', '_')}_{int(step):07d}.png", image)
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Close the run (idempotent)."""
+
+
+class WandbLogger(NullLogger):
+    """Weights & Biases logger; ``mode='offline'`` needs no account and no network."""
+
+    def __init__(self, run_dir: str | Path, config: dict[str, Any], mode: str = "offline",
+                 project: str = "degflow", entity: str | None = None, group: str | None = None,
+                 tags: list[str] | tuple[str, ...] = (), name: str | None = None):
+        super().__init__(run_dir)
+        if mode not in WANDB_MODES:
+            raise ValueError(f"logger.mode={mode!r} is not one of {list(WANDB_MODES)}")
+        import wandb
+
+        id_file = self.run_dir / "wandb_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+        id_file.write_text(run_id)
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self._wandb = wandb
+        self._run = wandb.init(
+            dir=str(self.run_dir), id=run_id, resume="allow", mode=mode, project=project, entity=entity,
+            group=group, tags=list(tags), name=name or self.run_dir.name, config=config,
+            settings=wandb.Settings(console="off", x_disable_stats=True),
+        )
+        self._finished = False
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        super().log(metrics, step)
+        self._run.log({k: _plain(v) for k, v in metrics.items()}, step=int(step))
+
+    def log_image(self, key: str, image: torch.Tensor, step: int, caption: str = "") -> None:
+        super().log_image(key, image, step, caption)
+        array = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        self._run.log({key: self._wandb.Image(array, caption=caption)}, step=int(step))
+
+    def finish(self, exit_code: int = 0) -> None:
+        if not self._finished:
+            self._finished = True
+            self._run.finish(exit_code=exit_code)
+
+
+def build_logger(kind: str, run_dir: str | Path, config: dict[str, Any], **options: Any) -> NullLogger:
+    """Create the logger selected by ``logger.kind`` (``none`` or ``wandb``)."""
+    if kind == "none":
+        return NullLogger(run_dir)
+    if kind == "wandb":
+        return WandbLogger(run_dir, config, **options)
+    raise ValueError(f"logger.kind={kind!r} is not one of {list(LOGGER_KINDS)} (choose with logger=wandb|none)")

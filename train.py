@@ -1,0 +1,26 @@
+"""Train a DegFlow stage: ``python train.py stage=rae`` then ``python train.py stage=lfm``.
+
+Wiring only: compose the config (Hydra), convert it to plain Python, hand it to
+:func:`degflow.training.train`. Sweeps: ``python train.py stage=lfm -m solver.steps=8,16,32``.
+"""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from degflow.config import register_resolvers, to_plain
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from degflow.training import train
+
+    hydra_cfg = HydraConfig.get()
+    metrics = train(to_plain(cfg), hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
+    return metrics.get("objective")
+
+
+if __name__ == "__main__":
+    main()
