@@ -1,0 +1,236 @@
+"""Image-quality metrics in the SR evaluation protocol, and the bicubic baseline.
+
+All metrics take images in [-1, 1], ``[B, 3, H, W]`` (a single ``[3, H, W]`` image is
+treated as B = 1) and return per-image ``[B]`` tensors (float64 for PSNR / SSIM).
+
+Protocol (as in the SR literature, e.g. BasicSR's ``test_y_channel`` evaluation):
+images are mapped to [0, 1], quantized to 8 bit (as if saved to PNG), converted to the
+ITU-R BT.601 luma Y in [16, 235] / 255, a ``shave``-pixel border is dropped, then
+PSNR (data range 1, i.e. 255 on the 0..255 Y scale) or SSIM (Gaussian 11x11, sigma 1.5,
+K1 = 0.01, K2 = 0.03, data range 255 on the 0..255 Y scale, 'valid' filtering) is computed.
+Y itself is not rounded after conversion.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from degflow.perceptual import load_lpips
+
+__all__ = [
+    "rgb_to_y",
+    "psnr_y",
+    "ssim_y",
+    "LPIPSMetric",
+    "lpips_metric",
+    "resize_to_lr",
+    "bicubic_baseline",
+]
+
+# ITU-R BT.601 (MATLAB rgb2ycbcr) luma for R, G, B in [0, 1] -> Y on the 0..255 scale.
+_Y_OFFSET = 16.0
+_Y_COEFFS = (65.481, 128.553, 24.966)
+
+
+def _as_batch(x: Tensor, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(
+            f"{name} must be an RGB image [3, H, W] or batch [B, 3, H, W] in [-1, 1]; "
+            f"got shape {tuple(x.shape)}."
+        )
+    return x
+
+
+def _pair(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    pred, target = _as_batch(pred, "pred"), _as_batch(target, "target")
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target must have the same shape; got {tuple(pred.shape)} and "
+            f"{tuple(target.shape)}."
+        )
+    return pred, target
+
+
+def rgb_to_y(x01: Tensor) -> Tensor:
+    """BT.601 luma of RGB in [0, 1]: ``[B, 3, H, W]`` -> ``[B, 1, H, W]`` in [16, 235] / 255.
+
+    Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255 (MATLAB ``rgb2ycbcr`` convention).
+    """
+    x01 = _as_batch(x01, "x01")
+    w = torch.tensor(_Y_COEFFS, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
+    return ((x01 * w).sum(dim=1, keepdim=True) + _Y_OFFSET) / 255.0
+
+
+def _to_y(x: Tensor, quantize: bool) -> Tensor:
+    """[-1, 1] RGB batch -> float64 Y in [16, 235] / 255, ``[B, 1, H, W]``."""
+    x01 = ((x.detach().to(torch.float64) + 1.0) / 2.0).clamp(0.0, 1.0)
+    if quantize:
+        x01 = torch.round(x01 * 255.0) / 255.0
+    return rgb_to_y(x01)
+
+
+def _shave(y: Tensor, shave: int) -> Tensor:
+    if not isinstance(shave, int) or shave < 0:
+        raise ValueError(f"shave must be an integer >= 0 (border pixels dropped), got {shave!r}.")
+    if shave == 0:
+        return y
+    h, w = y.shape[-2:]
+    if h <= 2 * shave or w <= 2 * shave:
+        raise ValueError(
+            f"shave={shave} leaves nothing of a {h}x{w} image; use a smaller shave."
+        )
+    return y[..., shave:-shave, shave:-shave]
+
+
+def psnr_y(pred: Tensor, target: Tensor, shave: int = 4, quantize: bool = True) -> Tensor:
+    """Y-channel PSNR in dB per image, ``[B]`` float64 (``inf`` for identical images).
+
+    Args:
+        pred, target: ``[B, 3, H, W]`` in [-1, 1].
+        shave: border pixels dropped on each side before measuring.
+        quantize: round both to 8 bit first (as when the images are saved as PNG).
+    """
+    pred, target = _pair(pred, target)
+    yp = _shave(_to_y(pred, quantize), shave)
+    yt = _shave(_to_y(target, quantize), shave)
+    mse = (yp - yt).pow(2).flatten(1).mean(dim=1)
+    return 10.0 * torch.log10(1.0 / mse)  # mse == 0 -> inf
+
+
+def _gaussian_window(size: int, sigma: float, dtype, device) -> Tensor:
+    coords = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2.0
+    g = torch.exp(-(coords**2) / (2.0 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).view(1, 1, size, size)
+
+
+def ssim_y(
+    pred: Tensor,
+    target: Tensor,
+    shave: int = 4,
+    quantize: bool = True,
+    window_size: int = 11,
+    sigma: float = 1.5,
+) -> Tensor:
+    """Y-channel SSIM per image, ``[B]`` float64.
+
+    Wang et al. SSIM on Y in 0..255 (data range 255, K1 = 0.01, K2 = 0.03), Gaussian window
+    ``window_size`` x ``window_size`` with std ``sigma``, 'valid' filtering (no padding),
+    mean over the SSIM map. Matches ``skimage.metrics.structural_similarity(...,
+    gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255)``.
+    """
+    pred, target = _pair(pred, target)
+    yp = _shave(_to_y(pred, quantize), shave) * 255.0
+    yt = _shave(_to_y(target, quantize), shave) * 255.0
+    h, w = yp.shape[-2:]
+    if h < window_size or w < window_size:
+        raise ValueError(
+            f"SSIM needs at least {window_size}x{window_size} pixels after shaving; "
+            f"got {h}x{w}."
+        )
+    win = _gaussian_window(window_size, sigma, yp.dtype, yp.device)
+    c1 = (0.01 * 255.0) ** 2
+    c2 = (0.03 * 255.0) ** 2
+    mu_p = F.conv2d(yp, win)
+    mu_t = F.conv2d(yt, win)
+    var_p = F.conv2d(yp * yp, win) - mu_p**2
+    var_t = F.conv2d(yt * yt, win) - mu_t**2
+    cov = F.conv2d(yp * yt, win) - mu_p * mu_t
+    ssim_map = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / (
+        (mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2)
+    )
+    return ssim_map.flatten(1).mean(dim=1)
+
+
+class LPIPSMetric:
+    """LPIPS v0.1 (AlexNet) as an evaluation metric: ``metric(pred, target) -> [B]``.
+
+    Inputs ``[B, 3, H, W]`` in [-1, 1]; evaluated without gradients. The backbone file is
+    found as in :func:`degflow.perceptual.load_lpips` (config key
+    ``eval.lpips_backbone_weights``, then ``$DEGFLOW_LPIPS_WEIGHTS``, then torchvision's cache).
+    """
+
+    def __init__(
+        self,
+        backbone_weights: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        net: str = "alex",
+    ):
+        self.module = load_lpips(net, backbone_weights, device=device)
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def __call__(self, pred: Tensor, target: Tensor) -> Tensor:
+        pred, target = _pair(pred, target)
+        return self.module(
+            pred.to(self.device, torch.float32), target.to(self.device, torch.float32)
+        )
+
+
+# Alias: the name used in the project's plan.
+lpips_metric = LPIPSMetric
+
+
+def _check_scale(scale: float) -> float:
+    try:
+        s = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale must be a number >= 1 (downscaling factor), got {scale!r}.")
+    if not math.isfinite(s) or s < 1.0:
+        raise ValueError(f"scale must be a finite number >= 1 (downscaling factor), got {scale!r}.")
+    return s
+
+
+def _lr_size(h: int, w: int, s: float) -> tuple[int, int]:
+    lh, lw = round(h / s), round(w / s)
+    if lh < 1 or lw < 1:
+        raise ValueError(f"scale={s} is too large for a {h}x{w} image (LR size {lh}x{lw}).")
+    return lh, lw
+
+
+def resize_to_lr(x: Tensor, scale: float, clamp: bool = True) -> Tensor:
+    """Antialiased bicubic downscale by ``scale`` to round(H/s) x round(W/s) (true LR size).
+
+    ``x``: ``[B, 3, H, W]`` (or ``[3, H, W]``, returned in the same layout) in [-1, 1].
+    Scale 1 returns a copy. ``clamp`` clips bicubic overshoot to [-1, 1].
+    """
+    s = _check_scale(scale)
+    single = x.ndim == 3
+    xb = _as_batch(x, "x")
+    h, w = xb.shape[-2:]
+    if s == 1.0:
+        out = xb.clone()
+    else:
+        out = F.interpolate(xb, size=_lr_size(h, w, s), mode="bicubic", align_corners=False,
+                            antialias=True)
+    if clamp:
+        out = out.clamp(-1.0, 1.0)
+    return out[0] if single else out
+
+
+def bicubic_baseline(hr: Tensor, scale: float) -> Tensor:
+    """Bicubic LR at HR pixel size (the way RealSR stores LR): down by ``scale``, back up.
+
+    HR ``[B, 3, H, W]`` (or ``[3, H, W]``) in [-1, 1] -> same shape, clamped to [-1, 1].
+    Down: antialiased bicubic to round(H/s) x round(W/s); up: bicubic to H x W.
+    Scale 1 is the identity.
+    """
+    s = _check_scale(scale)
+    single = hr.ndim == 3
+    hb = _as_batch(hr, "hr")
+    if s == 1.0:
+        out = hb.clone()
+    else:
+        lr = resize_to_lr(hb, s)  # clamped, like an LR image that was saved
+        out = F.interpolate(lr, size=tuple(hb.shape[-2:]), mode="bicubic", align_corners=False)
+    out = out.clamp(-1.0, 1.0)
+    return out[0] if single else out

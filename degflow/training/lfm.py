@@ -1,0 +1,279 @@
+"""Stage 2: latent flow matching (LFM) with the RAE frozen.
+
+Per step: encode the aligned training-scale images (HR, x2, x4 by default; held-out scales
+are never loaded) under no_grad, draw t ~ U(0, 1) per sample, evaluate the path (natural cubic
+spline or piecewise-linear) through the knot latents, regress the velocity network onto the
+path derivative, and add lambda * LPIPS on the decoded Taylor extrapolation to the segment's
+right knot (see :mod:`degflow.losses`). Validation generates every validation scale from the
+HR latent with the configured solver through :class:`degflow.synthesis.Synthesizer`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from degflow.checkpoint import CheckpointError, build_model, find_latest_checkpoint, load_checkpoint, model_entry
+from degflow.losses import LossSettings, flow_matching_loss, segment_weights, taylor_extrapolate
+from degflow.metrics import bicubic_baseline, psnr_y, ssim_y
+from degflow.perceptual import load_lpips
+from degflow.solvers import SolverSpec
+from degflow.spline import PATH_KINDS, evaluate_path
+from degflow.synthesis import Synthesizer
+from degflow.timemap import TimeMap, build_time_map
+from degflow.training.loop import Stage
+from degflow.training.rae import scale_key, validation_items
+from degflow.visualize import image_strip
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SplineSettings:
+    """Config node ``spline``: the path through the knot latents and where the knots sit in time."""
+
+    path: str = "cubic"
+    knots: str = "nominal"
+    effective_scales: dict | None = None
+    knot_times: list | None = None
+    learn_knots: bool = False
+
+    def __post_init__(self) -> None:
+        if self.path not in PATH_KINDS:
+            raise ValueError(f"spline.path={self.path!r} is not one of {list(PATH_KINDS)}")
+
+    def time_map(self, train_scales: tuple[float, ...]) -> TimeMap:
+        effective = None
+        if self.effective_scales is not None:
+            effective = {float(k): float(v) for k, v in self.effective_scales.items()}
+            effective.setdefault(1.0, 1.0)
+        return build_time_map(self.knots, train_scales, effective, self.knot_times)
+
+
+class KnotTimes(torch.nn.Module):
+    """Knot times ``[K]`` with the end knots fixed and, optionally, learnable interior knots.
+
+    Interior times are parametrised by softmax gaps, so they stay strictly increasing and
+    inside (t_0, t_{K-1}) whatever the optimiser does.
+    """
+
+    def __init__(self, times: tuple[float, ...], learnable: bool):
+        super().__init__()
+        t = torch.tensor(times, dtype=torch.float64)
+        self.register_buffer("start", t[:1].float())
+        self.register_buffer("span", (t[-1:] - t[:1]).float())
+        gaps = torch.log(torch.diff(t) / (t[-1] - t[0])).float()              # [K-1]
+        self.gap_logits = torch.nn.Parameter(gaps, requires_grad=learnable)
+
+    def forward(self) -> torch.Tensor:
+        """Knot times ``[K]``."""
+        gaps = torch.softmax(self.gap_logits, 0) * self.span                  # [K-1]
+        return torch.cat([self.start, self.start + torch.cumsum(gaps, 0)])
+
+
+def resolve_rae_checkpoint(rae_ckpt: str | None, output_root: str | Path) -> Path:
+    """The stage-1 checkpoint to use: ``rae_ckpt`` if given, else the latest RAE run under ``output_root``."""
+    if rae_ckpt:
+        return Path(rae_ckpt)
+    found = find_latest_checkpoint(output_root, "rae")
+    if found is None:
+        raise CheckpointError(
+            f"rae_ckpt is not set and no stage-1 run was found under output_root={str(output_root)!r}; "
+            "train one first (`python train.py stage=rae`) or pass rae_ckpt=path/to/checkpoints/last.pt"
+        )
+    log.info("rae_ckpt not set: using the most recent RAE run %s", found)
+    return found
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file (identifies checkpoints in metrics and manifests)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LFMStage(Stage):
+    """Stage-2 hooks for :func:`degflow.training.loop.fit`."""
+
+    kind = "lfm"
+
+    def __init__(self, rae: torch.nn.Module, velocity: torch.nn.Module, train_scales: tuple[float, ...],
+                 spline: SplineSettings, loss: LossSettings, solver: SolverSpec, val_set,
+                 val_scales: tuple[float, ...], device: torch.device, rae_source: dict[str, Any],
+                 lpips_loss: torch.nn.Module | None, lpips_metric: torch.nn.Module | None,
+                 max_val_images: int | None = None, strip_images: int = 1, precision: str = "fp32"):
+        self.train_scales = tuple(float(s) for s in train_scales)
+        if len(self.train_scales) < 2 or self.train_scales[0] != 1.0:
+            raise ValueError(f"data.train_scales must start with 1 (the HR knot) and have at least two knots, "
+                             f"got {list(train_scales)}")
+        self.rae = rae.to(device).eval().requires_grad_(False)
+        self.velocity = velocity.to(device)
+        self.spline, self.loss_settings, self.solver = spline, loss, solver
+        self.knots = KnotTimes(spline.time_map(self.train_scales).times, spline.learn_knots).to(device)
+        self.val_set, self.val_scales = val_set, tuple(float(s) for s in val_scales)
+        self.device, self.precision = device, precision
+        self.rae_source = rae_source
+        self.lpips_loss, self.lpips_metric = lpips_loss, lpips_metric
+        self.max_val_images, self.strip_images = max_val_images, strip_images
+
+    # -- the time map as trained so far (learned interior knots included) --------------------
+    def time_map(self) -> TimeMap:
+        return TimeMap.from_times(self.train_scales, [float(t) for t in self.knots().detach().cpu()])
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        params = list(self.velocity.parameters())
+        if self.spline.learn_knots:
+            params.append(self.knots.gap_logits)
+        return params
+
+    def train_modules(self) -> list[torch.nn.Module]:
+        return [self.velocity]
+
+    @torch.no_grad()
+    def encode_knots(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Latents of the knot images and the HR skip features.
+
+        Args:
+            images: ``[B, K, 3, H, W]``, index 0 = the HR image.
+        Returns:
+            knots ``[B, K, C, h, w]`` and the HR skip features (list of ``[B, ...]``).
+        """
+        b, k = images.shape[:2]
+        z, feats = self.rae.encode(images.flatten(0, 1))                      # [B*K,C,h,w]
+        hr_feats = [f.view(b, k, *f.shape[1:])[:, 0] for f in feats]
+        return z.view(b, k, *z.shape[1:]).float(), hr_feats
+
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        hr, lr = batch["hr"], batch["lr"]                                    # [B,3,H,W], [B,K-1,3,H,W]
+        images = torch.cat([hr[:, None], lr], dim=1)                         # [B,K,3,H,W]
+        knots, hr_feats = self.encode_knots(images)
+        knot_times = self.knots()                                            # [K]
+        b = hr.shape[0]
+        t = knot_times[0].detach() + torch.rand(b, device=hr.device) * (knot_times[-1] - knot_times[0]).detach()
+        point = evaluate_path(self.spline.path, knot_times, knots, t)
+        v = self.velocity(point.value, t)                                    # [B,C,h,w]
+        fm = flow_matching_loss(v, point.d1)                                 # [B]
+        loss = fm.mean()
+        scalars = {"fm": float(loss)}
+        if self.loss_settings.lpips_weight > 0:
+            dt = point.right_time - t                                        # [B]
+            z_hat = taylor_extrapolate(point, v.float(), dt, self.loss_settings.taylor_order)
+            x_hat = self.rae.decode(z_hat, hr_feats)                         # [B,3,H,W]
+            target = images[torch.arange(b, device=hr.device), point.segment + 1]
+            perceptual = self.lpips_loss(x_hat.float(), target.float())      # [B]
+            weighted = (segment_weights(dt, self.loss_settings.segment_weighting) * perceptual).mean()
+            loss = loss + self.loss_settings.lpips_weight * weighted
+            scalars["lpips"] = float(perceptual.mean())
+        if self.spline.learn_knots:
+            scalars.update({f"knot_t{i}": float(v) for i, v in enumerate(knot_times.detach())})
+        return loss, scalars
+
+    def synthesizer(self) -> Synthesizer:
+        return Synthesizer(self.rae, self.velocity, self.time_map(), self.solver, self.device, self.precision,
+                           max_trained_scale=self.train_scales[-1])
+
+    @torch.no_grad()
+    def validate(self, step: int) -> dict[str, Any]:
+        synth = self.synthesizer()
+        allow = max(self.val_scales) > self.train_scales[-1]
+        names = ("psnr_y", "ssim_y", "psnr_y_bicubic", "psnr_y_ae_interp") + (("lpips",) if self.lpips_metric else ())
+        sums = {s: dict.fromkeys(names, 0.0) for s in self.val_scales}
+        count, nfe, seconds, strip_rows = 0, 0, 0.0, []
+        knot_times = torch.tensor(synth.time_map.times, device=self.device)
+        for item in validation_items(self.val_set, self.max_val_images, self.device):
+            hr = item["hr"]                                                  # [1,3,H,W]
+            real = {1.0: hr, **{float(s): item["lr"][:, j] for j, s in enumerate(item["scales"][0].tolist())}}
+            result = synth.generate(hr, self.val_scales, allow_extrapolation=allow)
+            nfe, seconds = result.nfe, seconds + result.seconds
+            # oracle baseline: the path through the REAL encoded training-scale latents
+            knots, hr_feats = self.encode_knots(torch.stack([real[s] for s in self.train_scales], dim=1))
+            for s in self.val_scales:
+                fake, target = result.images[s], real[s]
+                sums[s]["psnr_y"] += float(psnr_y(fake, target).mean())
+                sums[s]["ssim_y"] += float(ssim_y(fake, target).mean())
+                sums[s]["psnr_y_bicubic"] += float(psnr_y(bicubic_baseline(hr, s), target).mean())
+                point = evaluate_path(self.spline.path, knot_times, knots, torch.full((1,), result.times[s],
+                                                                                    device=self.device))
+                interp = self.rae.decode(point.value, hr_feats).clamp(-1, 1)
+                sums[s]["psnr_y_ae_interp"] += float(psnr_y(interp, target).mean())
+                if self.lpips_metric is not None:
+                    sums[s]["lpips"] += float(self.lpips_metric(fake, target).mean())
+            if count < self.strip_images:
+                strip_rows.append(([real[s][0] for s in self.val_scales],
+                                   [result.images[s][0] for s in self.val_scales]))
+            count += 1
+        if count == 0:
+            raise ValueError("the validation set is empty (check the data config's validation split)")
+        scales = {}
+        for s in self.val_scales:
+            row: dict[str, Any] = {k: v / count for k, v in sums[s].items()}
+            row.update(t=float(synth.time_map.scale_to_time(s)), heldout=s not in self.train_scales)
+            scales[scale_key(s)] = row
+        heldout = [r for r in scales.values() if r["heldout"]] or list(scales.values())
+        objective = sum(r["psnr_y"] for r in heldout) / len(heldout)
+        summary = " ".join(
+            f"{scale_key(s)}{'*' if scales[scale_key(s)]['heldout'] else ''}:{scales[scale_key(s)]['psnr_y']:.2f}"
+            f"(bic {scales[scale_key(s)]['psnr_y_bicubic']:.2f})" for s in self.val_scales if s != 1.0
+        )
+        images = {f"val/strip{i}": (image_strip([a, b]), "top: real per scale; bottom: generated "
+                                    f"({', '.join(scale_key(s) for s in self.val_scales)})")
+                  for i, (a, b) in enumerate(strip_rows)}
+        return {
+            "scales": scales, "objective": objective, "objective_name": "mean Y-PSNR over held-out scales",
+            "nfe": nfe, "seconds_per_image": seconds / count, "images_evaluated": count,
+            "solver": asdict(self.solver), "knot_times": list(synth.time_map.times),
+            "summary": f"gen Y-PSNR {summary} (*held out) | NFE {nfe} | {seconds / count:.2f}s/img",
+            "images": images,
+        }
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "models": {"rae": model_entry(self.rae), "velocity": model_entry(self.velocity)},
+            "train_scales": list(self.train_scales),
+            "time_map": self.time_map().to_dict(),
+            "knot_state": {k: v.detach().cpu() for k, v in self.knots.state_dict().items()},
+            "extra": {"spline": asdict(self.spline), "loss": asdict(self.loss_settings),
+                      "solver": {"method": self.solver.method, "steps": self.solver.steps,
+                                 "rtol": self.solver.rtol, "atol": self.solver.atol},
+                      "rae_source": self.rae_source, "val_scales": list(self.val_scales)},
+        }
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        self.rae.load_state_dict(ckpt["models"]["rae"]["state_dict"])
+        self.velocity.load_state_dict(ckpt["models"]["velocity"]["state_dict"])
+        self.knots.load_state_dict(ckpt["knot_state"])
+
+
+def build_lfm_stage(config: dict[str, Any], data, device: torch.device) -> LFMStage:
+    """Wire stage 2 from a plain config: frozen RAE from its checkpoint, velocity net, losses, solver."""
+    from hydra.utils import instantiate
+
+    spline = SplineSettings(**config["spline"])
+    loss = LossSettings(**config["loss"])
+    solver = SolverSpec.create(**config["solver"])
+    rae_path = resolve_rae_checkpoint(config["rae_ckpt"], config["output_root"])
+    rae_ckpt = load_checkpoint(rae_path, kind="rae", key="rae_ckpt")
+    rae = build_model(rae_ckpt["models"]["rae"])
+    if [float(s) for s in rae_ckpt["train_scales"]] != [float(s) for s in data.train_scales]:
+        log.warning("the RAE was trained on scales %s, the LFM trains on %s", rae_ckpt["train_scales"],
+                    list(data.train_scales))
+    velocity = instantiate(config["model"]["lfm"], _convert_="all")
+    lpips_loss = lpips_metric = None
+    if loss.lpips_weight > 0:
+        lpips_loss = load_lpips(loss.lpips_net, loss.lpips_backbone_weights, device=device)
+    if config["eval"]["lpips"]:
+        lpips_metric = load_lpips("alex", config["eval"]["lpips_backbone_weights"], device=device)
+    return LFMStage(
+        rae, velocity, data.train_scales, spline, loss, solver, data.val, data.val_scales, device,
+        rae_source={"path": str(rae_path), "sha256": file_sha256(rae_path), "step": int(rae_ckpt["step"])},
+        lpips_loss=lpips_loss, lpips_metric=lpips_metric, max_val_images=config["eval"]["max_images"],
+        strip_images=config["eval"]["strip_images"], precision=config["precision"],
+    )

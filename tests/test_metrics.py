@@ -1,0 +1,127 @@
+"""SR evaluation metrics (Y-PSNR, Y-SSIM, LPIPS metric) and the bicubic baseline."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from degflow.metrics import (
+    LPIPSMetric,
+    bicubic_baseline,
+    psnr_y,
+    resize_to_lr,
+    rgb_to_y,
+    ssim_y,
+)
+
+
+def _rand(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(*shape, generator=g) * 2 - 1
+
+
+def test_rgb_to_y_uses_bt601_matlab_coefficients():
+    rgb = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0],
+                        [0.0, 0.0, 1.0]]).view(5, 3, 1, 1)
+    y = rgb_to_y(rgb).flatten() * 255
+    expected = torch.tensor([16.0, 16 + 65.481 + 128.553 + 24.966, 16 + 65.481, 16 + 128.553,
+                             16 + 24.966])
+    assert torch.allclose(y, expected, atol=1e-4)
+    assert math.isclose(y[1].item(), 235.0, abs_tol=1e-3)
+    assert rgb_to_y(torch.rand(2, 3, 5, 7)).shape == (2, 1, 5, 7)
+
+
+def test_psnr_y_of_constant_offset_is_closed_form():
+    # A grey shift by d (on [0, 1]) moves Y by d * (65.481 + 128.553 + 24.966) / 255
+    # = d * 219 / 255 everywhere, so mse = (d * 219 / 255)^2 on the [0, 1] Y scale.
+    d = 10 / 255  # exactly 10 grey levels, survives 8-bit quantization
+    target01 = 64 / 255
+    target = torch.full((1, 3, 20, 20), target01 * 2 - 1)
+    pred = torch.full_like(target, (target01 + d) * 2 - 1)
+    expected = 10 * math.log10(1 / (d * 219 / 255) ** 2)
+    got = psnr_y(pred, target)
+    assert got.shape == (1,)
+    assert got.dtype == torch.float64
+    assert math.isclose(got.item(), expected, abs_tol=1e-4)
+
+
+def test_psnr_y_shave_ignores_borders_and_identical_is_inf():
+    x = _rand(2, 3, 32, 32)
+    y = x.clone()
+    y[..., :4, :] = -x[..., :4, :]  # corrupt only a 4-pixel border strip
+    assert torch.isinf(psnr_y(x, x)).all()
+    assert torch.isinf(psnr_y(x, y, shave=4)).all()
+    assert torch.isfinite(psnr_y(x, y, shave=3)).all()
+    assert torch.isfinite(psnr_y(x, y, shave=0)).all()
+
+
+def test_psnr_y_quantize_flag_controls_8bit_rounding():
+    x = torch.zeros(1, 3, 16, 16)
+    y = x + 0.1 / 255  # far below one grey level
+    assert torch.isinf(psnr_y(x, y, shave=0, quantize=True)).all()
+    assert torch.isfinite(psnr_y(x, y, shave=0, quantize=False)).all()
+
+
+def test_ssim_y_matches_skimage_gaussian_convention():
+    from skimage.metrics import structural_similarity
+
+    x = _rand(2, 3, 40, 48, seed=1)
+    y = (x + 0.3 * _rand(2, 3, 40, 48, seed=2)).clamp(-1, 1)
+    ours = ssim_y(x, y, shave=4)
+    assert ours.shape == (2,)
+    for i in range(2):
+        def y255(t):
+            t01 = torch.round(((t[i : i + 1].double() + 1) / 2).clamp(0, 1) * 255) / 255
+            return (rgb_to_y(t01)[0, 0, 4:-4, 4:-4] * 255).numpy()
+
+        ref = structural_similarity(y255(x), y255(y), gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, data_range=255)
+        assert abs(ours[i].item() - ref) < 1e-4, (ours[i].item(), ref)
+    assert torch.allclose(ssim_y(x, x), torch.ones(2, dtype=torch.float64))
+
+
+def test_metrics_reject_mismatched_shapes():
+    with pytest.raises(ValueError, match="same shape"):
+        psnr_y(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 17))
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        ssim_y(torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 16))
+
+
+def test_resize_to_lr_gives_true_lr_size():
+    x = _rand(2, 3, 50, 37)
+    lr = resize_to_lr(x, 4)
+    assert lr.shape == (2, 3, round(50 / 4), round(37 / 4))
+    assert resize_to_lr(x, 2.5).shape == (2, 3, 20, round(37 / 2.5))
+    assert resize_to_lr(x[0], 3).shape == (3, 17, 12)
+    assert lr.min() >= -1 and lr.max() <= 1
+
+
+def test_bicubic_baseline_keeps_hr_size_range_and_scale_one_is_identity():
+    x = _rand(2, 3, 48, 40)
+    for s in (2, 3, 2.5, 4):
+        b = bicubic_baseline(x, s)
+        assert b.shape == x.shape
+        assert b.min() >= -1 and b.max() <= 1
+    assert torch.equal(bicubic_baseline(x, 1), x)
+    # A smooth image survives down/up nearly unchanged; noise does not.
+    ramp = torch.linspace(-0.8, 0.8, 48).view(1, 1, 48, 1).expand(1, 3, 48, 40)
+    assert psnr_y(bicubic_baseline(ramp, 2), ramp).item() > 40
+    assert psnr_y(bicubic_baseline(x, 4), x).max().item() < 20
+    with pytest.raises(ValueError, match="scale"):
+        bicubic_baseline(x, 0.5)
+
+
+def test_lpips_metric_is_alexnet_lpips_without_grad(shared_dir):
+    w = shared_dir / "weights" / "alexnet_features.pth"
+    if not w.exists():
+        pytest.skip(f"AlexNet backbone weights not found at {w}; skipping LPIPS metric test")
+    metric = LPIPSMetric(backbone_weights=w)
+    assert metric.module.net == "alex"
+    x = _rand(2, 3, 64, 64, seed=3).requires_grad_(True)
+    y = _rand(2, 3, 64, 64, seed=4)
+    d = metric(x, y)
+    assert d.shape == (2,) and not d.requires_grad and (d > 0).all()
+    assert torch.allclose(metric(y, y), torch.zeros(2), atol=1e-7)

@@ -1,0 +1,151 @@
+"""LPIPS with the real pretrained backbone, loaded offline."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from degflow.perceptual import (
+    ENV_VAR,
+    InvalidLPIPSWeightsError,
+    MissingLPIPSWeightsError,
+    clear_lpips_cache,
+    load_lpips,
+)
+
+GOLDEN = {"I03": 0.7237, "I04": 0.2572, "I06": 0.0508, "I08": 0.0521, "I19": 0.4253}
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path}; skipping (shared files are not in the repo)")
+    return path
+
+
+@pytest.fixture
+def weights_dir(shared_dir) -> Path:
+    return _need(shared_dir / "weights", "shared LPIPS backbone weights")
+
+
+@pytest.fixture
+def no_weight_sources(tmp_path, monkeypatch):
+    """No env var and an empty torch hub dir: only an explicit file can provide weights."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    old = torch.hub.get_dir()
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    torch.hub.set_dir(str(hub))
+    try:
+        yield hub
+    finally:
+        torch.hub.set_dir(old)
+
+
+def _read(path: Path) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0) / 127.5 - 1.0
+
+
+def test_lpips_alex_reproduces_published_values(shared_dir, weights_dir):
+    golden = _need(shared_dir / "data" / "lpips_golden", "LPIPS golden pairs")
+    metric = load_lpips("alex", weights_dir / "alexnet_features.pth")
+    measured = {}
+    with torch.no_grad():
+        for name, expected in GOLDEN.items():
+            ref, dist = _read(golden / "ref" / f"{name}.png"), _read(golden / "dist" / f"{name}.png")
+            assert ref.shape == (1, 3, 384, 512)
+            measured[name] = metric(ref, dist).item()
+    for name, expected in GOLDEN.items():
+        assert abs(round(measured[name], 4) - expected) < 5e-5, (name, measured[name], expected)
+
+
+def test_vgg_lpips_is_deterministic_zero_on_identity_and_differentiable_in_input(weights_dir):
+    lp = load_lpips("vgg", weights_dir / "vgg16_features.pth")
+    # The backbone is the file's, not a random init.
+    sd = torch.load(weights_dir / "vgg16_features.pth", map_location="cpu", weights_only=True)
+    assert torch.equal(getattr(lp.inner.net.slice5, "28").weight, sd["features.28.weight"])
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 48, 48, generator=g) * 2 - 1
+    y = torch.rand(2, 3, 48, 48, generator=g) * 2 - 1
+    lp.train()  # must not switch on the heads' dropout
+    assert not lp.training and not lp.inner.training
+    d1, d2 = lp(x, y), lp(x, y)
+    assert d1.shape == (2,)
+    assert torch.equal(d1, d2)
+    assert (d1 > 0).all()
+    assert torch.allclose(lp(x, x), torch.zeros(2), atol=1e-7)
+
+    xg = x.clone().requires_grad_(True)
+    lp(xg, y).sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    assert all(not p.requires_grad and p.grad is None for p in lp.parameters())
+
+
+def test_same_net_and_file_reuse_one_instance(weights_dir):
+    a = load_lpips("alex", weights_dir / "alexnet_features.pth")
+    b = load_lpips("alex", str(weights_dir / "alexnet_features.pth"))
+    assert a is b
+    clear_lpips_cache()
+    assert load_lpips("alex", weights_dir / "alexnet_features.pth") is not a
+
+
+def test_env_var_directory_provides_weights(weights_dir, no_weight_sources, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, str(weights_dir))
+    lp = load_lpips("alex")
+    assert lp.weights_path == (weights_dir / "alexnet_features.pth").resolve()
+
+
+def test_torchvision_cache_file_provides_weights(weights_dir, no_weight_sources):
+    ckpt = no_weight_sources / "checkpoints"
+    ckpt.mkdir()
+    shutil.copyfile(weights_dir / "alexnet_features.pth", ckpt / "alexnet-owt-7be5be79.pth")
+    lp = load_lpips("alex")
+    assert lp.source == "torchvision cache"
+
+
+def test_missing_weights_raise_with_instructions(no_weight_sources):
+    with pytest.raises(MissingLPIPSWeightsError) as err:
+        load_lpips("vgg")
+    msg = str(err.value)
+    assert "loss.lpips_backbone_weights" in msg
+    assert ENV_VAR in msg
+    assert "vgg16-397923af.pth" in msg and str(no_weight_sources) in msg
+    assert "features.N" in msg
+    assert isinstance(err.value, ValueError)
+
+    with pytest.raises(MissingLPIPSWeightsError, match="eval.lpips_backbone_weights"):
+        load_lpips("alex")
+    with pytest.raises(MissingLPIPSWeightsError, match="does not exist"):
+        load_lpips("alex", no_weight_sources / "nope.pth")
+
+
+def test_corrupt_or_wrong_file_raises_naming_the_file(tmp_path, weights_dir):
+    bad = tmp_path / "corrupt.pth"
+    bad.write_bytes(b"this is not a torch file")
+    with pytest.raises(InvalidLPIPSWeightsError, match="corrupt.pth"):
+        load_lpips("alex", bad)
+
+    # AlexNet weights handed to the VGG loss: wrong shapes / missing layers, named.
+    with pytest.raises(InvalidLPIPSWeightsError) as err:
+        load_lpips("vgg", weights_dir / "alexnet_features.pth")
+    msg = str(err.value)
+    assert "alexnet_features.pth" in msg and "features.28.weight" in msg
+
+    partial = tmp_path / "partial.pth"
+    sd = torch.load(weights_dir / "alexnet_features.pth", map_location="cpu", weights_only=True)
+    del sd["features.10.bias"]
+    torch.save(sd, partial)
+    with pytest.raises(InvalidLPIPSWeightsError, match=r"partial\.pth.*features\.10\.bias"):
+        load_lpips("alex", partial)
+
+
+def test_unknown_net_lists_valid_options():
+    with pytest.raises(ValueError, match=r"loss\.lpips_net.*'vgg', 'alex'"):
+        load_lpips("squeeze")
