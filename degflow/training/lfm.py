@@ -117,7 +117,8 @@ class LFMStage(Stage):
         self.rae = rae.to(device).eval().requires_grad_(False)
         self.velocity = velocity.to(device)
         self.spline, self.loss_settings, self.solver = spline, loss, solver
-        self.knots = KnotTimes(spline.time_map(self.train_scales).times, spline.learn_knots).to(device)
+        self.base_time_map = spline.time_map(self.train_scales)
+        self.knots = KnotTimes(self.base_time_map.knot_times(self.train_scales), spline.learn_knots).to(device)
         self.val_set, self.val_scales = val_set, tuple(float(s) for s in val_scales)
         self.device, self.precision = device, precision
         self.rae_source = rae_source
@@ -126,6 +127,9 @@ class LFMStage(Stage):
 
     # -- the time map as trained so far (learned interior knots included) --------------------
     def time_map(self) -> TimeMap:
+        """The configured map, or (``spline.learn_knots``) the map through the learned knot times."""
+        if not self.spline.learn_knots:
+            return self.base_time_map
         return TimeMap.from_times(self.train_scales, [float(t) for t in self.knots().detach().cpu()])
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -187,7 +191,7 @@ class LFMStage(Stage):
         names = ("psnr_y", "ssim_y", "psnr_y_bicubic", "psnr_y_ae_interp") + (("lpips",) if self.lpips_metric else ())
         sums = {s: dict.fromkeys(names, 0.0) for s in self.val_scales}
         count, nfe, seconds, strip_rows = 0, 0, 0.0, []
-        knot_times = torch.tensor(synth.time_map.times, device=self.device)
+        knot_times = torch.tensor(synth.time_map.knot_times(self.train_scales), device=self.device)
         for item in validation_items(self.val_set, self.max_val_images, self.device):
             hr = item["hr"]                                                  # [1,3,H,W]
             real = {1.0: hr, **{float(s): item["lr"][:, j] for j, s in enumerate(item["scales"][0].tolist())}}
@@ -229,7 +233,7 @@ class LFMStage(Stage):
         return {
             "scales": scales, "objective": objective, "objective_name": "mean Y-PSNR over held-out scales",
             "nfe": nfe, "seconds_per_image": seconds / count, "images_evaluated": count,
-            "solver": asdict(self.solver), "knot_times": list(synth.time_map.times),
+            "solver": asdict(self.solver), "knot_times": list(synth.time_map.knot_times(self.train_scales)),
             "summary": f"gen Y-PSNR {summary} (*held out) | NFE {nfe} | {seconds / count:.2f}s/img",
             "images": images,
         }
