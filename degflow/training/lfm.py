@@ -166,7 +166,7 @@ class LFMStage(Stage):
         v = self.velocity(point.value, t)                                    # [B,C,h,w]
         fm = flow_matching_loss(v, point.d1)                                 # [B]
         loss = fm.mean()
-        scalars = {"fm": float(loss)}
+        scalars = {"fm": float(loss.detach())}
         if self.loss_settings.lpips_weight > 0:
             dt = point.right_time - t                                        # [B]
             z_hat = taylor_extrapolate(point, v.float(), dt, self.loss_settings.taylor_order)
@@ -175,7 +175,7 @@ class LFMStage(Stage):
             perceptual = self.lpips_loss(x_hat.float(), target.float())      # [B]
             weighted = (segment_weights(dt, self.loss_settings.segment_weighting) * perceptual).mean()
             loss = loss + self.loss_settings.lpips_weight * weighted
-            scalars["lpips"] = float(perceptual.mean())
+            scalars["lpips"] = float(perceptual.detach().mean())
         if self.spline.learn_knots:
             scalars.update({f"knot_t{i}": float(v) for i, v in enumerate(knot_times.detach())})
         return loss, scalars

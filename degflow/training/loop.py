@@ -241,10 +241,10 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
         bar.update(1)
         if step % settings.log_every == 0 or step == settings.steps:
             now = time.perf_counter()
-            scalars.update(loss=float(loss), lr=scheduler.get_last_lr()[0],
+            scalars.update(loss=float(loss.detach()), lr=scheduler.get_last_lr()[0],
                            steps_per_s=settings.log_every / max(now - t_last, 1e-9))
             t_last = now
-            bar.set_postfix(loss=f"{float(loss):.4g}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
             if ctx.logger is not None:
                 ctx.logger.log({f"train/{k}": v for k, v in scalars.items()}, step)
         validating = step % settings.val_every == 0 or step == settings.steps

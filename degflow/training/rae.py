@@ -67,7 +67,7 @@ class RAEStage(Stage):
         z, _ = self.rae.encode(target)
         recon = self.rae.decode(z, hr_feats)
         loss = F.mse_loss(recon.float(), target.float())
-        return loss, {"mse": float(loss)}
+        return loss, {"mse": float(loss.detach())}
 
     @torch.no_grad()
     def validate(self, step: int) -> dict[str, Any]:

@@ -1,0 +1,131 @@
+"""Every option of every config group composes, and each maps to one Python definition."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from degflow.config import CONF_DIR, register_resolvers, run_slug, to_plain
+from degflow.loggers import NullLogger, build_logger
+from degflow.losses import LossSettings
+from degflow.solvers import SolverSpec
+from degflow.training.lfm import SplineSettings
+from degflow.training.loop import TrainSettings
+
+register_resolvers()
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def compose_config(overrides=()):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_config_groups_exist_with_their_documented_options():
+    assert options("stage") == ["lfm", "rae"]
+    assert options("model/rae") == ["paper", "small"]
+    assert options("model/lfm") == ["paper", "small"]
+    assert {"demo", "realsr", "paired"} <= set(options("data"))
+    assert options("solver") == ["dopri5", "euler", "midpoint", "rk4"]
+    assert options("logger") == ["none", "wandb"]
+    assert options("experiment")
+
+
+def test_default_config_is_the_demo_rae_run_with_offline_wandb():
+    cfg = compose_config()
+    assert cfg.stage.name == "rae" and cfg.data._target_.endswith("demo_data")
+    assert cfg.logger.kind == "wandb" and cfg.logger.mode == "offline"
+    assert cfg.device == "auto" and cfg.resume is True
+
+
+@pytest.mark.parametrize("stage", options("stage"))
+def test_every_stage_option_builds_train_settings(stage):
+    settings = TrainSettings(**to_plain(compose_config([f"stage={stage}"]))["stage"])
+    assert settings.name == stage and settings.steps > 0
+
+
+@pytest.mark.parametrize("group", ["model/rae", "model/lfm"])
+def test_every_model_option_instantiates_and_records_its_arguments(group):
+    for option in options(group):
+        plain = to_plain(compose_config([f"{group}={option}"]))
+        node = plain["model"][group.split("/")[1]]
+        model = instantiate(node, _convert_="all")
+        assert isinstance(model, torch.nn.Module)
+        args = {k: v for k, v in node.items() if k != "_target_"}
+        assert {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.config.items()} == args
+
+
+@pytest.mark.parametrize("option", options("solver"))
+def test_every_solver_option_is_a_valid_solver_spec(option):
+    spec = SolverSpec.create(**to_plain(compose_config([f"solver={option}"]))["solver"])
+    assert spec.method == option
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_every_logger_option_builds_a_logger(option, tmp_path):
+    node = dict(to_plain(compose_config([f"logger={option}"]))["logger"])
+    logger = build_logger(node.pop("kind"), tmp_path, {"x": 1}, **node)
+    try:
+        assert isinstance(logger, NullLogger)
+        logger.log({"loss": 1.0}, step=1)
+    finally:
+        logger.finish()
+    assert (tmp_path / "history.jsonl").read_text().count("loss") == 1
+
+
+def test_demo_data_option_instantiates_a_data_bundle():
+    bundle = instantiate(to_plain(compose_config(["data=demo"]))["data"], _convert_="all")
+    assert bundle.train_scales[0] == 1.0 and len(bundle.val) > 0
+    item = bundle.train[0]
+    assert item["hr"].shape[0] == 3 and item["lr"].shape[0] == len(bundle.train_scales) - 1
+
+
+@pytest.mark.parametrize("option", ["realsr", "paired"])
+def test_data_options_with_a_root_need_it(option):
+    cfg = compose_config([f"data={option}"])
+    with pytest.raises(Exception, match="root"):
+        to_plain(cfg)
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_preset_composes_and_validates(experiment):
+    cfg = compose_config([f"+experiment={experiment}", "data.root=/data", "data=realsr"]
+                         if "paper" in experiment else [f"+experiment={experiment}"])
+    plain = to_plain(cfg)
+    TrainSettings(**plain["stage"])
+    LossSettings(**plain["loss"])
+    SolverSpec.create(**plain["solver"])
+    spline = SplineSettings(**plain["spline"])
+    spline.time_map((1.0, 2.0, 4.0))
+
+
+def test_spline_and_loss_nodes_map_to_validated_settings():
+    plain = to_plain(compose_config())
+    assert SplineSettings(**plain["spline"]).path == "cubic"
+    assert LossSettings(**plain["loss"]).lpips_weight == pytest.approx(0.1)
+    with pytest.raises(ValueError, match=r"spline.path='bezier' is not one of \['cubic', 'linear'\]"):
+        SplineSettings(path="bezier")
+    with pytest.raises(ValueError, match="loss.taylor_order"):
+        LossSettings(taylor_order=4)
+
+
+def test_unknown_config_options_are_refused_with_the_valid_choices():
+    with pytest.raises(ConfigCompositionException, match="rk5"):
+        compose_config(["solver=rk5"])
+    with pytest.raises(ConfigCompositionException):
+        compose_config(["stage.nonexistent_key=1"])
+
+
+def test_run_directory_is_derived_from_the_command():
+    assert run_slug("") == "default"
+    assert run_slug("data.root=/a/b,seed=1") == "data.root=_a_b,seed=1"
+    assert len(run_slug("x" * 500)) <= 120
+    hydra_run_dir = OmegaConf.load(Path(CONF_DIR) / "config.yaml").hydra.run.dir
+    assert "override_dirname" in hydra_run_dir
