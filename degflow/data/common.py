@@ -1,0 +1,357 @@
+"""Pieces shared by every data option: the DataBundle, scale-list checks, pair records,
+scan reports and the two dataset classes (random aligned training crops, full-image
+validation)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from degflow.data.images import ImageReadError, read_image, read_image_size
+from degflow.data.transforms import (
+    aligned_random_crop,
+    center_crop_to_multiple,
+    random_dihedral,
+)
+
+__all__ = [
+    "DataBundle",
+    "check_scales",
+    "check_val_scales_cover_train",
+    "format_scale",
+    "size_relation",
+    "upsample_to",
+    "PairRecord",
+    "MemoryRecord",
+    "Report",
+    "TrainCropDataset",
+    "ValImageDataset",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataBundle:
+    """What every data factory returns (the training loop depends on exactly this)."""
+
+    train: Dataset  # infinite-ish random aligned crops
+    val: Dataset  # full images (cropped to a multiple of multiple_of), all val scales
+    train_scales: tuple[float, ...]  # sorted, starts with 1.0 (= the HR image)
+    val_scales: tuple[float, ...]  # evaluated at validation (includes held-out ones)
+    description: str  # one line for the log
+
+
+# --------------------------------------------------------------------------- scales
+
+
+def check_scales(scales, key: str) -> tuple[float, ...]:
+    """Validate a scale list from the config: sorted, unique, >= 1, starting with 1.0
+    (the HR knot) and with at least one LR scale. Returns floats."""
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Iterable):
+        raise ValueError(f"{key} must be a list of scales like [1, 2, 4]; got {scales!r}")
+    out = []
+    for v in scales:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            try:
+                v = float(v)  # numpy / tensor scalars
+            except (TypeError, ValueError):
+                raise ValueError(f"{key} must contain numbers; got {v!r} in {list(scales)!r}") \
+                    from None
+        v = float(v)
+        if not math.isfinite(v) or v < 1.0:
+            raise ValueError(f"{key}: every scale must be a finite number >= 1 (1 = the HR "
+                             f"image); got {v!r} in {list(scales)!r}")
+        out.append(v)
+    if sorted(set(out)) != out:
+        raise ValueError(f"{key} must be sorted and without duplicates; got {out!r} "
+                         f"(did you mean {sorted(set(out))!r}?)")
+    if not out or out[0] != 1.0:
+        raise ValueError(f"{key} must start with 1 (the HR image is the first knot); got "
+                         f"{out!r} (did you mean {[1.0] + out!r}?)")
+    if len(out) < 2:
+        raise ValueError(f"{key} needs at least one LR scale > 1 besides 1; got {out!r}")
+    return tuple(out)
+
+
+def check_val_scales_cover_train(train_scales: Sequence[float],
+                                 val_scales: Sequence[float]) -> None:
+    """Validation needs the real images at every training knot (the LFM stage encodes them
+    as spline knots; ae_interp baselines use them), so val_scales must contain them."""
+    missing = [s for s in train_scales if find_scale(s, val_scales) is None]
+    if missing:
+        raise ValueError(f"data.val_scales={list(val_scales)} must include every training "
+                         f"scale (data.train_scales={list(train_scales)}); missing "
+                         f"{missing}")
+
+
+def format_scale(s: float) -> str:
+    """2.0 -> '2', 2.5 -> '2.5' (folder and file labels)."""
+    return str(int(s)) if float(s).is_integer() else f"{s:g}"
+
+
+def parse_scale(text: str) -> float | None:
+    try:
+        v = float(text)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) and v >= 1.0 else None
+
+
+def find_scale(scale: float, available: Iterable[float]) -> float | None:
+    for a in available:
+        if abs(a - scale) < 1e-6:
+            return a
+    return None
+
+
+# ------------------------------------------------------------------ HR / LR relation
+
+
+def size_relation(hr_size: tuple[int, int], lr_size: tuple[int, int], scale: float) -> str | None:
+    """'same' if the LR is stored at HR size (RealSR V2), 'true' if it is at true LR size
+    (about HR/scale per side, RealSR V3), None if neither. Sizes are (width, height)."""
+    if tuple(hr_size) == tuple(lr_size):
+        return "same"
+    for hr, lr in zip(hr_size, lr_size):
+        expected = hr / scale
+        if abs(lr - expected) > 1.0 + 0.02 * expected:
+            return None
+    return "true"
+
+
+def upsample_to(x: Tensor, height: int, width: int) -> Tensor:
+    """Bicubic resize of [3, h, w] (or [B, 3, h, w]) to height x width, clamped to [-1, 1]."""
+    batched = x.ndim == 4
+    xb = x if batched else x.unsqueeze(0)
+    out = F.interpolate(xb, size=(height, width), mode="bicubic", align_corners=False)
+    out = out.clamp_(-1.0, 1.0)
+    return out if batched else out[0]
+
+
+# ------------------------------------------------------------------------ records
+
+
+@dataclass
+class PairRecord:
+    """One HR image with its LR partners on disk (pixels read lazily)."""
+
+    name: str
+    hr: Path
+    hr_size: tuple[int, int]  # (width, height)
+    lr: dict[float, Path] = field(default_factory=dict)
+    lr_sizes: dict[float, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def min_side(self) -> int:
+        return min(self.hr_size)
+
+    def relation(self, s: float) -> str | None:
+        return size_relation(self.hr_size, self.lr_sizes[s], s)
+
+    def load(self, scales: Sequence[float]) -> tuple[Tensor, Tensor]:
+        hr = read_image(self.hr)
+        h, w = hr.shape[-2:]
+        lrs = []
+        for s in scales:
+            x = read_image(self.lr[s])
+            rel = size_relation((w, h), (x.shape[-1], x.shape[-2]), s)
+            if rel is None:
+                raise ValueError(
+                    f"size mismatch: {self.lr[s]} is {x.shape[-1]}x{x.shape[-2]} but its HR "
+                    f"{self.hr} is {w}x{h}; expected the same size or about 1/{format_scale(s)}"
+                    f" of it")
+            if rel == "true":
+                x = upsample_to(x, h, w)
+            lrs.append(x)
+        return hr, torch.stack(lrs)
+
+
+@dataclass
+class MemoryRecord:
+    """An HR image and its LR images (at HR size), held in memory."""
+
+    name: str
+    hr_image: Tensor  # [3, H, W]
+    lr_images: dict[float, Tensor]  # scale -> [3, H, W]
+
+    @property
+    def hr_size(self) -> tuple[int, int]:
+        return int(self.hr_image.shape[-1]), int(self.hr_image.shape[-2])
+
+    @property
+    def min_side(self) -> int:
+        return min(self.hr_size)
+
+    def load(self, scales: Sequence[float]) -> tuple[Tensor, Tensor]:
+        key = tuple(scales)
+        cache = self.__dict__.setdefault("_stacks", {})
+        if key not in cache:  # stacked once per scale list, then shared (read-only)
+            cache[key] = torch.stack([self.lr_images[s] for s in key])
+        return self.hr_image, cache[key]
+
+
+# ------------------------------------------------------------------------ reports
+
+
+@dataclass
+class Report:
+    """What a scan of a data tree found: summary lines, problems (each one line), notes.
+
+    Datasets refuse to build from a report with problems; the validator prints it.
+    """
+
+    kind: str  # realsr | paired | demo
+    root: str
+    layout: str = ""
+    lines: list[str] = field(default_factory=list)  # what was found
+    problems: list[str] = field(default_factory=list)  # one line per problem
+    notes: list[str] = field(default_factory=list)  # conversions / warnings (not problems)
+    records: dict[str, list] = field(default_factory=dict)  # role (train/val) -> records
+    resized: int = 0  # LR files at true LR size (resized to HR size when loaded)
+    same_size: int = 0  # LR files stored at HR size
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def raise_if_problems(self, max_lines: int = 15) -> None:
+        if self.ok:
+            return
+        shown = self.problems[:max_lines]
+        more = len(self.problems) - len(shown)
+        msg = (f"{self.kind} data under {self.root} has {len(self.problems)} problem(s):\n  "
+               + "\n  ".join(shown))
+        if more:
+            msg += f"\n  ... and {more} more"
+        msg += ("\nRun `python -m degflow.data.check data=<option> data.root=...` for the full "
+                "list.")
+        raise ValueError(msg)
+
+    def layout_from_counts(self) -> str:
+        if not self.resized and not self.same_size:
+            return "unknown (no complete pairs indexed)"
+        if self.resized and self.same_size:
+            return (f"mixed: {self.same_size} LR files at HR size, {self.resized} at true LR "
+                    f"size (resized to HR size, bicubic, when loaded)")
+        if self.resized:
+            return "LR at true LR size (resized to HR size, bicubic, when loaded)"
+        return "LR stored at HR size"
+
+
+class FileInfo:
+    """Per-scan cache of image sizes; with deep=True every image is fully decoded."""
+
+    def __init__(self, deep: bool):
+        self.deep = deep
+        self._cache: dict[Path, tuple[tuple[int, int] | None, str | None]] = {}
+
+    def size(self, path: Path) -> tuple[tuple[int, int] | None, str | None]:
+        """((width, height), None) or (None, error message)."""
+        if path not in self._cache:
+            try:
+                if self.deep:
+                    x = read_image(path)
+                    self._cache[path] = ((int(x.shape[-1]), int(x.shape[-2])), None)
+                else:
+                    self._cache[path] = (read_image_size(path), None)
+            except ImageReadError as e:
+                self._cache[path] = (None, str(e))
+        return self._cache[path]
+
+
+def size_range(records: Sequence) -> str:
+    if not records:
+        return "-"
+    ws = [r.hr_size[0] for r in records]
+    hs = [r.hr_size[1] for r in records]
+    if min(ws) == max(ws) and min(hs) == max(hs):
+        return f"{ws[0]}x{hs[0]}"
+    return f"{min(ws)}..{max(ws)} x {min(hs)}..{max(hs)} (WxH)"
+
+
+def check_crop_fits(records: Sequence, crop_size: int, what: str) -> None:
+    if isinstance(crop_size, bool) or int(crop_size) != crop_size or crop_size < 1:
+        raise ValueError(f"data.crop_size must be a positive integer, got {crop_size!r}")
+    small = [r for r in records if r.min_side < crop_size]
+    if small:
+        ex = ", ".join(f"{r.name} ({r.hr_size[0]}x{r.hr_size[1]})" for r in small[:5])
+        raise ValueError(f"data.crop_size={crop_size} is larger than {len(small)} {what} "
+                         f"image(s): {ex}; lower data.crop_size")
+
+
+def check_positive_int(value, key: str, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key} must be a positive integer{' or null' if allow_none else ''}, "
+                         f"got {value!r}")
+    return int(value)
+
+
+# ----------------------------------------------------------------------- datasets
+
+
+class TrainCropDataset(Dataset):
+    """Random aligned crops: item i ignores i; randomness comes from torch's global RNG,
+    so the training loop's seeding (and DataLoader's per-worker seeding) controls it."""
+
+    def __init__(self, records: Sequence, scales: Sequence[float], crop_size: int,
+                 samples_per_epoch: int):
+        if not records:
+            raise ValueError("training set is empty")
+        self.records = list(records)
+        self.scales = tuple(float(s) for s in scales)
+        self.crop_size = int(crop_size)
+        self.samples_per_epoch = int(samples_per_epoch)
+        self._scales_t = torch.tensor(self.scales, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def __getitem__(self, index: int) -> dict:
+        rec = self.records[int(torch.randint(0, len(self.records), (1,)))]
+        hr, lr = rec.load(self.scales)
+        hr, lr = aligned_random_crop(hr, lr, size=self.crop_size)
+        hr, lr = random_dihedral(hr, lr)
+        return {"name": rec.name, "hr": hr.float().contiguous(), "lr": lr.float().contiguous(),
+                "scales": self._scales_t.clone()}
+
+
+class ValImageDataset(Dataset):
+    """Deterministic full images, center-cropped to a multiple of ``multiple_of`` and to at
+    most ``max_size`` pixels per side."""
+
+    def __init__(self, records: Sequence, scales: Sequence[float], multiple_of: int,
+                 max_size: int | None):
+        if not records:
+            raise ValueError("validation set is empty")
+        self.records = list(records)
+        self.scales = tuple(float(s) for s in scales)
+        self.multiple_of = int(multiple_of)
+        self.max_size = None if max_size is None else int(max_size)
+        self._scales_t = torch.tensor(self.scales, dtype=torch.float32)
+        for r in self.records:  # fail now, not in the middle of validation
+            w, h = r.hr_size
+            if min(w, h) < self.multiple_of:
+                raise ValueError(f"validation image {r.name} ({w}x{h}) is smaller than "
+                                 f"data.multiple_of={self.multiple_of}")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        rec = self.records[index]
+        hr, lr = rec.load(self.scales)
+        hr = center_crop_to_multiple(hr, self.multiple_of, self.max_size)
+        lr = center_crop_to_multiple(lr, self.multiple_of, self.max_size)
+        return {"name": rec.name, "hr": hr.float().contiguous(), "lr": lr.float().contiguous(),
+                "scales": self._scales_t.clone()}

@@ -1,0 +1,324 @@
+"""``data=realsr``: RealSR in the "ordered" layout used by InterFlow / DegFlow.
+
+    {root}/{Canon|Nikon}/{Train|Test}/{2|3|4}/{Cam}_{idx}_HR.png
+    {root}/{Canon|Nikon}/{Train|Test}/{s}/{Cam}_{idx}_LR{s}.png
+
+RealSR V2 stores every LR image at the HR pixel size (aligned). RealSR V3 stores LR at
+the true LR size (about HR / s per side); such files are resized to HR size with bicubic
+interpolation when loaded, and the bundle description says so.
+
+Every scale folder has its own HR file. A training tuple (HR, LR_s for each training
+scale) takes its HR from the lowest requested scale folder; the HR files of the same idx
+in the other folders must have the same size (checked), and with ``deep=True`` (the
+validator) their pixels are compared too (a difference is reported as a note).
+
+:func:`scan_realsr` indexes the files and checks them; the dataset and the validator
+(``python -m degflow.data.check data=realsr data.root=...``) share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from degflow.data.common import (
+    DataBundle,
+    FileInfo,
+    PairRecord,
+    Report,
+    TrainCropDataset,
+    ValImageDataset,
+    check_crop_fits,
+    check_positive_int,
+    check_scales,
+    check_val_scales_cover_train,
+    find_scale,
+    format_scale,
+    parse_scale,
+    size_range,
+    size_relation,
+)
+from degflow.data.images import IMAGE_EXTENSIONS, read_image
+
+__all__ = ["scan_realsr", "realsr_data", "normalize_cameras"]
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^(?P<cam>.+)_(?P<idx>[^_]+)_(?P<kind>HR|LR(?P<s>\d+(?:\.\d+)?))$")
+
+
+def normalize_cameras(camera) -> list[str]:
+    """'Canon' | ['Canon', 'Nikon'] | 'Canon,Nikon' -> list of camera folder names."""
+    if isinstance(camera, str):
+        cams = [c.strip() for c in camera.split(",") if c.strip()]
+    elif isinstance(camera, Sequence) or hasattr(camera, "__iter__"):
+        cams = [str(c).strip() for c in camera]
+    else:
+        cams = []
+    if not cams or any(not c for c in cams) or len(set(cams)) != len(cams):
+        raise ValueError(f"data.camera must be a camera folder name like Canon, or a list "
+                         f"like [Canon, Nikon] without duplicates; got {camera!r}")
+    return cams
+
+
+def _subdirs(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+class _Folder:
+    """Parsed content of one {split}/{s} folder."""
+
+    def __init__(self, path: Path, scale: float, report: Report):
+        self.path = path
+        self.hr: dict[str, Path] = {}
+        self.lr: dict[str, Path] = {}
+        ignored: list[str] = []
+        for p in sorted(path.iterdir()):
+            if not p.is_file() or p.name.startswith("."):
+                continue
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                ignored.append(p.name)
+                continue
+            m = _NAME.match(p.stem)
+            if not m:
+                ignored.append(p.name)
+                continue
+            key = f"{m['cam']}_{m['idx']}"
+            if m["kind"] == "HR":
+                table = self.hr
+            else:
+                s_file = float(m["s"])
+                if abs(s_file - scale) > 1e-6:
+                    report.problems.append(
+                        f"wrong scale: {p} is labelled LR{m['s']} but lies in the scale-"
+                        f"{format_scale(scale)} folder")
+                    continue
+                table = self.lr
+            if key in table:
+                report.problems.append(f"duplicate: {table[key]} and {p} are both "
+                                       f"{m['kind']} files for {key}")
+                continue
+            table[key] = p
+        if ignored:
+            ex = ", ".join(ignored[:3]) + (", ..." if len(ignored) > 3 else "")
+            report.notes.append(f"{path}: ignored {len(ignored)} file(s) not named "
+                                f"<Cam>_<idx>_HR / _LR<s> images: {ex}")
+
+
+def _scan_role(report: Report, info: FileInfo, cam_dir: Path, split: str,
+               scales: tuple[float, ...], key: str, role: str) -> list[PairRecord]:
+    """Index one camera/split for the LR scales ``scales``; append problems to report."""
+    split_dir = cam_dir / split
+    if not split_dir.is_dir():
+        report.problems.append(
+            f"missing split: {split_dir} does not exist (data.{role}_split={split}); "
+            f"folders in {cam_dir}: {_subdirs(cam_dir)}")
+        return []
+    found = {parse_scale(n): n for n in _subdirs(split_dir) if parse_scale(n) is not None}
+    present = []
+    for s in scales:
+        f = find_scale(s, found)
+        if f is None:
+            report.problems.append(
+                f"missing scale: {split_dir} has no folder '{format_scale(s)}' for scale "
+                f"{format_scale(s)} ({key}); scale folders found: "
+                f"{[found[k] for k in sorted(found)] or 'none'}")
+        else:
+            present.append((s, split_dir / found[f]))
+    unused = [found[k] for k in sorted(found) if find_scale(k, scales) is None]
+    if unused:
+        report.notes.append(f"{split_dir}: scale folder(s) {unused} present, not used by "
+                            f"{key}")
+    folders = {s: _Folder(p, s, report) for s, p in present}
+    for s, fo in folders.items():
+        report.lines.append(f"  {cam_dir.name}/{split}/{fo.path.name}: {len(fo.hr)} HR, "
+                            f"{len(fo.lr)} LR{format_scale(s)} files")
+    # pairs within each folder
+    pairs: dict[float, dict[str, tuple[Path, Path]]] = {}
+    for s, fo in folders.items():
+        pairs[s] = {}
+        for k in sorted(set(fo.hr) | set(fo.lr)):
+            if k not in fo.lr:
+                report.problems.append(f"missing partner: {fo.hr[k]} has no LR partner "
+                                       f"{fo.path / (k + '_LR' + format_scale(s) + '.png')}")
+            elif k not in fo.hr:
+                report.problems.append(f"missing partner: {fo.lr[k]} has no HR partner "
+                                       f"{fo.path / (k + '_HR.png')}")
+            else:
+                pairs[s][k] = (fo.hr[k], fo.lr[k])
+    if len(folders) < len(scales):
+        return []
+    # tuples across scale folders
+    all_keys = sorted(set().union(*(set(f.hr) | set(f.lr) for f in folders.values())))
+    records: list[PairRecord] = []
+    for k in all_keys:
+        have = [s for s in scales if k in pairs[s]]
+        lacking = [s for s in scales if k not in folders[s].hr and k not in folders[s].lr]
+        if lacking:
+            report.problems.append(
+                f"missing partner: {k} is in scale folder(s) "
+                f"{[format_scale(s) for s in scales if s not in lacking]} of {split_dir} but "
+                f"not in {[format_scale(s) for s in lacking]} (needed for {key})")
+        if len(have) < len(scales):
+            continue
+        base_s = scales[0]
+        hr_path = pairs[base_s][k][0]
+        hr_size, err = info.size(hr_path)
+        if err:
+            report.problems.append(f"unreadable: {err}")
+            continue
+        rec = PairRecord(name=k, hr=hr_path, hr_size=hr_size)
+        bad = False
+        for s in scales:
+            other_hr, lr_path = pairs[s][k]
+            if s != base_s:
+                osize, err = info.size(other_hr)
+                if err:
+                    report.problems.append(f"unreadable: {err}")
+                    bad = True
+                    continue
+                if osize != hr_size:
+                    report.problems.append(
+                        f"size mismatch: HR files of {k} differ across scale folders: "
+                        f"{hr_path} is {hr_size[0]}x{hr_size[1]}, {other_hr} is "
+                        f"{osize[0]}x{osize[1]} (the tuple's HR comes from the scale-"
+                        f"{format_scale(base_s)} folder)")
+                    bad = True
+                    continue
+                if info.deep:
+                    _compare_hr(report, hr_path, other_hr)
+            lsize, err = info.size(lr_path)
+            if err:
+                report.problems.append(f"unreadable: {err}")
+                bad = True
+                continue
+            ohr = info.size(other_hr)[0] or hr_size
+            rel = size_relation(ohr, lsize, s)
+            if rel is None:
+                report.problems.append(
+                    f"size mismatch: {lr_path} is {lsize[0]}x{lsize[1]} but {other_hr} is "
+                    f"{ohr[0]}x{ohr[1]}; expected the same size (V2) or about 1/"
+                    f"{format_scale(s)} of it (V3)")
+                bad = True
+                continue
+            if rel == "true":
+                report.resized += 1
+            else:
+                report.same_size += 1
+            rec.lr[s] = lr_path
+            rec.lr_sizes[s] = lsize
+        if not bad:
+            records.append(rec)
+    if not records and not all_keys:
+        report.problems.append(f"empty split: {split_dir} has no <Cam>_<idx>_HR / _LR<s> "
+                               f"image pairs in scale folders "
+                               f"{[format_scale(s) for s in scales]}")
+    return records
+
+
+def _compare_hr(report: Report, a: Path, b: Path) -> None:
+    try:
+        xa, xb = read_image(a), read_image(b)
+    except ValueError:
+        return  # reported elsewhere
+    if xa.shape == xb.shape:
+        diff = float((xa - xb).abs().mean()) * 127.5
+        if diff > 2.0:
+            report.notes.append(f"HR differs across scale folders: {a} vs {b}, mean |diff| "
+                                f"{diff:.1f}/255 (the LR of {b.parent.name} is paired with "
+                                f"the HR of {a.parent.name}: check the alignment)")
+
+
+def scan_realsr(root, camera="Canon", train_split="Train", val_split="Test",
+                train_scales=(1, 2, 4), val_scales=(1, 2, 3, 4), deep: bool = False) -> Report:
+    """Index and check a RealSR (V2 ordered / V3) tree. Never raises for data problems:
+    they are collected in ``Report.problems`` (one line each). ``deep=True`` decodes every
+    image fully (the validator); otherwise only headers are read.
+
+    ``Report.records`` maps 'train' / 'val' to the list of complete PairRecords.
+    """
+    train_scales = check_scales(train_scales, "data.train_scales")
+    val_scales = check_scales(val_scales, "data.val_scales")
+    cams = normalize_cameras(camera)
+    root = Path(root).expanduser()
+    report = Report(kind="realsr", root=str(root))
+    report.records = {"train": [], "val": []}
+    if not root.is_dir():
+        report.problems.append(f"missing root: data.root={root} does not exist or is not a "
+                               f"directory")
+        return report
+    info = FileInfo(deep)
+    if train_split == val_split:
+        report.notes.append(f"data.train_split and data.val_split are both {train_split!r}: "
+                            f"validation images are training images")
+    for cam in cams:
+        cam_dir = root / cam
+        if not cam_dir.is_dir():
+            report.problems.append(f"missing camera: {cam_dir} does not exist (data.camera); "
+                                   f"folders in {root}: {_subdirs(root) or 'none'}")
+            continue
+        for role, split, scales in (("train", train_split, train_scales),
+                                    ("val", val_split, val_scales)):
+            lr_scales = tuple(s for s in scales if s != 1.0)
+            recs = _scan_role(report, info, cam_dir, split, lr_scales,
+                              f"data.{role}_scales", role)
+            report.records[role].extend(recs)
+    report.problems = list(dict.fromkeys(report.problems))
+    if report.resized and not report.same_size:
+        report.layout = "V3 (LR at true LR size, resized to HR size with bicubic when loaded)"
+    elif report.same_size and not report.resized:
+        report.layout = "V2 (LR stored at HR size)"
+    else:
+        report.layout = report.layout_from_counts()
+    fmt = lambda ss: ",".join(format_scale(s) for s in ss)  # noqa: E731
+    head = [f"RealSR at {root}: cameras {cams}, layout {report.layout}",
+            f"  train: {train_split}, scales {fmt(train_scales)}: "
+            f"{len(report.records['train'])} complete tuples, HR sizes "
+            f"{size_range(report.records['train'])}",
+            f"  val: {val_split}, scales {fmt(val_scales)}: "
+            f"{len(report.records['val'])} complete tuples, HR sizes "
+            f"{size_range(report.records['val'])}"]
+    report.lines[:0] = head
+    return report
+
+
+def realsr_data(root, camera="Canon", train_split="Train", val_split="Test",
+                train_scales=(1, 2, 4), val_scales=(1, 2, 3, 4), crop_size=128,
+                samples_per_epoch=1000, multiple_of=8, val_max_size=None) -> DataBundle:
+    """RealSR ordered layout (V2, or V3 with LR resized to HR size). Files are indexed
+    (headers read) now; pixels are read lazily in ``__getitem__``."""
+    if root is None or str(root) in ("", "???"):
+        raise ValueError("data.root is required for data=realsr: pass data.root=/path/to/"
+                         "RealSR_v2_ordered (the folder holding Canon/ and Nikon/)")
+    train_scales = check_scales(train_scales, "data.train_scales")
+    val_scales = check_scales(val_scales, "data.val_scales")
+    check_val_scales_cover_train(train_scales, val_scales)
+    crop_size = check_positive_int(crop_size, "data.crop_size")
+    samples_per_epoch = check_positive_int(samples_per_epoch, "data.samples_per_epoch")
+    multiple_of = check_positive_int(multiple_of, "data.multiple_of")
+    val_max_size = check_positive_int(val_max_size, "data.val_max_size", allow_none=True)
+    report = scan_realsr(root, camera, train_split, val_split, train_scales, val_scales)
+    if report.problems and report.problems[0].startswith("missing root"):
+        raise ValueError(f"data.root={root} does not exist or is not a directory (data=realsr "
+                         f"expects the folder holding Canon/ and Nikon/)")
+    report.raise_if_problems()
+    for note in report.notes:
+        log.info("realsr: %s", note)
+    if report.resized:
+        log.info("realsr: %d LR file(s) are at true LR size (RealSR V3 layout); they are "
+                 "resized to the HR size with bicubic interpolation when loaded", report.resized)
+    train_recs, val_recs = report.records["train"], report.records["val"]
+    check_crop_fits(train_recs, crop_size, "training")
+    train = TrainCropDataset(train_recs, train_scales[1:], crop_size, samples_per_epoch)
+    val = ValImageDataset(val_recs, val_scales[1:], multiple_of, val_max_size)
+    fmt = lambda ss: ",".join(format_scale(s) for s in ss)  # noqa: E731
+    desc = (f"realsr {', '.join(normalize_cameras(camera))} at {root}: {report.layout}; "
+            f"train {train_split} {len(train_recs)} tuples (scales {fmt(train_scales)}), "
+            f"val {val_split} {len(val_recs)} images (scales {fmt(val_scales)}); "
+            f"crops {crop_size}, val center crop to x{multiple_of}"
+            + (f", <= {val_max_size}px" if val_max_size else ""))
+    log.info(desc)
+    return DataBundle(train=train, val=val, train_scales=train_scales, val_scales=val_scales,
+                      description=desc)
