@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 
 from degflow.loggers import build_logger
 from degflow.training.loop import RunContext, TrainSettings, fit, resolve_device
@@ -14,6 +15,16 @@ from degflow.training.loop import RunContext, TrainSettings, fit, resolve_device
 log = logging.getLogger(__name__)
 
 STAGES = ("rae", "lfm")
+
+
+def instantiate(node: dict[str, Any]):
+    """Build the object a config node's ``_target_`` names; bad values surface as their own ValueError."""
+    try:
+        return hydra_instantiate(node, _convert_="all")
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ValueError):
+            raise err.__cause__ from None
+        raise
 
 
 def build_stage(config: dict[str, Any], data, device):
@@ -43,7 +54,7 @@ def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()
     run_dir = Path(run_dir)
     settings = TrainSettings(**config["stage"])
     device = resolve_device(config["device"])
-    data = instantiate(config["data"], _convert_="all")
+    data = instantiate(config["data"])
     log.info("data: %s", data.description)
     stage = build_stage(config, data, device)
     logger_cfg = dict(config["logger"])

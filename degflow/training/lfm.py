@@ -258,7 +258,7 @@ class LFMStage(Stage):
 
 def build_lfm_stage(config: dict[str, Any], data, device: torch.device) -> LFMStage:
     """Wire stage 2 from a plain config: frozen RAE from its checkpoint, velocity net, losses, solver."""
-    from hydra.utils import instantiate
+    from degflow.training import instantiate
 
     spline = SplineSettings(**config["spline"])
     loss = LossSettings(**config["loss"])
@@ -269,7 +269,7 @@ def build_lfm_stage(config: dict[str, Any], data, device: torch.device) -> LFMSt
     if [float(s) for s in rae_ckpt["train_scales"]] != [float(s) for s in data.train_scales]:
         log.warning("the RAE was trained on scales %s, the LFM trains on %s", rae_ckpt["train_scales"],
                     list(data.train_scales))
-    velocity = instantiate(config["model"]["lfm"], _convert_="all")
+    velocity = instantiate(config["model"]["lfm"])
     lpips_loss = lpips_metric = None
     if loss.lpips_weight > 0:
         lpips_loss = load_lpips(loss.lpips_net, loss.lpips_backbone_weights, device=device)

@@ -1,0 +1,174 @@
+"""Both stages end to end on tiny CPU settings: training, validation, checkpoints, resume, sweeps."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from degflow.checkpoint import CheckpointError, load_checkpoint
+from degflow.config import CONF_DIR, register_resolvers, to_plain
+from degflow.synthesis import Synthesizer
+from degflow.training import train
+
+REPO = Path(__file__).resolve().parents[1]
+register_resolvers()
+
+TINY = [
+    "logger=none", "device=cpu", "stage.batch_size=2", "stage.warmup_steps=1", "stage.log_every=1",
+    "data.crop_size=32", "data.val_max_size=64", "data.samples_per_epoch=8", "data.max_side=160",
+    "data.val_scales=[1,2,3,4]", "eval.max_images=1",
+    "model.rae.widths=[8,8,16,16]",
+    "model.lfm.nf=16", "model.lfm.ch_mult=[1,2]", "model.lfm.image_size=4", "solver.steps=2",
+]
+
+
+@pytest.fixture
+def lpips_overrides(shared_dir):
+    weights = shared_dir / "weights"
+    if not (weights / "vgg16_features.pth").is_file():
+        pytest.skip(f"LPIPS backbone weights not found under {weights}: LPIPS loss/metric disabled in this test")
+    return [f"loss.lpips_backbone_weights={weights / 'vgg16_features.pth'}",
+            f"eval.lpips_backbone_weights={weights / 'alexnet_features.pth'}"]
+
+
+def config(overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return to_plain(compose("config", overrides=TINY + list(overrides)))
+
+
+def history_steps(run_dir: Path) -> list[int]:
+    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    return [r["step"] for r in rows if "train/loss" in r]
+
+
+def train_rae(run_dir: Path, steps: int = 4, extra=()):
+    return train(config([f"output_root={run_dir.parent}", f"stage.steps={steps}", "stage.val_every=2",
+                         "stage.ckpt_every=2", *extra]), run_dir)
+
+
+def test_rae_stage_trains_validates_and_writes_a_complete_checkpoint(tmp_path):
+    run = tmp_path / "rae"
+    metrics = train_rae(run)
+    assert set(metrics["scales"]) == {"x1", "x2", "x3", "x4"}
+    assert metrics["scales"]["x3"]["heldout"] and not metrics["scales"]["x2"]["heldout"]
+    assert all(row["psnr_y"] > 5 for row in metrics["scales"].values())
+    assert json.loads((run / "metrics.json").read_text())["step"] == 4
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt", kind="rae")
+    assert ckpt["step"] == 4 and ckpt["train_scales"] == [1.0, 2.0, 4.0]
+    assert ckpt["time_map"] == {"scales": [1.0, 2.0, 4.0], "times": [0.0, 1 / 3, 1.0]}
+    assert ckpt["models"]["rae"]["config"]["widths"] == [8, 8, 16, 16]
+    assert {"optimizer", "scheduler", "rng", "config"} <= set(ckpt) and ckpt["config"]["stage"]["steps"] == 4
+    assert (run / "checkpoints" / "step_0000002.pt").is_file()
+    assert sorted(p.name for p in (run / "images").iterdir())  # the image strip was written
+
+
+def test_rae_resumes_from_its_last_checkpoint_instead_of_restarting(tmp_path):
+    run = tmp_path / "rae"
+    train_rae(run, steps=2)
+    first = load_checkpoint(run / "checkpoints" / "last.pt")
+    train_rae(run, steps=4)  # the same run directory: continues at step 2
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert history_steps(run) == [1, 2, 3, 4]  # steps 1-2 were not redone
+    assert int(first["optimizer"]["state"][0]["step"]) == 2
+    assert int(last["optimizer"]["state"][0]["step"]) == 4  # Adam's counter continued
+    assert last["scheduler"]["last_epoch"] == 4
+    assert not torch.equal(first["optimizer"]["state"][0]["exp_avg"], last["optimizer"]["state"][0]["exp_avg"])
+
+
+def test_killed_training_resumes_when_the_same_command_is_rerun(tmp_path):
+    """SIGKILL a real `python train.py` mid-run; the same command continues from last.pt."""
+    cmd = [sys.executable, "train.py", "stage=rae", *TINY, f"output_root={tmp_path}", "stage.steps=40",
+           "stage.ckpt_every=4", "stage.val_every=1000"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    run_dir = None
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            found = list(tmp_path.glob("rae/*/checkpoints/last.pt"))
+            if found:
+                run_dir = found[0].parents[1]
+                break
+            time.sleep(0.2)
+        assert run_dir is not None, "no checkpoint appeared before the deadline"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed_at = load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"]
+    assert 4 <= killed_at < 40
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"resumed from {run_dir / 'checkpoints' / 'last.pt'} at step {killed_at}" in (run_dir / "train.log").read_text()
+    final = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert final["step"] == 40 and int(final["optimizer"]["state"][0]["step"]) == 40
+    steps = history_steps(run_dir)
+    assert steps.count(1) == 1 and steps[-1] == 40  # step 1 ran once: no restart from scratch
+
+
+def test_training_scales_without_the_hr_knot_are_refused_before_anything_is_written(tmp_path):
+    run = tmp_path / "rae"
+    with pytest.raises(ValueError, match="data.train_scales"):
+        train_rae(run, extra=["data.train_scales=[2,4]"])
+    assert not (run / "checkpoints").exists()
+
+
+def test_lfm_stage_end_to_end_writes_metrics_and_a_self_contained_checkpoint(tmp_path, lpips_overrides):
+    train_rae(tmp_path / "rae" / "tiny", steps=2)
+    run = tmp_path / "lfm" / "tiny"
+    metrics = train(config(["stage=lfm", f"output_root={tmp_path}", "stage.steps=2", "stage.val_every=2",
+                            *lpips_overrides]), run)  # rae_ckpt unset: the latest RAE run is used
+    row = metrics["scales"]["x3"]
+    assert row["heldout"] and row["t"] == pytest.approx(2 / 3)
+    assert {"psnr_y", "ssim_y", "lpips", "psnr_y_bicubic", "psnr_y_ae_interp"} <= set(row)
+    assert metrics["nfe"] > 0 and metrics["seconds_per_image"] > 0
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["nfe"] == metrics["nfe"] and "overrides" in saved
+    # the checkpoint alone is enough to synthesize: remove the RAE run first
+    ckpt_path = run / "checkpoints" / "last.pt"
+    for f in (tmp_path / "rae").rglob("*.pt"):
+        f.unlink()
+    synth = Synthesizer.from_checkpoint(ckpt_path)
+    out = synth(torch.zeros(1, 3, 40, 24), [2.5])
+    assert out[2.5].shape == (1, 3, 40, 24)
+
+
+def test_lfm_without_any_rae_checkpoint_names_rae_ckpt(tmp_path):
+    with pytest.raises(CheckpointError, match="rae_ckpt"):
+        train(config(["stage=lfm", f"output_root={tmp_path}", "loss.lpips_weight=0", "eval.lpips=false"]),
+              tmp_path / "lfm")
+
+
+def test_lfm_refuses_a_checkpoint_of_the_wrong_stage(tmp_path, lpips_overrides):
+    train_rae(tmp_path / "rae" / "tiny", steps=2)
+    train(config(["stage=lfm", f"output_root={tmp_path}", "stage.steps=1", "stage.val_every=1",
+                  "eval.lpips=false", "loss.lpips_weight=0"]), tmp_path / "lfm" / "a")
+    with pytest.raises(CheckpointError, match="stage-'lfm' checkpoint, expected a stage-'rae'"):
+        train(config(["stage=lfm", f"rae_ckpt={tmp_path / 'lfm' / 'a' / 'checkpoints' / 'last.pt'}",
+                      "eval.lpips=false", "loss.lpips_weight=0"]), tmp_path / "lfm" / "b")
+
+
+def test_solver_sweep_runs_three_jobs_whose_nfe_follows_the_step_counts(tmp_path):
+    rae_run = tmp_path / "rae" / "tiny"
+    train_rae(rae_run, steps=2)
+    cmd = [sys.executable, "train.py", "stage=lfm", *TINY, f"output_root={tmp_path}", "stage.steps=1",
+           "stage.val_every=1", "loss.lpips_weight=0", "eval.lpips=false", "-m", "solver.steps=2,4,8"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    nfe = {}
+    for steps in (2, 4, 8):
+        (job,) = [p for p in (tmp_path / "sweeps" / "lfm").iterdir() if f"solver.steps={steps}" in p.name]
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert f"solver.steps={steps}" in metrics["overrides"]
+        nfe[steps] = metrics["nfe"]
+    # rk4: 4 evaluations per grid interval; the grid holds `steps` uniform intervals plus the
+    # extra nodes where requested times (t of x2 = 1/3, x3 = 2/3) fall between uniform points
+    assert nfe[2] < nfe[4] < nfe[8]
+    assert nfe[8] == 4 * (8 + 2)  # 1/3 and 2/3 are not multiples of 1/8: two extra nodes
