@@ -22,11 +22,11 @@ register_resolvers()
 
 TINY = [
     "logger=none", "device=cpu", "stage.batch_size=2", "stage.warmup_steps=1", "stage.log_every=1",
-    "data.crop_size=32", "data.val_max_size=64", "data.samples_per_epoch=8", "data.max_side=160",
-    "data.val_scales=[1,2,3,4]", "eval.max_images=1",
+    "data.crop_size=32", "data.val_max_size=64", "data.samples_per_epoch=8", "eval.max_images=1",
     "model.rae.widths=[8,8,16,16]",
     "model.lfm.nf=16", "model.lfm.ch_mult=[1,2]", "model.lfm.image_size=4", "solver.steps=2",
 ]
+DEMO = ["data.max_side=160", "data.val_scales=[1,2,3,4]"]  # keys of data=demo only
 
 
 @pytest.fixture
@@ -40,7 +40,8 @@ def lpips_overrides(shared_dir):
 
 def config(overrides):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return to_plain(compose("config", overrides=TINY + list(overrides)))
+        demo = [] if any(o.startswith("data=") for o in overrides) else DEMO
+        return to_plain(compose("config", overrides=TINY + demo + list(overrides)))
 
 
 def history_steps(run_dir: Path) -> list[int]:
@@ -84,7 +85,7 @@ def test_rae_resumes_from_its_last_checkpoint_instead_of_restarting(tmp_path):
 
 def test_killed_training_resumes_when_the_same_command_is_rerun(tmp_path):
     """SIGKILL a real `python train.py` mid-run; the same command continues from last.pt."""
-    cmd = [sys.executable, "train.py", "stage=rae", *TINY, f"output_root={tmp_path}", "stage.steps=40",
+    cmd = [sys.executable, "train.py", "stage=rae", *TINY, *DEMO, f"output_root={tmp_path}", "stage.steps=40",
            "stage.ckpt_every=4", "stage.val_every=1000"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     run_dir = None
@@ -157,7 +158,7 @@ def test_lfm_refuses_a_checkpoint_of_the_wrong_stage(tmp_path, lpips_overrides):
 def test_solver_sweep_runs_three_jobs_whose_nfe_follows_the_step_counts(tmp_path):
     rae_run = tmp_path / "rae" / "tiny"
     train_rae(rae_run, steps=2)
-    cmd = [sys.executable, "train.py", "stage=lfm", *TINY, f"output_root={tmp_path}", "stage.steps=1",
+    cmd = [sys.executable, "train.py", "stage=lfm", *TINY, *DEMO, f"output_root={tmp_path}", "stage.steps=1",
            "stage.val_every=1", "loss.lpips_weight=0", "eval.lpips=false", "-m", "solver.steps=2,4,8"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -172,3 +173,22 @@ def test_solver_sweep_runs_three_jobs_whose_nfe_follows_the_step_counts(tmp_path
     # extra nodes where requested times (t of x2 = 1/3, x3 = 2/3) fall between uniform points
     assert nfe[2] < nfe[4] < nfe[8]
     assert nfe[8] == 4 * (8 + 2)  # 1/3 and 2/3 are not multiples of 1/8: two extra nodes
+
+
+def test_rae_trains_on_a_realsr_v2_tree(tmp_path):
+    from _data_trees import make_realsr
+
+    root = make_realsr(tmp_path / "RealSR_v2_ordered", n=3, h=48, w=64)
+    metrics = train_rae(tmp_path / "runs" / "realsr", steps=2,
+                        extra=["data=realsr", f"data.root={root}", "data.crop_size=32"])
+    assert set(metrics["scales"]) == {"x1", "x2", "x3", "x4"} and metrics["scales"]["x3"]["heldout"]
+
+
+def test_rae_trains_on_the_real_camera_x4_pairs_in_the_paired_layout(tmp_path, shared_dir):
+    root = shared_dir / "data" / "realsr_x4"
+    if not (root / "HR").is_dir():
+        pytest.skip(f"{root} not present: real RealSR x4 pairs are not available here")
+    metrics = train_rae(tmp_path / "runs" / "paired", steps=2,
+                        extra=["data=paired", f"data.root={root}", "data.val_scales=null",
+                               "data.val_max_size=64"])
+    assert set(metrics["scales"]) == {"x1", "x4"} and metrics["images_evaluated"] == 1
