@@ -4,11 +4,13 @@ Wiring only: compose the config (Hydra), convert it to plain Python, hand it to
 :func:`degflow.training.train`. Sweeps: ``python train.py stage=lfm -m solver.steps=8,16,32``.
 """
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from degflow.config import register_resolvers, to_plain
+from degflow.config import hoist_multirun_flag, register_resolvers, to_plain
 
 register_resolvers()
 
@@ -23,4 +25,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv = hoist_multirun_flag(sys.argv)
     main()

@@ -38,3 +38,14 @@ def to_plain(cfg: DictConfig) -> dict[str, Any]:
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     plain.pop("hydra", None)
     return plain
+
+
+def hoist_multirun_flag(argv: list[str]) -> list[str]:
+    """Move ``-m``/``--multirun`` before the overrides so ``train.py stage=lfm -m a=1,2`` works.
+
+    Hydra's argument parser only accepts overrides after its flags; researchers type the flag
+    anywhere. Only this boolean flag is moved; everything else keeps its order.
+    """
+    flags = [a for a in argv[1:] if a in ("-m", "--multirun")]
+    rest = [a for a in argv[1:] if a not in ("-m", "--multirun")]
+    return [argv[0], *flags, *rest]

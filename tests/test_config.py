@@ -127,5 +127,13 @@ def test_run_directory_is_derived_from_the_command():
     assert run_slug("") == "default"
     assert run_slug("data.root=/a/b,seed=1") == "data.root=_a_b,seed=1"
     assert len(run_slug("x" * 500)) <= 120
-    hydra_run_dir = OmegaConf.load(Path(CONF_DIR) / "config.yaml").hydra.run.dir
+    raw = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "config.yaml"), resolve=False)
+    hydra_run_dir = raw["hydra"]["run"]["dir"]
     assert "override_dirname" in hydra_run_dir
+
+
+def test_the_multirun_flag_may_follow_the_overrides():
+    from degflow.config import hoist_multirun_flag
+
+    argv = ["train.py", "stage=lfm", "-m", "solver.steps=8,16,32"]
+    assert hoist_multirun_flag(argv) == ["train.py", "-m", "stage=lfm", "solver.steps=8,16,32"]

@@ -163,11 +163,11 @@ def test_solver_sweep_runs_three_jobs_whose_nfe_follows_the_step_counts(tmp_path
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
+    jobs = [json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "lfm").glob("*/metrics.json")]
+    assert len(jobs) == 3  # one run directory (and metrics.json) per job
     nfe = {}
     for steps in (2, 4, 8):
-        (job,) = [p for p in (tmp_path / "sweeps" / "lfm").iterdir() if f"solver.steps={steps}" in p.name]
-        metrics = json.loads((job / "metrics.json").read_text())
-        assert f"solver.steps={steps}" in metrics["overrides"]
+        (metrics,) = [m for m in jobs if f"solver.steps={steps}" in m["overrides"]]
         nfe[steps] = metrics["nfe"]
     # rk4: 4 evaluations per grid interval; the grid holds `steps` uniform intervals plus the
     # extra nodes where requested times (t of x2 = 1/3, x3 = 2/3) fall between uniform points
