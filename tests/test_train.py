@@ -192,3 +192,11 @@ def test_rae_trains_on_the_real_camera_x4_pairs_in_the_paired_layout(tmp_path, s
                         extra=["data=paired", f"data.root={root}", "data.val_scales=null",
                                "data.val_max_size=64"])
     assert set(metrics["scales"]) == {"x1", "x4"} and metrics["images_evaluated"] == 1
+
+
+def test_validation_does_not_freeze_the_velocity_network(tmp_path):
+    """Training continues after a mid-run validation (the Synthesizer must not freeze live modules)."""
+    train_rae(tmp_path / "rae" / "tiny", steps=2)
+    metrics = train(config(["stage=lfm", f"output_root={tmp_path}", "stage.steps=3", "stage.val_every=1",
+                            "loss.lpips_weight=0", "eval.lpips=false"]), tmp_path / "lfm" / "a")
+    assert metrics["step"] == 3
