@@ -413,10 +413,10 @@ class Synthesizer:
                            ) -> tuple[dict[float, torch.Tensor], int, float]:
         assert self.train_scales is not None
         h, w = crops[0].shape[-2:]
-        b, k = crops[0].shape[0], len(crops)
-        z, feats = self.rae.encode(self._pad(torch.cat(crops)))                     # [K*B, ...]
-        knots = z.view(k, b, *z.shape[1:]).transpose(0, 1)                          # [B,K,C,h,w]
-        hr_feats = [f[:b] for f in feats]
+        b = crops[0].shape[0]
+        z_hr, hr_feats = self.rae.encode(self._pad(crops[0]))
+        # one knot at a time: peak memory of a single encode
+        knots = torch.stack([z_hr] + [self.rae.encode(self._pad(x))[0] for x in crops[1:]], dim=1)  # [B,K,C,h,w]
         knot_times = torch.tensor(self.time_map.knot_times(self.train_scales), device=self.device)
         images = {}
         for s, t in times.items():
