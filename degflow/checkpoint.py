@@ -22,6 +22,7 @@ map) is written here once, never re-derived from YAML.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import tempfile
@@ -180,3 +181,12 @@ def find_latest_checkpoint(root: str | Path, kind: str) -> Path | None:
         if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT and ckpt.get("kind") == kind:
             return path
     return None
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file (identifies checkpoints in metrics, checkpoints and manifests)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

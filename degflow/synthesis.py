@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from degflow import __version__
-from degflow.checkpoint import CheckpointError, atomic_write_text, build_model, load_checkpoint
+from degflow.checkpoint import CheckpointError, atomic_write_text, build_model, file_sha256, load_checkpoint
 from degflow.metrics import bicubic_baseline, resize_to_lr
 from degflow.solvers import SolverSpec, integrate
 from degflow.spline import PATH_KINDS, evaluate_path
@@ -267,7 +267,7 @@ class Synthesizer:
         return cls(rae, velocity, time_map, solver, device=resolve_device(str(device)),
                    precision=precision, max_trained_scale=max(train_scales), tile_size=tile_size,
                    tile_overlap=tile_overlap, train_scales=train_scales, spline_path=spline_path,
-                   checkpoint_sha256=_file_sha256(path))
+                   checkpoint_sha256=file_sha256(path))
 
     # -------------------------------------------------------------------------- times
     def scale_times(self, scales: Sequence[float], allow_extrapolation: bool = False) -> dict[float, float]:
@@ -455,13 +455,6 @@ class Synthesizer:
         return SynthesisResult(images=images, times=times, nfe=0, seconds=time.perf_counter() - start,
                                tiles=tiles)
 
-
-def _file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------ folders

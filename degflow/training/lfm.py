@@ -10,7 +10,6 @@ HR latent with the configured solver through :class:`degflow.synthesis.Synthesiz
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -19,7 +18,14 @@ from typing import Any
 
 import torch
 
-from degflow.checkpoint import CheckpointError, build_model, find_latest_checkpoint, load_checkpoint, model_entry
+from degflow.checkpoint import (
+    CheckpointError,
+    build_model,
+    file_sha256,
+    find_latest_checkpoint,
+    load_checkpoint,
+    model_entry,
+)
 from degflow.losses import LossSettings, flow_matching_loss, segment_weights, taylor_extrapolate
 from degflow.metrics import bicubic_baseline, psnr_y, ssim_y
 from degflow.perceptual import load_lpips
@@ -90,14 +96,6 @@ def resolve_rae_checkpoint(rae_ckpt: str | None, output_root: str | Path) -> Pat
     log.info("rae_ckpt not set: using the most recent RAE run %s", found)
     return found
 
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file (identifies checkpoints in metrics and manifests)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class LFMStage(Stage):
