@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import uuid
 from pathlib import Path
@@ -28,6 +29,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (inf, nan) replaced by None, recursively, so
+    ``json.dumps(..., allow_nan=False)`` writes strict JSON (e.g. PSNR of identical images)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 class NullLogger:
     """Console-free logger that only keeps ``history.jsonl`` in the run directory."""
 
@@ -40,7 +53,7 @@ class NullLogger:
         """Record scalar ``metrics`` at ``step``."""
         row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
         with open(self._history, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
 
     def log_image(self, key: str, image: torch.Tensor, step: int, caption: str = "") -> None:
         """Record an image ``[3, H, W]`` in [-1, 1] (saved as PNG under ``{run_dir}/images``)."""

@@ -6,11 +6,24 @@ the state at every requested time.
 
 Fixed-step methods (``euler``, ``midpoint``, ``rk4``) in torchdiffeq step along the grid
 they are given and, for output times that fall between two grid points, *linearly
-interpolate* between the steps (losing the method's order). :func:`time_grid` therefore
-merges every requested time into the uniform step grid, so every output is an actual
-solver step. The adaptive method (``dopri5``) uses its own dense output.
+interpolate* between the steps (losing the method's order). Two ways out, chosen by
+``solver.interp``:
 
-Config keys: ``solver.method``, ``solver.steps``, ``solver.rtol``, ``solver.atol``.
+``grid`` (default)
+    :func:`time_grid` snaps the nearest uniform nodes onto the requested times, so every
+    output is an actual solver step (exact). Requested times at least one step apart cost
+    nothing extra; N requested times cost at least N steps.
+``cubic``
+    the solver steps on the plain uniform grid and outputs between two nodes come from
+    cubic Hermite interpolation of the node states and velocities (third order, like the
+    local error of rk4). The node velocities are the first stage of the next step anyway,
+    so :class:`CountingField` hands them over and any number of outputs costs ONE extra
+    evaluation (the velocity at the final node).
+
+The adaptive method (``dopri5``) uses its own dense output.
+
+Config keys: ``solver.method``, ``solver.steps``, ``solver.interp``, ``solver.rtol``,
+``solver.atol``.
 """
 
 from __future__ import annotations
@@ -27,11 +40,13 @@ __all__ = [
     "ADAPTIVE_METHODS",
     "FIXED_STEP_METHODS",
     "FIXED_STEP_STAGES",
+    "INTERP_MODES",
     "SOLVER_METHODS",
     "CountingField",
     "SolverSpec",
     "integrate",
     "time_grid",
+    "uniform_grid",
 ]
 
 #: All supported methods (config key ``solver.method``).
@@ -42,6 +57,8 @@ FIXED_STEP_METHODS: tuple[str, ...] = ("euler", "midpoint", "rk4")
 ADAPTIVE_METHODS: tuple[str, ...] = ("dopri5",)
 #: Function evaluations per step of each fixed-step method.
 FIXED_STEP_STAGES: dict[str, int] = {"euler": 1, "midpoint": 2, "rk4": 4}
+#: How fixed-step methods reach requested times between nodes (``solver.interp``).
+INTERP_MODES: tuple[str, ...] = ("grid", "cubic")
 
 _DEFAULT_TOL = 1e-5
 _GRID_DEDUP_TOL = 1e-9
@@ -59,6 +76,9 @@ class SolverSpec:
             methods (``solver.steps``, >= 1); must be ``None`` for ``dopri5``.
         rtol, atol: tolerances for ``dopri5`` (``solver.rtol``, ``solver.atol``, > 0);
             must be ``None`` for fixed-step methods.
+        interp: ``"grid"`` (requested times are grid nodes) or ``"cubic"`` (uniform grid,
+            cubic Hermite output between nodes); fixed-step methods only
+            (``solver.interp``, see the module docstring).
 
     Validated on construction; use :meth:`create` to get dopri5's default tolerances.
     """
@@ -67,6 +87,7 @@ class SolverSpec:
     steps: int | None = None
     rtol: float | None = None
     atol: float | None = None
+    interp: str = "grid"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -78,11 +99,19 @@ class SolverSpec:
         steps: int | None = None,
         rtol: float | None = None,
         atol: float | None = None,
+        interp: str | None = None,
     ) -> "SolverSpec":
-        """Build a spec, filling ``rtol = atol = 1e-5`` for dopri5 when both are None."""
+        """Build a spec, filling ``rtol = atol = 1e-5`` for dopri5 when both are None and
+        ``interp = "grid"`` when None."""
         if method in ADAPTIVE_METHODS and rtol is None and atol is None:
             rtol = atol = _DEFAULT_TOL
-        return cls(method=method, steps=steps, rtol=rtol, atol=atol)
+        return cls(method=method, steps=steps, rtol=rtol, atol=atol,
+                   interp="grid" if interp is None else interp)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain dict accepted by :meth:`create` (stored in checkpoints and manifests)."""
+        return {"method": self.method, "steps": self.steps, "rtol": self.rtol,
+                "atol": self.atol, "interp": self.interp}
 
     @property
     def is_fixed_step(self) -> bool:
@@ -96,6 +125,12 @@ class SolverSpec:
                 f"solver.method: unknown ODE method {self.method!r}; valid methods are "
                 f"{list(SOLVER_METHODS)} (fixed-step: {list(FIXED_STEP_METHODS)}, adaptive: "
                 f"{list(ADAPTIVE_METHODS)})"
+            )
+        if self.interp not in INTERP_MODES:
+            raise ValueError(
+                f"solver.interp: unknown output mode {self.interp!r}; valid modes are "
+                f"{list(INTERP_MODES)} (grid: requested times are solver steps; cubic: uniform "
+                f"steps, cubic Hermite output in between)"
             )
         if self.is_fixed_step:
             if self.steps is None:
@@ -122,6 +157,12 @@ class SolverSpec:
                     f"steps={self.steps!r}; set solver.steps to null, or use a fixed-step "
                     f"method {list(FIXED_STEP_METHODS)}"
                 )
+            if self.interp != "grid":
+                raise ValueError(
+                    f"solver.interp: adaptive method {self.method!r} has its own dense output, "
+                    f"got interp={self.interp!r}; set solver.interp=grid, or use a fixed-step "
+                    f"method {list(FIXED_STEP_METHODS)}"
+                )
             for key, val in (("rtol", self.rtol), ("atol", self.atol)):
                 if val is None:
                     raise ValueError(
@@ -140,19 +181,27 @@ class CountingField(torch.nn.Module):
     """Adapter from ``velocity(z [B, ...], t [B]) -> [B, ...]`` to torchdiffeq's
     ``f(t_scalar, z)``, counting function evaluations in :attr:`nfe`.
 
-    The scalar ``t`` is cast to ``z``'s dtype and broadcast to ``[B]``.
+    The scalar ``t`` is cast to ``z``'s dtype and broadcast to ``[B]``. The last evaluation
+    is remembered: a call with the same time value and the very same state tensor object
+    returns it without evaluating again (torchdiffeq's cubic output evaluates the velocity
+    at a node, and the next step evaluates it again at the same node and state).
     """
 
     def __init__(self, velocity: Velocity) -> None:
         super().__init__()
         self.velocity = velocity
         self.nfe = 0
+        self._last: tuple[float, Tensor, Tensor] | None = None
 
     def reset(self) -> None:
-        """Set :attr:`nfe` back to 0."""
+        """Set :attr:`nfe` back to 0 and forget the remembered evaluation."""
         self.nfe = 0
+        self._last = None
 
     def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        t_val = float(t)
+        if self._last is not None and self._last[1] is z and self._last[0] == t_val:
+            return self._last[2]
         self.nfe += 1
         t_b = torch.as_tensor(t, dtype=z.dtype, device=z.device).reshape(1).expand(z.shape[0])
         out = self.velocity(z, t_b)
@@ -161,6 +210,7 @@ class CountingField(torch.nn.Module):
             raise ValueError(
                 f"velocity must return a tensor shaped like z {tuple(z.shape)}, got {got}"
             )
+        self._last = (t_val, z, out)
         return out
 
 
@@ -181,14 +231,18 @@ def _as_times(times: Sequence[float] | Tensor, name: str) -> Tensor:
 
 
 def time_grid(targets: Sequence[float] | Tensor, steps: int, t0: float = 0.0) -> Tensor:
-    """Uniform step grid with every target on it.
+    """Uniform step grid with every target on it, snapped rather than merged.
 
-    The uniform grid with ``steps`` intervals over ``[t0, max(targets)]`` is merged with
-    ``t0`` and all targets, sorted and deduplicated: a uniform point within 1e-9 of a
-    target is dropped in favour of the target, so every target lies EXACTLY on the grid.
-    (torchdiffeq's fixed-grid methods would otherwise interpolate linearly between steps
-    for times between grid points.) The number of solver steps is ``len(grid) - 1``,
-    which is ``steps`` plus at most one per target that is not already a grid point.
+    Start from the uniform grid with ``steps`` intervals over ``[t0, max(targets)]`` (step
+    ``h``), drop every uniform node (other than ``t0``) that lies within ``h / 2`` of a
+    target (the first node also when a target lies within ``h / 2`` of ``t0``), and put
+    the targets in. Every target is then EXACTLY a grid point
+    (torchdiffeq's fixed-grid methods would otherwise interpolate linearly between steps).
+
+    Cost: targets at least ``h`` apart each replace their nearest node, so the grid keeps
+    ``steps`` intervals; N targets packed closer give about N intervals. In general the
+    number of intervals lies between ``max(steps, #targets)`` and ``steps + #targets``, and
+    no interval is longer than ``2 h`` (each dropped node has a target within ``h / 2``).
 
     Args:
         targets: requested times ``[T]``, each ``>= t0``.
@@ -211,10 +265,25 @@ def time_grid(targets: Sequence[float] | Tensor, steps: int, t0: float = 0.0) ->
     t_end = float(anchors[-1])
     if t_end == t0:
         return anchors
-    uniform = torch.linspace(t0, t_end, steps + 1, dtype=torch.float64)
+    uniform = torch.linspace(t0, t_end, steps + 1, dtype=torch.float64)[1:]
+    h = (t_end - t0) / steps
     dist = (uniform.unsqueeze(1) - anchors.unsqueeze(0)).abs().min(dim=1).values
-    kept = uniform[dist > _GRID_DEDUP_TOL]
+    drop = dist < 0.5 * h
+    # a target next to t0 (whose nearest node is t0 itself, never dropped) takes node 1
+    drop[0] |= bool(((anchors > t0) & (anchors < t0 + 0.5 * h)).any())
+    kept = uniform[~drop]
+    kept = kept[(kept.unsqueeze(1) - anchors.unsqueeze(0)).abs().min(dim=1).values > _GRID_DEDUP_TOL]
     return torch.sort(torch.cat([anchors, kept])).values
+
+
+def uniform_grid(t_end: float, steps: int) -> Tensor:
+    """Plain uniform grid ``[steps + 1]`` over ``[0, t_end]`` (float64, CPU; last node exactly
+    ``t_end``) used by ``solver.interp=cubic``."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"solver.steps: expected an integer >= 1, got {steps!r}")
+    grid = torch.linspace(0.0, float(t_end), steps + 1, dtype=torch.float64)
+    grid[-1] = float(t_end)
+    return grid
 
 
 def integrate(
@@ -235,7 +304,9 @@ def integrate(
     Returns:
         ``(states [T, B, ...], nfe)``: the state at each requested time in the requested
         order, on ``z0``'s device and dtype, and the number of velocity evaluations.
-        Fixed-step methods step on :func:`time_grid` (``nfe = (len(grid) - 1) * stages``);
+        Fixed-step methods step on :func:`time_grid` (``nfe = (len(grid) - 1) * stages``)
+        or, with ``spec.interp == "cubic"``, on :func:`uniform_grid`
+        (``nfe = steps * stages + 1``);
         dopri5 steps adaptively with ``spec.rtol``/``spec.atol``. Runs under the caller's
         grad mode (backpropagation goes through the solver's operations).
     """
@@ -256,6 +327,20 @@ def integrate(
     field = CountingField(velocity)
     if float(req.max()) == 0.0:
         return z0.unsqueeze(0).expand(req.numel(), *z0.shape).clone(), 0
+
+    if spec.is_fixed_step and spec.interp == "cubic":
+        assert spec.steps is not None
+        # outputs at 0 and every requested time; steps on the uniform grid in between
+        out64 = torch.unique(torch.cat([torch.zeros(1, dtype=torch.float64), req]))
+        out_t = torch.unique_consecutive(out64.to(z0.dtype))
+        steps_grid = torch.unique_consecutive(uniform_grid(float(out64[-1]), spec.steps).to(z0.dtype))
+        steps_grid[-1] = out_t[-1]
+        req_cast = req.to(z0.dtype)
+        idx = torch.searchsorted(out_t, req_cast)
+        steps_grid = steps_grid.to(z0.device)
+        sol = odeint(field, z0, out_t.to(z0.device), method=spec.method,
+                     options={"grid_constructor": lambda f, y0, t: steps_grid, "interp": "cubic"})
+        return sol[idx.to(z0.device)], field.nfe
 
     if spec.is_fixed_step:
         assert spec.steps is not None

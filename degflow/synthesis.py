@@ -7,14 +7,16 @@ Images whose size is not a multiple of the model's stride are padded (replicate)
 cropped back, never resized.
 
 Large images are tiled (:attr:`Synthesizer.tile_size`, :attr:`Synthesizer.tile_overlap`, HR
-pixels): every tile is its own encode / ODE solve / decode of its own HR crop, and the decoded
-tiles are blended in image space with complementary cosine ramps over the overlaps (the
+pixels), but only where it is exact up to the tile edges: the RAE. The RAE is local
+(per-pixel LayerNorm, convolutions), the velocity U-Net is not (GroupNorm statistics and
+self-attention over its whole input). So the HR image is encoded tile by tile and the tile
+latents are blended into ONE latent of the whole image; the ODE is solved once on that
+latent (1/8 of the pixels per side, small even for 2K images); each tile is then decoded
+from its crop of the solved latent with its own HR skip features, and the decoded tiles are
+blended in image space. Blending uses complementary cosine ramps over the overlaps (the
 outermost quarter of each overlap, next to a crop edge, gets weight 0: it is context only).
 Tile origins lie on multiples of :attr:`Synthesizer.pad_multiple`, so every tile sees the
-same downsampling grids as the whole image would. The RAE is local (per-pixel LayerNorm,
-convolutions), so far from tile edges tiled and untiled decodes agree; the velocity U-Net
-has GroupNorm and a self-attention block over its whole input, so its output depends on the
-tile's content as a whole: tiling is an approximation of the untiled solve, not a rewrite.
+same downsampling grids as the whole image would.
 
 :func:`synthesize_folder` turns a folder of HR images into an SR training set (see its
 docstring for the layout, the manifest and the resume / sharding rules).
@@ -166,7 +168,7 @@ class SynthesisResult:
     """Output of :meth:`Synthesizer.generate`.
 
     ``images[s]`` is ``[B, 3, H, W]`` in [-1, 1] at HR pixel size for each decoded scale s.
-    ``nfe`` counts velocity evaluations (summed over tiles), ``seconds`` the whole call
+    ``nfe`` counts velocity evaluations (one solve, tiled or not), ``seconds`` the whole call
     (encode, solve, decode, blending), ``solve_seconds`` the ODE solves alone.
     """
 
@@ -344,32 +346,70 @@ class Synthesizer:
         return acc, nfe_total, solve_total, len(rows) * len(cols)
 
     # -------------------------------------------------------------------------- generation
-    def _solve_and_decode(self, hr: torch.Tensor, times: dict[float, float], solver: SolverSpec,
-                          decode: Sequence[float]) -> tuple[dict[float, torch.Tensor], int, float]:
-        """One encode / ODE solve / decode of ``hr [B, 3, h, w]`` (padded, cropped back)."""
-        h, w = hr.shape[-2:]
-        z0, feats = self.rae.encode(self._pad(hr))
-        unique = sorted(set(times.values()))
-        self._sync()
-        start = time.perf_counter()
-        states, nfe = integrate(self._velocity, z0, unique, solver)               # [T,B,C,h,w]
-        self._sync()
-        solve = time.perf_counter() - start
-        images = {}
-        for s in decode:
-            x = self.rae.decode(states[unique.index(times[s])], feats).clamp(-1, 1)
-            images[s] = x[..., :h, :w]
-        return images, nfe, solve
+    def _tile_grid(self, h: int, w: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]] | None:
+        """Tile spans ``(rows, cols)`` of a padded ``h x w`` image, or None when it fits one tile."""
+        if self.tile_size is None or max(h, w) <= self.tile_size:
+            return None
+        return _tile_spans(h, self.tile_size, self.tile_overlap), _tile_spans(w, self.tile_size, self.tile_overlap)
+
+    def _encode_tiled(self, x: torch.Tensor, rows: list[tuple[int, int]], cols: list[tuple[int, int]]) -> torch.Tensor:
+        """Latent ``[B, C, H/8, W/8]`` of the padded image ``x [B, 3, H, W]``, encoded tile by
+        tile and blended with the tiling ramps at latent resolution."""
+        st = int(self.rae.stride)
+        lat_rows = [(a // st, b // st) for a, b in rows]
+        lat_cols = [(a // st, b // st) for a, b in cols]
+        lo = self.tile_overlap // st
+        z = weight = None
+        for i, (y0, y1) in enumerate(rows):
+            wy = _window(lat_rows, i, lo)
+            for j, (x0, x1) in enumerate(cols):
+                wx = _window(lat_cols, j, lo)
+                zt, _ = self.rae.encode(x[..., y0:y1, x0:x1])
+                if z is None:
+                    z = zt.new_zeros(*zt.shape[:2], x.shape[-2] // st, x.shape[-1] // st)
+                    weight = torch.zeros(1, 1, *z.shape[-2:], dtype=torch.float64, device=self.device)
+                win = (wy[:, None] * wx[None, :]).to(self.device)
+                (a0, a1), (c0, c1) = lat_rows[i], lat_cols[j]
+                z[..., a0:a1, c0:c1] += zt * win.to(zt.dtype)
+                weight[..., a0:a1, c0:c1] += win
+                del zt
+        assert z is not None and weight is not None
+        return z / weight.to(z.dtype)
+
+    def _decode_tiled(self, x: torch.Tensor, latents: dict[float, torch.Tensor],
+                      rows: list[tuple[int, int]], cols: list[tuple[int, int]]) -> dict[float, torch.Tensor]:
+        """Decode ``latents[s] [B, C, H/8, W/8]`` tile by tile with each tile's own HR skip
+        features from the padded image ``x [B, 3, H, W]``; blend in image space."""
+        st = int(self.rae.stride)
+        b, _, h, w = x.shape
+        acc = {s: torch.zeros(b, 3, h, w, device=self.device) for s in latents}
+        weight = torch.zeros(1, 1, h, w, dtype=torch.float64, device=self.device)
+        for i, (y0, y1) in enumerate(rows):
+            wy = _window(rows, i, self.tile_overlap)
+            for j, (x0, x1) in enumerate(cols):
+                wx = _window(cols, j, self.tile_overlap)
+                win = (wy[:, None] * wx[None, :]).to(self.device)                  # [h_t, w_t]
+                feats = self.rae.features(x[..., y0:y1, x0:x1])
+                for s, z in latents.items():
+                    img = self.rae.decode(z[..., y0 // st:y1 // st, x0 // st:x1 // st], feats)
+                    acc[s][..., y0:y1, x0:x1] += img.clamp(-1, 1) * win.float()
+                    del img
+                weight[..., y0:y1, x0:x1] += win
+                del feats
+        norm = weight.float()
+        for s in acc:
+            acc[s].div_(norm).clamp_(-1, 1)
+        return acc
 
     @torch.no_grad()
     def generate(self, hr: torch.Tensor, scales: Sequence[float], allow_extrapolation: bool = False,
                  solver: SolverSpec | None = None, *, decode: Sequence[float] | None = None) -> SynthesisResult:
-        """Generate LR images at HR size for every scale, from one ODE solve (per tile).
+        """Generate LR images at HR size for every scale, from ONE ODE solve.
 
         Args:
             hr: ``[B, 3, H, W]`` HR images in [-1, 1] (any H, W >= 1).
             scales: requested scales s >= 1 (exact values; nothing is rounded to a grid: every
-                t(s) is a step of the fixed-step grid).
+                t(s) is a step of the fixed-step grid with ``solver.interp=grid``).
             solver: overrides :attr:`solver` for this call.
             decode: the subset of ``scales`` to decode (default: all). The solve still
                 covers every scale, so the step grid (and the result) does not depend on it.
@@ -387,8 +427,27 @@ class Synthesizer:
         self._sync()
         start = time.perf_counter()
         hr = hr.to(self.device, torch.float32)
-        images, nfe, solve, tiles = self._tiled(
-            lambda crops: self._solve_and_decode(crops[0], times, solver, wanted), [hr], wanted)
+        h, w = hr.shape[-2:]
+        x = self._pad(hr)
+        grid = self._tile_grid(*x.shape[-2:])
+        if grid is None:
+            z0, feats = self.rae.encode(x)
+        else:
+            z0, feats = self._encode_tiled(x, *grid), None
+        unique = sorted(set(times.values()))
+        self._sync()
+        solve_start = time.perf_counter()
+        states, nfe = integrate(self._velocity, z0, unique, solver)               # [T,B,C,h,w]
+        self._sync()
+        solve = time.perf_counter() - solve_start
+        latents = {s: states[unique.index(times[s])] for s in wanted}
+        del states
+        if grid is None:
+            images = {s: self.rae.decode(z, feats).clamp(-1, 1)[..., :h, :w] for s, z in latents.items()}
+            tiles = 1
+        else:
+            images = {s: img[..., :h, :w] for s, img in self._decode_tiled(x, latents, *grid).items()}
+            tiles = len(grid[0]) * len(grid[1])
         self._sync()
         return SynthesisResult(images=images, times=times, nfe=nfe, seconds=time.perf_counter() - start,
                                solve_seconds=solve, tiles=tiles)

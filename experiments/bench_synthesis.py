@@ -8,11 +8,13 @@
 Writes ``experiments/results/bench_synthesis.json`` (``--out``) and prints markdown tables.
 
 1. Scale cost: one image, 1 scale (4.0) vs 30 scales (1.1, ..., 4.0) with the same solver
-   and steps: NFE, seconds of the ODE solve alone, seconds of solve + decode.
+   and steps, for both ``solver.interp`` modes: NFE, seconds of the ODE solve alone, seconds
+   of encode + solve (decoding aside) and of the whole call (medians of ``--repeats`` runs).
 2. Reference: a sampler doing what the authors' does (scipy ``solve_ivp`` RK45,
    rtol = atol = 1e-5, starting from z_0 at t = 1e-3, the latent moved to numpy float64 at
    every evaluation) on the same model; for each of our settings (euler / midpoint / rk4 at
-   several step counts, dopri5): NFE, seconds per image and, at every scale, Y-PSNR of ours
+   several step counts, each with ``interp=grid`` and ``interp=cubic``, dopri5): NFE,
+   seconds per image and, at every scale, Y-PSNR of ours
    vs the reference output and of both vs the real LR image (demo data only). Goal: a
    fixed-step setting within 0.05 dB of the reference at every scale with at most a third
    of its NFE.
@@ -46,8 +48,11 @@ from degflow.solvers import SolverSpec  # noqa: E402
 from degflow.synthesis import Synthesizer, expand_scales, scale_label  # noqa: E402
 
 AUTHORS_GRID = {"start": 1.1, "stop": 4.0, "step": 0.1}
-SETTINGS = ([("euler", n) for n in (8, 16, 32, 64)] + [("midpoint", n) for n in (4, 8, 16, 32)]
-            + [("rk4", n) for n in (2, 4, 8, 16, 32)] + [("dopri5", None)])
+FIXED = ([("euler", n) for n in (8, 16, 32, 64)] + [("midpoint", n) for n in (4, 8, 16, 32)]
+         + [("rk4", n) for n in (2, 4, 8, 16, 32)])
+#: (method, steps, interp): every fixed-step setting with both output modes, then dopri5
+SETTINGS = ([(m, n, "grid") for m, n in FIXED] + [(m, n, "cubic") for m, n in FIXED]
+            + [("dopri5", None, "grid")])
 REF_T0 = 1e-3
 REF_TOL = 1e-5
 
@@ -139,26 +144,45 @@ def reference_generate(synth: Synthesizer, hr: torch.Tensor, scales: list[float]
 def scale_cost(synth: Synthesizer, hr: torch.Tensor, repeats: int) -> list[dict]:
     many = expand_scales(AUTHORS_GRID)
     rows = []
-    for method, steps in (("rk4", 16), ("rk4", 32), ("rk4", 64), ("euler", 64)):
-        spec = SolverSpec.create(method, steps=steps)
-        row = {"solver": f"{method}/{steps}"}
+    settings = [("rk4", 16, "grid"), ("rk4", 16, "cubic"), ("rk4", 32, "grid"), ("rk4", 32, "cubic"),
+                ("euler", 64, "grid"), ("euler", 64, "cubic")]
+    for method, steps, interp in settings:
+        spec = SolverSpec.create(method, steps=steps, interp=interp)
+        row = {"solver": f"{method}/{steps}/{interp}"}
         for label, scales in (("1", [4.0]), ("30", many)):
             synth.generate(hr, scales, solver=spec)                                   # warm-up
-            runs = [synth.generate(hr, scales, solver=spec) for _ in range(repeats)]
-            row[f"nfe_{label}"] = runs[0].nfe
-            row[f"solve_s_{label}"] = min(r.solve_seconds for r in runs)
-            row[f"total_s_{label}"] = min(r.seconds for r in runs)
-        row["solve_ratio"] = row["solve_s_30"] / row["solve_s_1"]
-        row["total_ratio"] = row["total_s_30"] / row["total_s_1"]
+            runs = []
+            for _ in range(repeats):
+                res = synth.generate(hr, scales, solver=spec)
+                # encode + solve alone: decoding every scale is the same in both modes
+                runs.append((res, _encode_seconds(synth, hr)))
+            row[f"nfe_{label}"] = runs[0][0].nfe
+            row[f"solve_s_{label}"] = float(np.median([r.solve_seconds for r, _ in runs]))
+            row[f"encode_solve_s_{label}"] = float(np.median([r.solve_seconds + e for r, e in runs]))
+            row[f"total_s_{label}"] = float(np.median([r.seconds for r, _ in runs]))
         row["nfe_ratio"] = row["nfe_30"] / row["nfe_1"]
+        row["solve_ratio"] = row["solve_s_30"] / row["solve_s_1"]
+        row["encode_solve_ratio"] = row["encode_solve_s_30"] / row["encode_solve_s_1"]
+        row["total_ratio"] = row["total_s_30"] / row["total_s_1"]
         rows.append(row)
     return rows
+
+
+def _encode_seconds(synth: Synthesizer, hr: torch.Tensor) -> float:
+    with torch.no_grad():
+        synth._sync()
+        start = time.perf_counter()
+        synth.rae.encode(synth._pad(hr.to(synth.device)))
+        synth._sync()
+        return time.perf_counter() - start
 
 
 def against_reference(synth: Synthesizer, images: list[dict], scales: list[float]) -> dict:
     per_image = []
     for item in images:
-        ref, nfe, seconds = reference_generate(synth, item["hr"], scales)
+        start = time.perf_counter()
+        ref, nfe, _ = reference_generate(synth, item["hr"], scales)
+        seconds = time.perf_counter() - start
         per_image.append({"ref": ref, "ref_nfe": nfe, "ref_s": seconds})
     result = {"reference": {"method": "scipy RK45", "rtol": REF_TOL, "atol": REF_TOL, "t0": REF_T0,
                             "nfe": float(np.mean([p["ref_nfe"] for p in per_image])),
@@ -169,19 +193,19 @@ def against_reference(synth: Synthesizer, images: list[dict], scales: list[float
         result["reference"]["psnr_vs_real"] = {
             scale_label(s): float(np.mean([float(psnr_y(p["ref"][s], item["real"][s]))
                                            for p, item in zip(per_image, images)])) for s in scales}
-    for method, steps in SETTINGS:
-        spec = SolverSpec.create(method, steps=steps)
+    for method, steps, interp in SETTINGS:
+        spec = SolverSpec.create(method, steps=steps, interp=interp)
         nfes, secs, vs_ref, vs_real = [], [], {s: [] for s in scales}, {s: [] for s in scales}
         for item, p in zip(images, per_image):
             res = synth.generate(item["hr"], scales, solver=spec)
             nfes.append(res.nfe)
-            secs.append(res.solve_seconds)
+            secs.append(res.seconds)
             for s in scales:
                 vs_ref[s].append(float(psnr_y(res.images[s].cpu(), p["ref"][s])))
                 if has_real:
                     vs_real[s].append(float(psnr_y(res.images[s].cpu(), item["real"][s])))
-        row = {"solver": method if steps is None else f"{method}/{steps}", "nfe": float(np.mean(nfes)),
-               "solve_seconds_per_image": float(np.mean(secs)),
+        row = {"solver": method if steps is None else f"{method}/{steps}/{interp}", "nfe": float(np.mean(nfes)),
+               "seconds_per_image": float(np.mean(secs)),
                "psnr_vs_reference": {scale_label(s): float(np.mean(v)) for s, v in vs_ref.items()}}
         if has_real:
             row["psnr_vs_real"] = {scale_label(s): float(np.mean(v)) for s, v in vs_real.items()}
@@ -239,23 +263,23 @@ def memory(height: int, width: int, n_scales: int) -> dict:
 def markdown(report: dict) -> str:
     lines = []
     if "scale_cost" in report:
-        lines += ["### Cost of 30 scales vs 1 (one image, same solver and steps)", "",
-                  "| solver | NFE 1 | NFE 30 | solve 1 (s) | solve 30 (s) | ratio solve | solve+decode 1 (s) | "
-                  "solve+decode 30 (s) | ratio total |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["### Cost of 30 scales vs 1 (one image, same solver and steps; medians)", "",
+                  "| solver/steps/interp | NFE 1 | NFE 30 | encode+solve 1 (s) | encode+solve 30 (s) | ratio | "
+                  "with decode 1 (s) | with decode 30 (s) | ratio |", "|---|---|---|---|---|---|---|---|---|"]
         for r in report["scale_cost"]:
-            lines.append(f"| {r['solver']} | {r['nfe_1']} | {r['nfe_30']} | {r['solve_s_1']:.3f} | "
-                         f"{r['solve_s_30']:.3f} | {r['solve_ratio']:.2f} | {r['total_s_1']:.3f} | "
+            lines.append(f"| {r['solver']} | {r['nfe_1']} | {r['nfe_30']} | {r['encode_solve_s_1']:.3f} | "
+                         f"{r['encode_solve_s_30']:.3f} | {r['encode_solve_ratio']:.2f} | {r['total_s_1']:.3f} | "
                          f"{r['total_s_30']:.3f} | {r['total_ratio']:.2f} |")
         lines.append("")
     if "reference" in report:
         ref = report["reference"]["reference"]
         lines += [f"### Against the reference sampler (scipy RK45, tol {ref['rtol']:g}, t0 {ref['t0']:g}): "
                   f"NFE {ref['nfe']:.0f}, {ref['seconds_per_image']:.2f} s/image", "",
-                  "| solver | NFE | solve s/image | min PSNR vs ref (dB) | max abs delta vs real (dB) |",
+                  "| solver/steps/interp | NFE | s/image | min PSNR vs ref (dB) | max abs delta vs real (dB) |",
                   "|---|---|---|---|---|"]
         for r in report["reference"]["settings"]:
             delta = r.get("max_abs_delta_db_vs_reference_metric")
-            lines.append(f"| {r['solver']} | {r['nfe']:.0f} | {r['solve_seconds_per_image']:.3f} | "
+            lines.append(f"| {r['solver']} | {r['nfe']:.0f} | {r['seconds_per_image']:.3f} | "
                          f"{r['min_psnr_vs_reference']:.2f} | {'n/a' if delta is None else f'{delta:.3f}'} |")
         lines += ["", f"cheapest fixed-step setting meeting the goal: {report['reference']['cheapest_meeting_goal']}",
                   ""]

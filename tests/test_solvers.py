@@ -107,16 +107,14 @@ def test_fixed_step_error_shrinks_at_expected_order(method: str, order: int) -> 
 
 
 # -------------------------------------------------------------------------- grids
-def test_time_grid_merges_targets_exactly() -> None:
+def test_time_grid_snaps_nearest_nodes_onto_targets() -> None:
     grid = time_grid([0.8123, 0.37], steps=4)
     assert grid.dtype == F64
     assert grid[0].item() == 0.0 and grid[-1].item() == 0.8123
     assert (grid[1:] > grid[:-1]).all()
-    assert 0.37 in grid.tolist() and 0.8123 in grid.tolist()
-    uniform = [0.8123 * i / 4 for i in range(5)]
-    for u in uniform:
-        assert min(abs(u - g) for g in grid.tolist()) < 1e-15
-    assert len(grid) == 6
+    # 0.37 replaces its nearest uniform node 2 * 0.8123 / 4 = 0.406; the others stay
+    h = 0.8123 / 4
+    assert grid.tolist() == pytest.approx([0.0, h, 0.37, 3 * h, 0.8123], abs=1e-15)
     # a target within 1e-9 of a uniform point replaces it (no tiny interval)
     g2 = time_grid([1.0, 0.5 + 1e-12], steps=2)
     assert g2.tolist() == [0.0, 0.5 + 1e-12, 1.0]
@@ -124,6 +122,27 @@ def test_time_grid_merges_targets_exactly() -> None:
     assert time_grid([0.5, 0.5], steps=1).tolist() == [0.0, 0.5]
     assert time_grid([0.0], steps=3).tolist() == [0.0]
     assert time_grid([0.6], steps=2, t0=0.2).tolist() == pytest.approx([0.2, 0.4, 0.6])
+
+
+@pytest.mark.parametrize("steps", [4, 8, 16, 32, 64])
+@pytest.mark.parametrize("n_targets", [1, 2, 7, 30])
+def test_time_grid_cost_and_step_bounds(steps: int, n_targets: int) -> None:
+    # targets like synthesis scales: evenly spread with an uneven start, plus random ones
+    gen = torch.Generator().manual_seed(steps * 100 + n_targets)
+    for targets in (torch.linspace(0.033, 1.0, n_targets, dtype=F64),
+                    torch.rand(n_targets, generator=gen, dtype=F64) * 1.3 + 1e-3):
+        grid = time_grid(targets, steps)
+        t_end = float(targets.max())
+        h = t_end / steps
+        intervals = len(grid) - 1
+        assert all(t in grid.tolist() for t in targets.tolist())
+        assert (grid[1:] > grid[:-1]).all() and grid[-1].item() == t_end
+        assert max(steps, len(set(targets.tolist()))) <= intervals <= steps + n_targets
+        assert float(torch.diff(grid).max()) < 2 * h + 1e-12
+    # targets at least one step apart cost no extra interval
+    spread = torch.linspace(0.05, 1.0, n_targets, dtype=F64)
+    if n_targets == 1 or (1.0 - 0.05) / (n_targets - 1) >= 1.0 / steps:
+        assert len(time_grid(spread, steps)) - 1 == steps
 
 
 def test_requested_times_lie_on_the_solver_grid() -> None:
@@ -150,7 +169,7 @@ def test_requested_times_lie_on_the_solver_grid() -> None:
 
 # --------------------------------------------------------------------------- NFE
 @pytest.mark.parametrize("method", FIXED_STEP_METHODS)
-@pytest.mark.parametrize(("targets", "steps", "intervals"), [([0.5, 1.0], 4, 4), ([0.37, 0.8123], 4, 5), ([1.2, 0.1, 0.6], 3, 5)])
+@pytest.mark.parametrize(("targets", "steps", "intervals"), [([0.5, 1.0], 4, 4), ([0.37, 0.8123], 4, 4), ([1.2, 0.1, 0.62], 3, 3), ([0.1, 0.11, 0.12, 1.0], 4, 6)])
 def test_nfe_equals_intervals_times_stages(method: str, targets: list[float], steps: int, intervals: int) -> None:
     assert len(time_grid(targets, steps)) - 1 == intervals
     z0 = torch.randn(2, 2)
@@ -162,6 +181,57 @@ def test_nfe_equals_intervals_times_stages(method: str, targets: list[float], st
 
     _, nfe = integrate(v, z0, targets, _fixed(method, steps))
     assert nfe == intervals * FIXED_STEP_STAGES[method] == len(calls)
+
+
+@pytest.mark.parametrize("method", FIXED_STEP_METHODS)
+@pytest.mark.parametrize("n_targets", [1, 5, 30])
+def test_cubic_output_costs_one_extra_evaluation(method: str, n_targets: int) -> None:
+    calls = []
+
+    def v(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append(t[0].item())
+        return -z * (1 + t.view(-1, 1))
+
+    targets = torch.linspace(0.04, 1.0, n_targets).tolist()
+    spec = SolverSpec.create(method, steps=8, interp="cubic")
+    _, nfe = integrate(v, torch.randn(2, 2), targets, spec)
+    assert nfe == 8 * FIXED_STEP_STAGES[method] + 1 == len(calls)
+
+
+@pytest.mark.parametrize(("method", "order"), [("euler", 1), ("midpoint", 2), ("rk4", 4)])
+def test_cubic_output_matches_closed_form_between_nodes(method: str, order: int) -> None:
+    # dz/dt = -2 t z: z(t) = z0 exp(-t^2); outputs at times that are not nodes
+    z0 = torch.randn(3, 2, dtype=F64)
+    targets = [0.13, 0.5, 0.777, 1.0]
+    exact = torch.stack([z0 * math.exp(-t * t) for t in targets])
+    errs = []
+    for steps in (16, 32, 64):
+        out, _ = integrate(lambda z, t: -2 * t.view(-1, 1) * z, z0, targets,
+                           SolverSpec.create(method, steps=steps, interp="cubic"))
+        errs.append(float((out - exact).abs().max()))
+    # the error shrinks at (at least) the method's order: Hermite output is third order
+    expected = 2 ** min(order, 3)
+    for coarse, fine in zip(errs[:-1], errs[1:]):
+        assert coarse / fine > 0.8 * expected, errs
+    assert errs[-1] < {"euler": 2e-2, "midpoint": 2e-4, "rk4": 1e-7}[method]
+
+
+def test_cubic_output_at_nodes_equals_plain_steps() -> None:
+    field = _exp_field(1.3)
+    z0 = torch.randn(2, 3, dtype=F64)
+    out, _ = integrate(field, z0, [0.25, 0.5, 1.0], SolverSpec.create("rk4", steps=4, interp="cubic"))
+    ref = odeint(lambda tt, z: field(z, tt), z0, torch.linspace(0, 1, 5, dtype=F64), method="rk4")
+    torch.testing.assert_close(out, ref[[1, 2, 4]], rtol=1e-14, atol=1e-14)
+
+
+def test_counting_field_reuses_only_the_same_state_and_time() -> None:
+    f = CountingField(lambda z, t: z * t.view(-1, 1))
+    z = torch.ones(3, 2)
+    a = f(torch.tensor(0.5), z)
+    assert f(torch.tensor(0.5), z) is a and f.nfe == 1
+    f(torch.tensor(0.5), z.clone())
+    f(torch.tensor(0.75), z)
+    assert f.nfe == 3
 
 
 def test_dopri5_nfe_is_what_the_field_counted() -> None:
@@ -262,6 +332,8 @@ def test_integrate_on_cuda() -> None:
         (dict(method="dopri5"), r"solver\.rtol.*None"),
         (dict(method="dopri5", rtol=1e-5), r"solver\.atol.*None"),
         (dict(method="dopri5", rtol=-1.0, atol=1e-5), r"solver\.rtol.*> 0"),
+        (dict(method="rk4", steps=4, interp="linear"), r"solver\.interp.*'grid', 'cubic'"),
+        (dict(method="dopri5", rtol=1e-5, atol=1e-5, interp="cubic"), r"solver\.interp.*own dense output"),
     ],
 )
 def test_solver_spec_errors(kwargs: dict, match: str) -> None:

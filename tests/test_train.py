@@ -129,8 +129,12 @@ def test_lfm_stage_end_to_end_writes_metrics_and_a_self_contained_checkpoint(tmp
     assert row["heldout"] and row["t"] == pytest.approx(2 / 3)
     assert {"psnr_y", "ssim_y", "lpips", "psnr_y_bicubic", "psnr_y_ae_interp"} <= set(row)
     assert metrics["nfe"] > 0 and metrics["seconds_per_image"] > 0
-    saved = json.loads((run / "metrics.json").read_text())
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"metrics.json is not strict JSON: {constant}")
+
+    saved = json.loads((run / "metrics.json").read_text(), parse_constant=refuse)
     assert saved["nfe"] == metrics["nfe"] and "overrides" in saved
+    assert saved["scales"]["x1"]["psnr_y_bicubic"] is None  # no baseline at x1 (was Infinity)
     # the checkpoint alone is enough to synthesize: remove the RAE run first
     ckpt_path = run / "checkpoints" / "last.pt"
     for f in (tmp_path / "rae").rglob("*.pt"):

@@ -201,7 +201,8 @@ class LFMStage(Stage):
                 fake, target = result.images[s], real[s]
                 sums[s]["psnr_y"] += float(psnr_y(fake, target).mean())
                 sums[s]["ssim_y"] += float(ssim_y(fake, target).mean())
-                sums[s]["psnr_y_bicubic"] += float(psnr_y(bicubic_baseline(hr, s), target).mean())
+                if s != 1.0:                     # at x1 the "baseline" is the HR image itself
+                    sums[s]["psnr_y_bicubic"] += float(psnr_y(bicubic_baseline(hr, s), target).mean())
                 point = evaluate_path(self.spline.path, knot_times, knots, torch.full((1,), result.times[s],
                                                                                     device=self.device))
                 interp = self.rae.decode(point.value, hr_feats).clamp(-1, 1)
@@ -217,6 +218,8 @@ class LFMStage(Stage):
         scales = {}
         for s in self.val_scales:
             row: dict[str, Any] = {k: v / count for k, v in sums[s].items()}
+            if s == 1.0:
+                row["psnr_y_bicubic"] = None
             row.update(t=float(synth.time_map.scale_to_time(s)), heldout=s not in self.train_scales)
             scales[scale_key(s)] = row
         heldout = [r for r in scales.values() if r["heldout"]] or list(scales.values())
@@ -243,8 +246,7 @@ class LFMStage(Stage):
             "time_map": self.time_map().to_dict(),
             "knot_state": {k: v.detach().cpu() for k, v in self.knots.state_dict().items()},
             "extra": {"spline": asdict(self.spline), "loss": asdict(self.loss_settings),
-                      "solver": {"method": self.solver.method, "steps": self.solver.steps,
-                                 "rtol": self.solver.rtol, "atol": self.solver.atol},
+                      "solver": self.solver.to_dict(),
                       "rae_source": self.rae_source, "val_scales": list(self.val_scales)},
         }
 

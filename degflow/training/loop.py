@@ -33,6 +33,7 @@ from degflow.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from degflow.loggers import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,8 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
         images = metrics.pop("images", {})
         metrics.update(stage=stage.kind, step=step, overrides=list(ctx.overrides),
                        validation_seconds=round(time.perf_counter() - t0, 3))
-        atomic_write_text(ctx.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(ctx.run_dir / "metrics.json",
+                          json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
         flat = {f"val/{s}/{k}": v for s, row in metrics["scales"].items() for k, v in row.items()
                 if isinstance(v, (int, float))}
         if ctx.logger is not None:
