@@ -500,7 +500,7 @@ def test_cli_writes_the_dataset_layout_reports_bad_images_and_matches_the_api(ck
         assert (out / e["output"]).is_file()
         assert e["checkpoint_sha256"] == sha and e["degflow_version"]
         if e["kind"] == "degflow":
-            assert e["solver"] == {"method": "rk4", "steps": 16, "rtol": None, "atol": None, "interp": "grid"}
+            assert e["solver"] == {"method": "rk4", "steps": 16, "rtol": None, "atol": None, "interp": "cubic"}
             assert e["nfe"] > 0 and e["seconds"] > 0 and e["t"] == pytest.approx((e["scale"] - 1) / 3)
     names = {e["output"] for e in entries}
     for name in ("HR/sub/dir/a.png", "LR/x2.25/sub/dir/a.png", "LR_hrsize/x3/a.png",
@@ -517,7 +517,7 @@ def test_cli_writes_the_dataset_layout_reports_bad_images_and_matches_the_api(ck
 
     # the CLI's PNGs are the quantised API outputs (a.png and b.png were one batch)
     hr = torch.stack([read_image(src / "a.png"), read_image(src / "b.png")])
-    api = synth.generate(hr, SCALES, solver=SolverSpec.create("rk4", steps=16)).images
+    api = synth.generate(hr, SCALES, solver=SolverSpec.create("rk4", steps=16, interp="cubic")).images
     for s in SCALES:
         for b, name in enumerate(("a.png", "b.png")):
             np.testing.assert_array_equal(_png(out / "LR_hrsize" / f"x{scale_label(s)}" / name), _quantize(api[s][b]))

@@ -204,3 +204,38 @@ def test_validation_does_not_freeze_the_velocity_network(tmp_path):
     metrics = train(config(["stage=lfm", f"output_root={tmp_path}", "stage.steps=3", "stage.val_every=1",
                             "loss.lpips_weight=0", "eval.lpips=false"]), tmp_path / "lfm" / "a")
     assert metrics["step"] == 3
+
+
+def test_knot_times_stay_ordered_with_fixed_ends_and_receive_gradients():
+    from degflow.training.lfm import KnotTimes
+
+    knots = KnotTimes((0.0, 1 / 3, 0.75, 1.0), learnable=True)
+    torch.testing.assert_close(knots().double(), torch.tensor([0.0, 1 / 3, 0.75, 1.0], dtype=torch.float64),
+                               rtol=0, atol=1e-6)
+    (knots()[1] * 3.0 - knots()[2]).backward()
+    assert knots.gap_logits.grad is not None and knots.gap_logits.grad.abs().sum() > 0
+    with torch.no_grad():                                   # whatever the optimiser does
+        knots.gap_logits.copy_(torch.tensor([40.0, -30.0, 5.0]))
+    t = knots()
+    assert t[0].item() == 0.0 and t[-1].item() == pytest.approx(1.0, abs=1e-6)
+    assert bool((torch.diff(t) >= 0).all())
+    frozen = KnotTimes((0.0, 0.5, 1.0), learnable=False)
+    assert not frozen.gap_logits.requires_grad
+
+
+def test_learned_knots_move_are_checkpointed_and_used_by_synthesis(tmp_path):
+    train_rae(tmp_path / "rae" / "tiny", steps=2)
+    run = tmp_path / "lfm" / "learn"
+    # a large learning rate so that 4 steps visibly move the interior knot off 1/3
+    metrics = train(config(["stage=lfm", f"output_root={tmp_path}", "stage.steps=4", "stage.val_every=4",
+                            "stage.lr=0.5", "stage.grad_clip=null", "spline.learn_knots=true",
+                            "eval.lpips=false", "loss.lpips_weight=0"]), run)
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt", kind="lfm")
+    learned = ckpt["time_map"]["times"]
+    assert learned[0] == 0.0 and learned[-1] == pytest.approx(1.0, abs=1e-6)
+    assert 0.0 < learned[1] < learned[-1] and abs(learned[1] - 1 / 3) > 1e-4
+    assert metrics["knot_times"] == pytest.approx(learned, abs=1e-6)
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert any("train/knot_t1" in row for row in history)
+    synth = Synthesizer.from_checkpoint(run / "checkpoints" / "last.pt")
+    assert synth.time_map.scale_to_time(2.0) == pytest.approx(learned[1], abs=1e-6)
