@@ -149,17 +149,21 @@ def scale_cost(synth: Synthesizer, hr: torch.Tensor, repeats: int) -> list[dict]
     for method, steps, interp in settings:
         spec = SolverSpec.create(method, steps=steps, interp=interp)
         row = {"solver": f"{method}/{steps}/{interp}"}
-        for label, scales in (("1", [4.0]), ("30", many)):
+        cases = (("1", [4.0]), ("30", many))
+        runs: dict[str, list] = {label: [] for label, _ in cases}
+        for label, scales in cases:
             synth.generate(hr, scales, solver=spec)                                   # warm-up
-            runs = []
-            for _ in range(repeats):
+        for _ in range(repeats):
+            # 1 and 30 scales alternate, so a machine that slows down or speeds up during the
+            # benchmark affects both sides of the ratio alike
+            for label, scales in cases:
                 res = synth.generate(hr, scales, solver=spec)
-                # encode + solve alone: decoding every scale is the same in both modes
-                runs.append((res, _encode_seconds(synth, hr)))
-            row[f"nfe_{label}"] = runs[0][0].nfe
-            row[f"solve_s_{label}"] = float(np.median([r.solve_seconds for r, _ in runs]))
-            row[f"encode_solve_s_{label}"] = float(np.median([r.solve_seconds + e for r, e in runs]))
-            row[f"total_s_{label}"] = float(np.median([r.seconds for r, _ in runs]))
+                runs[label].append((res, _encode_seconds(synth, hr)))
+        for label, _ in cases:
+            row[f"nfe_{label}"] = runs[label][0][0].nfe
+            row[f"solve_s_{label}"] = float(np.median([r.solve_seconds for r, _ in runs[label]]))
+            row[f"encode_solve_s_{label}"] = float(np.median([r.solve_seconds + e for r, e in runs[label]]))
+            row[f"total_s_{label}"] = float(np.median([r.seconds for r, _ in runs[label]]))
         row["nfe_ratio"] = row["nfe_30"] / row["nfe_1"]
         row["solve_ratio"] = row["solve_s_30"] / row["solve_s_1"]
         row["encode_solve_ratio"] = row["encode_solve_s_30"] / row["encode_solve_s_1"]
@@ -300,6 +304,8 @@ def main() -> None:
     parser.add_argument("--scales", default="1.5,2,2.5,3,3.5,4", help="scales of the reference comparison")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=("scale_cost", "reference"),
+                        help="run one section and keep the other sections of the results file")
     parser.add_argument("--memory", action="store_true", help="measure the paper-size 2040x1356 case only")
     parser.add_argument("--memory-size", default="1356x2040", help="HxW of the memory case")
     parser.add_argument("--memory-scales", type=int, default=1)
@@ -326,16 +332,25 @@ def main() -> None:
                                 "sha256": synth.checkpoint_sha256}
         report["images"] = {"names": [i["name"] for i in images], "sizes": [list(i["hr"].shape[-2:]) for i in images],
                             "source": str(args.images) if args.images else "demo val (degflow.data.demo)"}
-        report["scale_cost"] = scale_cost(synth, images[0]["hr"], args.repeats)
-        report["reference"] = against_reference(synth, images, scales)
+        if args.only in (None, "scale_cost"):
+            report["scale_cost"] = scale_cost(synth, images[0]["hr"], args.repeats)
+        if args.only in (None, "reference"):
+            report["reference"] = against_reference(synth, images, scales)
         if tmp is not None:
             tmp.cleanup()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(args.out.read_text()) if args.out.is_file() else {}
     if args.memory:                         # keep the other sections of an earlier run, and vice versa
         report = {**old, "memory": {**old.get("memory", {}), **report["memory"]}}
-    elif "memory" in old:
-        report["memory"] = old["memory"]
+    else:
+        if "memory" in old:
+            report["memory"] = old["memory"]
+        if args.only is not None:                       # keep the section that was not rerun
+            if old.get("checkpoint", {}).get("sha256") != report["checkpoint"]["sha256"]:
+                sys.exit(f"--only: {args.out} holds results of another checkpoint; rerun every section")
+            for key in ("scale_cost", "reference"):
+                if key not in report and key in old:
+                    report[key] = old[key]
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(report))
     print(f"\nwritten {args.out}")

@@ -173,10 +173,9 @@ def test_solver_sweep_runs_three_jobs_whose_nfe_follows_the_step_counts(tmp_path
     for steps in (2, 4, 8):
         (metrics,) = [m for m in jobs if f"solver.steps={steps}" in m["overrides"]]
         nfe[steps] = metrics["nfe"]
-    # rk4: 4 evaluations per grid interval; the grid holds `steps` uniform intervals plus the
-    # extra nodes where requested times (t of x2 = 1/3, x3 = 2/3) fall between uniform points
-    assert nfe[2] < nfe[4] < nfe[8]
-    assert nfe[8] == 4 * (8 + 2)  # 1/3 and 2/3 are not multiples of 1/8: two extra nodes
+    # rk4: 4 evaluations per grid interval; the requested times (x2, x3, x4 at t = 1/3, 2/3, 1)
+    # replace their nearest uniform nodes, so the grid has max(steps, 3) intervals here
+    assert nfe == {2: 4 * 3, 4: 4 * 4, 8: 4 * 8}
 
 
 def test_rae_trains_on_a_realsr_v2_tree(tmp_path):
