@@ -185,7 +185,7 @@ class CountingField(torch.nn.Module):
         super().__init__()
         self.velocity = velocity
         self.nfe = 0
-        self._last: tuple[float, Tensor, Tensor] | None = None
+        self._last: tuple[Tensor | float, Tensor, Tensor] | None = None
 
     def reset(self) -> None:
         """Set :attr:`nfe` back to 0 and forget the remembered evaluation."""
@@ -193,8 +193,8 @@ class CountingField(torch.nn.Module):
         self._last = None
 
     def forward(self, t: Tensor, z: Tensor) -> Tensor:
-        t_val = float(t)
-        if self._last is not None and self._last[1] is z and self._last[0] == t_val:
+        # identity first: reading t's value synchronises a GPU, so only do it for a candidate
+        if self._last is not None and self._last[1] is z and _time_value(self._last[0]) == _time_value(t):
             return self._last[2]
         self.nfe += 1
         t_b = torch.as_tensor(t, dtype=z.dtype, device=z.device).reshape(1).expand(z.shape[0])
@@ -204,8 +204,12 @@ class CountingField(torch.nn.Module):
             raise ValueError(
                 f"velocity must return a tensor shaped like z {tuple(z.shape)}, got {got}"
             )
-        self._last = (t_val, z, out)
+        self._last = (t.detach() if isinstance(t, Tensor) else t, z, out)
         return out
+
+
+def _time_value(t: Tensor | float) -> float:
+    return float(t.detach()) if isinstance(t, Tensor) else float(t)
 
 
 def _as_times(times: Sequence[float] | Tensor, name: str) -> Tensor:
