@@ -200,6 +200,23 @@ def test_requested_scale_is_exact_and_its_time_lies_on_the_solver_grid(synth):
     torch.testing.assert_close(euler, expected, rtol=0, atol=1e-5)
 
 
+def test_cubic_output_gives_exact_scales_from_uniform_steps(synth):
+    """interp=cubic (the synthesize.py default): the step grid stays uniform, any number of
+    scales costs one extra evaluation, and a scale between two nodes is its own output
+    (2.25 is not rounded to a node) close to a fine solve."""
+    hr = _hr()
+    cubic = SolverSpec.create("rk4", steps=16, interp="cubic")
+    many = synth.generate(hr, [2.2, 2.25, 2.3, 3.7], solver=cubic)
+    one = synth.generate(hr, [3.7], solver=cubic)
+    assert many.nfe == one.nfe == 16 * 4 + 1
+    assert many.times[2.25] == pytest.approx((2.25 - 1) / 3, abs=1e-15)
+    for other in (2.2, 2.3):
+        assert (many.images[2.25] - many.images[other]).abs().max() > 1e-3
+    fine = synth.generate(hr, [2.25, 3.7], solver=SolverSpec.create("dopri5", rtol=1e-7, atol=1e-7))
+    for s in (2.25, 3.7):
+        assert float(psnr_y(many.images[s], fine.images[s], shave=0)) > 50
+
+
 def test_all_scales_come_from_one_solve(synth):
     hr = _hr()
     on_grid = [1 + 3 * k / 8 for k in range(1, 9)]                 # t = k / 8 with the nominal map

@@ -83,6 +83,26 @@ def test_rae_resumes_from_its_last_checkpoint_instead_of_restarting(tmp_path):
     assert not torch.equal(first["optimizer"]["state"][0]["exp_avg"], last["optimizer"]["state"][0]["exp_avg"])
 
 
+def test_lfm_resumes_from_its_last_checkpoint_instead_of_restarting(tmp_path):
+    train_rae(tmp_path / "rae" / "tiny", steps=2)
+    run = tmp_path / "lfm" / "tiny"
+
+    def lfm(steps: int):
+        return train(config(["stage=lfm", f"output_root={tmp_path}", f"stage.steps={steps}", "stage.val_every=2",
+                             "stage.ckpt_every=2", "eval.lpips=false", "loss.lpips_weight=0"]), run)
+
+    lfm(2)
+    first = load_checkpoint(run / "checkpoints" / "last.pt", kind="lfm")
+    lfm(4)  # the same run directory: continues at step 2 with the same frozen RAE
+    last = load_checkpoint(run / "checkpoints" / "last.pt", kind="lfm")
+    assert history_steps(run) == [1, 2, 3, 4]
+    assert int(last["optimizer"]["state"][0]["step"]) == 4 and last["scheduler"]["last_epoch"] == 4
+    for key, value in first["models"]["rae"]["state_dict"].items():
+        assert torch.equal(value, last["models"]["rae"]["state_dict"][key])  # stage 1 stays frozen
+    assert any(not torch.equal(v, last["models"]["velocity"]["state_dict"][k])
+               for k, v in first["models"]["velocity"]["state_dict"].items())
+
+
 def test_killed_training_resumes_when_the_same_command_is_rerun(tmp_path):
     """SIGKILL a real `python train.py` mid-run; the same command continues from last.pt."""
     cmd = [sys.executable, "train.py", "stage=rae", *TINY, *DEMO, f"output_root={tmp_path}", "stage.steps=40",
