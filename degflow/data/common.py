@@ -24,6 +24,8 @@ from degflow.data.transforms import (
 
 __all__ = [
     "DataBundle",
+    "make_bundle",
+    "format_scales",
     "check_scales",
     "check_val_scales_cover_train",
     "format_scale",
@@ -96,6 +98,11 @@ def check_val_scales_cover_train(train_scales: Sequence[float],
 def format_scale(s: float) -> str:
     """2.0 -> '2', 2.5 -> '2.5' (folder and file labels)."""
     return str(int(s)) if float(s).is_integer() else f"{s:g}"
+
+
+def format_scales(scales: Iterable[float]) -> str:
+    """(1.0, 2.0, 2.5) -> '1,2,2.5' (log lines)."""
+    return ",".join(format_scale(s) for s in scales)
 
 
 def parse_scale(text: str) -> float | None:
@@ -355,3 +362,25 @@ class ValImageDataset(Dataset):
         lr = center_crop_to_multiple(lr, self.multiple_of, self.max_size)
         return {"name": rec.name, "hr": hr.float().contiguous(), "lr": lr.float().contiguous(),
                 "scales": self._scales_t.clone()}
+
+
+# --------------------------------------------------------------------------- bundle
+
+
+def make_bundle(train_records: Sequence, val_records: Sequence, train_scales: tuple[float, ...],
+                val_scales: tuple[float, ...], *, crop_size: int, samples_per_epoch: int,
+                multiple_of: int, val_max_size: int | None, summary: str) -> DataBundle:
+    """The tail every data option shares: check the crop fits, build the training-crop and
+    validation datasets (LR scales only; 1.0 is the HR image), log one description line.
+
+    ``summary`` is the option's own part of that line (source, counts, scales).
+    """
+    check_crop_fits(train_records, crop_size, "training")
+    train = TrainCropDataset(train_records, [s for s in train_scales if s != 1.0], crop_size,
+                             samples_per_epoch)
+    val = ValImageDataset(val_records, [s for s in val_scales if s != 1.0], multiple_of, val_max_size)
+    desc = (f"{summary}; crops {crop_size}, val center crop to x{multiple_of}"
+            + (f", <= {val_max_size}px" if val_max_size else ""))
+    log.info(desc)
+    return DataBundle(train=train, val=val, train_scales=train_scales, val_scales=val_scales,
+                      description=desc)

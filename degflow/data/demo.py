@@ -43,13 +43,12 @@ from torch import Tensor
 from degflow.data.common import (
     DataBundle,
     MemoryRecord,
-    TrainCropDataset,
-    ValImageDataset,
     check_crop_fits,
     check_positive_int,
     check_scales,
     check_val_scales_cover_train,
-    format_scale,
+    format_scales,
+    make_bundle,
 )
 from degflow.data.images import read_image
 
@@ -300,23 +299,16 @@ def demo_data(train_scales=(1, 2, 4), val_scales=(1, 1.5, 2, 2.5, 3, 3.5, 4), cr
         return recs
 
     train_imgs, val_imgs = load(train_paths), load(val_paths)
-    check_crop_fits([MemoryRecord(n, x, {}) for n, x in train_imgs], crop_size, "demo training")
+    check_crop_fits([MemoryRecord(n, x, {}) for n, x in train_imgs], crop_size, "demo training")  # before degrading
     for n, x in val_imgs:
         if min(x.shape[-2:]) < multiple_of:
             raise ValueError(f"data.multiple_of={multiple_of} is larger than the demo "
                              f"validation image {n} ({x.shape[-1]}x{x.shape[-2]})")
     train_recs = build(train_imgs, train_scales, 0)
     val_recs = build(val_imgs, val_scales, len(train_imgs))
-    tr_s = [s for s in train_scales if s != 1.0]
-    va_s = [s for s in val_scales if s != 1.0]
-    train = TrainCropDataset(train_recs, tr_s, crop_size, samples_per_epoch)
-    val = ValImageDataset(val_recs, va_s, multiple_of, val_max_size)
-    fmt = lambda ss: ",".join(format_scale(s) for s in ss)  # noqa: E731
-    desc = (f"demo: {len(train_recs)} train / {len(val_recs)} val scikit-image photos "
-            f"(max side {max_side}), procedural camera degradation (seed {seed}); "
-            f"train scales {fmt(train_scales)}, val scales {fmt(val_scales)}; "
-            f"crops {crop_size}, val center crop to x{multiple_of}"
-            + (f", <= {val_max_size}px" if val_max_size else ""))
-    log.info(desc)
-    return DataBundle(train=train, val=val, train_scales=train_scales, val_scales=val_scales,
-                      description=desc)
+    summary = (f"demo: {len(train_recs)} train / {len(val_recs)} val scikit-image photos "
+               f"(max side {max_side}), procedural camera degradation (seed {seed}); "
+               f"train scales {format_scales(train_scales)}, val scales {format_scales(val_scales)}")
+    return make_bundle(train_recs, val_recs, train_scales, val_scales, crop_size=crop_size,
+                       samples_per_epoch=samples_per_epoch, multiple_of=multiple_of,
+                       val_max_size=val_max_size, summary=summary)

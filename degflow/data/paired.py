@@ -30,14 +30,13 @@ from degflow.data.common import (
     FileInfo,
     PairRecord,
     Report,
-    TrainCropDataset,
-    ValImageDataset,
-    check_crop_fits,
     check_positive_int,
     check_scales,
     check_val_scales_cover_train,
     find_scale,
     format_scale,
+    format_scales,
+    make_bundle,
     size_range,
     size_relation,
 )
@@ -241,12 +240,11 @@ def scan_paired(root, train_scales=(1, 4), val_scales=None, val_fraction=0.1, va
                                            None, check_orphans=True)
     report.problems = list(dict.fromkeys(report.problems))  # split mode scans a tree twice
     report.layout = report.layout_from_counts()
-    fmt = lambda ss: ",".join(format_scale(s) for s in ss)  # noqa: E731
     report.lines[:0] = [
         f"paired data at {root}: layout {report.layout}; {split_desc}",
-        f"  train: scales {fmt(train_scales)}: {len(report.records['train'])} complete pairs, "
+        f"  train: scales {format_scales(train_scales)}: {len(report.records['train'])} complete pairs, "
         f"HR sizes {size_range(report.records['train'])}",
-        f"  val: scales {fmt(val_scales)}: {len(report.records['val'])} complete pairs, "
+        f"  val: scales {format_scales(val_scales)}: {len(report.records['val'])} complete pairs, "
         f"HR sizes {size_range(report.records['val'])}",
     ]
     for name, t in (("train", train_tree), ("val", val_tree)):
@@ -289,13 +287,7 @@ def paired_data(root, train_scales=(1, 4), val_scales=None, crop_size=128,
         raise ValueError(f"data=paired: no training pairs under {root}")
     if not val_recs:
         raise ValueError(f"data=paired: no validation pairs under {root}")
-    check_crop_fits(train_recs, crop_size, "training")
-    train = TrainCropDataset(train_recs, train_scales[1:], crop_size, samples_per_epoch)
-    val = ValImageDataset(val_recs, [s for s in val_scales if s != 1.0], multiple_of,
-                          val_max_size)
-    desc = (f"{report.lines[0]}; train {len(train_recs)} / val {len(val_recs)} images; "
-            f"crops {crop_size}, val center crop to x{multiple_of}"
-            + (f", <= {val_max_size}px" if val_max_size else ""))
-    log.info(desc)
-    return DataBundle(train=train, val=val, train_scales=train_scales, val_scales=val_scales,
-                      description=desc)
+    summary = f"{report.lines[0]}; train {len(train_recs)} / val {len(val_recs)} images"
+    return make_bundle(train_recs, val_recs, train_scales, val_scales, crop_size=crop_size,
+                       samples_per_epoch=samples_per_epoch, multiple_of=multiple_of,
+                       val_max_size=val_max_size, summary=summary)

@@ -28,14 +28,13 @@ from degflow.data.common import (
     FileInfo,
     PairRecord,
     Report,
-    TrainCropDataset,
-    ValImageDataset,
-    check_crop_fits,
     check_positive_int,
     check_scales,
     check_val_scales_cover_train,
     find_scale,
     format_scale,
+    format_scales,
+    make_bundle,
     parse_scale,
     size_range,
     size_relation,
@@ -272,12 +271,11 @@ def scan_realsr(root, camera="Canon", train_split="Train", val_split="Test",
         report.layout = "V2 (LR stored at HR size)"
     else:
         report.layout = report.layout_from_counts()
-    fmt = lambda ss: ",".join(format_scale(s) for s in ss)  # noqa: E731
     head = [f"RealSR at {root}: cameras {cams}, layout {report.layout}",
-            f"  train: {train_split}, scales {fmt(train_scales)}: "
+            f"  train: {train_split}, scales {format_scales(train_scales)}: "
             f"{len(report.records['train'])} complete tuples, HR sizes "
             f"{size_range(report.records['train'])}",
-            f"  val: {val_split}, scales {fmt(val_scales)}: "
+            f"  val: {val_split}, scales {format_scales(val_scales)}: "
             f"{len(report.records['val'])} complete tuples, HR sizes "
             f"{size_range(report.records['val'])}"]
     report.lines[:0] = head
@@ -310,15 +308,9 @@ def realsr_data(root, camera="Canon", train_split="Train", val_split="Test",
         log.info("realsr: %d LR file(s) are at true LR size (RealSR V3 layout); they are "
                  "resized to the HR size with bicubic interpolation when loaded", report.resized)
     train_recs, val_recs = report.records["train"], report.records["val"]
-    check_crop_fits(train_recs, crop_size, "training")
-    train = TrainCropDataset(train_recs, train_scales[1:], crop_size, samples_per_epoch)
-    val = ValImageDataset(val_recs, val_scales[1:], multiple_of, val_max_size)
-    fmt = lambda ss: ",".join(format_scale(s) for s in ss)  # noqa: E731
-    desc = (f"realsr {', '.join(normalize_cameras(camera))} at {root}: {report.layout}; "
-            f"train {train_split} {len(train_recs)} tuples (scales {fmt(train_scales)}), "
-            f"val {val_split} {len(val_recs)} images (scales {fmt(val_scales)}); "
-            f"crops {crop_size}, val center crop to x{multiple_of}"
-            + (f", <= {val_max_size}px" if val_max_size else ""))
-    log.info(desc)
-    return DataBundle(train=train, val=val, train_scales=train_scales, val_scales=val_scales,
-                      description=desc)
+    summary = (f"realsr {', '.join(normalize_cameras(camera))} at {root}: {report.layout}; "
+               f"train {train_split} {len(train_recs)} tuples (scales {format_scales(train_scales)}), "
+               f"val {val_split} {len(val_recs)} images (scales {format_scales(val_scales)})")
+    return make_bundle(train_recs, val_recs, train_scales, val_scales, crop_size=crop_size,
+                       samples_per_epoch=samples_per_epoch, multiple_of=multiple_of,
+                       val_max_size=val_max_size, summary=summary)

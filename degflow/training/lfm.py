@@ -11,7 +11,6 @@ HR latent with the configured solver through :class:`degflow.synthesis.Synthesiz
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
