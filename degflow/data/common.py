@@ -25,6 +25,7 @@ from degflow.data.transforms import (
 __all__ = [
     "DataBundle",
     "make_bundle",
+    "check_loader_args",
     "format_scales",
     "check_scales",
     "check_val_scales_cover_train",
@@ -365,6 +366,20 @@ class ValImageDataset(Dataset):
 
 
 # --------------------------------------------------------------------------- bundle
+
+
+def check_loader_args(train_scales, val_scales, crop_size, samples_per_epoch, multiple_of,
+                      val_max_size) -> tuple[tuple[float, ...], tuple[float, ...], int, int, int, int | None]:
+    """Validate the keys every data option has (``data.train_scales``, ``data.val_scales``,
+    ``data.crop_size``, ``data.samples_per_epoch``, ``data.multiple_of``,
+    ``data.val_max_size``) and return them normalised, in that order."""
+    train_scales = check_scales(train_scales, "data.train_scales")
+    val_scales = check_scales(val_scales, "data.val_scales")
+    check_val_scales_cover_train(train_scales, val_scales)
+    return (train_scales, val_scales, check_positive_int(crop_size, "data.crop_size"),
+            check_positive_int(samples_per_epoch, "data.samples_per_epoch"),
+            check_positive_int(multiple_of, "data.multiple_of"),
+            check_positive_int(val_max_size, "data.val_max_size", allow_none=True))
 
 
 def make_bundle(train_records: Sequence, val_records: Sequence, train_scales: tuple[float, ...],

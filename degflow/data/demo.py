@@ -44,9 +44,8 @@ from degflow.data.common import (
     DataBundle,
     MemoryRecord,
     check_crop_fits,
+    check_loader_args,
     check_positive_int,
-    check_scales,
-    check_val_scales_cover_train,
     format_scales,
     make_bundle,
 )
@@ -273,13 +272,8 @@ def demo_data(train_scales=(1, 2, 4), val_scales=(1, 1.5, 2, 2.5, 3, 3.5, 4), cr
     """The default data option: 5 train / 2 val scikit-image photos, degraded by
     :func:`degrade` at every train / val scale once at construction (full images, then
     cropped), cached in memory."""
-    train_scales = check_scales(train_scales, "data.train_scales")
-    val_scales = check_scales(val_scales, "data.val_scales")
-    check_val_scales_cover_train(train_scales, val_scales)
-    crop_size = check_positive_int(crop_size, "data.crop_size")
-    samples_per_epoch = check_positive_int(samples_per_epoch, "data.samples_per_epoch")
-    multiple_of = check_positive_int(multiple_of, "data.multiple_of")
-    val_max_size = check_positive_int(val_max_size, "data.val_max_size", allow_none=True)
+    train_scales, val_scales, crop_size, samples_per_epoch, multiple_of, val_max_size = check_loader_args(
+        train_scales, val_scales, crop_size, samples_per_epoch, multiple_of, val_max_size)
     max_side = check_positive_int(max_side, "data.max_side", allow_none=True)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"data.seed must be an integer, got {seed!r}")

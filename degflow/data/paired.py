@@ -30,9 +30,8 @@ from degflow.data.common import (
     FileInfo,
     PairRecord,
     Report,
-    check_positive_int,
+    check_loader_args,
     check_scales,
-    check_val_scales_cover_train,
     find_scale,
     format_scale,
     format_scales,
@@ -262,14 +261,9 @@ def paired_data(root, train_scales=(1, 4), val_scales=None, crop_size=128,
     if root is None or str(root) in ("", "???"):
         raise ValueError("data.root is required for data=paired: pass data.root=/path/to/pairs "
                          "(the folder holding HR/ and x<s>/ folders)")
-    train_scales = check_scales(train_scales, "data.train_scales")
-    val_scales = train_scales if val_scales is None else check_scales(val_scales,
-                                                                      "data.val_scales")
-    check_val_scales_cover_train(train_scales, val_scales)
-    crop_size = check_positive_int(crop_size, "data.crop_size")
-    samples_per_epoch = check_positive_int(samples_per_epoch, "data.samples_per_epoch")
-    multiple_of = check_positive_int(multiple_of, "data.multiple_of")
-    val_max_size = check_positive_int(val_max_size, "data.val_max_size", allow_none=True)
+    train_scales, val_scales, crop_size, samples_per_epoch, multiple_of, val_max_size = check_loader_args(
+        train_scales, train_scales if val_scales is None else val_scales, crop_size, samples_per_epoch,
+        multiple_of, val_max_size)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"data.seed must be an integer, got {seed!r}")
     report = scan_paired(root, train_scales, val_scales, val_fraction, val_root, seed)

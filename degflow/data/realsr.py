@@ -28,9 +28,8 @@ from degflow.data.common import (
     FileInfo,
     PairRecord,
     Report,
-    check_positive_int,
+    check_loader_args,
     check_scales,
-    check_val_scales_cover_train,
     find_scale,
     format_scale,
     format_scales,
@@ -290,13 +289,8 @@ def realsr_data(root, camera="Canon", train_split="Train", val_split="Test",
     if root is None or str(root) in ("", "???"):
         raise ValueError("data.root is required for data=realsr: pass data.root=/path/to/"
                          "RealSR_v2_ordered (the folder holding Canon/ and Nikon/)")
-    train_scales = check_scales(train_scales, "data.train_scales")
-    val_scales = check_scales(val_scales, "data.val_scales")
-    check_val_scales_cover_train(train_scales, val_scales)
-    crop_size = check_positive_int(crop_size, "data.crop_size")
-    samples_per_epoch = check_positive_int(samples_per_epoch, "data.samples_per_epoch")
-    multiple_of = check_positive_int(multiple_of, "data.multiple_of")
-    val_max_size = check_positive_int(val_max_size, "data.val_max_size", allow_none=True)
+    train_scales, val_scales, crop_size, samples_per_epoch, multiple_of, val_max_size = check_loader_args(
+        train_scales, val_scales, crop_size, samples_per_epoch, multiple_of, val_max_size)
     report = scan_realsr(root, camera, train_split, val_split, train_scales, val_scales)
     if report.problems and report.problems[0].startswith("missing root"):
         raise ValueError(f"data.root={root} does not exist or is not a directory (data=realsr "
