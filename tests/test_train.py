@@ -70,6 +70,17 @@ def test_rae_stage_trains_validates_and_writes_a_complete_checkpoint(tmp_path):
     assert sorted(p.name for p in (run / "images").iterdir())  # the image strip was written
 
 
+def test_the_same_seed_gives_the_same_run_and_another_seed_does_not(tmp_path):
+    def weights(name: str, seed: int) -> dict:
+        train_rae(tmp_path / name, steps=2, extra=[f"seed={seed}"])
+        return load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["models"]["rae"]["state_dict"]
+
+    a, b, c = weights("a", 7), weights("b", 7), weights("c", 8)
+    assert all(torch.equal(a[k], b[k]) for k in a)          # initial weights and batches follow the seed
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    assert history_steps(tmp_path / "a") == [1, 2]
+
+
 def test_rae_resumes_from_its_last_checkpoint_instead_of_restarting(tmp_path):
     run = tmp_path / "rae"
     train_rae(run, steps=2)

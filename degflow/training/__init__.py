@@ -10,7 +10,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 
 from degflow.loggers import build_logger
-from degflow.training.loop import RunContext, TrainSettings, fit, resolve_device
+from degflow.training.loop import RunContext, TrainSettings, fit, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,9 @@ def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()
     Returns the final validation metrics.
     """
     run_dir = Path(run_dir)
+    # before anything draws random numbers: the networks' initial weights depend on the seed
+    # (a resumed run then replaces them, and its RNG state, from its checkpoint)
+    seed_everything(config["seed"])
     settings = TrainSettings(**config["stage"])
     device = resolve_device(config["device"])
     data = instantiate(config["data"])

@@ -88,6 +88,20 @@ class RunContext:
         return self.run_dir / "checkpoints"
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy and torch (all devices): model initialisation, data
+    sampling and noise draws of a fresh run then depend on ``seed`` alone (config ``seed``)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed: expected an integer, got {seed!r}")
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def resolve_device(spec: str) -> torch.device:
     """``device`` config value -> torch.device: ``auto`` picks CUDA when present, else CPU."""
     if spec == "auto":
