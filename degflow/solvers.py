@@ -331,8 +331,8 @@ def integrate(
         # outputs at 0 and every requested time; steps on the uniform grid in between
         out64 = torch.unique(torch.cat([torch.zeros(1, dtype=torch.float64), req]))
         out_t = torch.unique_consecutive(out64.to(z0.dtype))
+        # both end at the cast of the same float64 t_end, as torchdiffeq requires
         steps_grid = torch.unique_consecutive(uniform_grid(float(out64[-1]), spec.steps).to(z0.dtype))
-        steps_grid[-1] = out_t[-1]
         req_cast = req.to(z0.dtype)
         idx = torch.searchsorted(out_t, req_cast)
         steps_grid = steps_grid.to(z0.device)

@@ -30,7 +30,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,38 +312,50 @@ class Synthesizer:
         return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
     # -------------------------------------------------------------------------- tiling
-    def _tiled(self, work: Callable[[list[torch.Tensor]], tuple[dict[float, torch.Tensor], int, float]],
-               inputs: list[torch.Tensor], keys: Sequence[float]) -> tuple[dict[float, torch.Tensor], int, float, int]:
+    def _blend_tiles(self, rows: list[tuple[int, int]], cols: list[tuple[int, int]], overlap: int,
+                     tile: Callable[[int, int], Iterator[tuple[Any, torch.Tensor]]]) -> dict[Any, torch.Tensor]:
+        """The one blending loop of every tiled path.
+
+        ``tile(i, j)`` yields ``(key, [B, C, y1 - y0, x1 - x0])`` for the tile at
+        ``rows[i] x cols[j]`` (a generator, so one output is alive at a time); the outputs of
+        each key are weighted with the tiling ramps (:func:`_window`, ``overlap`` wide) and
+        normalised. Returns ``{key: [B, C, rows[-1][1], cols[-1][1]]}``.
+        """
+        acc: dict[Any, torch.Tensor] = {}
+        weight = torch.zeros(1, 1, rows[-1][1], cols[-1][1], dtype=torch.float64, device=self.device)
+        for i, (y0, y1) in enumerate(rows):
+            wy = _window(rows, i, overlap)
+            for j, (x0, x1) in enumerate(cols):
+                wx = _window(cols, j, overlap)
+                win = (wy[:, None] * wx[None, :]).to(self.device)                  # [h_t, w_t]
+                for key, out in tile(i, j):
+                    if key not in acc:
+                        acc[key] = out.new_zeros(*out.shape[:2], *weight.shape[-2:])
+                    acc[key][..., y0:y1, x0:x1] += out * win.to(out.dtype)
+                weight[..., y0:y1, x0:x1] += win
+        for out in acc.values():
+            out.div_(weight.to(out.dtype))
+        return acc
+
+    def _tiled(self, work: Callable[[list[torch.Tensor]], dict[float, torch.Tensor]],
+               inputs: list[torch.Tensor]) -> tuple[dict[float, torch.Tensor], int]:
         """Run ``work`` on aligned crops of ``inputs`` (each ``[B, 3, H, W]``) and blend.
 
-        ``work(crops) -> ({key: [B, 3, h, w]}, nfe, solve_seconds)``. Untiled when the image
-        fits in one tile. Returns ``(images, nfe, solve_seconds, tiles)``.
+        ``work(crops) -> {key: [B, 3, h, w]}`` in [-1, 1]. Untiled when the image fits in one
+        tile. Returns ``(images, tiles)``.
         """
         h, w = inputs[0].shape[-2:]
         if self.tile_size is None or max(h, w) <= self.tile_size:
-            images, nfe, solve = work(inputs)
-            return images, nfe, solve, 1
+            return work(inputs), 1
         rows = _tile_spans(h, self.tile_size, self.tile_overlap)
         cols = _tile_spans(w, self.tile_size, self.tile_overlap)
-        b = inputs[0].shape[0]
-        acc = {k: torch.zeros(b, 3, h, w, device=self.device) for k in keys}
-        weight = torch.zeros(1, 1, h, w, dtype=torch.float64, device=self.device)
-        nfe_total, solve_total = 0, 0.0
-        for i, (y0, y1) in enumerate(rows):
-            wy = _window(rows, i, self.tile_overlap)
-            for j, (x0, x1) in enumerate(cols):
-                wx = _window(cols, j, self.tile_overlap)
-                win = (wy[:, None] * wx[None, :]).to(self.device)                  # [h_t, w_t]
-                images, nfe, solve = work([x[..., y0:y1, x0:x1] for x in inputs])
-                nfe_total, solve_total = nfe_total + nfe, solve_total + solve
-                for k in keys:
-                    acc[k][..., y0:y1, x0:x1] += images[k] * win.float()
-                weight[..., y0:y1, x0:x1] += win
-                del images
-        norm = weight.float()
-        for k in keys:
-            acc[k].div_(norm).clamp_(-1, 1)
-        return acc, nfe_total, solve_total, len(rows) * len(cols)
+
+        def tile(i: int, j: int) -> Iterator[tuple[float, torch.Tensor]]:
+            (y0, y1), (x0, x1) = rows[i], cols[j]
+            yield from work([x[..., y0:y1, x0:x1] for x in inputs]).items()
+
+        images = self._blend_tiles(rows, cols, self.tile_overlap, tile)
+        return {k: v.clamp_(-1, 1) for k, v in images.items()}, len(rows) * len(cols)
 
     # -------------------------------------------------------------------------- generation
     def _tile_grid(self, h: int, w: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]] | None:
@@ -356,50 +368,27 @@ class Synthesizer:
         """Latent ``[B, C, H/8, W/8]`` of the padded image ``x [B, 3, H, W]``, encoded tile by
         tile and blended with the tiling ramps at latent resolution."""
         st = int(self.rae.stride)
-        lat_rows = [(a // st, b // st) for a, b in rows]
-        lat_cols = [(a // st, b // st) for a, b in cols]
-        lo = self.tile_overlap // st
-        z = weight = None
-        for i, (y0, y1) in enumerate(rows):
-            wy = _window(lat_rows, i, lo)
-            for j, (x0, x1) in enumerate(cols):
-                wx = _window(lat_cols, j, lo)
-                zt, _ = self.rae.encode(x[..., y0:y1, x0:x1])
-                if z is None:
-                    z = zt.new_zeros(*zt.shape[:2], x.shape[-2] // st, x.shape[-1] // st)
-                    weight = torch.zeros(1, 1, *z.shape[-2:], dtype=torch.float64, device=self.device)
-                win = (wy[:, None] * wx[None, :]).to(self.device)
-                (a0, a1), (c0, c1) = lat_rows[i], lat_cols[j]
-                z[..., a0:a1, c0:c1] += zt * win.to(zt.dtype)
-                weight[..., a0:a1, c0:c1] += win
-                del zt
-        assert z is not None and weight is not None
-        return z / weight.to(z.dtype)
+
+        def tile(i: int, j: int) -> Iterator[tuple[int, torch.Tensor]]:
+            (y0, y1), (x0, x1) = rows[i], cols[j]
+            yield 0, self.rae.encode(x[..., y0:y1, x0:x1])[0]
+
+        return self._blend_tiles([(a // st, b // st) for a, b in rows], [(a // st, b // st) for a, b in cols],
+                                 self.tile_overlap // st, tile)[0]
 
     def _decode_tiled(self, x: torch.Tensor, latents: dict[float, torch.Tensor],
                       rows: list[tuple[int, int]], cols: list[tuple[int, int]]) -> dict[float, torch.Tensor]:
         """Decode ``latents[s] [B, C, H/8, W/8]`` tile by tile with each tile's own HR skip
         features from the padded image ``x [B, 3, H, W]``; blend in image space."""
         st = int(self.rae.stride)
-        b, _, h, w = x.shape
-        acc = {s: torch.zeros(b, 3, h, w, device=self.device) for s in latents}
-        weight = torch.zeros(1, 1, h, w, dtype=torch.float64, device=self.device)
-        for i, (y0, y1) in enumerate(rows):
-            wy = _window(rows, i, self.tile_overlap)
-            for j, (x0, x1) in enumerate(cols):
-                wx = _window(cols, j, self.tile_overlap)
-                win = (wy[:, None] * wx[None, :]).to(self.device)                  # [h_t, w_t]
-                feats = self.rae.features(x[..., y0:y1, x0:x1])
-                for s, z in latents.items():
-                    img = self.rae.decode(z[..., y0 // st:y1 // st, x0 // st:x1 // st], feats)
-                    acc[s][..., y0:y1, x0:x1] += img.clamp(-1, 1) * win.float()
-                    del img
-                weight[..., y0:y1, x0:x1] += win
-                del feats
-        norm = weight.float()
-        for s in acc:
-            acc[s].div_(norm).clamp_(-1, 1)
-        return acc
+
+        def tile(i: int, j: int) -> Iterator[tuple[float, torch.Tensor]]:
+            (y0, y1), (x0, x1) = rows[i], cols[j]
+            feats = self.rae.features(x[..., y0:y1, x0:x1])
+            for s, z in latents.items():
+                yield s, self.rae.decode(z[..., y0 // st:y1 // st, x0 // st:x1 // st], feats).clamp(-1, 1)
+
+        return {s: img.clamp_(-1, 1) for s, img in self._blend_tiles(rows, cols, self.tile_overlap, tile).items()}
 
     @torch.no_grad()
     def generate(self, hr: torch.Tensor, scales: Sequence[float], allow_extrapolation: bool = False,
@@ -468,8 +457,7 @@ class Synthesizer:
         return images
 
     # -------------------------------------------------------------------------- ae_interp
-    def _interp_and_decode(self, crops: list[torch.Tensor], times: dict[float, float]
-                           ) -> tuple[dict[float, torch.Tensor], int, float]:
+    def _interp_and_decode(self, crops: list[torch.Tensor], times: dict[float, float]) -> dict[float, torch.Tensor]:
         assert self.train_scales is not None
         h, w = crops[0].shape[-2:]
         b = crops[0].shape[0]
@@ -481,7 +469,7 @@ class Synthesizer:
         for s, t in times.items():
             point = evaluate_path(self.spline_path, knot_times, knots, torch.full((b,), t, device=self.device))
             images[s] = self.rae.decode(point.value, hr_feats).clamp(-1, 1)[..., :h, :w]
-        return images, 0, 0.0
+        return images
 
     @torch.no_grad()
     def interpolate_real(self, hr: torch.Tensor, real: Mapping[float, torch.Tensor], scales: Sequence[float],
@@ -509,8 +497,7 @@ class Synthesizer:
                                  f"expected the HR shape {tuple(hr.shape)} (LR stored at HR size)")
             knot_images.append(x.to(self.device, torch.float32))
         start = time.perf_counter()
-        images, _, _, tiles = self._tiled(lambda crops: self._interp_and_decode(crops, times), knot_images,
-                                          list(times))
+        images, tiles = self._tiled(lambda crops: self._interp_and_decode(crops, times), knot_images)
         return SynthesisResult(images=images, times=times, nfe=0, seconds=time.perf_counter() - start,
                                tiles=tiles)
 
