@@ -1,4 +1,4 @@
-"""Checkpoint I/O: atomic writes, untrusted-safe loads, one documented format.
+"""Checkpoint I/O: atomic saves (:mod:`degflow.files`), untrusted-safe loads, one documented format.
 
 A degflow checkpoint is a plain dict of tensors and plain containers (no pickled classes),
 so it loads with ``torch.load(..., weights_only=True)``:
@@ -22,10 +22,7 @@ map) is written here once, never re-derived from YAML.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +30,7 @@ import numpy as np
 import torch
 
 from degflow import __version__
+from degflow.files import atomic_write_bytes
 
 FORMAT = "degflow"
 FORMAT_VERSION = 1
@@ -41,31 +39,6 @@ KINDS = ("rae", "lfm")
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, of another kind or of an unsupported version."""
-
-
-def atomic_write_bytes(path: str | Path, write) -> None:
-    """Write a file atomically: ``write(fileobj)`` into a temp file beside ``path``, then rename.
-
-    A crash mid-write leaves the previous file (or nothing) in place, never a partial file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Atomically write a UTF-8 text file (see :func:`atomic_write_bytes`)."""
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -181,12 +154,3 @@ def find_latest_checkpoint(root: str | Path, kind: str) -> Path | None:
         if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT and ckpt.get("kind") == kind:
             return path
     return None
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file (identifies checkpoints in metrics, checkpoints and manifests)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

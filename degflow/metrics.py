@@ -1,4 +1,4 @@
-"""Image-quality metrics in the SR evaluation protocol, and the bicubic baseline.
+"""Image-quality metrics in the SR evaluation protocol (resizing lives in :mod:`degflow.resize`).
 
 All metrics take images in [-1, 1], ``[B, 3, H, W]`` (a single ``[3, H, W]`` image is
 treated as B = 1) and return per-image ``[B]`` tensors (float64 for PSNR / SSIM).
@@ -13,7 +13,6 @@ Y itself is not rounded after conversion.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -21,15 +20,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from degflow.perceptual import load_lpips
+from degflow.resize import as_image_batch
 
 __all__ = [
     "rgb_to_y",
     "psnr_y",
     "ssim_y",
     "LPIPSMetric",
-    "lpips_metric",
-    "resize_to_lr",
-    "bicubic_baseline",
 ]
 
 # ITU-R BT.601 (MATLAB rgb2ycbcr) luma for R, G, B in [0, 1] -> Y on the 0..255 scale.
@@ -37,21 +34,8 @@ _Y_OFFSET = 16.0
 _Y_COEFFS = (65.481, 128.553, 24.966)
 
 
-def _as_batch(x: Tensor, name: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
-    if x.ndim == 3:
-        x = x.unsqueeze(0)
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(
-            f"{name} must be an RGB image [3, H, W] or batch [B, 3, H, W] in [-1, 1]; "
-            f"got shape {tuple(x.shape)}."
-        )
-    return x
-
-
 def _pair(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    pred, target = _as_batch(pred, "pred"), _as_batch(target, "target")
+    pred, target = as_image_batch(pred, "pred"), as_image_batch(target, "target")
     if pred.shape != target.shape:
         raise ValueError(
             f"pred and target must have the same shape; got {tuple(pred.shape)} and "
@@ -65,7 +49,7 @@ def rgb_to_y(x01: Tensor) -> Tensor:
 
     Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255 (MATLAB ``rgb2ycbcr`` convention).
     """
-    x01 = _as_batch(x01, "x01")
+    x01 = as_image_batch(x01, "x01")
     w = torch.tensor(_Y_COEFFS, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
     return ((x01 * w).sum(dim=1, keepdim=True) + _Y_OFFSET) / 255.0
 
@@ -174,63 +158,3 @@ class LPIPSMetric:
         return self.module(
             pred.to(self.device, torch.float32), target.to(self.device, torch.float32)
         )
-
-
-# Alias: the name used in the project's plan.
-lpips_metric = LPIPSMetric
-
-
-def _check_scale(scale: float) -> float:
-    try:
-        s = float(scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"scale must be a number >= 1 (downscaling factor), got {scale!r}.")
-    if not math.isfinite(s) or s < 1.0:
-        raise ValueError(f"scale must be a finite number >= 1 (downscaling factor), got {scale!r}.")
-    return s
-
-
-def _lr_size(h: int, w: int, s: float) -> tuple[int, int]:
-    lh, lw = round(h / s), round(w / s)
-    if lh < 1 or lw < 1:
-        raise ValueError(f"scale={s} is too large for a {h}x{w} image (LR size {lh}x{lw}).")
-    return lh, lw
-
-
-def resize_to_lr(x: Tensor, scale: float, clamp: bool = True) -> Tensor:
-    """Antialiased bicubic downscale by ``scale`` to round(H/s) x round(W/s) (true LR size).
-
-    ``x``: ``[B, 3, H, W]`` (or ``[3, H, W]``, returned in the same layout) in [-1, 1].
-    Scale 1 returns a copy. ``clamp`` clips bicubic overshoot to [-1, 1].
-    """
-    s = _check_scale(scale)
-    single = x.ndim == 3
-    xb = _as_batch(x, "x")
-    h, w = xb.shape[-2:]
-    if s == 1.0:
-        out = xb.clone()
-    else:
-        out = F.interpolate(xb, size=_lr_size(h, w, s), mode="bicubic", align_corners=False,
-                            antialias=True)
-    if clamp:
-        out = out.clamp(-1.0, 1.0)
-    return out[0] if single else out
-
-
-def bicubic_baseline(hr: Tensor, scale: float) -> Tensor:
-    """Bicubic LR at HR pixel size (the way RealSR stores LR): down by ``scale``, back up.
-
-    HR ``[B, 3, H, W]`` (or ``[3, H, W]``) in [-1, 1] -> same shape, clamped to [-1, 1].
-    Down: antialiased bicubic to round(H/s) x round(W/s); up: bicubic to H x W.
-    Scale 1 is the identity.
-    """
-    s = _check_scale(scale)
-    single = hr.ndim == 3
-    hb = _as_batch(hr, "hr")
-    if s == 1.0:
-        out = hb.clone()
-    else:
-        lr = resize_to_lr(hb, s)  # clamped, like an LR image that was saved
-        out = F.interpolate(lr, size=tuple(hb.shape[-2:]), mode="bicubic", align_corners=False)
-    out = out.clamp(-1.0, 1.0)
-    return out[0] if single else out

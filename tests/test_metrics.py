@@ -7,14 +7,8 @@ import math
 import pytest
 import torch
 
-from degflow.metrics import (
-    LPIPSMetric,
-    bicubic_baseline,
-    psnr_y,
-    resize_to_lr,
-    rgb_to_y,
-    ssim_y,
-)
+from degflow.metrics import LPIPSMetric, psnr_y, rgb_to_y, ssim_y
+from degflow.resize import bicubic_baseline, resize_to_lr
 
 
 def _rand(*shape, seed=0):

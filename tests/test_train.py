@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from degflow.checkpoint import CheckpointError, load_checkpoint
 from degflow.config import CONF_DIR, register_resolvers, to_plain
-from degflow.synthesis import Synthesizer
+from degflow.generation import Synthesizer
 from degflow.training import train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ Dataset items are dicts ``{"name": str, "hr": [3, h, w], "lr": [S, 3, h, w],
 ``python -m degflow.data.check data=... data.root=...`` validates a data tree.
 """
 
-from degflow.data.common import DataBundle, Report, check_scales
+from degflow.data.common import DataBundle, Report
 from degflow.data.demo import degrade, demo_data
 from degflow.data.images import (
     IMAGE_EXTENSIONS,
@@ -24,6 +24,7 @@ from degflow.data.images import (
 )
 from degflow.data.paired import paired_data, scan_paired
 from degflow.data.realsr import realsr_data, scan_realsr
+from degflow.scales import check_scales
 
 __all__ = [
     "DataBundle",

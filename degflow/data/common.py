@@ -1,17 +1,15 @@
-"""Pieces shared by every data option: the DataBundle, scale-list checks, pair records,
+"""Pieces shared by every data option: the DataBundle, loader-argument checks, pair records,
 scan reports and the two dataset classes (random aligned training crops, full-image
 validation)."""
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -21,17 +19,15 @@ from degflow.data.transforms import (
     center_crop_to_multiple,
     random_dihedral,
 )
+from degflow.resize import upsample_to
+from degflow.scales import check_scales, find_scale, scale_label
 
 __all__ = [
     "DataBundle",
     "make_bundle",
     "check_loader_args",
-    "format_scales",
-    "check_scales",
     "check_val_scales_cover_train",
-    "format_scale",
     "size_relation",
-    "upsample_to",
     "PairRecord",
     "MemoryRecord",
     "Report",
@@ -56,35 +52,6 @@ class DataBundle:
 # --------------------------------------------------------------------------- scales
 
 
-def check_scales(scales, key: str) -> tuple[float, ...]:
-    """Validate a scale list from the config: sorted, unique, >= 1, starting with 1.0
-    (the HR knot) and with at least one LR scale. Returns floats."""
-    if isinstance(scales, (str, bytes)) or not isinstance(scales, Iterable):
-        raise ValueError(f"{key} must be a list of scales like [1, 2, 4]; got {scales!r}")
-    out = []
-    for v in scales:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            try:
-                v = float(v)  # numpy / tensor scalars
-            except (TypeError, ValueError):
-                raise ValueError(f"{key} must contain numbers; got {v!r} in {list(scales)!r}") \
-                    from None
-        v = float(v)
-        if not math.isfinite(v) or v < 1.0:
-            raise ValueError(f"{key}: every scale must be a finite number >= 1 (1 = the HR "
-                             f"image); got {v!r} in {list(scales)!r}")
-        out.append(v)
-    if sorted(set(out)) != out:
-        raise ValueError(f"{key} must be sorted and without duplicates; got {out!r} "
-                         f"(did you mean {sorted(set(out))!r}?)")
-    if not out or out[0] != 1.0:
-        raise ValueError(f"{key} must start with 1 (the HR image is the first knot); got "
-                         f"{out!r} (did you mean {[1.0] + out!r}?)")
-    if len(out) < 2:
-        raise ValueError(f"{key} needs at least one LR scale > 1 besides 1; got {out!r}")
-    return tuple(out)
-
-
 def check_val_scales_cover_train(train_scales: Sequence[float],
                                  val_scales: Sequence[float]) -> None:
     """Validation needs the real images at every training knot (the LFM stage encodes them
@@ -94,31 +61,6 @@ def check_val_scales_cover_train(train_scales: Sequence[float],
         raise ValueError(f"data.val_scales={list(val_scales)} must include every training "
                          f"scale (data.train_scales={list(train_scales)}); missing "
                          f"{missing}")
-
-
-def format_scale(s: float) -> str:
-    """2.0 -> '2', 2.5 -> '2.5' (folder and file labels)."""
-    return str(int(s)) if float(s).is_integer() else f"{s:g}"
-
-
-def format_scales(scales: Iterable[float]) -> str:
-    """(1.0, 2.0, 2.5) -> '1,2,2.5' (log lines)."""
-    return ",".join(format_scale(s) for s in scales)
-
-
-def parse_scale(text: str) -> float | None:
-    try:
-        v = float(text)
-    except ValueError:
-        return None
-    return v if math.isfinite(v) and v >= 1.0 else None
-
-
-def find_scale(scale: float, available: Iterable[float]) -> float | None:
-    for a in available:
-        if abs(a - scale) < 1e-6:
-            return a
-    return None
 
 
 # ------------------------------------------------------------------ HR / LR relation
@@ -134,15 +76,6 @@ def size_relation(hr_size: tuple[int, int], lr_size: tuple[int, int], scale: flo
         if abs(lr - expected) > 1.0 + 0.02 * expected:
             return None
     return "true"
-
-
-def upsample_to(x: Tensor, height: int, width: int) -> Tensor:
-    """Bicubic resize of [3, h, w] (or [B, 3, h, w]) to height x width, clamped to [-1, 1]."""
-    batched = x.ndim == 4
-    xb = x if batched else x.unsqueeze(0)
-    out = F.interpolate(xb, size=(height, width), mode="bicubic", align_corners=False)
-    out = out.clamp_(-1.0, 1.0)
-    return out if batched else out[0]
 
 
 # ------------------------------------------------------------------------ records
@@ -175,7 +108,7 @@ class PairRecord:
             if rel is None:
                 raise ValueError(
                     f"size mismatch: {self.lr[s]} is {x.shape[-1]}x{x.shape[-2]} but its HR "
-                    f"{self.hr} is {w}x{h}; expected the same size or about 1/{format_scale(s)}"
+                    f"{self.hr} is {w}x{h}; expected the same size or about 1/{scale_label(s)}"
                     f" of it")
             if rel == "true":
                 x = upsample_to(x, h, w)

@@ -46,9 +46,9 @@ from degflow.data.common import (
     check_crop_fits,
     check_loader_args,
     check_positive_int,
-    format_scales,
     make_bundle,
 )
+from degflow.scales import format_scales
 from degflow.data.images import read_image
 
 __all__ = ["degrade", "demo_data", "demo_image_paths", "TRAIN_IMAGES", "VAL_IMAGES",

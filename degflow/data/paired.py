@@ -31,14 +31,11 @@ from degflow.data.common import (
     PairRecord,
     Report,
     check_loader_args,
-    check_scales,
-    find_scale,
-    format_scale,
-    format_scales,
     make_bundle,
     size_range,
     size_relation,
 )
+from degflow.scales import check_scales, find_scale, format_scales, scale_label
 from degflow.data.images import IMAGE_EXTENSIONS, find_images
 
 __all__ = ["scan_paired", "paired_data", "split_names"]
@@ -121,8 +118,8 @@ def _scan_tree(report: Report, info: FileInfo, t: _Tree, scales: tuple[float, ..
             if s not in t.missing_reported:  # a tree shared by train and val: say it once
                 t.missing_reported.add(s)
                 report.problems.append(
-                    f"missing scale: {t.tree} has no folder x{format_scale(s)} for scale "
-                    f"{format_scale(s)} ({key}); scale folders found: "
+                    f"missing scale: {t.tree} has no folder x{scale_label(s)} for scale "
+                    f"{scale_label(s)} ({key}); scale folders found: "
                     f"{[t.scale_dirs[k].name for k in sorted(t.scale_dirs)] or 'none'}")
         else:
             usable.append((s, f))
@@ -139,7 +136,7 @@ def _scan_tree(report: Report, info: FileInfo, t: _Tree, scales: tuple[float, ..
         hr_path = t.hr[name]
         missing = [s for s in scales if name not in lr[s]]
         for s in missing:
-            report.problems.append(f"missing partner: {hr_path} has no x{format_scale(s)} "
+            report.problems.append(f"missing partner: {hr_path} has no x{scale_label(s)} "
                                    f"partner {name}.* in {t.scale_dirs[find_scale(s, t.scale_dirs)]}")
         hr_size, err = info.size(hr_path)
         if err:
@@ -161,7 +158,7 @@ def _scan_tree(report: Report, info: FileInfo, t: _Tree, scales: tuple[float, ..
                 report.problems.append(
                     f"size mismatch: {lr_path} is {lsize[0]}x{lsize[1]} but {hr_path} is "
                     f"{hr_size[0]}x{hr_size[1]}; expected the same size or about 1/"
-                    f"{format_scale(s)} of it ({math.floor(hr_size[0] / s)}x"
+                    f"{scale_label(s)} of it ({math.floor(hr_size[0] / s)}x"
                     f"{math.floor(hr_size[1] / s)})")
                 bad = True
                 continue

@@ -29,15 +29,11 @@ from degflow.data.common import (
     PairRecord,
     Report,
     check_loader_args,
-    check_scales,
-    find_scale,
-    format_scale,
-    format_scales,
     make_bundle,
-    parse_scale,
     size_range,
     size_relation,
 )
+from degflow.scales import check_scales, find_scale, format_scales, parse_scale, scale_label
 from degflow.data.images import IMAGE_EXTENSIONS, read_image
 
 __all__ = ["scan_realsr", "realsr_data", "normalize_cameras"]
@@ -91,7 +87,7 @@ class _Folder:
                 if abs(s_file - scale) > 1e-6:
                     report.problems.append(
                         f"wrong scale: {p} is labelled LR{m['s']} but lies in the scale-"
-                        f"{format_scale(scale)} folder")
+                        f"{scale_label(scale)} folder")
                     continue
                 table = self.lr
             if key in table:
@@ -120,8 +116,8 @@ def _scan_role(report: Report, info: FileInfo, cam_dir: Path, split: str,
         f = find_scale(s, found)
         if f is None:
             report.problems.append(
-                f"missing scale: {split_dir} has no folder '{format_scale(s)}' for scale "
-                f"{format_scale(s)} ({key}); scale folders found: "
+                f"missing scale: {split_dir} has no folder '{scale_label(s)}' for scale "
+                f"{scale_label(s)} ({key}); scale folders found: "
                 f"{[found[k] for k in sorted(found)] or 'none'}")
         else:
             present.append((s, split_dir / found[f]))
@@ -132,7 +128,7 @@ def _scan_role(report: Report, info: FileInfo, cam_dir: Path, split: str,
     folders = {s: _Folder(p, s, report) for s, p in present}
     for s, fo in folders.items():
         report.lines.append(f"  {cam_dir.name}/{split}/{fo.path.name}: {len(fo.hr)} HR, "
-                            f"{len(fo.lr)} LR{format_scale(s)} files")
+                            f"{len(fo.lr)} LR{scale_label(s)} files")
     # pairs within each folder
     pairs: dict[float, dict[str, tuple[Path, Path]]] = {}
     for s, fo in folders.items():
@@ -140,7 +136,7 @@ def _scan_role(report: Report, info: FileInfo, cam_dir: Path, split: str,
         for k in sorted(set(fo.hr) | set(fo.lr)):
             if k not in fo.lr:
                 report.problems.append(f"missing partner: {fo.hr[k]} has no LR partner "
-                                       f"{fo.path / (k + '_LR' + format_scale(s) + '.png')}")
+                                       f"{fo.path / (k + '_LR' + scale_label(s) + '.png')}")
             elif k not in fo.hr:
                 report.problems.append(f"missing partner: {fo.lr[k]} has no HR partner "
                                        f"{fo.path / (k + '_HR.png')}")
@@ -157,8 +153,8 @@ def _scan_role(report: Report, info: FileInfo, cam_dir: Path, split: str,
         if lacking:
             report.problems.append(
                 f"missing partner: {k} is in scale folder(s) "
-                f"{[format_scale(s) for s in scales if s not in lacking]} of {split_dir} but "
-                f"not in {[format_scale(s) for s in lacking]} (needed for {key})")
+                f"{[scale_label(s) for s in scales if s not in lacking]} of {split_dir} but "
+                f"not in {[scale_label(s) for s in lacking]} (needed for {key})")
         if len(have) < len(scales):
             continue
         base_s = scales[0]
@@ -182,7 +178,7 @@ def _scan_role(report: Report, info: FileInfo, cam_dir: Path, split: str,
                         f"size mismatch: HR files of {k} differ across scale folders: "
                         f"{hr_path} is {hr_size[0]}x{hr_size[1]}, {other_hr} is "
                         f"{osize[0]}x{osize[1]} (the tuple's HR comes from the scale-"
-                        f"{format_scale(base_s)} folder)")
+                        f"{scale_label(base_s)} folder)")
                     bad = True
                     continue
                 if info.deep:
@@ -198,7 +194,7 @@ def _scan_role(report: Report, info: FileInfo, cam_dir: Path, split: str,
                 report.problems.append(
                     f"size mismatch: {lr_path} is {lsize[0]}x{lsize[1]} but {other_hr} is "
                     f"{ohr[0]}x{ohr[1]}; expected the same size (V2) or about 1/"
-                    f"{format_scale(s)} of it (V3)")
+                    f"{scale_label(s)} of it (V3)")
                 bad = True
                 continue
             if rel == "true":
@@ -212,7 +208,7 @@ def _scan_role(report: Report, info: FileInfo, cam_dir: Path, split: str,
     if not records and not all_keys:
         report.problems.append(f"empty split: {split_dir} has no <Cam>_<idx>_HR / _LR<s> "
                                f"image pairs in scale folders "
-                               f"{[format_scale(s) for s in scales]}")
+                               f"{[scale_label(s) for s in scales]}")
     return records
 
 

@@ -10,7 +10,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 
 from degflow.loggers import build_logger
-from degflow.training.loop import RunContext, TrainSettings, fit, resolve_device, seed_everything
+from degflow.runtime import resolve_device, seed_everything
+from degflow.training.loop import RunContext, TrainSettings, fit
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,8 @@ are never loaded) under no_grad, draw t ~ U(0, 1) per sample, evaluate the path 
 spline or piecewise-linear) through the knot latents, regress the velocity network onto the
 path derivative, and add lambda * LPIPS on the decoded Taylor extrapolation to the segment's
 right knot (see :mod:`degflow.losses`). Validation generates every validation scale from the
-HR latent with the configured solver through :class:`degflow.synthesis.Synthesizer`.
+HR latent with the configured solver through :class:`degflow.generation.Synthesizer`, and the
+``ae_interp`` oracle through the same object.
 """
 
 from __future__ import annotations
@@ -17,23 +18,19 @@ from typing import Any
 
 import torch
 
-from degflow.checkpoint import (
-    CheckpointError,
-    build_model,
-    file_sha256,
-    find_latest_checkpoint,
-    load_checkpoint,
-    model_entry,
-)
+from degflow.checkpoint import CheckpointError, build_model, find_latest_checkpoint, load_checkpoint, model_entry
+from degflow.files import file_sha256
+from degflow.generation import Synthesizer
 from degflow.losses import LossSettings, flow_matching_loss, segment_weights, taylor_extrapolate
-from degflow.metrics import bicubic_baseline, psnr_y, ssim_y
+from degflow.metrics import psnr_y, ssim_y
 from degflow.perceptual import load_lpips
+from degflow.resize import bicubic_baseline
+from degflow.scales import scale_key
 from degflow.solvers import SolverSpec
 from degflow.spline import PATH_KINDS, evaluate_path
-from degflow.synthesis import Synthesizer
 from degflow.timemap import TimeMap, build_time_map
 from degflow.training.loop import Stage
-from degflow.training.rae import scale_key, validation_items
+from degflow.training.validation import ScaleAverages, validation_items
 from degflow.visualize import image_strip
 
 log = logging.getLogger(__name__)
@@ -178,49 +175,42 @@ class LFMStage(Stage):
         return loss, scalars
 
     def synthesizer(self) -> Synthesizer:
+        """The generation core on the live networks (what validation measures)."""
         return Synthesizer(self.rae, self.velocity, self.time_map(), self.solver, self.device, self.precision,
-                           max_trained_scale=self.train_scales[-1])
+                           max_trained_scale=self.train_scales[-1], train_scales=self.train_scales,
+                           spline_path=self.spline.path)
 
     @torch.no_grad()
     def validate(self, step: int) -> dict[str, Any]:
         synth = self.synthesizer()
         allow = max(self.val_scales) > self.train_scales[-1]
         names = ("psnr_y", "ssim_y", "psnr_y_bicubic", "psnr_y_ae_interp") + (("lpips",) if self.lpips_metric else ())
-        sums = {s: dict.fromkeys(names, 0.0) for s in self.val_scales}
-        count, nfe, seconds, strip_rows = 0, 0, 0.0, []
-        knot_times = torch.tensor(synth.time_map.knot_times(self.train_scales), device=self.device)
+        averages = ScaleAverages(self.val_scales, names)
+        nfe, seconds, strip_rows = 0, 0.0, []
         for item in validation_items(self.val_set, self.max_val_images, self.device):
             hr = item["hr"]                                                  # [1,3,H,W]
             real = {1.0: hr, **{float(s): item["lr"][:, j] for j, s in enumerate(item["scales"][0].tolist())}}
             result = synth.generate(hr, self.val_scales, allow_extrapolation=allow)
             nfe, seconds = result.nfe, seconds + result.seconds
-            # oracle baseline: the path through the REAL encoded training-scale latents
-            knots, hr_feats = self.encode_knots(torch.stack([real[s] for s in self.train_scales], dim=1))
+            # the ae_interp oracle: the path through the REAL encoded training-scale latents
+            oracle = synth.interpolate_real(hr, {s: real[s] for s in self.train_scales[1:]}, self.val_scales,
+                                            allow_extrapolation=allow)
             for s in self.val_scales:
                 fake, target = result.images[s], real[s]
-                sums[s]["psnr_y"] += float(psnr_y(fake, target).mean())
-                sums[s]["ssim_y"] += float(ssim_y(fake, target).mean())
+                averages.add(s, psnr_y=psnr_y(fake, target).mean(), ssim_y=ssim_y(fake, target).mean(),
+                             psnr_y_ae_interp=psnr_y(oracle.images[s], target).mean())
                 if s != 1.0:                     # at x1 the "baseline" is the HR image itself
-                    sums[s]["psnr_y_bicubic"] += float(psnr_y(bicubic_baseline(hr, s), target).mean())
-                point = evaluate_path(self.spline.path, knot_times, knots, torch.full((1,), result.times[s],
-                                                                                    device=self.device))
-                interp = self.rae.decode(point.value, hr_feats).clamp(-1, 1)
-                sums[s]["psnr_y_ae_interp"] += float(psnr_y(interp, target).mean())
+                    averages.add(s, psnr_y_bicubic=psnr_y(bicubic_baseline(hr, s), target).mean())
                 if self.lpips_metric is not None:
-                    sums[s]["lpips"] += float(self.lpips_metric(fake, target).mean())
-            if count < self.strip_images:
+                    averages.add(s, lpips=self.lpips_metric(fake, target).mean())
+            if averages.images < self.strip_images:
                 strip_rows.append(([real[s][0] for s in self.val_scales],
                                    [result.images[s][0] for s in self.val_scales]))
-            count += 1
-        if count == 0:
-            raise ValueError("the validation set is empty (check the data config's validation split)")
-        scales = {}
+            averages.image_done()
+        scales = averages.table(self.train_scales)
+        count = averages.images
         for s in self.val_scales:
-            row: dict[str, Any] = {k: v / count for k, v in sums[s].items()}
-            if s == 1.0:
-                row["psnr_y_bicubic"] = None
-            row.update(t=float(synth.time_map.scale_to_time(s)), heldout=s not in self.train_scales)
-            scales[scale_key(s)] = row
+            scales[scale_key(s)]["t"] = float(synth.time_map.scale_to_time(s))
         heldout = [r for r in scales.values() if r["heldout"]] or list(scales.values())
         objective = sum(r["psnr_y"] for r in heldout) / len(heldout)
         summary = " ".join(
@@ -238,6 +228,33 @@ class LFMStage(Stage):
             "images": images,
         }
 
+    def check_same_rae(self, ckpt: dict[str, Any]) -> None:
+        """Refuse to resume a run whose frozen RAE differs from the one ``rae_ckpt`` resolves to now.
+
+        A resumed run keeps training its velocity network on the RAE it started with, so a
+        different RAE (another ``rae_ckpt``, or a newer / retrained latest RAE run) would mix
+        two sources and record the wrong one. Raises :class:`~degflow.checkpoint.CheckpointError`
+        naming ``rae_ckpt``, both sources and the ways forward.
+        """
+        stored = ckpt["models"]["rae"]["state_dict"]
+        current = {k: v.detach().cpu() for k, v in self.rae.state_dict().items()}
+        if stored.keys() == current.keys() and all(
+                stored[k].shape == v.shape and torch.equal(stored[k].cpu(), v) for k, v in current.items()):
+            return
+        recorded = ckpt.get("extra", {}).get("rae_source") or {}
+
+        def source(info: dict[str, Any]) -> str:
+            sha = str(info.get("sha256") or "unknown")[:12]
+            return f"{info.get('path', 'unknown')!r} (sha256 {sha}..., step {info.get('step', 'unknown')})"
+
+        raise CheckpointError(
+            f"rae_ckpt: this run was trained on the frozen RAE {source(recorded)}, but rae_ckpt now resolves to "
+            f"{source(self.rae_source)}, whose weights differ; resuming would continue the velocity network "
+            f"on another RAE. To continue the run, pass rae_ckpt= the original RAE checkpoint (unchanged); to "
+            f"train on the new RAE, start a fresh run: resume=false (replaces this run's checkpoints) or a new "
+            f"output folder (output_root=... with rae_ckpt=...)"
+        )
+
     def state(self) -> dict[str, Any]:
         return {
             "models": {"rae": model_entry(self.rae), "velocity": model_entry(self.velocity)},
@@ -250,6 +267,7 @@ class LFMStage(Stage):
         }
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
+        self.check_same_rae(ckpt)
         self.rae.load_state_dict(ckpt["models"]["rae"]["state_dict"])
         self.velocity.load_state_dict(ckpt["models"]["velocity"]["state_dict"])
         self.knots.load_state_dict(ckpt["knot_state"])

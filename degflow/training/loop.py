@@ -14,7 +14,6 @@ module owns everything else, identically for both stages:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -26,19 +25,12 @@ from typing import Any, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from degflow.checkpoint import (
-    atomic_write_text,
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
+from degflow.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from degflow.files import atomic_write_text
 from degflow.loggers import json_safe
+from degflow.runtime import autocast
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("fp32", "bf16")
-
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -86,42 +78,6 @@ class RunContext:
     @property
     def ckpt_dir(self) -> Path:
         return self.run_dir / "checkpoints"
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, NumPy and torch (all devices): model initialisation, data
-    sampling and noise draws of a fresh run then depend on ``seed`` alone (config ``seed``)."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed: expected an integer, got {seed!r}")
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``device`` config value -> torch.device: ``auto`` picks CUDA when present, else CPU."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={spec!r} was requested but CUDA is not available here; use device=auto or cpu")
-        return torch.device(spec)
-    raise ValueError(f"device={spec!r} is not one of ['auto', 'cpu', 'cuda', 'cuda:N']")
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CUDA when ``precision='bf16'``; a no-op otherwise (CPU trains in fp32)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
-    if precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def warmup_cosine(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
