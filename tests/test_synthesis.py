@@ -180,6 +180,26 @@ def test_scale_labels_have_no_trailing_zeros():
 
 
 # --------------------------------------------------------------------------- API
+def test_the_api_and_the_cli_share_one_documented_default_solver(ckpt):
+    """Without a solver argument, from_checkpoint and synthesize.py generate with DEFAULT_SOLVER
+    (rk4, 16 steps, cubic output), not the solver stored in the checkpoint (rk4/4/grid here)."""
+    from hydra import compose, initialize_config_dir
+
+    from degflow.config import to_plain
+    from degflow.generation import DEFAULT_SOLVER
+
+    assert DEFAULT_SOLVER == SolverSpec.create("rk4", steps=16, interp="cubic")
+    assert Synthesizer.from_checkpoint(ckpt).solver == DEFAULT_SOLVER
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cli_solver = to_plain(compose("synthesize", overrides=[f"ckpt={ckpt}", "input=a", "out=b"]))["solver"]
+    assert SolverSpec.create(**cli_solver) == DEFAULT_SOLVER
+
+
+def test_a_precision_typo_is_refused_naming_the_key(ckpt):
+    with pytest.raises(ValueError, match="precision='bf61'.*fp32"):
+        Synthesizer.from_checkpoint(ckpt, precision="bf61")
+
+
 def test_requested_scale_is_exact_and_its_time_lies_on_the_solver_grid(synth):
     hr = _hr()
     res = synth.generate(hr, [2.2, 2.25, 2.3])

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from degflow.checkpoint import CheckpointError, load_checkpoint
 from degflow.config import CONF_DIR, register_resolvers, to_plain
+from degflow.files import file_sha256
 from degflow.generation import Synthesizer
 from degflow.training import train
 
@@ -112,6 +113,30 @@ def test_lfm_resumes_from_its_last_checkpoint_instead_of_restarting(tmp_path):
         assert torch.equal(value, last["models"]["rae"]["state_dict"][key])  # stage 1 stays frozen
     assert any(not torch.equal(v, last["models"]["velocity"]["state_dict"][k])
                for k, v in first["models"]["velocity"]["state_dict"].items())
+
+
+def test_lfm_refuses_to_resume_on_another_rae_and_names_both_sources(tmp_path):
+    """stage=lfm rae_ckpt=A, then rae_ckpt=B (or a retrained RAE) in the same run directory must
+    not continue the velocity net on the old RAE while recording the new one."""
+    train_rae(tmp_path / "rae" / "a", steps=2)
+    train_rae(tmp_path / "rae" / "b", steps=2, extra=["seed=1"])
+    rae_a, rae_b = (tmp_path / "rae" / n / "checkpoints" / "last.pt" for n in ("a", "b"))
+    run = tmp_path / "lfm" / "tiny"
+
+    def lfm(rae: Path, steps: int):
+        return train(config(["stage=lfm", f"output_root={tmp_path}", f"rae_ckpt={rae}", f"stage.steps={steps}",
+                             "stage.val_every=2", "stage.ckpt_every=2", "eval.lpips=false", "loss.lpips_weight=0"]),
+                     run)
+
+    lfm(rae_a, 2)
+    with pytest.raises(CheckpointError, match="rae_ckpt") as err:
+        lfm(rae_b, 4)
+    assert str(rae_a) in str(err.value) and str(rae_b) in str(err.value) and "resume=false" in str(err.value)
+    assert load_checkpoint(run / "checkpoints" / "last.pt", kind="lfm")["step"] == 2   # nothing was mixed
+    lfm(rae_a, 4)                                                # the original RAE resumes
+    last = load_checkpoint(run / "checkpoints" / "last.pt", kind="lfm")
+    assert last["step"] == 4 and last["extra"]["rae_source"]["path"] == str(rae_a)
+    assert last["extra"]["rae_source"]["sha256"] == file_sha256(rae_a)
 
 
 def test_killed_training_resumes_when_the_same_command_is_rerun(tmp_path):
