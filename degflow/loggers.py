@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -79,12 +78,11 @@ class WandbLogger(NullLogger):
         id_file = self.run_dir / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
-        os.environ.setdefault("WANDB_SILENT", "true")
         self._wandb = wandb
         self._run = wandb.init(
             dir=str(self.run_dir), id=run_id, resume="allow", mode=mode, project=project, entity=entity,
             group=group, tags=list(tags), name=name or self.run_dir.name, config=config,
-            settings=wandb.Settings(console="off", x_disable_stats=True),
+            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
         )
         self._finished = False
 

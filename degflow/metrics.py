@@ -9,24 +9,22 @@ ITU-R BT.601 luma Y in [16, 235] / 255, a ``shave``-pixel border is dropped, the
 PSNR (data range 1, i.e. 255 on the 0..255 Y scale) or SSIM (Gaussian 11x11, sigma 1.5,
 K1 = 0.01, K2 = 0.03, data range 255 on the 0..255 Y scale, 'valid' filtering) is computed.
 Y itself is not rounded after conversion.
+
+LPIPS, the perceptual metric, is :func:`degflow.perceptual.load_lpips` with ``net="alex"``.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from degflow.perceptual import load_lpips
 from degflow.resize import as_image_batch
 
 __all__ = [
     "rgb_to_y",
     "psnr_y",
     "ssim_y",
-    "LPIPSMetric",
 ]
 
 # ITU-R BT.601 (MATLAB rgb2ycbcr) luma for R, G, B in [0, 1] -> Y on the 0..255 scale.
@@ -133,28 +131,3 @@ def ssim_y(
         (mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2)
     )
     return ssim_map.flatten(1).mean(dim=1)
-
-
-class LPIPSMetric:
-    """LPIPS v0.1 (AlexNet) as an evaluation metric: ``metric(pred, target) -> [B]``.
-
-    Inputs ``[B, 3, H, W]`` in [-1, 1]; evaluated without gradients. The backbone file is
-    found as in :func:`degflow.perceptual.load_lpips` (config key
-    ``eval.lpips_backbone_weights``, then ``$DEGFLOW_LPIPS_WEIGHTS``, then torchvision's cache).
-    """
-
-    def __init__(
-        self,
-        backbone_weights: str | Path | None = None,
-        device: str | torch.device = "cpu",
-        net: str = "alex",
-    ):
-        self.module = load_lpips(net, backbone_weights, device=device)
-        self.device = torch.device(device)
-
-    @torch.no_grad()
-    def __call__(self, pred: Tensor, target: Tensor) -> Tensor:
-        pred, target = _pair(pred, target)
-        return self.module(
-            pred.to(self.device, torch.float32), target.to(self.device, torch.float32)
-        )

@@ -38,14 +38,13 @@ __all__ = [
     "InvalidLPIPSWeightsError",
     "LPIPSModule",
     "load_lpips",
-    "clear_lpips_cache",
 ]
 
 ENV_VAR = "DEGFLOW_LPIPS_WEIGHTS"
 #: Set to 1 to forbid the torchvision download attempt (air-gapped clusters, tests).
 NO_DOWNLOAD_ENV_VAR = "DEGFLOW_LPIPS_NO_DOWNLOAD"
 
-# net name -> (file name in DEGFLOW_LPIPS_WEIGHTS / ../shared/weights, torchvision builder name)
+# net name -> (file name looked up in $DEGFLOW_LPIPS_WEIGHTS, torchvision builder name)
 _NETS: dict[str, tuple[str, str]] = {
     "vgg": ("vgg16_features.pth", "vgg16"),
     "alex": ("alexnet_features.pth", "alexnet"),
@@ -100,7 +99,7 @@ def _how_to_provide(net: str, config_key: str) -> str:
         f"(torchvision's standard file name `{_torchvision_cache_name(net)}`).\n"
         f"Accepted files are torchvision-format state dicts: a whole "
         f"torchvision `{_NETS[net][1]}()` state dict, or only its `features.N.weight` / "
-        f"`features.N.bias` entries (like ../shared/weights/{file_name}). "
+        f"`features.N.bias` entries (as in a `{file_name}` for option 2). "
         f"(torchvision's own download into that cache needs internet access.)"
     )
 
@@ -282,21 +281,14 @@ class LPIPSModule(nn.Module):
         return f"net={self.net!r}, weights={str(self.weights_path)!r} ({self.source})"
 
 
-_CACHE: dict[tuple, LPIPSModule] = {}
-
-
-def clear_lpips_cache() -> None:
-    """Forget the instances kept by :func:`load_lpips` (tests, freeing memory)."""
-    _CACHE.clear()
-
-
 def load_lpips(
     net: str = "vgg",
     backbone_weights: str | Path | None = None,
     device: str | torch.device = "cpu",
     config_key: str | None = None,
 ) -> LPIPSModule:
-    """Build (or reuse) a frozen LPIPS v0.1 module with a pretrained backbone.
+    """Build a frozen LPIPS v0.1 module with a pretrained backbone (a new instance per call:
+    callers may move or convert theirs without affecting anyone else's).
 
     Args:
         net: "vgg" (training loss) or "alex" (the standard LPIPS metric); config key
@@ -307,9 +299,6 @@ def load_lpips(
         config_key: the config key to name in error messages; defaults to
             ``loss.lpips_backbone_weights`` (vgg) / ``eval.lpips_backbone_weights`` (alex).
 
-    The same (net, resolved file, device) returns the same instance within a process; it is
-    shared, so do not modify it.
-
     Raises:
         ValueError: unknown ``net``.
         MissingLPIPSWeightsError: no backbone file found (message says how to provide one).
@@ -319,13 +308,6 @@ def load_lpips(
     config_key = config_key or _DEFAULT_CONFIG_KEY[net]
     path, source = _resolve_weights(net, backbone_weights, config_key)
     path = path.resolve()
-    stat = path.stat()
-    device = torch.device(device)
-    key = (net, str(path), stat.st_mtime_ns, stat.st_size, str(device))
-    cached = _CACHE.get(key)
-    if cached is not None:
-        return cached
-
     sd = _read_state_dict(path, net, config_key)
 
     import lpips
@@ -337,6 +319,4 @@ def load_lpips(
                             verbose=False)
     _load_linear_heads(inner, net)
     _load_backbone(inner, sd, path, net, config_key)
-    module = LPIPSModule(inner, net, path, source).to(device)
-    _CACHE[key] = module
-    return module
+    return LPIPSModule(inner, net, path, source).to(torch.device(device))

@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO))
 
 from degflow.metrics import psnr_y  # noqa: E402
 from degflow.solvers import SolverSpec  # noqa: E402
-from degflow.synthesis import Synthesizer, expand_scales, scale_label  # noqa: E402
+from degflow.generation import Synthesizer  # noqa: E402
+from degflow.scales import expand_scales, scale_label  # noqa: E402
 
 AUTHORS_GRID = {"start": 1.1, "stop": 4.0, "step": 0.1}
 FIXED = ([("euler", n) for n in (8, 16, 32, 64)] + [("midpoint", n) for n in (4, 8, 16, 32)]
@@ -231,7 +232,7 @@ import json, resource, sys, time, torch
 sys.path.insert(0, sys.argv[1])
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from degflow.synthesis import Synthesizer
+from degflow.generation import Synthesizer
 from degflow.solvers import SolverSpec
 from degflow.timemap import TimeMap
 h, w, n_scales = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

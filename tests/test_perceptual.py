@@ -12,7 +12,6 @@ from degflow.perceptual import (
     ENV_VAR,
     InvalidLPIPSWeightsError,
     MissingLPIPSWeightsError,
-    clear_lpips_cache,
     load_lpips,
 )
 
@@ -88,12 +87,14 @@ def test_vgg_lpips_is_deterministic_zero_on_identity_and_differentiable_in_input
     assert all(not p.requires_grad and p.grad is None for p in lp.parameters())
 
 
-def test_same_net_and_file_reuse_one_instance(weights_dir):
+def test_every_caller_gets_its_own_instance_so_converting_one_leaves_the_others(weights_dir):
     a = load_lpips("alex", weights_dir / "alexnet_features.pth")
     b = load_lpips("alex", str(weights_dir / "alexnet_features.pth"))
-    assert a is b
-    clear_lpips_cache()
-    assert load_lpips("alex", weights_dir / "alexnet_features.pth") is not a
+    assert a is not b
+    a.double()
+    assert next(b.parameters()).dtype == torch.float32
+    x, y = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
+    assert torch.allclose(a(x.double(), y.double()).float(), b(x, y), atol=1e-5)
 
 
 def test_env_var_directory_provides_weights(weights_dir, no_weight_sources, monkeypatch):

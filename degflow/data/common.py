@@ -133,11 +133,9 @@ class MemoryRecord:
         return min(self.hr_size)
 
     def load(self, scales: Sequence[float]) -> tuple[Tensor, Tensor]:
-        key = tuple(scales)
-        cache = self.__dict__.setdefault("_stacks", {})
-        if key not in cache:  # stacked once per scale list, then shared (read-only)
-            cache[key] = torch.stack([self.lr_images[s] for s in key])
-        return self.hr_image, cache[key]
+        """The HR image and a new stack ``[S, 3, H, W]`` of its LR images (nothing shared with
+        other callers: a caller may modify what it gets)."""
+        return self.hr_image.clone(), torch.stack([self.lr_images[s] for s in scales])
 
 
 # ------------------------------------------------------------------------ reports
