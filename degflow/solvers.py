@@ -7,7 +7,7 @@ the state at every requested time.
 Fixed-step methods (``euler``, ``midpoint``, ``rk4``) in torchdiffeq step along the grid
 they are given and, for output times that fall between two grid points, *linearly
 interpolate* between the steps (losing the method's order). Two ways out, chosen by
-``solver.interp``:
+``solver.output_mode``:
 
 ``grid`` (default)
     :func:`time_grid` snaps the nearest uniform nodes onto the requested times, so every
@@ -22,7 +22,7 @@ interpolate* between the steps (losing the method's order). Two ways out, chosen
 
 The adaptive method (``dopri5``) uses its own dense output.
 
-Config keys: ``solver.method``, ``solver.steps``, ``solver.interp``, ``solver.rtol``,
+Config keys: ``solver.method``, ``solver.steps``, ``solver.output_mode``, ``solver.rtol``,
 ``solver.atol``.
 """
 
@@ -40,7 +40,7 @@ __all__ = [
     "ADAPTIVE_METHODS",
     "FIXED_STEP_METHODS",
     "FIXED_STEP_STAGES",
-    "INTERP_MODES",
+    "OUTPUT_MODES",
     "SOLVER_METHODS",
     "CountingField",
     "SolverSpec",
@@ -57,8 +57,8 @@ FIXED_STEP_METHODS: tuple[str, ...] = ("euler", "midpoint", "rk4")
 ADAPTIVE_METHODS: tuple[str, ...] = ("dopri5",)
 #: Function evaluations per step of each fixed-step method.
 FIXED_STEP_STAGES: dict[str, int] = {"euler": 1, "midpoint": 2, "rk4": 4}
-#: How fixed-step methods reach requested times between nodes (``solver.interp``).
-INTERP_MODES: tuple[str, ...] = ("grid", "cubic")
+#: How fixed-step methods reach requested times between nodes (``solver.output_mode``).
+OUTPUT_MODES: tuple[str, ...] = ("grid", "cubic")
 
 _DEFAULT_TOL = 1e-5
 _GRID_DEDUP_TOL = 1e-9
@@ -76,8 +76,8 @@ class SolverSpec:
             methods (``solver.steps``, >= 1); must be ``None`` for ``dopri5``.
         rtol, atol: tolerances for ``dopri5`` (``solver.rtol``, ``solver.atol``, > 0);
             must be ``None`` for fixed-step methods.
-        interp: ``"grid"`` (requested times are grid nodes) or ``"cubic"`` (uniform grid,
-            cubic Hermite output between nodes) for fixed-step methods (``solver.interp``,
+        output_mode: ``"grid"`` (requested times are grid nodes) or ``"cubic"`` (uniform grid,
+            cubic Hermite output between nodes) for fixed-step methods (``solver.output_mode``,
             see the module docstring); ``dopri5`` ignores it (its own dense output).
 
     Validated on construction; use :meth:`create` to get dopri5's default tolerances.
@@ -87,7 +87,7 @@ class SolverSpec:
     steps: int | None = None
     rtol: float | None = None
     atol: float | None = None
-    interp: str = "grid"
+    output_mode: str = "grid"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -99,19 +99,19 @@ class SolverSpec:
         steps: int | None = None,
         rtol: float | None = None,
         atol: float | None = None,
-        interp: str | None = None,
+        output_mode: str | None = None,
     ) -> "SolverSpec":
         """Build a spec, filling ``rtol = atol = 1e-5`` for dopri5 when both are None and
-        ``interp = "grid"`` when None."""
+        ``output_mode = "grid"`` when None."""
         if method in ADAPTIVE_METHODS and rtol is None and atol is None:
             rtol = atol = _DEFAULT_TOL
         return cls(method=method, steps=steps, rtol=rtol, atol=atol,
-                   interp="grid" if interp is None else interp)
+                   output_mode="grid" if output_mode is None else output_mode)
 
     def to_dict(self) -> dict[str, object]:
         """Plain dict accepted by :meth:`create` (stored in checkpoints and manifests)."""
         return {"method": self.method, "steps": self.steps, "rtol": self.rtol,
-                "atol": self.atol, "interp": self.interp}
+                "atol": self.atol, "output_mode": self.output_mode}
 
     @property
     def is_fixed_step(self) -> bool:
@@ -126,10 +126,10 @@ class SolverSpec:
                 f"{list(SOLVER_METHODS)} (fixed-step: {list(FIXED_STEP_METHODS)}, adaptive: "
                 f"{list(ADAPTIVE_METHODS)})"
             )
-        if self.interp not in INTERP_MODES:
+        if self.output_mode not in OUTPUT_MODES:
             raise ValueError(
-                f"solver.interp: unknown output mode {self.interp!r}; valid modes are "
-                f"{list(INTERP_MODES)} (grid: requested times are solver steps; cubic: uniform "
+                f"solver.output_mode: unknown output mode {self.output_mode!r}; valid modes are "
+                f"{list(OUTPUT_MODES)} (grid: requested times are solver steps; cubic: uniform "
                 f"steps, cubic Hermite output in between)"
             )
         if self.is_fixed_step:
@@ -276,7 +276,7 @@ def time_grid(targets: Sequence[float] | Tensor, steps: int, t0: float = 0.0) ->
 
 def uniform_grid(t_end: float, steps: int) -> Tensor:
     """Plain uniform grid ``[steps + 1]`` over ``[0, t_end]`` (float64, CPU; last node exactly
-    ``t_end``) used by ``solver.interp=cubic``."""
+    ``t_end``) used by ``solver.output_mode=cubic``."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"solver.steps: expected an integer >= 1, got {steps!r}")
     grid = torch.linspace(0.0, float(t_end), steps + 1, dtype=torch.float64)
@@ -303,7 +303,7 @@ def integrate(
         ``(states [T, B, ...], nfe)``: the state at each requested time in the requested
         order, on ``z0``'s device and dtype, and the number of velocity evaluations.
         Fixed-step methods step on :func:`time_grid` (``nfe = (len(grid) - 1) * stages``)
-        or, with ``spec.interp == "cubic"``, on :func:`uniform_grid`
+        or, with ``spec.output_mode == "cubic"``, on :func:`uniform_grid`
         (``nfe = steps * stages + 1``);
         dopri5 steps adaptively with ``spec.rtol``/``spec.atol``. Runs under the caller's
         grad mode (backpropagation goes through the solver's operations).
@@ -326,7 +326,7 @@ def integrate(
     if float(req.max()) == 0.0:
         return z0.unsqueeze(0).expand(req.numel(), *z0.shape).clone(), 0
 
-    if spec.is_fixed_step and spec.interp == "cubic":
+    if spec.is_fixed_step and spec.output_mode == "cubic":
         assert spec.steps is not None
         # outputs at 0 and every requested time; steps on the uniform grid in between
         out64 = torch.unique(torch.cat([torch.zeros(1, dtype=torch.float64), req]))

@@ -193,7 +193,7 @@ def test_cubic_output_costs_one_extra_evaluation(method: str, n_targets: int) ->
         return -z * (1 + t.view(-1, 1))
 
     targets = torch.linspace(0.04, 1.0, n_targets).tolist()
-    spec = SolverSpec.create(method, steps=8, interp="cubic")
+    spec = SolverSpec.create(method, steps=8, output_mode="cubic")
     _, nfe = integrate(v, torch.randn(2, 2), targets, spec)
     assert nfe == 8 * FIXED_STEP_STAGES[method] + 1 == len(calls)
 
@@ -207,7 +207,7 @@ def test_cubic_output_matches_closed_form_between_nodes(method: str, order: int)
     errs = []
     for steps in (16, 32, 64):
         out, _ = integrate(lambda z, t: -2 * t.view(-1, 1) * z, z0, targets,
-                           SolverSpec.create(method, steps=steps, interp="cubic"))
+                           SolverSpec.create(method, steps=steps, output_mode="cubic"))
         errs.append(float((out - exact).abs().max()))
     # the error shrinks at (at least) the method's order: Hermite output is third order
     expected = 2 ** min(order, 3)
@@ -216,17 +216,17 @@ def test_cubic_output_matches_closed_form_between_nodes(method: str, order: int)
     assert errs[-1] < {"euler": 2e-2, "midpoint": 2e-4, "rk4": 1e-7}[method]
 
 
-def test_dopri5_ignores_interp() -> None:
+def test_dopri5_ignores_output_mode() -> None:
     z0 = torch.randn(2, 3, dtype=F64)
     a, _ = integrate(_exp_field(1.1), z0, [0.3, 1.0], SolverSpec.create("dopri5"))
-    b, _ = integrate(_exp_field(1.1), z0, [0.3, 1.0], SolverSpec.create("dopri5", interp="cubic"))
+    b, _ = integrate(_exp_field(1.1), z0, [0.3, 1.0], SolverSpec.create("dopri5", output_mode="cubic"))
     assert torch.equal(a, b)
 
 
 def test_cubic_output_at_nodes_equals_plain_steps() -> None:
     field = _exp_field(1.3)
     z0 = torch.randn(2, 3, dtype=F64)
-    out, _ = integrate(field, z0, [0.25, 0.5, 1.0], SolverSpec.create("rk4", steps=4, interp="cubic"))
+    out, _ = integrate(field, z0, [0.25, 0.5, 1.0], SolverSpec.create("rk4", steps=4, output_mode="cubic"))
     ref = odeint(lambda tt, z: field(z, tt), z0, torch.linspace(0, 1, 5, dtype=F64), method="rk4")
     torch.testing.assert_close(out, ref[[1, 2, 4]], rtol=1e-14, atol=1e-14)
 
@@ -339,7 +339,7 @@ def test_integrate_on_cuda() -> None:
         (dict(method="dopri5"), r"solver\.rtol.*None"),
         (dict(method="dopri5", rtol=1e-5), r"solver\.atol.*None"),
         (dict(method="dopri5", rtol=-1.0, atol=1e-5), r"solver\.rtol.*> 0"),
-        (dict(method="rk4", steps=4, interp="linear"), r"solver\.interp.*'grid', 'cubic'"),
+        (dict(method="rk4", steps=4, output_mode="linear"), r"solver\.output_mode.*'grid', 'cubic'"),
     ],
 )
 def test_solver_spec_errors(kwargs: dict, match: str) -> None:

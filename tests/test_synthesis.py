@@ -188,7 +188,7 @@ def test_the_api_and_the_cli_share_one_documented_default_solver(ckpt):
     from degflow.config import to_plain
     from degflow.generation import DEFAULT_SOLVER
 
-    assert DEFAULT_SOLVER == SolverSpec.create("rk4", steps=16, interp="cubic")
+    assert DEFAULT_SOLVER == SolverSpec.create("rk4", steps=16, output_mode="cubic")
     assert Synthesizer.from_checkpoint(ckpt).solver == DEFAULT_SOLVER
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cli_solver = to_plain(compose("synthesize", overrides=[f"ckpt={ckpt}", "input=a", "out=b"]))["solver"]
@@ -218,11 +218,11 @@ def test_requested_scale_is_exact_and_its_time_lies_on_the_solver_grid(synth):
 
 
 def test_cubic_output_gives_exact_scales_from_uniform_steps(synth):
-    """interp=cubic (the synthesize.py default): the step grid stays uniform, any number of
+    """output_mode=cubic (the synthesize.py default): the step grid stays uniform, any number of
     scales costs one extra evaluation, and a scale between two nodes is its own output
     (2.25 is not rounded to a node) close to a fine solve."""
     hr = _hr()
-    cubic = SolverSpec.create("rk4", steps=16, interp="cubic")
+    cubic = SolverSpec.create("rk4", steps=16, output_mode="cubic")
     many = synth.generate(hr, [2.2, 2.25, 2.3, 3.7], solver=cubic)
     one = synth.generate(hr, [3.7], solver=cubic)
     assert many.nfe == one.nfe == 16 * 4 + 1
@@ -535,7 +535,7 @@ def test_cli_writes_the_dataset_layout_reports_bad_images_and_matches_the_api(ck
         assert (out / e["output"]).is_file()
         assert e["checkpoint_sha256"] == sha and e["degflow_version"]
         if e["kind"] == "degflow":
-            assert e["solver"] == {"method": "rk4", "steps": 16, "rtol": None, "atol": None, "interp": "cubic"}
+            assert e["solver"] == {"method": "rk4", "steps": 16, "rtol": None, "atol": None, "output_mode": "cubic"}
             assert e["nfe"] > 0 and e["seconds"] > 0 and e["t"] == pytest.approx((e["scale"] - 1) / 3)
     names = {e["output"] for e in entries}
     for name in ("HR/sub/dir/a.png", "LR/x2.25/sub/dir/a.png", "LR_hrsize/x3/a.png",
@@ -552,7 +552,7 @@ def test_cli_writes_the_dataset_layout_reports_bad_images_and_matches_the_api(ck
 
     # the CLI's PNGs are the quantised API outputs (a.png and b.png were one batch)
     hr = torch.stack([read_image(src / "a.png"), read_image(src / "b.png")])
-    api = synth.generate(hr, SCALES, solver=SolverSpec.create("rk4", steps=16, interp="cubic")).images
+    api = synth.generate(hr, SCALES, solver=SolverSpec.create("rk4", steps=16, output_mode="cubic")).images
     for s in SCALES:
         for b, name in enumerate(("a.png", "b.png")):
             np.testing.assert_array_equal(_png(out / "LR_hrsize" / f"x{scale_label(s)}" / name), _quantize(api[s][b]))

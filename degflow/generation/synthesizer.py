@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 #: given: rk4, 16 uniform steps, cubic Hermite output (any number of scales for +1 NFE; within
 #: 0.02 dB of scipy RK45 in ``experiments/bench_synthesis.py``). ``conf/synthesize.yaml``
 #: spells out the same values.
-DEFAULT_SOLVER = SolverSpec.create(method="rk4", steps=16, interp="cubic")
+DEFAULT_SOLVER = SolverSpec.create(method="rk4", steps=16, output_mode="cubic")
 
 
 @dataclass
@@ -253,7 +253,7 @@ class Synthesizer:
         Args:
             hr: ``[B, 3, H, W]`` HR images in [-1, 1] (any H, W >= 1).
             scales: requested scales s >= 1 (exact values; nothing is rounded to a grid: every
-                t(s) is a step of the fixed-step grid with ``solver.interp=grid``).
+                t(s) is a step of the fixed-step grid with ``solver.output_mode=grid``).
             solver: overrides :attr:`solver` for this call.
             decode: the subset of ``scales`` to decode (default: all). The solve still
                 covers every scale, so the step grid (and the result) does not depend on it.
