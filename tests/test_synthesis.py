@@ -32,7 +32,7 @@ from degflow.metrics import psnr_y
 from degflow.models.rae import RAE
 from degflow.models.unet import VelocityUNet
 from degflow.resize import resize_to_lr
-from degflow.scales import expand_scales, scale_label
+from degflow.scales import scale_label
 from degflow.solvers import SolverSpec, time_grid
 from degflow.timemap import TimeMap
 from degflow.training.lfm import LFMStage, SplineSettings
@@ -155,28 +155,6 @@ def _run_in_process(overrides: list[str]) -> int:
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("synthesize", overrides=cli._list_overrides(overrides))
     return cli.run(cfg)
-
-
-# --------------------------------------------------------------------------- scales
-def test_scale_range_is_inclusive_of_stop_without_float_drift():
-    scales = expand_scales({"start": 1.1, "stop": 4.0, "step": 0.1})
-    assert len(scales) == 30 and scales[0] == 1.1 and scales[-1] == 4.0   # (4.0 - 1.1) / 0.1 = 28.999999999999996
-    assert scales[2] == 1.3 and scales[19] == 3.0                 # 1.1 + 2 * 0.1 != 1.3 in floats
-    assert expand_scales({"start": 1.0, "stop": 2.0, "step": 0.25}) == [1.0, 1.25, 1.5, 1.75, 2.0]
-    assert expand_scales({"start": 1.0, "stop": 1.9, "step": 0.25}) == [1.0, 1.25, 1.5, 1.75]
-
-
-def test_scale_lists_are_sorted_deduplicated_and_bad_specs_name_the_key():
-    assert expand_scales([3, 2.25, 1.5, 2.25]) == [1.5, 2.25, 3.0]
-    assert expand_scales(2.5) == [2.5]
-    for bad in ([0.5, 2], {"start": 2, "stop": 1, "step": 0.1}, {"start": 1, "stop": 2, "step": 0},
-                {"start": 1, "stop": 2}, "2,3", []):
-        with pytest.raises(ValueError, match="scales"):
-            expand_scales(bad)
-
-
-def test_scale_labels_have_no_trailing_zeros():
-    assert [scale_label(s) for s in (2.0, 2.25, 1.1, 4, 1.3000000000000003)] == ["2", "2.25", "1.1", "4", "1.3"]
 
 
 # --------------------------------------------------------------------------- API

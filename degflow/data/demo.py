@@ -48,7 +48,7 @@ from degflow.data.common import (
     check_positive_int,
     make_bundle,
 )
-from degflow.scales import format_scales
+from degflow.scales import check_scale, format_scales
 from degflow.data.images import read_image
 
 __all__ = ["degrade", "demo_data", "demo_image_paths", "TRAIN_IMAGES", "VAL_IMAGES",
@@ -189,9 +189,7 @@ def degrade(hr: Tensor, scale: float, seed: int = 0) -> Tensor:
     if not isinstance(hr, Tensor) or hr.ndim not in (3, 4) or hr.shape[-3] != 3:
         raise ValueError(f"degrade expects an RGB image [3, H, W] or batch [B, 3, H, W]; got "
                          f"{tuple(hr.shape) if isinstance(hr, Tensor) else type(hr).__name__}")
-    s = float(scale)
-    if not math.isfinite(s) or s < 1.0:
-        raise ValueError(f"scale must be a finite number >= 1, got {scale!r}")
+    s = check_scale(scale, "scale")
     if s == 1.0:
         return hr.clone()
     batched = hr.ndim == 4
