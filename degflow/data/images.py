@@ -104,12 +104,17 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def _load_full(im: Image.Image, path: Path) -> None:
-    """Decode every pixel, refusing truncated data."""
+    """Decode every pixel, refusing truncated data whatever Pillow's process-wide
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` says: it is off for this decode and restored after,
+    so other code in the process keeps its own setting."""
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         im.load()
     except Exception as e:
         raise _fail(path, f"{type(e).__name__}: {e} (file truncated or corrupt?)") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
 def _png_bit_depth(path: Path) -> tuple[int, int] | None:

@@ -40,7 +40,7 @@ from degflow.files import file_sha256
 from degflow.generation.tiling import Span, blend_tiles, tile_grid
 from degflow.resize import resize_to_lr
 from degflow.runtime import autocast, check_precision, resolve_device
-from degflow.scales import check_scale, find_scale, scale_key
+from degflow.scales import check_scale, find_scale, scale_key, scale_label
 from degflow.solvers import SolverSpec, integrate
 from degflow.spline import PATH_KINDS, evaluate_path
 from degflow.timemap import TimeMap
@@ -172,13 +172,14 @@ class Synthesizer:
             if s > self.max_trained_scale + 1e-9:
                 if not allow_extrapolation:
                     raise ValueError(
-                        f"scales: {s:g} lies outside the trained range [1, {self.max_trained_scale:g}]; "
+                        f"scales: {scale_label(s)} lies outside the trained range "
+                        f"[1, {scale_label(self.max_trained_scale)}]; "
                         "set allow_extrapolation=true to extrapolate the trajectory anyway"
                     )
                 if s not in self._warned:
                     self._warned.add(s)
-                    log.warning("scale %g lies outside the trained range [1, %g]: extrapolating "
-                                "(allow_extrapolation=true)", s, self.max_trained_scale)
+                    log.warning("scale %s lies outside the trained range [1, %s]: extrapolating "
+                                "(allow_extrapolation=true)", scale_label(s), scale_label(self.max_trained_scale))
             out[s] = float(self.time_map.scale_to_time(s))
         return out
 
