@@ -45,9 +45,9 @@ def check_data(data: dict, deep: bool = True):
     """Scan the data option described by ``data`` (the plain ``cfg.data`` dict, with its
     ``_target_``). Returns a Report. Raises ValueError for configuration errors."""
     from degflow.data.common import Report
-    from degflow.scales import check_scales, scale_label
     from degflow.data.paired import scan_paired
     from degflow.data.realsr import scan_realsr
+    from degflow.scales import check_scales, format_scales
 
     target = str(data.get("_target_", ""))
     kind = target.rsplit(".", 1)[-1]
@@ -84,8 +84,7 @@ def check_data(data: dict, deep: bool = True):
             return report
         report.lines.append(f"demo: {len(train)} train / {len(val)} val photos from "
                             f"{train[0].parent}; train scales "
-                            f"{','.join(scale_label(s) for s in ts)}, val scales "
-                            f"{','.join(scale_label(s) for s in vs)} (LR synthesized)")
+                            f"{format_scales(ts)}, val scales {format_scales(vs)} (LR synthesized)")
         for p in train + val:
             try:
                 x = read_image(p) if deep else None

@@ -331,7 +331,8 @@ class Synthesizer:
     def interpolate_real(self, hr: torch.Tensor, real: Mapping[float, torch.Tensor], scales: Sequence[float],
                          allow_extrapolation: bool = False) -> SynthesisResult:
         """The oracle baseline ``ae_interp``: decode the path (the checkpoint's spline kind)
-        through the REAL encoded latents of the training scales, at t(s).
+        through the REAL encoded latents of the training scales, at t(s). The one copy of it:
+        LFM validation (``psnr_y_ae_interp``) and the ``baseline=ae_interp`` outputs both call it.
 
         Args:
             hr: ``[B, 3, H, W]`` HR images in [-1, 1].
