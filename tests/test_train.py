@@ -15,7 +15,9 @@ from hydra import compose, initialize_config_dir
 from degflow.checkpoint import CheckpointError, load_checkpoint
 from degflow.config import CONF_DIR, register_resolvers, to_plain
 from degflow.synthesis import Synthesizer
+from degflow.timemap import TimeMap
 from degflow.training import train
+from degflow.training.lfm import SplineSettings, learned_time_map
 
 REPO = Path(__file__).resolve().parents[1]
 register_resolvers()
@@ -253,12 +255,28 @@ def test_knot_times_stay_ordered_with_fixed_ends_and_receive_gradients():
     assert not frozen.gap_logits.requires_grad
 
 
+def test_held_out_scales_stay_at_their_configured_time_or_follow_the_learned_knots():
+    base = TimeMap.nominal((1.0, 2.0, 4.0))                       # x2 -> 1/3, x3 -> 2/3
+    learned = (0.0, 0.45, 1.0)                                   # x2 moved to 0.45
+    fixed = learned_time_map((1.0, 2.0, 4.0), learned, base, (3.0,), "fixed")
+    follow = learned_time_map((1.0, 2.0, 4.0), learned, base, (3.0,), "follow")
+    assert fixed.scale_to_time(3.0) == pytest.approx(2 / 3)      # the authors' behaviour
+    assert follow.scale_to_time(3.0) == pytest.approx(0.725)     # interpolated between learned knots
+    for m in (fixed, follow):
+        assert m.knot_times((1.0, 2.0, 4.0)) == pytest.approx(learned)
+    with pytest.raises(ValueError, match=r"spline\.heldout_times=fixed.*crossed.*heldout_times=follow"):
+        learned_time_map((1.0, 2.0, 4.0), (0.0, 0.8, 1.0), base, (3.0,), "fixed")
+    with pytest.raises(ValueError, match=r"spline\.heldout_times='moving' is not one of \['fixed', 'follow'\]"):
+        SplineSettings(heldout_times="moving")
+
+
 def test_learned_knots_move_are_checkpointed_and_used_by_synthesis(tmp_path):
     train_rae(tmp_path / "rae" / "tiny", steps=2)
     run = tmp_path / "lfm" / "learn"
     # a large learning rate so that 4 steps visibly move the interior knot off 1/3
     metrics = train(config(["stage=lfm", f"output_root={tmp_path}", "stage.steps=4", "stage.val_every=4",
                             "stage.lr=0.5", "stage.grad_clip=null", "spline.learn_knots=true",
+                            "spline.heldout_times=follow",
                             "eval.lpips=false", "loss.lpips_weight=0"]), run)
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt", kind="lfm")
     learned = ckpt["time_map"]["times"]

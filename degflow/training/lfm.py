@@ -39,6 +39,34 @@ from degflow.visualize import image_strip
 log = logging.getLogger(__name__)
 
 
+#: With ``spline.learn_knots``, where a held-out scale (between training knots) sits in time:
+#: ``fixed`` at its configured time (the authors' code), ``follow`` interpolated between the
+#: learned neighbouring knots.
+HELDOUT_TIMES = ("fixed", "follow")
+
+
+def learned_time_map(train_scales: tuple[float, ...], learned_times: tuple[float, ...], base: TimeMap,
+                     heldout_scales: tuple[float, ...], heldout_times: str) -> TimeMap:
+    """The time map through learned knot times (``spline.heldout_times``).
+
+    ``follow``: anchors at the training scales only, so every other scale is interpolated
+    between the learned knots. ``fixed``: the held-out scales inside the training range keep
+    their time under the configured map ``base`` (extra anchors), as in the authors' code.
+    Raises ValueError when a learned knot has crossed a fixed held-out time.
+    """
+    if heldout_times == "follow":
+        return TimeMap.from_times(train_scales, learned_times)
+    extra = [s for s in heldout_scales if train_scales[0] < s < train_scales[-1] and s not in train_scales]
+    anchors = sorted([*zip(train_scales, learned_times), *((s, base.scale_to_time(s)) for s in extra)])
+    try:
+        return TimeMap(tuple(a for a, _ in anchors), tuple(t for _, t in anchors))
+    except ValueError:
+        raise ValueError(
+            f"spline.heldout_times=fixed: the learned knot times {dict(zip(train_scales, learned_times))} have "
+            f"crossed the fixed times of the held-out scales {dict((s, base.scale_to_time(s)) for s in extra)}; "
+            "use spline.heldout_times=follow, or keep the knots frozen (spline.learn_knots=false)") from None
+
+
 @dataclass(frozen=True)
 class SplineSettings:
     """Config node ``spline``: the path through the knot latents and where the knots sit in time."""
@@ -48,10 +76,15 @@ class SplineSettings:
     effective_scales: dict | None = None
     knot_times: list | None = None
     learn_knots: bool = False
+    heldout_times: str = "fixed"
 
     def __post_init__(self) -> None:
         if self.path not in PATH_KINDS:
             raise ValueError(f"spline.path={self.path!r} is not one of {list(PATH_KINDS)}")
+        if self.heldout_times not in HELDOUT_TIMES:
+            raise ValueError(f"spline.heldout_times={self.heldout_times!r} is not one of {list(HELDOUT_TIMES)} "
+                             "(fixed: held-out scales keep their configured times, as in the authors' code; "
+                             "follow: they move with the learned neighbouring knots)")
 
     def time_map(self, train_scales: tuple[float, ...]) -> TimeMap:
         effective = None
@@ -124,10 +157,13 @@ class LFMStage(Stage):
 
     # -- the time map as trained so far (learned interior knots included) --------------------
     def time_map(self) -> TimeMap:
-        """The configured map, or (``spline.learn_knots``) the map through the learned knot times."""
+        """The configured map, or (``spline.learn_knots``) the map through the learned knot times,
+        with held-out scales placed as ``spline.heldout_times`` says."""
         if not self.spline.learn_knots:
             return self.base_time_map
-        return TimeMap.from_times(self.train_scales, [float(t) for t in self.knots().detach().cpu()])
+        learned = tuple(float(t) for t in self.knots().detach().cpu())
+        heldout = tuple(s for s in self.val_scales if s not in self.train_scales)
+        return learned_time_map(self.train_scales, learned, self.base_time_map, heldout, self.spline.heldout_times)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         params = list(self.velocity.parameters())
@@ -170,7 +206,9 @@ class LFMStage(Stage):
             x_hat = self.rae.decode(z_hat, hr_feats)                         # [B,3,H,W]
             target = images[torch.arange(b, device=hr.device), point.segment + 1]
             perceptual = self.lpips_loss(x_hat.float(), target.float())      # [B]
-            weighted = (segment_weights(dt, self.loss_settings.segment_weighting) * perceptual).mean()
+            segment_length = point.right_time - knot_times[point.segment]    # [B]
+            weights = segment_weights(dt, segment_length, self.loss_settings.segment_weighting)
+            weighted = (weights * perceptual).mean()
             loss = loss + self.loss_settings.lpips_weight * weighted
             scalars["lpips"] = float(perceptual.detach().mean())
         if self.spline.learn_knots:
@@ -271,7 +309,8 @@ def build_lfm_stage(config: dict[str, Any], data, device: torch.device) -> LFMSt
     velocity = instantiate(config["model"]["lfm"])
     lpips_loss = lpips_metric = None
     if loss.lpips_weight > 0:
-        lpips_loss = load_lpips(loss.lpips_net, loss.lpips_backbone_weights, device=device)
+        lpips_loss = load_lpips(loss.lpips_net, loss.lpips_backbone_weights, device=device,
+                                pooling=loss.lpips_pooling)
     if config["eval"]["lpips"]:
         lpips_metric = load_lpips("alex", config["eval"]["lpips_backbone_weights"], device=device)
     return LFMStage(
