@@ -1,12 +1,19 @@
 """Pieces shared by every data option: the DataBundle, scale-list checks, pair records,
-scan reports and the two dataset classes (random aligned training crops, full-image
-validation)."""
+scan reports, the deterministic name split and the two dataset classes (random aligned
+training crops, full-image validation / test).
+
+Splits (the rule every data option follows): ``train`` is read by training, ``val`` by
+validation, which picks checkpoints and is the objective returned to Hydra's sweepers, and
+``test`` only by evaluation, lazily, when :attr:`DataBundle.test` is read. The validation
+split is never the test split.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +36,7 @@ __all__ = [
     "format_scales",
     "check_scales",
     "check_val_scales_cover_train",
+    "split_names",
     "format_scale",
     "size_relation",
     "upsample_to",
@@ -44,13 +52,29 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DataBundle:
-    """What every data factory returns (the training loop depends on exactly this)."""
+    """What every data factory returns (the training loop depends on exactly this).
+
+    ``val`` is the validation split (never the test split): checkpoint selection and the
+    objective returned to Hydra read it. The test split is built only when :attr:`test` is
+    read (evaluation); training never reads it.
+    """
 
     train: Dataset  # infinite-ish random aligned crops
     val: Dataset  # full images (cropped to a multiple of multiple_of), all val scales
     train_scales: tuple[float, ...]  # sorted, starts with 1.0 (= the HR image)
     val_scales: tuple[float, ...]  # evaluated at validation (includes held-out ones)
     description: str  # one line for the log
+    test_loader: Callable[[], Dataset] | None = field(default=None, repr=False)
+
+    @property
+    def test(self) -> Dataset:
+        """The test split (evaluation only): full, uncropped images at the validation scales
+        (the evaluator crops per ``eval.protocol``). Indexed from disk on every access, so
+        nothing of it is touched unless asked for. ValueError when the option has none."""
+        if self.test_loader is None:
+            raise ValueError(f"this data option has no test split ({self.description}); "
+                             f"see its config (data.test_split / data.test_root)")
+        return self.test_loader()
 
 
 # --------------------------------------------------------------------------- scales
@@ -104,6 +128,17 @@ def format_scale(s: float) -> str:
 def format_scales(scales: Iterable[float]) -> str:
     """(1.0, 2.0, 2.5) -> '1,2,2.5' (log lines)."""
     return ",".join(format_scale(s) for s in scales)
+
+
+def split_names(names, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic (train, val) split of ``names``: the ``max(1, round(f * n))`` names
+    with the smallest sha256(seed/name) go to val, so adding images moves few others
+    between the sets. Both lists are sorted."""
+    names = sorted(names)
+    n_val = max(1, round(val_fraction * len(names)))
+    ranked = sorted(names, key=lambda n: hashlib.sha256(f"{seed}/{n}".encode()).hexdigest())
+    val = set(ranked[:n_val])
+    return [n for n in names if n not in val], [n for n in names if n in val]
 
 
 def parse_scale(text: str) -> float | None:
@@ -384,11 +419,13 @@ def check_loader_args(train_scales, val_scales, crop_size, samples_per_epoch, mu
 
 def make_bundle(train_records: Sequence, val_records: Sequence, train_scales: tuple[float, ...],
                 val_scales: tuple[float, ...], *, crop_size: int, samples_per_epoch: int,
-                multiple_of: int, val_max_size: int | None, summary: str) -> DataBundle:
+                multiple_of: int, val_max_size: int | None, summary: str,
+                test: Callable[[], Dataset] | None = None) -> DataBundle:
     """The tail every data option shares: check the crop fits, build the training-crop and
     validation datasets (LR scales only; 1.0 is the HR image), log one description line.
 
-    ``summary`` is the option's own part of that line (source, counts, scales).
+    ``summary`` is the option's own part of that line (source, counts, scales); ``test``
+    builds the test split when :attr:`DataBundle.test` is read (None: the option has none).
     """
     check_crop_fits(train_records, crop_size, "training")
     train = TrainCropDataset(train_records, [s for s in train_scales if s != 1.0], crop_size,
@@ -398,4 +435,4 @@ def make_bundle(train_records: Sequence, val_records: Sequence, train_scales: tu
             + (f", <= {val_max_size}px" if val_max_size else ""))
     log.info(desc)
     return DataBundle(train=train, val=val, train_scales=train_scales, val_scales=val_scales,
-                      description=desc)
+                      description=desc, test_loader=test)
