@@ -9,11 +9,23 @@ ITU-R BT.601 luma Y in [16, 235] / 255, a ``shave``-pixel border is dropped, the
 PSNR (data range 1, i.e. 255 on the 0..255 Y scale) or SSIM (Gaussian 11x11, sigma 1.5,
 K1 = 0.01, K2 = 0.03, data range 255 on the 0..255 Y scale, 'valid' filtering) is computed.
 Y itself is not rounded after conversion.
+
+Evaluation protocols (config key ``eval.protocol``, recorded in every metrics file):
+
+``ours`` (default)
+    8-bit quantization, 4-pixel shave, images centre-cropped to a multiple of 8 (the SR
+    literature's Y-channel protocol above).
+``authors``
+    the DegFlow authors' scoring: float images (no quantization), no shave, a bottom/right
+    crop to a multiple of 64 (the top-left corner is kept).
+
+Numbers under the two protocols are not comparable with each other.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +35,9 @@ from torch import Tensor
 from degflow.perceptual import load_lpips
 
 __all__ = [
+    "EVAL_PROTOCOLS",
+    "EvalProtocol",
+    "eval_protocol",
     "rgb_to_y",
     "psnr_y",
     "ssim_y",
@@ -149,6 +164,54 @@ def ssim_y(
         (mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2)
     )
     return ssim_map.flatten(1).mean(dim=1)
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How generated images are scored (config key ``eval.protocol``).
+
+    Attributes:
+        name: ``ours`` or ``authors`` (see the module docstring).
+        quantize: round to 8 bit before measuring.
+        shave: border pixels dropped on each side.
+        crop: where the image is cropped to a multiple of ``multiple_of`` before generation
+            and scoring: ``center`` or ``top_left`` (bottom/right rows and columns dropped).
+        multiple_of: both sides are cropped to a multiple of this.
+    """
+
+    name: str
+    quantize: bool
+    shave: int
+    crop: str
+    multiple_of: int
+
+    def psnr_y(self, pred: Tensor, target: Tensor) -> Tensor:
+        """:func:`psnr_y` under this protocol: ``[B, 3, H, W]`` pair -> ``[B]``."""
+        return psnr_y(pred, target, shave=self.shave, quantize=self.quantize)
+
+    def ssim_y(self, pred: Tensor, target: Tensor) -> Tensor:
+        """:func:`ssim_y` under this protocol: ``[B, 3, H, W]`` pair -> ``[B]``."""
+        return ssim_y(pred, target, shave=self.shave, quantize=self.quantize)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain dict recorded in metrics files."""
+        return asdict(self)
+
+
+#: The named evaluation protocols (config key ``eval.protocol``).
+EVAL_PROTOCOLS: dict[str, EvalProtocol] = {
+    "ours": EvalProtocol("ours", quantize=True, shave=4, crop="center", multiple_of=8),
+    "authors": EvalProtocol("authors", quantize=False, shave=0, crop="top_left", multiple_of=64),
+}
+
+
+def eval_protocol(name: str) -> EvalProtocol:
+    """The protocol called ``name``; ValueError naming ``eval.protocol`` and the options."""
+    if name not in EVAL_PROTOCOLS:
+        raise ValueError(f"eval.protocol={name!r} is not one of {list(EVAL_PROTOCOLS)} (ours: 8-bit, "
+                         f"4-pixel shave, centre crop to x8; authors: float, no shave, "
+                         f"bottom/right crop to x64)")
+    return EVAL_PROTOCOLS[name]
 
 
 class LPIPSMetric:

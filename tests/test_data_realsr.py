@@ -11,7 +11,7 @@ import torch
 from _data_trees import LR_FUNCS_T, make_realsr, rand_image, save, scan, truncate
 from degflow.data import build_data, check_scales
 from degflow.data.images import read_image
-from degflow.data.transforms import center_crop_to_multiple, dihedral
+from degflow.data.transforms import crop_to_multiple, dihedral
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_val_items_are_deterministic_center_crops_to_multiple(tmp_path):
     it = b.val[0]
     hr = read_image(root / "Canon/Train/2/Canon_002_HR.png")
     assert it["name"] == "Canon_002" and it["hr"].shape == (3, 48, 64)
-    assert torch.equal(it["hr"], center_crop_to_multiple(hr, 8))
+    assert torch.equal(it["hr"], crop_to_multiple(hr, 8))
     assert it["lr"].shape == (3, 3, 48, 64) and it["scales"].tolist() == [2.0, 3.0, 4.0]
     for j, s in enumerate((2, 3, 4)):
         assert torch.allclose(it["lr"][j], LR_FUNCS_T[s](it["hr"]), atol=1e-6)

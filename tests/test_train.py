@@ -167,6 +167,8 @@ def test_lfm_stage_end_to_end_writes_metrics_and_a_self_contained_checkpoint(tmp
 
     saved = json.loads((run / "metrics.json").read_text(), parse_constant=refuse)
     assert saved["nfe"] == metrics["nfe"] and "overrides" in saved
+    assert saved["protocol"] == {"name": "ours", "quantize": True, "shave": 4, "crop": "center",
+                                 "multiple_of": 8}
     assert saved["scales"]["x1"]["psnr_y_bicubic"] is None  # no baseline at x1 (was Infinity)
     # the checkpoint alone is enough to synthesize: remove the RAE run first
     ckpt_path = run / "checkpoints" / "last.pt"
@@ -175,6 +177,51 @@ def test_lfm_stage_end_to_end_writes_metrics_and_a_self_contained_checkpoint(tmp
     synth = Synthesizer.from_checkpoint(ckpt_path)
     out = synth(torch.zeros(1, 3, 40, 24), [2.5])
     assert out[2.5].shape == (1, 3, 40, 24)
+
+
+def test_sweep_objective_and_checkpoints_never_read_a_test_split_file(tmp_path, monkeypatch):
+    """Both stages on a RealSR tree, every file opened recorded: nothing under Test/ is read;
+    the objective returned to Hydra comes from the validation split (held out of Train)."""
+    import builtins
+
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from _data_trees import make_realsr
+
+    root = make_realsr(tmp_path / "RealSR", n=4, h=48, w=64)
+    opened: list[Path] = []
+    real_open, real_pil_open = builtins.open, Image.open
+
+    def record_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)):
+            opened.append(Path(file))
+        return real_open(file, *args, **kwargs)
+
+    def record_pil_open(fp, *args, **kwargs):
+        if isinstance(fp, (str, os.PathLike)):
+            opened.append(Path(fp))
+        return real_pil_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", record_open)
+    monkeypatch.setattr(Image, "open", record_pil_open)
+    data = ["data=realsr", f"data.root={root}", "data.val_fraction=0.25"]
+    train(config([*data, f"output_root={tmp_path}", "stage.steps=2", "stage.val_every=2"]),
+          tmp_path / "rae" / "r")
+    metrics = train(config([*data, "stage=lfm", f"output_root={tmp_path}", "stage.steps=2",
+                            "stage.val_every=2", "eval.lpips=false", "loss.lpips_weight=0",
+                            "eval.max_images=null"]), tmp_path / "lfm" / "r")
+    read = {p.resolve() for p in opened}
+    assert any("Train" in p.parts for p in read)                      # the recorder works
+    assert not [p for p in read if "Test" in p.parts]
+    assert metrics["images_evaluated"] == 1                           # the one held-out Train name
+    assert metrics["objective"] == pytest.approx(metrics["scales"]["x3"]["psnr_y"])
+    assert "validation split" in metrics["objective_name"]
+    # evaluation, and only evaluation, reads the test split
+    from degflow.data import build_data
+    bundle = build_data("realsr", root=root, val_fraction=0.25, crop_size=32)
+    opened.clear()
+    assert len(bundle.test) == 4 and any("Test" in p.parts for p in opened)
 
 
 def test_lfm_without_any_rae_checkpoint_names_rae_ckpt(tmp_path):

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from degflow.data.images import ImageReadError, read_image, read_image_size
 from degflow.data.transforms import (
     aligned_random_crop,
-    center_crop_to_multiple,
+    crop_to_multiple,
     random_dihedral,
 )
 
@@ -394,8 +394,8 @@ class ValImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         rec = self.records[index]
         hr, lr = rec.load(self.scales)
-        hr = center_crop_to_multiple(hr, self.multiple_of, self.max_size)
-        lr = center_crop_to_multiple(lr, self.multiple_of, self.max_size)
+        hr = crop_to_multiple(hr, self.multiple_of, self.max_size)
+        lr = crop_to_multiple(lr, self.multiple_of, self.max_size)
         return {"name": rec.name, "hr": hr.float().contiguous(), "lr": lr.float().contiguous(),
                 "scales": self._scales_t.clone()}
 

@@ -26,7 +26,7 @@ from degflow.checkpoint import (
     model_entry,
 )
 from degflow.losses import LossSettings, flow_matching_loss, segment_weights, taylor_extrapolate
-from degflow.metrics import bicubic_baseline, psnr_y, ssim_y
+from degflow.metrics import EVAL_PROTOCOLS, EvalProtocol, bicubic_baseline, eval_protocol
 from degflow.perceptual import load_lpips
 from degflow.solvers import SolverSpec
 from degflow.spline import PATH_KINDS, evaluate_path
@@ -139,7 +139,8 @@ class LFMStage(Stage):
                  spline: SplineSettings, loss: LossSettings, solver: SolverSpec, val_set,
                  val_scales: tuple[float, ...], device: torch.device, rae_source: dict[str, Any],
                  lpips_loss: torch.nn.Module | None, lpips_metric: torch.nn.Module | None,
-                 max_val_images: int | None = None, strip_images: int = 1, precision: str = "fp32"):
+                 max_val_images: int | None = None, strip_images: int = 1, precision: str = "fp32",
+                 protocol: EvalProtocol = EVAL_PROTOCOLS["ours"]):
         self.train_scales = tuple(float(s) for s in train_scales)
         if len(self.train_scales) < 2 or self.train_scales[0] != 1.0:
             raise ValueError(f"data.train_scales must start with 1 (the HR knot) and have at least two knots, "
@@ -154,6 +155,7 @@ class LFMStage(Stage):
         self.rae_source = rae_source
         self.lpips_loss, self.lpips_metric = lpips_loss, lpips_metric
         self.max_val_images, self.strip_images = max_val_images, strip_images
+        self.protocol = protocol
 
     # -- the time map as trained so far (learned interior knots included) --------------------
     def time_map(self) -> TimeMap:
@@ -227,7 +229,7 @@ class LFMStage(Stage):
         sums = {s: dict.fromkeys(names, 0.0) for s in self.val_scales}
         count, nfe, seconds, strip_rows = 0, 0, 0.0, []
         knot_times = torch.tensor(synth.time_map.knot_times(self.train_scales), device=self.device)
-        for item in validation_items(self.val_set, self.max_val_images, self.device):
+        for item in validation_items(self.val_set, self.max_val_images, self.device, self.protocol):
             hr = item["hr"]                                                  # [1,3,H,W]
             real = {1.0: hr, **{float(s): item["lr"][:, j] for j, s in enumerate(item["scales"][0].tolist())}}
             result = synth.generate(hr, self.val_scales, allow_extrapolation=allow)
@@ -236,14 +238,14 @@ class LFMStage(Stage):
             knots, hr_feats = self.encode_knots(torch.stack([real[s] for s in self.train_scales], dim=1))
             for s in self.val_scales:
                 fake, target = result.images[s], real[s]
-                sums[s]["psnr_y"] += float(psnr_y(fake, target).mean())
-                sums[s]["ssim_y"] += float(ssim_y(fake, target).mean())
+                sums[s]["psnr_y"] += float(self.protocol.psnr_y(fake, target).mean())
+                sums[s]["ssim_y"] += float(self.protocol.ssim_y(fake, target).mean())
                 if s != 1.0:                     # at x1 the "baseline" is the HR image itself
-                    sums[s]["psnr_y_bicubic"] += float(psnr_y(bicubic_baseline(hr, s), target).mean())
+                    sums[s]["psnr_y_bicubic"] += float(self.protocol.psnr_y(bicubic_baseline(hr, s), target).mean())
                 point = evaluate_path(self.spline.path, knot_times, knots, torch.full((1,), result.times[s],
                                                                                     device=self.device))
                 interp = self.rae.decode(point.value, hr_feats).clamp(-1, 1)
-                sums[s]["psnr_y_ae_interp"] += float(psnr_y(interp, target).mean())
+                sums[s]["psnr_y_ae_interp"] += float(self.protocol.psnr_y(interp, target).mean())
                 if self.lpips_metric is not None:
                     sums[s]["lpips"] += float(self.lpips_metric(fake, target).mean())
             if count < self.strip_images:
@@ -269,7 +271,9 @@ class LFMStage(Stage):
                                     f"({', '.join(scale_key(s) for s in self.val_scales)})")
                   for i, (a, b) in enumerate(strip_rows)}
         return {
-            "scales": scales, "objective": objective, "objective_name": "mean Y-PSNR over held-out scales",
+            "scales": scales, "objective": objective,
+            "objective_name": "mean Y-PSNR over held-out scales on the validation split",
+            "protocol": self.protocol.to_dict(),
             "nfe": nfe, "seconds_per_image": seconds / count, "images_evaluated": count,
             "solver": asdict(self.solver), "knot_times": list(synth.time_map.knot_times(self.train_scales)),
             "summary": f"gen Y-PSNR {summary} (*held out) | NFE {nfe} | {seconds / count:.2f}s/img",
@@ -318,4 +322,5 @@ def build_lfm_stage(config: dict[str, Any], data, device: torch.device) -> LFMSt
         rae_source={"path": str(rae_path), "sha256": file_sha256(rae_path), "step": int(rae_ckpt["step"])},
         lpips_loss=lpips_loss, lpips_metric=lpips_metric, max_val_images=config["eval"]["max_images"],
         strip_images=config["eval"]["strip_images"], precision=config["precision"],
+        protocol=eval_protocol(config["eval"]["protocol"]),
     )

@@ -14,17 +14,21 @@ import torch
 import torch.nn.functional as F
 
 from degflow.checkpoint import model_entry
-from degflow.metrics import psnr_y
+from degflow.data.transforms import crop_to_multiple
+from degflow.metrics import EVAL_PROTOCOLS, EvalProtocol
 from degflow.timemap import TimeMap
 from degflow.training.loop import Stage
 from degflow.visualize import image_strip
 
 
-def validation_items(dataset, max_images: int | None, device: torch.device):
-    """Validation items one at a time (full images differ in size), moved to ``device``."""
+def validation_items(dataset, max_images: int | None, device: torch.device, protocol: EvalProtocol):
+    """Validation items one at a time (full images differ in size), moved to ``device``, the
+    images cropped as ``protocol`` says (``eval.protocol``) before anything is generated."""
     count = len(dataset) if max_images is None else min(len(dataset), max_images)
     for i in range(count):
-        item = dataset[i]
+        item = dict(dataset[i])
+        for key in ("hr", "lr"):
+            item[key] = crop_to_multiple(item[key], protocol.multiple_of, anchor=protocol.crop)
         yield {k: v.to(device)[None] if torch.is_tensor(v) else v for k, v in item.items()}
 
 
@@ -40,7 +44,8 @@ class RAEStage(Stage):
 
     def __init__(self, rae: torch.nn.Module, train_scales: tuple[float, ...], val_set,
                  val_scales: tuple[float, ...], device: torch.device, data_description: str = "",
-                 max_val_images: int | None = None, strip_images: int = 1):
+                 max_val_images: int | None = None, strip_images: int = 1,
+                 protocol: EvalProtocol = EVAL_PROTOCOLS["ours"]):
         if not train_scales or float(train_scales[0]) != 1.0:
             raise ValueError(f"data.train_scales must start with 1 (the HR knot), got {list(train_scales)}")
         self.rae = rae.to(device)
@@ -51,6 +56,7 @@ class RAEStage(Stage):
         self.data_description = data_description
         self.max_val_images = max_val_images
         self.strip_images = strip_images
+        self.protocol = protocol
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.rae.parameters())
@@ -76,7 +82,7 @@ class RAEStage(Stage):
         }
         count = 0
         strip_rows = []
-        for item in validation_items(self.val_set, self.max_val_images, self.device):
+        for item in validation_items(self.val_set, self.max_val_images, self.device, self.protocol):
             hr = item["hr"]                                              # [1,3,H,W]
             targets = {1.0: hr, **{float(s): item["lr"][:, j] for j, s in enumerate(item["scales"][0].tolist())}}
             _, hr_feats = self.rae.encode(hr)
@@ -85,9 +91,9 @@ class RAEStage(Stage):
                 target = targets[s]
                 recon = self.rae.decode(self.rae.encode(target)[0], hr_feats).clamp(-1, 1)
                 recons[s] = recon
-                sums[s]["psnr_y"] += float(psnr_y(recon, target).mean())
+                sums[s]["psnr_y"] += float(self.protocol.psnr_y(recon, target).mean())
                 if s != 1.0:  # the trivial baseline: predict the HR image itself
-                    sums[s]["psnr_y_copy_hr"] += float(psnr_y(hr, target).mean())
+                    sums[s]["psnr_y_copy_hr"] += float(self.protocol.psnr_y(hr, target).mean())
             if count < self.strip_images:
                 strip_rows.append(([targets[s][0] for s in self.val_scales], [recons[s][0] for s in self.val_scales]))
             count += 1
@@ -108,7 +114,7 @@ class RAEStage(Stage):
             images[f"val/strip{i}"] = (image_strip([real, recon]),
                                        "top: real image per scale; bottom: RAE reconstruction "
                                        f"({', '.join(scale_key(s) for s in self.val_scales)})")
-        return {"scales": scales, "images_evaluated": count, "summary": "recon Y-PSNR " + summary + " (*held out)",
+        return {"scales": scales, "images_evaluated": count, "protocol": self.protocol.to_dict(), "summary": "recon Y-PSNR " + summary + " (*held out)",
                 "images": images}
 
     def state(self) -> dict[str, Any]:
