@@ -407,3 +407,17 @@ def test_bounded_first_step_caps_the_probe_at_t_end() -> None:
     h = bounded_first_step(f, torch.tensor(0.0, dtype=F64), z0, f(torch.tensor(0.0), z0),
                            1e-5, 1e-5, 4, 0.25)
     assert 0 < h <= 0.25 and max(probes) <= 0.25
+
+
+def test_dopri5_integrates_the_velocity_network_which_refuses_t_above_1() -> None:
+    """The network raises for t outside [0, 1]; an unbounded dopri5 asked it about t > 1."""
+    from degflow.models.unet import VelocityUNet
+
+    net = VelocityUNet(nf=16, ch_mult=(1, 2), num_res_blocks=1, dropout=0.0, image_size=8).eval()
+    for m in net.modules():  # non-zero output (the last conv starts at zero)
+        if isinstance(m, torch.nn.Conv2d):
+            m.reset_parameters()
+    z0 = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        out, nfe = integrate(net, z0, [0.5, 1.0], SolverSpec.create("dopri5"))
+    assert out.shape == (2, 2, 4, 8, 8) and bool(torch.isfinite(out).all()) and nfe > 6
