@@ -11,9 +11,22 @@ K1 = 0.01, K2 = 0.03, data range 255 on the 0..255 Y scale, 'valid' filtering) i
 Y itself is not rounded after conversion.
 
 LPIPS, the perceptual metric, is :func:`degflow.perceptual.load_lpips` with ``net="alex"``.
+
+Evaluation protocols (config key ``eval.protocol``, recorded in every metrics file):
+
+``ours`` (default)
+    8-bit quantization, 4-pixel shave, images centre-cropped to a multiple of 8 (the SR
+    literature's Y-channel protocol above).
+``authors``
+    the DegFlow authors' scoring: float images (no quantization), no shave, a bottom/right
+    crop to a multiple of 64 (the top-left corner is kept).
+
+Numbers under the two protocols are not comparable with each other.
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +35,9 @@ from torch import Tensor
 from degflow.resize import as_image_batch
 
 __all__ = [
+    "EVAL_PROTOCOLS",
+    "EvalProtocol",
+    "eval_protocol",
     "rgb_to_y",
     "psnr_y",
     "ssim_y",
@@ -131,3 +147,51 @@ def ssim_y(
         (mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2)
     )
     return ssim_map.flatten(1).mean(dim=1)
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How generated images are scored (config key ``eval.protocol``).
+
+    Attributes:
+        name: ``ours`` or ``authors`` (see the module docstring).
+        quantize: round to 8 bit before measuring.
+        shave: border pixels dropped on each side.
+        crop: where the image is cropped to a multiple of ``multiple_of`` before generation
+            and scoring: ``center`` or ``top_left`` (bottom/right rows and columns dropped).
+        multiple_of: both sides are cropped to a multiple of this.
+    """
+
+    name: str
+    quantize: bool
+    shave: int
+    crop: str
+    multiple_of: int
+
+    def psnr_y(self, pred: Tensor, target: Tensor) -> Tensor:
+        """:func:`psnr_y` under this protocol: ``[B, 3, H, W]`` pair -> ``[B]``."""
+        return psnr_y(pred, target, shave=self.shave, quantize=self.quantize)
+
+    def ssim_y(self, pred: Tensor, target: Tensor) -> Tensor:
+        """:func:`ssim_y` under this protocol: ``[B, 3, H, W]`` pair -> ``[B]``."""
+        return ssim_y(pred, target, shave=self.shave, quantize=self.quantize)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain dict recorded in metrics files."""
+        return asdict(self)
+
+
+#: The named evaluation protocols (config key ``eval.protocol``).
+EVAL_PROTOCOLS: dict[str, EvalProtocol] = {
+    "ours": EvalProtocol("ours", quantize=True, shave=4, crop="center", multiple_of=8),
+    "authors": EvalProtocol("authors", quantize=False, shave=0, crop="top_left", multiple_of=64),
+}
+
+
+def eval_protocol(name: str) -> EvalProtocol:
+    """The protocol called ``name``; ValueError naming ``eval.protocol`` and the options."""
+    if name not in EVAL_PROTOCOLS:
+        raise ValueError(f"eval.protocol={name!r} is not one of {list(EVAL_PROTOCOLS)} (ours: 8-bit, "
+                         f"4-pixel shave, centre crop to x8; authors: float, no shave, "
+                         f"bottom/right crop to x64)")
+    return EVAL_PROTOCOLS[name]

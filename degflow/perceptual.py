@@ -16,6 +16,12 @@ Accepted files are torchvision-format state dicts: either a whole ``alexnet()`` 
 ``vgg16()`` state dict or just its ``features.N.weight`` / ``features.N.bias`` entries.
 There is never a silent fall back to a random backbone: when no
 file is found, :class:`MissingLPIPSWeightsError` says how to provide one.
+
+Pooling (``pooling=``, config key ``loss.lpips_pooling``): ``max`` is the lpips package's
+network; ``avg`` is the same pretrained VGG16 and linear heads with every max-pool replaced
+by a 2x2 / stride-2 average pool, which is the authors' training loss (piq's LPIPS with
+``replace_pooling=True``). The two are not interchangeable: on degraded pairs the average-
+pooling distance is about 0.7x the max-pooling one and its input gradients differ.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from torch import Tensor, nn
 __all__ = [
     "ENV_VAR",
     "VALID_NETS",
+    "VALID_POOLINGS",
     "LPIPSWeightsError",
     "MissingLPIPSWeightsError",
     "InvalidLPIPSWeightsError",
@@ -50,6 +57,8 @@ _NETS: dict[str, tuple[str, str]] = {
     "alex": ("alexnet_features.pth", "alexnet"),
 }
 VALID_NETS: tuple[str, ...] = tuple(_NETS)
+#: Pooling of the backbone: the lpips package's ``max``, or ``avg`` (VGG only, the authors').
+VALID_POOLINGS: tuple[str, ...] = ("max", "avg")
 
 # Which config key names the backbone file, by net (used in error messages only).
 _DEFAULT_CONFIG_KEY = {
@@ -244,6 +253,22 @@ def _load_linear_heads(lp: nn.Module, net: str) -> None:
     assert not result.unexpected_keys, result.unexpected_keys
 
 
+def _average_pooling(lp: nn.Module) -> int:
+    """Replace every max-pool of lpips' backbone slices by an average pool of the same
+    window (VGG16: 2x2, stride 2). Returns how many were replaced."""
+    replaced = 0
+    for slice_name, block in lp.net.named_children():
+        if not slice_name.startswith("slice"):
+            continue
+        for idx, layer in list(block.named_children()):
+            if isinstance(layer, nn.MaxPool2d):
+                block._modules[idx] = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding,
+                                                   ceil_mode=layer.ceil_mode)
+                replaced += 1
+    assert replaced, "lpips backbone has no max-pool layers; lpips package layout changed?"
+    return replaced
+
+
 class LPIPSModule(nn.Module):
     """Frozen LPIPS v0.1 distance with a pretrained backbone.
 
@@ -253,10 +278,12 @@ class LPIPSModule(nn.Module):
     Build it with :func:`load_lpips`.
     """
 
-    def __init__(self, inner: nn.Module, net: str, weights_path: Path, source: str):
+    def __init__(self, inner: nn.Module, net: str, weights_path: Path, source: str,
+                 pooling: str = "max"):
         super().__init__()
         self.inner = inner
         self.net = net
+        self.pooling = pooling
         self.weights_path = weights_path
         self.source = source
         for p in self.inner.parameters():
@@ -278,7 +305,7 @@ class LPIPSModule(nn.Module):
         return d.reshape(x.shape[0])
 
     def extra_repr(self) -> str:
-        return f"net={self.net!r}, weights={str(self.weights_path)!r} ({self.source})"
+        return f"net={self.net!r}, pooling={self.pooling!r}, weights={str(self.weights_path)!r} ({self.source})"
 
 
 def load_lpips(
@@ -286,6 +313,7 @@ def load_lpips(
     backbone_weights: str | Path | None = None,
     device: str | torch.device = "cpu",
     config_key: str | None = None,
+    pooling: str = "max",
 ) -> LPIPSModule:
     """Build a frozen LPIPS v0.1 module with a pretrained backbone (a new instance per call:
     callers may move or convert theirs without affecting anyone else's).
@@ -298,6 +326,9 @@ def load_lpips(
         device: where the module lives.
         config_key: the config key to name in error messages; defaults to
             ``loss.lpips_backbone_weights`` (vgg) / ``eval.lpips_backbone_weights`` (alex).
+        pooling: ``"max"`` (the lpips package's network, the standard metric) or ``"avg"``
+            (VGG only: every max-pool replaced by average pooling, the authors' loss;
+            config key ``loss.lpips_pooling``).
 
     Raises:
         ValueError: unknown ``net``.
@@ -305,6 +336,11 @@ def load_lpips(
         InvalidLPIPSWeightsError: the file is unreadable or lacks / misshapes a needed layer.
     """
     net = _check_net(net)
+    if pooling not in VALID_POOLINGS or (pooling == "avg" and net != "vgg"):
+        raise ValueError(
+            f"LPIPS pooling={pooling!r} (config key `loss.lpips_pooling`) is not valid for "
+            f"net={net!r}; expected one of {list(VALID_POOLINGS)}, 'avg' with net='vgg' only."
+        )
     config_key = config_key or _DEFAULT_CONFIG_KEY[net]
     path, source = _resolve_weights(net, backbone_weights, config_key)
     path = path.resolve()
@@ -319,4 +355,6 @@ def load_lpips(
                             verbose=False)
     _load_linear_heads(inner, net)
     _load_backbone(inner, sd, path, net, config_key)
-    return LPIPSModule(inner, net, path, source).to(torch.device(device))
+    if pooling == "avg":
+        _average_pooling(inner)
+    return LPIPSModule(inner, net, path, source, pooling).to(torch.device(device))

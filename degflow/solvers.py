@@ -20,7 +20,15 @@ interpolate* between the steps (losing the method's order). Two ways out, chosen
     so :class:`CountingField` hands them over and any number of outputs costs ONE extra
     evaluation (the velocity at the final node).
 
-The adaptive method (``dopri5``) uses its own dense output.
+The adaptive method (``dopri5``) uses its own dense output and is *bounded*: it never
+evaluates the field outside ``[0, t_max]`` (``t_max`` = the largest requested time).
+torchdiffeq's own first-step heuristic probes ``f`` at ``t0 + h0`` with an unbounded ``h0``
+and its last step may overshoot the final time; :func:`integrate` therefore chooses the
+first step itself (:func:`bounded_first_step`, the same Hairer-Norsett-Wanner heuristic with
+``h0`` capped at ``t_max``) and passes ``t_max`` as a ``step_t`` so the last step ends on it.
+A velocity network trained on ``[0, 1]`` is thus never asked about ``t > 1`` by the solver;
+what the field does beyond the last knot (generation at scales above the training range) is
+the caller's extrapolation rule (:func:`degflow.spline.extrapolation_time`).
 
 Config keys: ``solver.method``, ``solver.steps``, ``solver.output_mode``, ``solver.rtol``,
 ``solver.atol``.
@@ -44,6 +52,7 @@ __all__ = [
     "SOLVER_METHODS",
     "CountingField",
     "SolverSpec",
+    "bounded_first_step",
     "integrate",
     "time_grid",
     "uniform_grid",
@@ -61,6 +70,7 @@ FIXED_STEP_STAGES: dict[str, int] = {"euler": 1, "midpoint": 2, "rk4": 4}
 OUTPUT_MODES: tuple[str, ...] = ("grid", "cubic")
 
 _DEFAULT_TOL = 1e-5
+_DOPRI5_ORDER = 5
 _GRID_DEDUP_TOL = 1e-9
 
 Velocity = Callable[[Tensor, Tensor], Tensor]
@@ -192,6 +202,10 @@ class CountingField(torch.nn.Module):
         self.nfe = 0
         self._last = None
 
+    def remember(self, t: Tensor | float, z: Tensor, out: Tensor) -> None:
+        """Make ``out`` the remembered evaluation at ``(t, z)`` (it was computed by this field)."""
+        self._last = (t.detach() if isinstance(t, Tensor) else t, z, out)
+
     def forward(self, t: Tensor, z: Tensor) -> Tensor:
         # identity first: reading t's value synchronises a GPU, so only do it for a candidate
         if self._last is not None and self._last[1] is z and _time_value(self._last[0]) == _time_value(t):
@@ -284,6 +298,51 @@ def uniform_grid(t_end: float, steps: int) -> Tensor:
     return grid
 
 
+def _rms(x: Tensor) -> float:
+    return float(x.detach().abs().pow(2).mean().sqrt())
+
+
+def bounded_first_step(
+    field: Callable[[Tensor, Tensor], Tensor],
+    t0: Tensor,
+    z0: Tensor,
+    f0: Tensor,
+    rtol: float,
+    atol: float,
+    order: int,
+    t_end: float,
+) -> float:
+    """Initial step of an adaptive solver that never probes the field beyond ``t_end``.
+
+    The usual heuristic (Hairer, Norsett & Wanner, Solving ODEs I, sec. II.4):
+    ``d0 = ||z0 / sc||``, ``d1 = ||f0 / sc||`` with ``sc = atol + rtol |z0|`` (RMS norms),
+    ``h0 = 0.01 d0 / d1`` (``1e-6`` when either is tiny), one probe ``f1 = f(t0 + h0, z0 + h0 f0)``,
+    ``d2 = ||(f1 - f0) / sc|| / h0``, ``h1 = (0.01 / max(d1, d2)) ** (1 / (order + 1))``,
+    first step ``min(100 h0, h1)``; here ``h0`` and the result are also capped at
+    ``t_end - t0``, so the probe stays inside ``[t0, t_end]``.
+
+    Args:
+        field: torchdiffeq-style ``f(t_scalar, z)``.
+        t0: scalar start time; z0, f0: ``[B, ...]`` state and ``f(t0, z0)``.
+        rtol, atol: tolerances; order: the method's error order minus one (4 for dopri5).
+        t_end: last time the field may be evaluated at (> t0).
+    Returns:
+        The first step size (a float in ``(0, t_end - t0]``).
+    """
+    span = float(t_end) - float(t0)
+    scale = atol + z0.detach().abs() * rtol
+    d0, d1 = _rms(z0 / scale), _rms(f0 / scale)
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    h0 = min(h0, span)
+    f1 = field(t0 + h0, z0 + h0 * f0)
+    d2 = _rms((f1 - f0) / scale) / h0
+    if max(d1, d2) <= 1e-15:
+        h1 = max(1e-6, h0 * 1e-3)
+    else:
+        h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
+    return min(100.0 * h0, h1, span)
+
+
 def integrate(
     velocity: Velocity,
     z0: Tensor,
@@ -305,7 +364,8 @@ def integrate(
         Fixed-step methods step on :func:`time_grid` (``nfe = (len(grid) - 1) * stages``)
         or, with ``spec.output_mode == "cubic"``, on :func:`uniform_grid`
         (``nfe = steps * stages + 1``);
-        dopri5 steps adaptively with ``spec.rtol``/``spec.atol``. Runs under the caller's
+        dopri5 steps adaptively with ``spec.rtol``/``spec.atol`` and never evaluates the
+        field outside ``[0, max(times)]`` (see the module docstring). Runs under the caller's
         grad mode (backpropagation goes through the solver's operations).
     """
     if not isinstance(spec, SolverSpec):
@@ -355,5 +415,12 @@ def integrate(
     if spec.is_fixed_step:
         sol = odeint(field, z0, grid, method=spec.method)
     else:
-        sol = odeint(field, z0, grid, method=spec.method, rtol=spec.rtol, atol=spec.atol)
+        assert spec.rtol is not None and spec.atol is not None
+        t0, t_end = grid[0], grid[-1]
+        f0 = field(t0, z0)
+        first = bounded_first_step(field, t0, z0, f0, spec.rtol, spec.atol, _DOPRI5_ORDER - 1,
+                                   float(t_end))
+        field.remember(t0, z0, f0)  # the solver's own first call f(t0, z0) then costs nothing
+        sol = odeint(field, z0, grid, method=spec.method, rtol=spec.rtol, atol=spec.atol,
+                     options={"first_step": first, "step_t": t_end.reshape(1)})
     return sol[idx.to(z0.device)], field.nfe

@@ -95,10 +95,10 @@ def load_images(args, scales: list[float]) -> list[dict]:
             top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
             out.append({"name": p.name, "hr": x[None, :, top:top + side, left:left + side], "real": {}})
         return out
-    from degflow.data.demo import demo_data
+    from degflow.data import build_data
 
-    bundle = demo_data(train_scales=(1, 2, 4), val_scales=(1.0, *[s for s in scales if s != 1.0]),
-                       val_max_size=args.max_side, samples_per_epoch=1)
+    bundle = build_data("demo", train_scales=(1, 2, 4), val_scales=(1.0, *[s for s in scales if s != 1.0]),
+                        val_max_size=args.max_side, samples_per_epoch=1)
     out = []
     for i in range(min(len(bundle.val), args.max_images)):
         item = bundle.val[i]

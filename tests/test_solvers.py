@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy import integrate as scipy_integrate
 from torchdiffeq import odeint
 
 from degflow.solvers import (
@@ -14,6 +16,7 @@ from degflow.solvers import (
     SOLVER_METHODS,
     CountingField,
     SolverSpec,
+    bounded_first_step,
     integrate,
     time_grid,
 )
@@ -369,3 +372,52 @@ def test_integrate_rejects_bad_times() -> None:
         time_grid([1.0], steps=0)
     with pytest.raises(ValueError, match=">= t0"):
         time_grid([0.1], steps=2, t0=0.5)
+
+
+@pytest.mark.parametrize("field_kind", ["toy", "slow"])
+def test_dopri5_never_evaluates_the_field_outside_zero_to_t_max(field_kind: str) -> None:
+    """torchdiffeq's dopri5 alone probes past the last time (first-step heuristic, last step):
+    ~1.56 for the toy field, ~52 for the slow one. Bounded: every evaluation in [0, t_max]."""
+    seen: list[float] = []
+
+    def v(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.extend(t.tolist())
+        if field_kind == "toy":
+            return torch.sin(z) + t.view(-1, 1)
+        return 1e-3 * torch.sin(z)
+
+    z0 = torch.full((2, 3), 5.0)
+    out, nfe = integrate(v, z0, [0.5, 1.0], SolverSpec.create("dopri5"))
+    assert min(seen) >= 0.0 and max(seen) <= 1.0
+    assert nfe == len(seen) // 2  # every evaluation counted (B = 2 times per call)
+    ref = scipy_integrate.solve_ivp(
+        lambda t, y: (np.sin(y) + t) if field_kind == "toy" else 1e-3 * np.sin(y),
+        (0.0, 1.0), np.full(6, 5.0), rtol=1e-9, atol=1e-9).y[:, -1]
+    np.testing.assert_allclose(out[1].reshape(-1).numpy(), ref, atol=1e-3)
+
+
+def test_bounded_first_step_caps_the_probe_at_t_end() -> None:
+    probes: list[float] = []
+
+    def f(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        probes.append(float(t))
+        return 1e-3 * torch.ones_like(z)
+
+    z0 = torch.full((4,), 5.0, dtype=F64)
+    h = bounded_first_step(f, torch.tensor(0.0, dtype=F64), z0, f(torch.tensor(0.0), z0),
+                           1e-5, 1e-5, 4, 0.25)
+    assert 0 < h <= 0.25 and max(probes) <= 0.25
+
+
+def test_dopri5_integrates_the_velocity_network_which_refuses_t_above_1() -> None:
+    """The network raises for t outside [0, 1]; an unbounded dopri5 asked it about t > 1."""
+    from degflow.models.unet import VelocityUNet
+
+    net = VelocityUNet(nf=16, ch_mult=(1, 2), num_res_blocks=1, dropout=0.0, image_size=8).eval()
+    for m in net.modules():  # non-zero output (the last conv starts at zero)
+        if isinstance(m, torch.nn.Conv2d):
+            m.reset_parameters()
+    z0 = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        out, nfe = integrate(net, z0, [0.5, 1.0], SolverSpec.create("dopri5"))
+    assert out.shape == (2, 2, 4, 8, 8) and bool(torch.isfinite(out).all()) and nfe > 6

@@ -16,7 +16,9 @@ from degflow.checkpoint import CheckpointError, load_checkpoint
 from degflow.config import CONF_DIR, register_resolvers, to_plain
 from degflow.files import file_sha256
 from degflow.generation import Synthesizer
+from degflow.timemap import TimeMap
 from degflow.training import train
+from degflow.training.lfm import SplineSettings, learned_time_map
 
 REPO = Path(__file__).resolve().parents[1]
 register_resolvers()
@@ -190,6 +192,8 @@ def test_lfm_stage_end_to_end_writes_metrics_and_a_self_contained_checkpoint(tmp
 
     saved = json.loads((run / "metrics.json").read_text(), parse_constant=refuse)
     assert saved["nfe"] == metrics["nfe"] and "overrides" in saved
+    assert saved["protocol"] == {"name": "ours", "quantize": True, "shave": 4, "crop": "center",
+                                 "multiple_of": 8}
     assert saved["scales"]["x1"]["psnr_y_bicubic"] is None  # no baseline at x1 (was Infinity)
     # the checkpoint alone is enough to synthesize: remove the RAE run first
     ckpt_path = run / "checkpoints" / "last.pt"
@@ -198,6 +202,51 @@ def test_lfm_stage_end_to_end_writes_metrics_and_a_self_contained_checkpoint(tmp
     synth = Synthesizer.from_checkpoint(ckpt_path)
     out = synth(torch.zeros(1, 3, 40, 24), [2.5])
     assert out[2.5].shape == (1, 3, 40, 24)
+
+
+def test_sweep_objective_and_checkpoints_never_read_a_test_split_file(tmp_path, monkeypatch):
+    """Both stages on a RealSR tree, every file opened recorded: nothing under Test/ is read;
+    the objective returned to Hydra comes from the validation split (held out of Train)."""
+    import builtins
+
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from _data_trees import make_realsr
+
+    root = make_realsr(tmp_path / "RealSR", n=4, h=48, w=64)
+    opened: list[Path] = []
+    real_open, real_pil_open = builtins.open, Image.open
+
+    def record_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)):
+            opened.append(Path(file))
+        return real_open(file, *args, **kwargs)
+
+    def record_pil_open(fp, *args, **kwargs):
+        if isinstance(fp, (str, os.PathLike)):
+            opened.append(Path(fp))
+        return real_pil_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", record_open)
+    monkeypatch.setattr(Image, "open", record_pil_open)
+    data = ["data=realsr", f"data.root={root}", "data.val_fraction=0.25"]
+    train(config([*data, f"output_root={tmp_path}", "stage.steps=2", "stage.val_every=2"]),
+          tmp_path / "rae" / "r")
+    metrics = train(config([*data, "stage=lfm", f"output_root={tmp_path}", "stage.steps=2",
+                            "stage.val_every=2", "eval.lpips=false", "loss.lpips_weight=0",
+                            "eval.max_images=null"]), tmp_path / "lfm" / "r")
+    read = {p.resolve() for p in opened}
+    assert any("Train" in p.parts for p in read)                      # the recorder works
+    assert not [p for p in read if "Test" in p.parts]
+    assert metrics["images_evaluated"] == 1                           # the one held-out Train name
+    assert metrics["objective"] == pytest.approx(metrics["scales"]["x3"]["psnr_y"])
+    assert "validation split" in metrics["objective_name"]
+    # evaluation, and only evaluation, reads the test split
+    from degflow.data import build_data
+    bundle = build_data("realsr", root=root, val_fraction=0.25, crop_size=32)
+    opened.clear()
+    assert len(bundle.test) == 4 and any("Test" in p.parts for p in opened)
 
 
 def test_lfm_without_any_rae_checkpoint_names_rae_ckpt(tmp_path):
@@ -278,12 +327,28 @@ def test_knot_times_stay_ordered_with_fixed_ends_and_receive_gradients():
     assert not frozen.gap_logits.requires_grad
 
 
+def test_held_out_scales_stay_at_their_configured_time_or_follow_the_learned_knots():
+    base = TimeMap.nominal((1.0, 2.0, 4.0))                       # x2 -> 1/3, x3 -> 2/3
+    learned = (0.0, 0.45, 1.0)                                   # x2 moved to 0.45
+    fixed = learned_time_map((1.0, 2.0, 4.0), learned, base, (3.0,), "fixed")
+    follow = learned_time_map((1.0, 2.0, 4.0), learned, base, (3.0,), "follow")
+    assert fixed.scale_to_time(3.0) == pytest.approx(2 / 3)      # the authors' behaviour
+    assert follow.scale_to_time(3.0) == pytest.approx(0.725)     # interpolated between learned knots
+    for m in (fixed, follow):
+        assert m.knot_times((1.0, 2.0, 4.0)) == pytest.approx(learned)
+    with pytest.raises(ValueError, match=r"spline\.heldout_times=fixed.*crossed.*heldout_times=follow"):
+        learned_time_map((1.0, 2.0, 4.0), (0.0, 0.8, 1.0), base, (3.0,), "fixed")
+    with pytest.raises(ValueError, match=r"spline\.heldout_times='moving' is not one of \['fixed', 'follow'\]"):
+        SplineSettings(heldout_times="moving")
+
+
 def test_learned_knots_move_are_checkpointed_and_used_by_synthesis(tmp_path):
     train_rae(tmp_path / "rae" / "tiny", steps=2)
     run = tmp_path / "lfm" / "learn"
     # a large learning rate so that 4 steps visibly move the interior knot off 1/3
     metrics = train(config(["stage=lfm", f"output_root={tmp_path}", "stage.steps=4", "stage.val_every=4",
                             "stage.lr=0.5", "stage.grad_clip=null", "spline.learn_knots=true",
+                            "spline.heldout_times=follow",
                             "eval.lpips=false", "loss.lpips_weight=0"]), run)
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt", kind="lfm")
     learned = ckpt["time_map"]["times"]

@@ -1,11 +1,18 @@
-"""Pieces shared by every data option: the DataBundle, loader-argument checks, pair records,
-scan reports and the two dataset classes (random aligned training crops, full-image
-validation)."""
+"""Pieces shared by every data option: the DataBundle, scale-list checks, pair records,
+scan reports, the deterministic name split and the two dataset classes (random aligned
+training crops, full-image validation / test).
+
+Splits (the rule every data option follows): ``train`` is read by training, ``val`` by
+validation, which picks checkpoints and is the objective returned to Hydra's sweepers, and
+``test`` only by evaluation, lazily, when :attr:`DataBundle.test` is read. The validation
+split is never the test split.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +23,7 @@ from torch.utils.data import Dataset
 from degflow.data.images import ImageReadError, read_image, read_image_size
 from degflow.data.transforms import (
     aligned_random_crop,
-    center_crop_to_multiple,
+    crop_to_multiple,
     random_dihedral,
 )
 from degflow.resize import upsample_to
@@ -27,6 +34,7 @@ __all__ = [
     "make_bundle",
     "check_loader_args",
     "check_val_scales_cover_train",
+    "split_names",
     "size_relation",
     "PairRecord",
     "MemoryRecord",
@@ -40,13 +48,29 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DataBundle:
-    """What every data factory returns (the training loop depends on exactly this)."""
+    """What every data factory returns (the training loop depends on exactly this).
+
+    ``val`` is the validation split (never the test split): checkpoint selection and the
+    objective returned to Hydra read it. The test split is built only when :attr:`test` is
+    read (evaluation); training never reads it.
+    """
 
     train: Dataset  # infinite-ish random aligned crops
     val: Dataset  # full images (cropped to a multiple of multiple_of), all val scales
     train_scales: tuple[float, ...]  # sorted, starts with 1.0 (= the HR image)
     val_scales: tuple[float, ...]  # evaluated at validation (includes held-out ones)
     description: str  # one line for the log
+    test_loader: Callable[[], Dataset] | None = field(default=None, repr=False)
+
+    @property
+    def test(self) -> Dataset:
+        """The test split (evaluation only): full, uncropped images at the validation scales
+        (the evaluator crops per ``eval.protocol``). Indexed from disk on every access, so
+        nothing of it is touched unless asked for. ValueError when the option has none."""
+        if self.test_loader is None:
+            raise ValueError(f"this data option has no test split ({self.description}); "
+                             f"see its config (data.test_split / data.test_root)")
+        return self.test_loader()
 
 
 # --------------------------------------------------------------------------- scales
@@ -61,6 +85,17 @@ def check_val_scales_cover_train(train_scales: Sequence[float],
         raise ValueError(f"data.val_scales={list(val_scales)} must include every training "
                          f"scale (data.train_scales={list(train_scales)}); missing "
                          f"{missing}")
+
+
+def split_names(names, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic (train, val) split of ``names``: the ``max(1, round(f * n))`` names
+    with the smallest sha256(seed/name) go to val, so adding images moves few others
+    between the sets. Both lists are sorted."""
+    names = sorted(names)
+    n_val = max(1, round(val_fraction * len(names)))
+    ranked = sorted(names, key=lambda n: hashlib.sha256(f"{seed}/{n}".encode()).hexdigest())
+    val = set(ranked[:n_val])
+    return [n for n in names if n not in val], [n for n in names if n in val]
 
 
 # ------------------------------------------------------------------ HR / LR relation
@@ -290,8 +325,8 @@ class ValImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         rec = self.records[index]
         hr, lr = rec.load(self.scales)
-        hr = center_crop_to_multiple(hr, self.multiple_of, self.max_size)
-        lr = center_crop_to_multiple(lr, self.multiple_of, self.max_size)
+        hr = crop_to_multiple(hr, self.multiple_of, self.max_size)
+        lr = crop_to_multiple(lr, self.multiple_of, self.max_size)
         return {"name": rec.name, "hr": hr.float().contiguous(), "lr": lr.float().contiguous(),
                 "scales": self._scales_t.clone()}
 
@@ -315,11 +350,13 @@ def check_loader_args(train_scales, val_scales, crop_size, samples_per_epoch, mu
 
 def make_bundle(train_records: Sequence, val_records: Sequence, train_scales: tuple[float, ...],
                 val_scales: tuple[float, ...], *, crop_size: int, samples_per_epoch: int,
-                multiple_of: int, val_max_size: int | None, summary: str) -> DataBundle:
+                multiple_of: int, val_max_size: int | None, summary: str,
+                test: Callable[[], Dataset] | None = None) -> DataBundle:
     """The tail every data option shares: check the crop fits, build the training-crop and
     validation datasets (LR scales only; 1.0 is the HR image), log one description line.
 
-    ``summary`` is the option's own part of that line (source, counts, scales).
+    ``summary`` is the option's own part of that line (source, counts, scales); ``test``
+    builds the test split when :attr:`DataBundle.test` is read (None: the option has none).
     """
     check_crop_fits(train_records, crop_size, "training")
     train = TrainCropDataset(train_records, [s for s in train_scales if s != 1.0], crop_size,
@@ -329,4 +366,4 @@ def make_bundle(train_records: Sequence, val_records: Sequence, train_scales: tu
             + (f", <= {val_max_size}px" if val_max_size else ""))
     log.info(desc)
     return DataBundle(train=train, val=val, train_scales=train_scales, val_scales=val_scales,
-                      description=desc)
+                      description=desc, test_loader=test)

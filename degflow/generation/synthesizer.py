@@ -42,7 +42,7 @@ from degflow.resize import resize_to_lr
 from degflow.runtime import autocast, check_precision, resolve_device
 from degflow.scales import check_scale, find_scale, scale_key, scale_label
 from degflow.solvers import SolverSpec, integrate
-from degflow.spline import PATH_KINDS, evaluate_path
+from degflow.spline import PATH_KINDS, evaluate_path, extrapolation_time
 from degflow.timemap import TimeMap
 
 __all__ = ["DEFAULT_SOLVER", "SynthesisResult", "Synthesizer"]
@@ -100,6 +100,7 @@ class Synthesizer:
         self.solver = solver
         self.precision = check_precision(precision)
         self.max_trained_scale = max_trained_scale if max_trained_scale is not None else time_map.scales[-1]
+        self.last_knot_time = float(time_map.scale_to_time(self.max_trained_scale))
         levels = len(velocity.config.get("ch_mult", (1,))) - 1
         self.pad_multiple = int(rae.stride) * (2 ** levels)
         self.tile_size, self.tile_overlap = self._tiling(tile_size, tile_overlap)
@@ -184,9 +185,9 @@ class Synthesizer:
         return out
 
     def _velocity(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # The network was trained on t in [0, 1]; beyond (extrapolation) the trajectory
-        # continues with the velocity field of t = 1.
-        t = t.clamp(max=1.0)
+        # degflow's one extrapolation rule (degflow.spline.extrapolation_time): beyond the
+        # last knot the trajectory continues with the velocity field of the last knot.
+        t = extrapolation_time(t, 0.0, self.last_knot_time)
         with autocast(self.device, self.precision):
             return self.velocity(z, t).to(z.dtype)
 

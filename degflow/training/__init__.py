@@ -10,6 +10,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 
 from degflow.loggers import build_logger
+from degflow.metrics import eval_protocol
 from degflow.runtime import resolve_device, seed_everything
 from degflow.training.loop import RunContext, TrainSettings, fit
 
@@ -37,7 +38,7 @@ def build_stage(config: dict[str, Any], data, device):
         return RAEStage(
             instantiate(config["model"]["rae"]), data.train_scales, data.val, data.val_scales, device,
             data_description=data.description, max_val_images=config["eval"]["max_images"],
-            strip_images=config["eval"]["strip_images"],
+            strip_images=config["eval"]["strip_images"], protocol=eval_protocol(config["eval"]["protocol"]),
         )
     if name == "lfm":
         from degflow.training.lfm import build_lfm_stage

@@ -22,7 +22,7 @@ from degflow.checkpoint import CheckpointError, build_model, find_latest_checkpo
 from degflow.files import file_sha256
 from degflow.generation import Synthesizer
 from degflow.losses import LossSettings, flow_matching_loss, segment_weights, taylor_extrapolate
-from degflow.metrics import psnr_y, ssim_y
+from degflow.metrics import EVAL_PROTOCOLS, EvalProtocol, eval_protocol
 from degflow.perceptual import load_lpips
 from degflow.resize import bicubic_baseline
 from degflow.scales import scale_key
@@ -36,6 +36,34 @@ from degflow.visualize import image_strip
 log = logging.getLogger(__name__)
 
 
+#: With ``spline.learn_knots``, where a held-out scale (between training knots) sits in time:
+#: ``fixed`` at its configured time (the authors' code), ``follow`` interpolated between the
+#: learned neighbouring knots.
+HELDOUT_TIMES = ("fixed", "follow")
+
+
+def learned_time_map(train_scales: tuple[float, ...], learned_times: tuple[float, ...], base: TimeMap,
+                     heldout_scales: tuple[float, ...], heldout_times: str) -> TimeMap:
+    """The time map through learned knot times (``spline.heldout_times``).
+
+    ``follow``: anchors at the training scales only, so every other scale is interpolated
+    between the learned knots. ``fixed``: the held-out scales inside the training range keep
+    their time under the configured map ``base`` (extra anchors), as in the authors' code.
+    Raises ValueError when a learned knot has crossed a fixed held-out time.
+    """
+    if heldout_times == "follow":
+        return TimeMap.from_times(train_scales, learned_times)
+    extra = [s for s in heldout_scales if train_scales[0] < s < train_scales[-1] and s not in train_scales]
+    anchors = sorted([*zip(train_scales, learned_times), *((s, base.scale_to_time(s)) for s in extra)])
+    try:
+        return TimeMap(tuple(a for a, _ in anchors), tuple(t for _, t in anchors))
+    except ValueError:
+        raise ValueError(
+            f"spline.heldout_times=fixed: the learned knot times {dict(zip(train_scales, learned_times))} have "
+            f"crossed the fixed times of the held-out scales {dict((s, base.scale_to_time(s)) for s in extra)}; "
+            "use spline.heldout_times=follow, or keep the knots frozen (spline.learn_knots=false)") from None
+
+
 @dataclass(frozen=True)
 class SplineSettings:
     """Config node ``spline``: the path through the knot latents and where the knots sit in time."""
@@ -45,10 +73,15 @@ class SplineSettings:
     effective_scales: dict | None = None
     knot_times: list | None = None
     learn_knots: bool = False
+    heldout_times: str = "fixed"
 
     def __post_init__(self) -> None:
         if self.path not in PATH_KINDS:
             raise ValueError(f"spline.path={self.path!r} is not one of {list(PATH_KINDS)}")
+        if self.heldout_times not in HELDOUT_TIMES:
+            raise ValueError(f"spline.heldout_times={self.heldout_times!r} is not one of {list(HELDOUT_TIMES)} "
+                             "(fixed: held-out scales keep their configured times, as in the authors' code; "
+                             "follow: they move with the learned neighbouring knots)")
 
     def time_map(self, train_scales: tuple[float, ...]) -> TimeMap:
         effective = None
@@ -103,7 +136,8 @@ class LFMStage(Stage):
                  spline: SplineSettings, loss: LossSettings, solver: SolverSpec, val_set,
                  val_scales: tuple[float, ...], device: torch.device, rae_source: dict[str, Any],
                  lpips_loss: torch.nn.Module | None, lpips_metric: torch.nn.Module | None,
-                 max_val_images: int | None = None, strip_images: int = 1, precision: str = "fp32"):
+                 max_val_images: int | None = None, strip_images: int = 1, precision: str = "fp32",
+                 protocol: EvalProtocol = EVAL_PROTOCOLS["ours"]):
         self.train_scales = tuple(float(s) for s in train_scales)
         if len(self.train_scales) < 2 or self.train_scales[0] != 1.0:
             raise ValueError(f"data.train_scales must start with 1 (the HR knot) and have at least two knots, "
@@ -118,13 +152,17 @@ class LFMStage(Stage):
         self.rae_source = rae_source
         self.lpips_loss, self.lpips_metric = lpips_loss, lpips_metric
         self.max_val_images, self.strip_images = max_val_images, strip_images
+        self.protocol = protocol
 
     # -- the time map as trained so far (learned interior knots included) --------------------
     def time_map(self) -> TimeMap:
-        """The configured map, or (``spline.learn_knots``) the map through the learned knot times."""
+        """The configured map, or (``spline.learn_knots``) the map through the learned knot times,
+        with held-out scales placed as ``spline.heldout_times`` says."""
         if not self.spline.learn_knots:
             return self.base_time_map
-        return TimeMap.from_times(self.train_scales, [float(t) for t in self.knots().detach().cpu()])
+        learned = tuple(float(t) for t in self.knots().detach().cpu())
+        heldout = tuple(s for s in self.val_scales if s not in self.train_scales)
+        return learned_time_map(self.train_scales, learned, self.base_time_map, heldout, self.spline.heldout_times)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         params = list(self.velocity.parameters())
@@ -167,7 +205,9 @@ class LFMStage(Stage):
             x_hat = self.rae.decode(z_hat, hr_feats)                         # [B,3,H,W]
             target = images[torch.arange(b, device=hr.device), point.segment + 1]
             perceptual = self.lpips_loss(x_hat.float(), target.float())      # [B]
-            weighted = (segment_weights(dt, self.loss_settings.segment_weighting) * perceptual).mean()
+            segment_length = point.right_time - knot_times[point.segment]    # [B]
+            weights = segment_weights(dt, segment_length, self.loss_settings.segment_weighting)
+            weighted = (weights * perceptual).mean()
             loss = loss + self.loss_settings.lpips_weight * weighted
             scalars["lpips"] = float(perceptual.detach().mean())
         if self.spline.learn_knots:
@@ -187,7 +227,7 @@ class LFMStage(Stage):
         names = ("psnr_y", "ssim_y", "psnr_y_bicubic", "psnr_y_ae_interp") + (("lpips",) if self.lpips_metric else ())
         averages = ScaleAverages(self.val_scales, names)
         nfe, seconds, strip_rows = 0, 0.0, []
-        for item in validation_items(self.val_set, self.max_val_images, self.device):
+        for item in validation_items(self.val_set, self.max_val_images, self.device, self.protocol):
             hr = item["hr"]                                                  # [1,3,H,W]
             real = {1.0: hr, **{float(s): item["lr"][:, j] for j, s in enumerate(item["scales"][0].tolist())}}
             result = synth.generate(hr, self.val_scales, allow_extrapolation=allow)
@@ -197,10 +237,11 @@ class LFMStage(Stage):
                                             allow_extrapolation=allow)
             for s in self.val_scales:
                 fake, target = result.images[s], real[s]
-                averages.add(s, psnr_y=psnr_y(fake, target).mean(), ssim_y=ssim_y(fake, target).mean(),
-                             psnr_y_ae_interp=psnr_y(oracle.images[s], target).mean())
+                averages.add(s, psnr_y=self.protocol.psnr_y(fake, target).mean(),
+                             ssim_y=self.protocol.ssim_y(fake, target).mean(),
+                             psnr_y_ae_interp=self.protocol.psnr_y(oracle.images[s], target).mean())
                 if s != 1.0:                     # at x1 the "baseline" is the HR image itself
-                    averages.add(s, psnr_y_bicubic=psnr_y(bicubic_baseline(hr, s), target).mean())
+                    averages.add(s, psnr_y_bicubic=self.protocol.psnr_y(bicubic_baseline(hr, s), target).mean())
                 if self.lpips_metric is not None:
                     averages.add(s, lpips=self.lpips_metric(fake, target).mean())
             if averages.images < self.strip_images:
@@ -221,7 +262,9 @@ class LFMStage(Stage):
                                     f"({', '.join(scale_key(s) for s in self.val_scales)})")
                   for i, (a, b) in enumerate(strip_rows)}
         return {
-            "scales": scales, "objective": objective, "objective_name": "mean Y-PSNR over held-out scales",
+            "scales": scales, "objective": objective,
+            "objective_name": "mean Y-PSNR over held-out scales on the validation split",
+            "protocol": self.protocol.to_dict(),
             "nfe": nfe, "seconds_per_image": seconds / count, "images_evaluated": count,
             "solver": asdict(self.solver), "knot_times": list(synth.time_map.knot_times(self.train_scales)),
             "summary": f"gen Y-PSNR {summary} (*held out) | NFE {nfe} | {seconds / count:.2f}s/img",
@@ -289,7 +332,8 @@ def build_lfm_stage(config: dict[str, Any], data, device: torch.device) -> LFMSt
     velocity = instantiate(config["model"]["lfm"])
     lpips_loss = lpips_metric = None
     if loss.lpips_weight > 0:
-        lpips_loss = load_lpips(loss.lpips_net, loss.lpips_backbone_weights, device=device)
+        lpips_loss = load_lpips(loss.lpips_net, loss.lpips_backbone_weights, device=device,
+                                pooling=loss.lpips_pooling)
     if config["eval"]["lpips"]:
         lpips_metric = load_lpips("alex", config["eval"]["lpips_backbone_weights"], device=device)
     return LFMStage(
@@ -297,4 +341,5 @@ def build_lfm_stage(config: dict[str, Any], data, device: torch.device) -> LFMSt
         rae_source={"path": str(rae_path), "sha256": file_sha256(rae_path), "step": int(rae_ckpt["step"])},
         lpips_loss=lpips_loss, lpips_metric=lpips_metric, max_val_images=config["eval"]["max_images"],
         strip_images=config["eval"]["strip_images"], precision=config["precision"],
+        protocol=eval_protocol(config["eval"]["protocol"]),
     )

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from degflow.checkpoint import model_entry
-from degflow.metrics import psnr_y
+from degflow.metrics import EVAL_PROTOCOLS, EvalProtocol
 from degflow.timemap import TimeMap
 from degflow.scales import scale_key
 from degflow.training.loop import Stage
@@ -29,7 +29,8 @@ class RAEStage(Stage):
 
     def __init__(self, rae: torch.nn.Module, train_scales: tuple[float, ...], val_set,
                  val_scales: tuple[float, ...], device: torch.device, data_description: str = "",
-                 max_val_images: int | None = None, strip_images: int = 1):
+                 max_val_images: int | None = None, strip_images: int = 1,
+                 protocol: EvalProtocol = EVAL_PROTOCOLS["ours"]):
         if not train_scales or float(train_scales[0]) != 1.0:
             raise ValueError(f"data.train_scales must start with 1 (the HR knot), got {list(train_scales)}")
         self.rae = rae.to(device)
@@ -40,6 +41,7 @@ class RAEStage(Stage):
         self.data_description = data_description
         self.max_val_images = max_val_images
         self.strip_images = strip_images
+        self.protocol = protocol
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.rae.parameters())
@@ -62,7 +64,7 @@ class RAEStage(Stage):
     def validate(self, step: int) -> dict[str, Any]:
         averages = ScaleAverages(self.val_scales, ("psnr_y", "psnr_y_copy_hr"))
         strip_rows = []
-        for item in validation_items(self.val_set, self.max_val_images, self.device):
+        for item in validation_items(self.val_set, self.max_val_images, self.device, self.protocol):
             hr = item["hr"]                                              # [1,3,H,W]
             targets = {1.0: hr, **{float(s): item["lr"][:, j] for j, s in enumerate(item["scales"][0].tolist())}}
             _, hr_feats = self.rae.encode(hr)
@@ -71,9 +73,9 @@ class RAEStage(Stage):
                 target = targets[s]
                 recon = self.rae.decode(self.rae.encode(target)[0], hr_feats).clamp(-1, 1)
                 recons[s] = recon
-                averages.add(s, psnr_y=psnr_y(recon, target).mean())
+                averages.add(s, psnr_y=self.protocol.psnr_y(recon, target).mean())
                 if s != 1.0:  # the trivial baseline: predict the HR image itself
-                    averages.add(s, psnr_y_copy_hr=psnr_y(hr, target).mean())
+                    averages.add(s, psnr_y_copy_hr=self.protocol.psnr_y(hr, target).mean())
             if averages.images < self.strip_images:
                 strip_rows.append(([targets[s][0] for s in self.val_scales], [recons[s][0] for s in self.val_scales]))
             averages.image_done()
@@ -89,7 +91,7 @@ class RAEStage(Stage):
             images[f"val/strip{i}"] = (image_strip([real, recon]),
                                        "top: real image per scale; bottom: RAE reconstruction "
                                        f"({', '.join(scale_key(s) for s in self.val_scales)})")
-        return {"scales": scales, "images_evaluated": count, "summary": "recon Y-PSNR " + summary + " (*held out)",
+        return {"scales": scales, "images_evaluated": count, "protocol": self.protocol.to_dict(), "summary": "recon Y-PSNR " + summary + " (*held out)",
                 "images": images}
 
     def state(self) -> dict[str, Any]:

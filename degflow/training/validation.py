@@ -7,17 +7,23 @@ from typing import Any
 
 import torch
 
+from degflow.data.transforms import crop_to_multiple
+from degflow.metrics import EvalProtocol
 from degflow.scales import scale_key
 
 __all__ = ["ScaleAverages", "validation_items"]
 
 
-def validation_items(dataset, max_images: int | None, device: torch.device) -> Iterator[dict[str, Any]]:
+def validation_items(dataset, max_images: int | None, device: torch.device,
+                     protocol: EvalProtocol) -> Iterator[dict[str, Any]]:
     """Validation items one at a time (full images differ in size), moved to ``device``,
-    each tensor with a leading batch axis of 1."""
+    each tensor with a leading batch axis of 1; the images are cropped as ``protocol`` says
+    (``eval.protocol``) before anything is generated."""
     count = len(dataset) if max_images is None else min(len(dataset), max_images)
     for i in range(count):
-        item = dataset[i]
+        item = dict(dataset[i])
+        for key in ("hr", "lr"):
+            item[key] = crop_to_multiple(item[key], protocol.multiple_of, anchor=protocol.crop)
         yield {k: v.to(device)[None] if torch.is_tensor(v) else v for k, v in item.items()}
 
 
