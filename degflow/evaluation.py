@@ -309,10 +309,9 @@ class _Collector:
             rows = {"real": {s: _center_crop(x, size)[0] for s, x in real.items()}}
             rows.update({m: {s: _center_crop(x, size)[0] for s, x in outputs[m].items()} for m in self.result.methods})
             self.result.crops[name] = rows
-        line = ", ".join(
-            f"{r['method']} x{format_scale(r['scale'])} {r['psnr_y']:.2f}dB" for r in records
-        )
-        log.info("[%d] %s: %s", self.result.images, name, line)
+        line = ", ".join(f"{m} {_fmt(_mean([r['psnr_y'] for r in records if r['method'] == m]), 'psnr_y')}"
+                         for m in self.result.methods)
+        log.info("[%d] %s: mean PSNR-Y over %d scales: %s", self.result.images, name, len(self.result.scales), line)
 
     def fail(self, name: str, err: BaseException) -> None:
         self.result.failures.append({"image": name, "error": f"{type(err).__name__}: {err}"})
@@ -369,7 +368,6 @@ def evaluate_dataset(synth: Synthesizer, dataset: Any, data_scales: Sequence[flo
                              f"{[format_scale(s) for s in knots]}, but the data has no "
                              f"{['x' + format_scale(s) for s in missing]} (data.val_scales="
                              f"{[format_scale(a) for a in data_scales]}); drop ae_interp from methods")
-    item_scales = [float(s) for s in getattr(dataset, "scales", available)]
     result = EvalResult(methods=methods, scales=wanted, seen_scales=train_scales or None,
                         settings={"data": description, "methods": list(methods), "shave": settings.shave,
                                   "solver": synth.solver.to_dict(), "checkpoint_sha256": synth.checkpoint_sha256,
@@ -383,6 +381,7 @@ def evaluate_dataset(synth: Synthesizer, dataset: Any, data_scales: Sequence[flo
             name = str(item.get("name", name))
             hr = item["hr"][None]                                                       # [1, 3, H, W]
             lrs = item["lr"]                                                            # [S, 3, H, W]
+            item_scales = [float(v) for v in item["scales"]]                           # [S]
             real = {}
             for s in set(wanted) | set(knots):
                 j = next((k for k, v in enumerate(item_scales) if abs(v - s) < _SCALE_TOL), None)
@@ -543,7 +542,7 @@ def evaluate_folders(generated: str | Path, real: str | Path, hr: str | Path, sc
 # ------------------------------------------------------------------------------ writing
 def _fmt(v: float | None, metric: str) -> str:
     if v is None:
-        return "–"
+        return "–"  # not measured, or infinite (PSNR of identical images)
     return f"{v:.2f}" if metric == "psnr_y" else f"{v:.4f}"
 
 

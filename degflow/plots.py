@@ -35,6 +35,8 @@ _LABELS = {
     "kl": "KL ↓",
     "akld": "AKLD ↓",
 }
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+_DASHES = ("-", "--", "-.", ":")
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
@@ -56,10 +58,11 @@ def plot_metric_vs_scale(per_scale: Mapping[str, Mapping[str, Mapping[str, objec
     fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(4.2 * max(1, len(metrics)), 3.4), squeeze=False)
     heldout = sorted({float(s) for rows in per_scale.values() for s, v in rows.items() if v.get("heldout")})
     for ax, metric in zip(axes[0], metrics):
-        for method, rows in per_scale.items():
+        for k, (method, rows) in enumerate(per_scale.items()):
             pts = sorted((float(s), v[metric]) for s, v in rows.items() if v.get(metric) is not None)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+            if pts:  # distinct markers and dashes, so methods with equal values stay visible
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=_MARKERS[k % len(_MARKERS)],
+                        linestyle=_DASHES[k % len(_DASHES)], label=method)
         for s in heldout:
             ax.axvspan(s - 0.08, s + 0.08, color="0.85", zorder=0)
         ax.set_xlabel("scale s")

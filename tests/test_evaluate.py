@@ -268,3 +268,17 @@ def test_cli_bad_input_exits_2_with_the_key_in_the_message(tmp_path):
     proc = _cli(f"ckpt={rae_ckpt}", "eval.lpips=false", f"out={tmp_path / 'o'}", cwd=tmp_path)
     assert proc.returncode == 2
     assert "ckpt=" in proc.stderr + proc.stdout and "stage-'lfm'" in proc.stderr + proc.stdout
+
+
+def test_lpips_column_uses_the_pretrained_alexnet_metric(ckpt, shared_dir):
+    from degflow.metrics import LPIPSMetric
+
+    weights = shared_dir / "weights" / "alexnet_features.pth"
+    synth = load_model(ckpt, "cpu", _solver())
+    data = _Pairs(n=1)
+    result = evaluate_dataset(synth, data, (1.0, 2.0, 3.0, 4.0), [2.0],
+                              EvalSettings(methods=("bicubic",), lpips_backbone_weights=str(weights)))
+    item = data[0]
+    expected = LPIPSMetric(weights)(bicubic_baseline(item["hr"][None], 2.0), item["lr"][0][None])
+    assert result.records[0]["lpips"] == pytest.approx(float(expected))
+    assert 0 < result.records[0]["lpips"] < 1
