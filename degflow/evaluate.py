@@ -39,7 +39,8 @@ def main(cfg: DictConfig) -> float | None:
         shown = ", ".join(str(p) for p in path) if isinstance(path, list) else str(path)
         print(f"{kind}: {shown}", flush=True)
     if outcome["objective"] is not None:
-        print(f"objective ({cfg.objective}, held-out mean): {outcome['objective']:.4f}", flush=True)
+        print(f"objective: {cfg.objective} of the model, mean over the held-out scales (all scales when none "
+              f"is held out): {outcome['objective']:.4f}", flush=True)
     return outcome["objective"]
 
 

@@ -350,8 +350,8 @@ def evaluate_dataset(synth: Synthesizer, dataset: Any, data_scales: Sequence[flo
         wanted = []
         for s in scales:
             if _match(float(s), available) is None:
-                raise ValueError(f"scales: x{format_scale(float(s))} is not in the data ({description or 'data'}: "
-                                 f"data.val_scales={[format_scale(a) for a in data_scales]}); "
+                raise ValueError(f"scales: x{format_scale(float(s))} is not in the data "
+                                 f"(data.val_scales={[format_scale(a) for a in data_scales]}); "
                                  f"available: {[format_scale(a) for a in available]}")
             wanted.append(_match(float(s), available))
     wanted = sorted(set(wanted))
@@ -360,8 +360,8 @@ def evaluate_dataset(synth: Synthesizer, dataset: Any, data_scales: Sequence[flo
     if "degflow" in methods:
         synth.scale_times(wanted, settings.allow_extrapolation)          # fails early, naming `scales`
     train_scales = [float(s) for s in synth.train_scales or ()]
-    knots = [s for s in train_scales if s > 1.0]
-    if "ae_interp" in methods:
+    knots = [s for s in train_scales if s > 1.0] if "ae_interp" in methods else []
+    if knots:
         missing = [s for s in knots if _match(s, available) is None]
         if missing:
             raise ValueError(f"methods: ae_interp needs the real LR images at the checkpoint's training scales "
@@ -398,7 +398,7 @@ def evaluate_dataset(synth: Synthesizer, dataset: Any, data_scales: Sequence[flo
             collector.add(name, hr, {s: real[s] for s in wanted}, outputs, costs)
         except (ValueError, OSError, RuntimeError) as err:
             collector.fail(name, err)
-    _check_some_images(result, description or "the dataset")
+    _check_some_images(result, "the dataset")
     return result
 
 
