@@ -116,6 +116,25 @@ def _match(scale: float, available: Sequence[float]) -> float | None:
     return next((a for a in available if abs(a - scale) < _SCALE_TOL), None)
 
 
+def _requested(scales: Sequence[float] | None, sources: Mapping[str, Sequence[float]], where: str) -> list[float]:
+    """The scales to evaluate (config key ``scales``): every requested scale must be offered
+    by every source (``{description: available scales}``); None = the scales all of them offer."""
+    first = next(iter(sources.values()))
+    if scales is None:
+        wanted = [s for s in first if all(_match(s, other) is not None for other in sources.values())]
+    else:
+        wanted = []
+        for s in (float(v) for v in scales):
+            for what, available in sources.items():
+                if _match(s, available) is None:
+                    raise ValueError(f"scales: x{format_scale(s)} is not in {what} ({where}); it has "
+                                     f"{['x' + format_scale(a) for a in sorted(available)]}")
+            wanted.append(_match(s, first))
+    if not wanted:
+        raise ValueError(f"scales: nothing to evaluate: {', '.join(sources)} share no scale > 1 ({where})")
+    return sorted(set(wanted))
+
+
 def evaluation_split(bundle: Any):
     """The images a data option offers for evaluation.
 
@@ -344,19 +363,8 @@ def evaluate_dataset(synth: Synthesizer, dataset: Any, data_scales: Sequence[flo
     """
     methods = _methods(settings.methods, METHODS)
     available = [float(s) for s in data_scales if float(s) > 1.0]
-    if scales is None:
-        wanted = available
-    else:
-        wanted = []
-        for s in scales:
-            if _match(float(s), available) is None:
-                raise ValueError(f"scales: x{format_scale(float(s))} is not in the data "
-                                 f"(data.val_scales={[format_scale(a) for a in data_scales]}); "
-                                 f"available: {[format_scale(a) for a in available]}")
-            wanted.append(_match(float(s), available))
-    wanted = sorted(set(wanted))
-    if not wanted:
-        raise ValueError(f"scales: nothing to evaluate; the data offers {[format_scale(a) for a in data_scales]}")
+    wanted = _requested(scales, {"the data": available},
+                        f"data.val_scales={[format_scale(a) for a in data_scales]}")
     if "degflow" in methods:
         synth.scale_times(wanted, settings.allow_extrapolation)          # fails early, naming `scales`
     train_scales = [float(s) for s in synth.train_scales or ()]
@@ -486,21 +494,8 @@ def evaluate_folders(generated: str | Path, real: str | Path, hr: str | Path, sc
     hr_files = _stems(hr_root)
     if not hr_files:
         raise ValueError(f"hr={str(hr_root)!r} holds no images")
-    common = [s for s in gen_dirs if _match(s, list(real_dirs)) is not None]
-    if scales is None:
-        wanted = common
-    else:
-        wanted = []
-        for s in scales:
-            s = float(s)
-            for key, dirs in (("generated", gen_dirs), ("real", real_dirs)):
-                if _match(s, list(dirs)) is None:
-                    raise ValueError(f"scales: x{format_scale(s)} has no folder in {key}={str(Path(generated if key == 'generated' else real))!r} "
-                                     f"(it has {['x' + format_scale(d) for d in dirs]})")
-            wanted.append(_match(s, list(gen_dirs)))
-    wanted = sorted(set(wanted))
-    if not wanted:
-        raise ValueError(f"scales: generated={str(gen_root)!r} and real={str(real_root)!r} share no x<scale>/ folder")
+    wanted = _requested(scales, {f"generated={str(gen_root)!r}": list(gen_dirs), f"real={str(real_root)!r}": list(real_dirs)},
+                        "x<scale>/ folders")
     gen_files = {s: _stems(gen_dirs[s]) for s in wanted}
     real_files = {s: _stems(real_dirs[_match(s, list(real_dirs))]) for s in wanted}
     for s in wanted:
