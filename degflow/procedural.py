@@ -27,6 +27,9 @@ quality from ``jpeg_range`` (the authors use a differentiable re-implementation)
 Differences from the x4 original, all forced by "any float scale": the second-order resize
 and the final resize aim at round(H/s) x round(W/s) instead of H // 4; and every random
 choice is drawn from one ``torch.Generator``, so the same seed gives the same image.
+Note that the first order does not depend on s (its resize is relative to the HR size), so
+near s = 1 the result is about as degraded as the published x4 / x2 settings make it; that
+is the method as published, applied at a scale it was not designed for.
 The authors' unsharp masking of the ground truth (``gt_usm``) is a training-target trick
 of their SR model, not part of the degradation, and is not applied.
 
