@@ -17,12 +17,32 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from degflow.config import CONF_DIR, hoist_multirun_flag, register_resolvers, to_plain
 
 log = logging.getLogger("degflow.evaluate")
 register_resolvers()
+
+
+class CollectSweep(Callback):
+    """At the end of a multirun (``-m``), combine its eval.json files into sweep.md,
+    sweep.csv and psnr_vs_nfe.png in the sweep folder (``hydra.callbacks`` in
+    conf/evaluate.yaml). A sweep without any model result is only reported."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.sweep_dir = str(config.hydra.sweep.dir)  # resolved once, at the start
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from degflow.evaluation import collect_sweep
+
+        try:
+            paths = collect_sweep(self.sweep_dir, metric=str(config.objective))
+        except ValueError as err:
+            log.warning("sweep table not written: %s", err)
+            return
+        print(f"sweep table: {paths['markdown']}\nPSNR vs NFE: {paths['plot']}", flush=True)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")

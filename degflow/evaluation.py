@@ -635,6 +635,14 @@ def write_plots(result: EvalResult, out_dir: str | Path) -> list[Path]:
     return paths
 
 
+def _sweep_cell(column: str, value: Any) -> str:
+    if value is None or isinstance(value, str):
+        return "–" if value is None else value
+    if column == "nfe":
+        return f"{value:.0f}"
+    return _fmt(value, "psnr_y" if column.startswith("psnr") else column)
+
+
 def collect_sweep(root: str | Path, out_dir: str | Path | None = None, metric: str = "psnr_y") -> dict[str, Path]:
     """Combine the ``eval.json`` files under a sweep folder (one per solver setting) into
     ``sweep.md`` / ``sweep.csv`` (model rows: solver, NFE, s / image, seen and held-out
@@ -650,7 +658,9 @@ def collect_sweep(root: str | Path, out_dir: str | Path | None = None, metric: s
             model = data["summary"]["degflow"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        row = {"label": _solver_label(data["settings"].get("solver")), "run": str(f.parent.relative_to(root)),
+        solver = data["settings"].get("solver") or {}
+        row = {"label": _solver_label(solver), "group": solver.get("method", "?"),
+               "run": str(f.parent.relative_to(root)),
                "nfe": model.get("nfe"), "seconds_per_image": model.get("seconds_per_image")}
         for g in ("seen", "heldout"):
             for k in METRICS:
@@ -662,18 +672,16 @@ def collect_sweep(root: str | Path, out_dir: str | Path | None = None, metric: s
     out = Path(out_dir) if out_dir is not None else root
     cols = ["label", "nfe", "seconds_per_image"] + [f"{k}_{g}" for g in ("heldout", "seen") for k in METRICS] + ["run"]
     md = ["# Solver sweep", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        md.append("| " + " | ".join(
-            str(r[c]) if isinstance(r[c], str) else _fmt(r[c], c.rsplit("_", 1)[0] if c.startswith("psnr") else "x")
-            for c in cols) + " |")
+    md += ["| " + " | ".join(_sweep_cell(c, r[c]) for c in cols) + " |" for r in rows]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols)
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     paths = {"markdown": out / "sweep.md", "csv": out / "sweep.csv", "plot": out / "psnr_vs_nfe.png"}
     atomic_write_text(paths["markdown"], "\n".join(md) + "\n")
     atomic_write_text(paths["csv"], buf.getvalue())
-    plot_psnr_vs_nfe([{"label": r["label"], "nfe": r["nfe"], metric: r[f"{metric}_heldout"] or r[f"{metric}_seen"]}
+    plot_psnr_vs_nfe([{"label": r["label"], "group": r["group"], "nfe": r["nfe"],
+                       metric: r[f"{metric}_heldout"] if r[f"{metric}_heldout"] is not None else r[f"{metric}_seen"]}
                       for r in rows], paths["plot"], metric=metric)
     return paths
 
@@ -685,9 +693,10 @@ def run(config: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
     ``ckpt`` (a checkpoint on ``data``'s evaluation split). Returns
     ``{"objective": float | None, "paths": {...}}``.
     """
+    if config.get("collect"):  # written into the sweep folder itself unless out= is given
+        return {"objective": None,
+                "paths": collect_sweep(config["collect"], config.get("out"), config.get("objective", "psnr_y"))}
     out = Path(config["out"]) if config.get("out") else Path(out_dir)
-    if config.get("collect"):
-        return {"objective": None, "paths": collect_sweep(config["collect"], out, config.get("objective", "psnr_y"))}
     ev = config["eval"]
     settings = EvalSettings(
         methods=tuple(config["methods"]) if not isinstance(config["methods"], str) else (config["methods"],),

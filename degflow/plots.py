@@ -77,15 +77,21 @@ def plot_metric_vs_scale(per_scale: Mapping[str, Mapping[str, Mapping[str, objec
 def plot_psnr_vs_nfe(points: Sequence[Mapping[str, object]], path: str | Path, metric: str = "psnr_y") -> Path:
     """Held-out metric vs NFE, one point per solver setting.
 
-    ``points``: ``{"label": str, "nfe": float, metric: float}`` each (e.g. one per sweep job).
+    ``points``: ``{"label": str, "group": str, "nfe": float, metric: float}`` each (e.g. one
+    per sweep job); one line per ``group`` (e.g. the solver method), ordered by NFE.
     """
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    pts = sorted((p for p in points if p.get("nfe") is not None and p.get(metric) is not None),
-                 key=lambda p: float(p["nfe"]))
-    ax.plot([float(p["nfe"]) for p in pts], [float(p[metric]) for p in pts], marker="o")
-    for p in pts:
-        ax.annotate(str(p["label"]), (float(p["nfe"]), float(p[metric])), fontsize=7,
-                    textcoords="offset points", xytext=(4, 4))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    pts = [p for p in points if p.get("nfe") is not None and p.get(metric) is not None]
+    groups = list(dict.fromkeys(str(p.get("group", "")) for p in pts))
+    for k, group in enumerate(groups):
+        line = sorted((p for p in pts if str(p.get("group", "")) == group), key=lambda p: float(p["nfe"]))
+        ax.plot([float(p["nfe"]) for p in line], [float(p[metric]) for p in line],
+                marker=_MARKERS[k % len(_MARKERS)], linestyle=_DASHES[k % len(_DASHES)], label=group or None)
+        for p in line:
+            ax.annotate(str(p["label"]), (float(p["nfe"]), float(p[metric])), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+    if any(groups):
+        ax.legend(fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("NFE (velocity evaluations per image)")
     ax.set_ylabel(_LABELS.get(metric, metric) + " held-out")

@@ -261,6 +261,10 @@ def test_cli_solver_sweep_on_the_demo_data_evaluates_one_checkpoint_per_setting(
     assert set(by_steps) == {1, 6}
     assert by_steps[1]["summary"]["degflow"]["nfe"] < by_steps[6]["summary"]["degflow"]["nfe"]
     assert by_steps[1]["scales"] == ["2", "3"] and by_steps[1]["images"] == 1
+    # the sweep ends with its table and the PSNR-vs-NFE picture, written by the collect callback
+    table = (tmp_path / "sweep" / "sweep.md").read_text()
+    assert "| euler/1 |" in table and "| euler/6 |" in table
+    assert (tmp_path / "sweep" / "psnr_vs_nfe.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_bad_input_exits_2_with_the_key_in_the_message(tmp_path):
