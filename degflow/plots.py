@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 
@@ -93,6 +94,9 @@ def plot_psnr_vs_nfe(points: Sequence[Mapping[str, object]], path: str | Path, m
     if any(groups):
         ax.legend(fontsize=8)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.set_xlabel("NFE (velocity evaluations per image)")
     ax.set_ylabel(_LABELS.get(metric, metric) + " held-out")
     ax.grid(alpha=0.3)
