@@ -7,8 +7,9 @@ modules of its own layer or of a lower one:
                        metrics, perceptual, visualize, config, the package itself
     1 models, data     models/, data/, checkpoint, loggers
     2 generation       generation/ (the Synthesizer and tiling)
-    3 jobs             training/, lr_dataset (neither imports the other)
-    (4 entry points    train.py, synthesize.py, experiments/: outside the package)
+    3 jobs             training/, lr_dataset, evaluation (none imports another)
+    4 entry points     the package's ``python -m`` modules (evaluate); train.py,
+                       synthesize.py and experiments/ live outside the package
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ LAYERS: dict[str, int] = {
     "degflow.files": 0, "degflow.scales": 0, "degflow.runtime": 0, "degflow.resize": 0,
     "degflow.timemap": 0, "degflow.spline": 0, "degflow.solvers": 0, "degflow.losses": 0,
     "degflow.metrics": 0, "degflow.perceptual": 0, "degflow.visualize": 0, "degflow.config": 0,
+    "degflow.noise_metrics": 0, "degflow.procedural": 0, "degflow.plots": 0,
     "degflow.models": 1, "degflow.data": 1, "degflow.checkpoint": 1, "degflow.loggers": 1,
     "degflow.generation": 2,
-    "degflow.training": 3, "degflow.lr_dataset": 3,
+    "degflow.training": 3, "degflow.lr_dataset": 3, "degflow.evaluation": 3,
+    "degflow.evaluate": 4,
 }
 #: jobs of the same layer that must stay independent of each other.
-SEPARATE_JOBS = ("degflow.training", "degflow.lr_dataset")
+SEPARATE_JOBS = ("degflow.training", "degflow.lr_dataset", "degflow.evaluation")
 
 
 def _module_name(path: Path) -> str:

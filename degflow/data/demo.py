@@ -271,7 +271,7 @@ def _split_rows(height: int, val_fraction: float) -> int:
 def scan_demo(train_scales, val_scales, val_fraction, deep: bool = True) -> Report:
     """What the validator prints for data=demo (the photos, their train / val split, the
     test photos); problems for missing or unreadable photos."""
-    from degflow.data.common import check_scales
+    from degflow.scales import check_scales
     from degflow.data.images import ImageReadError, read_image_size
 
     ts = check_scales(train_scales, "data.train_scales")
