@@ -140,6 +140,11 @@ def load_official(path: str | Path, top_keys: tuple[str, ...], key: str,
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"{key}={str(path)!r}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")):
+        raise ConversionError(f"{key}={str(path)!r} is an HTML page, not a weight file (a Google Drive "
+                              f"download that saved the confirmation page? download the file itself)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt, truncated, or pickling objects weights_only refuses
@@ -184,8 +189,11 @@ def _build(cls: type, node: Mapping[str, Any], key: str) -> torch.nn.Module:
     if target != f"{cls.__module__}.{cls.__qualname__}":
         raise ConversionError(f"{key}._target_ must be {cls.__module__}.{cls.__qualname__} to take the "
                               f"authors' weights, got {target!r}")
-    with torch.device("meta"):
-        return cls(**node)
+    try:
+        with torch.device("meta"):
+            return cls(**node)
+    except TypeError as err:  # unknown or missing constructor arguments
+        raise ConversionError(f"{key}: {err}") from None
 
 
 def _load(model: torch.nn.Module, key_map: Mapping[str, str], flat: Mapping[str, Any]) -> None:
@@ -247,6 +255,9 @@ def convert_official(
             raise ValueError(f"{k}={str(p)!r} exists; choose another path or set overwrite=true")
     if rae_out is not None and rae_out.resolve() == out.resolve():
         raise ValueError(f"rae_out and out name the same file {str(out)!r}")
+    for k, p in (("out", out), ("rae_out", rae_out)):
+        if p is not None and p.resolve() in (ae.resolve(), flow.resolve()):
+            raise ValueError(f"{k}={str(p)!r} is one of the source files; choose another output path")
     solver = solver or SolverSpec.create("dopri5")
     rae = _build(RAE, rae_config or {}, "model.rae")
     velocity = _build(VelocityUNet, velocity_config or {}, "model.lfm")

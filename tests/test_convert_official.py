@@ -239,6 +239,13 @@ def test_sources_are_loaded_with_weights_only(tmp_path):
     assert not (tmp_path / "lfm.pt").exists()
 
 
+def test_a_saved_download_page_is_recognised_as_html(tmp_path):
+    (ae, _), (flow, _) = _authors_files(tmp_path)
+    flow.write_text("<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title>")
+    with pytest.raises(ConversionError, match="HTML page"):
+        _convert_small(tmp_path, ae, flow)
+
+
 def test_a_lightning_training_checkpoint_is_refused_with_an_explanation(tmp_path):
     (ae, _), (flow, flow_obj) = _authors_files(tmp_path)
     torch.save({"state_dict": {f"model.{k}": v for k, v in flow_obj["model"].items()}}, flow)
@@ -279,6 +286,11 @@ def test_existing_outputs_are_kept_unless_overwrite_is_set(tmp_path):
     assert (tmp_path / "lfm.pt").read_bytes() == b"precious"
     _convert_small(tmp_path, ae, flow, overwrite=True)
     assert load_checkpoint(tmp_path / "lfm.pt", kind="lfm")["kind"] == "lfm"
+    source = ae.read_bytes()
+    with pytest.raises(ValueError, match="source files"):
+        convert_official(ae, flow, tmp_path / "other.pt", rae_out=ae, overwrite=True,
+                         rae_config=SMALL_RAE, velocity_config=SMALL_LFM)
+    assert ae.read_bytes() == source
 
 
 # ---------------------------------------------------------------------------- knot times
@@ -310,6 +322,8 @@ def test_cli_converts_with_overrides_and_reports_usage_errors_with_exit_code_2(t
     assert ckpt["config"]["ae"] == str(ae) and ckpt["models"]["rae"]["config"]["widths"] == [8, 8, 16, 32]
     assert main([f"ae={ae}", f"flow={flow}"]) == 2
     assert "out=..." in capsys.readouterr().err
+    assert main([f"ae={ae}", f"flow={flow}", f"out={tmp_path / 'y.pt'}", "+model.rae.depth=3"]) == 2
+    assert "model.rae" in capsys.readouterr().err
     # the paper preset does not fit the reduced files: refused, every tensor named, nothing written
     assert main([f"ae={ae}", f"flow={flow}", f"out={tmp_path / 'x.pt'}"]) == 2
     assert "shape mismatch for encoder.stem.weight" in capsys.readouterr().err
