@@ -43,6 +43,7 @@ import torch
 
 from degflow import __version__
 from degflow.checkpoint import file_sha256, model_entry, save_checkpoint
+from degflow.losses import LossSettings
 from degflow.models.official import (
     AE_TOP_KEYS,
     FLOW_TOP_KEYS,
@@ -250,14 +251,7 @@ def convert_official(
     out = Path(out)
     rae_out = None if rae_out in (None, "") else Path(rae_out)
     ae, flow = Path(ae), Path(flow)
-    for k, p in (("out", out), ("rae_out", rae_out)):
-        if p is not None and p.exists() and not overwrite:
-            raise ValueError(f"{k}={str(p)!r} exists; choose another path or set overwrite=true")
-    if rae_out is not None and rae_out.resolve() == out.resolve():
-        raise ValueError(f"rae_out and out name the same file {str(out)!r}")
-    for k, p in (("out", out), ("rae_out", rae_out)):
-        if p is not None and p.resolve() in (ae.resolve(), flow.resolve()):
-            raise ValueError(f"{k}={str(p)!r} is one of the source files; choose another output path")
+    _check_outputs(out, rae_out, (ae, flow), overwrite)
     solver = solver or SolverSpec.create("dopri5")
     rae = _build(RAE, rae_config or {}, "model.rae")
     velocity = _build(VelocityUNet, velocity_config or {}, "model.lfm")
@@ -310,7 +304,7 @@ def convert_official(
     lfm_payload = {
         **common, "kind": "lfm",
         "models": {"rae": rae_entry, "velocity": model_entry(velocity)},
-        "knot_state": _knot_state(train_times),
+        "knot_state": None,  # training-resume state (like optimizer, rng): a conversion has none
         "extra": {
             "spline": {"path": "cubic", "knots": "times", "effective_scales": None,
                        "knot_times": train_times, "learn_knots": False},
@@ -330,17 +324,21 @@ def convert_official(
     return ConversionReport(out, rae_out, sources, tmap, notes)
 
 
-def _knot_state(times: list[float]) -> dict[str, torch.Tensor]:
-    """The stage-2 knot module's state for frozen knots at ``times``."""
-    from degflow.training.lfm import KnotTimes
-
-    return {k: v.detach().cpu() for k, v in KnotTimes(tuple(times), learnable=False).state_dict().items()}
+def _check_outputs(out: Path, rae_out: Path | None, sources: tuple[Path, ...], overwrite: bool) -> None:
+    """Outputs never replace a source file, each other, or (without ``overwrite``) any file."""
+    if rae_out is not None and rae_out.resolve() == out.resolve():
+        raise ValueError(f"rae_out and out name the same file {str(out)!r}")
+    for k, p in (("out", out), ("rae_out", rae_out)):
+        if p is None:
+            continue
+        if p.resolve() in {s.resolve() for s in sources}:
+            raise ValueError(f"{k}={str(p)!r} is one of the source files; choose another output path")
+        if p.exists() and not overwrite:
+            raise ValueError(f"{k}={str(p)!r} exists; choose another path or set overwrite=true")
 
 
 def _authors_loss() -> dict[str, Any]:
     """The authors' stage-2 loss settings (lambda 0.1, third-order Taylor), as a plain dict."""
-    from degflow.losses import LossSettings
-
     return asdict(LossSettings(lpips_weight=0.1, taylor_order=3, segment_weighting="none"))
 
 
