@@ -31,7 +31,6 @@ goes through all four anchors, so x3 maps to sigmoid(LR3) as in the authors' val
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 from collections.abc import Mapping
@@ -58,8 +57,6 @@ from degflow.solvers import SolverSpec
 from degflow.timemap import TimeMap
 
 __all__ = ["ConversionError", "ConversionReport", "TIME_MAPS", "convert_official", "load_official", "main"]
-
-log = logging.getLogger(__name__)
 
 #: Values of ``time_map`` (config key ``time_map``).
 TIME_MAPS: tuple[str, ...] = ("t_params", "nominal")
