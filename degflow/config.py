@@ -152,5 +152,7 @@ def _usage_error(err: BaseException) -> None:
     message = str(err).strip() or type(err).__name__
     if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
         message = f"{type(err).__name__}: {message}"
+    if getattr(err, "override", None):  # Hydra's parser names the override apart from its message
+        message = f"cannot parse the override {err.override!r} (quote a value holding '=' or ','): {message}"
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(EXIT_USAGE) from None

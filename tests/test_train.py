@@ -51,7 +51,7 @@ def history_steps(run_dir: Path) -> list[int]:
 
 def train_rae(run_dir: Path, steps: int = 4, extra=()):
     return train(config([f"output_root={run_dir.parent}", f"stage.steps={steps}", "stage.val_every=2",
-                         "stage.ckpt_every=2", *extra]), run_dir)
+                         "stage.ckpt_every=2", "stage.keep_every=2", *extra]), run_dir)
 
 
 def test_rae_stage_trains_validates_and_writes_a_complete_checkpoint(tmp_path):
