@@ -375,3 +375,12 @@ def test_usage_and_environment_errors_exit_2_with_one_message_and_no_traceback(o
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "error: " in result.stderr and says in result.stderr
+
+
+def test_rerunning_a_finished_run_logs_nothing_twice(tmp_path):
+    run = tmp_path / "run"
+    first = tiny_rae(run, steps=2)
+    before = (run / "history.jsonl").read_text()
+    again = tiny_rae(run, steps=2)  # e.g. a requeued job that had already finished
+    assert (run / "history.jsonl").read_text() == before
+    assert again["step"] == 2 and again["scales"]["x2"]["psnr_y"] == pytest.approx(first["scales"]["x2"]["psnr_y"])

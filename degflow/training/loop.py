@@ -239,9 +239,12 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
 
     metrics: dict[str, Any] | None = None
     if step >= settings.steps:
+        final = ctx.run_dir / "metrics.json"  # written by the final validation, just before last.pt
+        if final.is_file() and json.loads(final.read_text()).get("step") == step:
+            log.info("run already finished (%d/%d steps); its final metrics are in %s", step, settings.steps, final)
+            return json.loads(final.read_text())
         log.info("run already finished (%d/%d steps); validating the final weights", step, settings.steps)
-        metrics = validate()
-        return metrics
+        return validate()
 
     batches = train_batches(train_set, ctx.seed, step, settings.batch_size, ctx.num_workers, ctx.device)
     for m in stage.train_modules():
