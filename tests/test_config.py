@@ -142,7 +142,8 @@ def test_run_directory_depends_only_on_what_the_stage_uses():
     assert run_slug("lfm", ["model.rae.widths=[8,8]", "model/rae=paper"]) == "default"
     assert run_slug("lfm", ["loss.lpips_weight=0"]) == "loss.lpips_weight-0"
     assert run_slug("rae", ["stage=rae", "device=cpu", "num_workers=2", "resume=false", "logger=none",
-                            "logger.project=p", "output_root=/o", "hydra/launcher=basic"]) == "default"
+                            "logger.project=p", "output_root=/o", "hydra/launcher=basic", "stage.ckpt_every=10",
+                            "stage.ckpt_minutes=1", "stage.keep_every=100", "stage.log_every=5"]) == "default"
 
 
 def test_the_multirun_flag_may_follow_the_overrides():
