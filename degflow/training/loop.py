@@ -252,7 +252,7 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
     bar = tqdm(total=settings.steps, initial=step, desc=f"{stage.kind}", dynamic_ncols=True,
                disable=not ctx.progress, mininterval=1.0)
     t_last = time.perf_counter()
-    with StopSignals() as stop, contextlib.closing(bar):
+    with StopSignals() as stop, contextlib.closing(bar), contextlib.closing(batches):  # closing: workers end
         while step < settings.steps:
             batch = next(batches)
             with autocast(ctx.device, ctx.precision):
@@ -278,14 +278,16 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
             validating = step % settings.val_every == 0 or step == settings.steps
             if validating:
                 metrics = validate()
-            if settings.keep_every is not None and step % settings.keep_every == 0:
-                save(ctx.ckpt_dir / f"step_{step:07d}.pt")
+            keep = settings.keep_every is not None and step % settings.keep_every == 0
             overdue = settings.ckpt_minutes is not None and time.monotonic() - saved_at >= 60 * settings.ckpt_minutes
-            if validating or overdue or stop.requested or step % settings.ckpt_every == 0:
+            if keep:
+                save(ctx.ckpt_dir / f"step_{step:07d}.pt")
+            if validating or overdue or keep or stop.requested or step % settings.ckpt_every == 0:
                 save(last)
             if stop.requested and step < settings.steps:
                 bar.clear()
-                stop.after_checkpoint(step, settings.steps, last)  # raises TrainingStopped, or the launcher's handler acts
+                # raises TrainingStopped, or hands the signal to the launcher's own handler
+                stop.after_checkpoint(step, settings.steps, last)
         if stop.requested:
             log.warning("a stop signal arrived as training finished: the run is complete (%s)", last)
     assert metrics is not None

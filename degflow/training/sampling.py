@@ -84,8 +84,9 @@ class StepBatchSampler(torch.utils.data.Sampler):
 
 
 def train_batches(dataset, seed: int, start_step: int, batch_size: int, num_workers: int,
-                  device: torch.device) -> Iterator[dict]:
-    """The batches of steps ``start_step, start_step + 1, ...`` (dicts of tensors and names on ``device``).
+                  device: torch.device, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
+    """The batches of steps ``start_step, start_step + 1, ...`` (dicts of tensors and names on ``device``);
+    with ``world_size > 1``, this rank's rows ``rank::world_size`` of each global batch of ``batch_size``.
 
     ``dataset[(index, sample_seed)]`` must be a pure function of its key (see
     :class:`degflow.data.common.TrainCropDataset`); nothing here touches the global RNGs, so
@@ -94,7 +95,7 @@ def train_batches(dataset, seed: int, start_step: int, batch_size: int, num_work
     if len(dataset) < 1:
         raise ValueError("the training set is empty (data.samples_per_epoch must be >= 1)")
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=StepBatchSampler(seed, len(dataset), batch_size, start_step),
+        dataset, batch_sampler=StepBatchSampler(seed, len(dataset), batch_size, start_step, rank, world_size),
         num_workers=num_workers, pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals,
         generator=torch.Generator().manual_seed(derive_seed(seed, _EPOCH, -1, 0)),  # not the global RNG
     )
