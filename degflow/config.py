@@ -79,7 +79,10 @@ def run_slug(stage: str, overrides: Iterable[str]) -> str:
         parts.append(clean)
     slug = "+".join(parts)
     if len(slug) > SLUG_MAX:
-        return slug[:SLUG_MAX - 13] + "-" + digest[:12]
+        head = slug[:SLUG_MAX - 13]
+        if "+" in head:  # end on a whole override
+            head = head[:head.rfind("+")]
+        return head + "-" + digest[:12]
     return f"{slug}-{digest[:8]}" if lossy else slug
 
 

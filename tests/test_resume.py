@@ -384,3 +384,11 @@ def test_rerunning_a_finished_run_logs_nothing_twice(tmp_path):
     again = tiny_rae(run, steps=2)  # e.g. a requeued job that had already finished
     assert (run / "history.jsonl").read_text() == before
     assert again["step"] == 2 and again["scales"]["x2"]["psnr_y"] == pytest.approx(first["scales"]["x2"]["psnr_y"])
+
+
+def test_each_row_seed_depends_only_on_seed_step_and_row():
+    from degflow.training.sampling import sample_seed
+
+    keys = batch_keys(5, 3, 50, 8)
+    assert [seed for _, seed in keys] == [sample_seed(5, 3, row) for row in range(8)]
+    assert [seed for _, seed in batch_keys(5, 3, 50, 4)] == [seed for _, seed in keys[:4]]

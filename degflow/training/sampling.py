@@ -28,16 +28,17 @@ from degflow.training.stop import ignore_stop_signals
 _EPOCH, _SAMPLE = 0, 1
 
 
-def derive_seed(seed: int, tag: int, a: int, b: int) -> int:
-    """A 64-bit seed from ``(seed, tag, a, b)`` (NumPy's SeedSequence hash; stable across versions)."""
-    words = [int(x) % 2**64 for x in (seed, tag, a, b)]
-    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0])
+def derive_seeds(seed: int, tag: int, a: int, count: int = 1) -> list[int]:
+    """``count`` 64-bit seeds from ``(seed, tag, a)`` (NumPy's SeedSequence hash; stable across
+    versions; the first k of ``count`` seeds do not depend on ``count``)."""
+    words = [int(x) % 2**64 for x in (seed, tag, a)]
+    return [int(x) for x in np.random.SeedSequence(words).generate_state(count, np.uint64)]
 
 
 @lru_cache(maxsize=4)
 def epoch_permutation(seed: int, epoch: int, dataset_len: int) -> tuple[int, ...]:
     """The order in which epoch ``epoch`` visits ``range(dataset_len)``."""
-    generator = torch.Generator().manual_seed(derive_seed(seed, _EPOCH, epoch, 0))
+    generator = torch.Generator().manual_seed(derive_seeds(seed, _EPOCH, epoch)[0])
     return tuple(torch.randperm(dataset_len, generator=generator).tolist())
 
 
@@ -58,7 +59,7 @@ def batch_indices(seed: int, step: int, dataset_len: int, batch_size: int) -> li
 
 def sample_seed(seed: int, step: int, row: int) -> int:
     """Seed of the augmentation (crop, flip/rotation) of row ``row`` of step ``step``'s batch."""
-    return derive_seed(seed, _SAMPLE, step, row)
+    return derive_seeds(seed, _SAMPLE, step, row + 1)[row]
 
 
 def batch_keys(seed: int, step: int, dataset_len: int, batch_size: int, rank: int = 0,
@@ -67,7 +68,8 @@ def batch_keys(seed: int, step: int, dataset_len: int, batch_size: int, rank: in
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
     indices = batch_indices(seed, step, dataset_len, batch_size)
-    return [(indices[row], sample_seed(seed, step, row)) for row in range(rank, batch_size, world_size)]
+    seeds = derive_seeds(seed, _SAMPLE, step, batch_size)  # seeds[row] == sample_seed(seed, step, row)
+    return [(indices[row], seeds[row]) for row in range(rank, batch_size, world_size)]
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
@@ -97,7 +99,7 @@ def train_batches(dataset, seed: int, start_step: int, batch_size: int, num_work
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=StepBatchSampler(seed, len(dataset), batch_size, start_step, rank, world_size),
         num_workers=num_workers, pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals,
-        generator=torch.Generator().manual_seed(derive_seed(seed, _EPOCH, -1, 0)),  # not the global RNG
+        generator=torch.Generator().manual_seed(derive_seeds(seed, _EPOCH, -1)[0]),  # not the global RNG
     )
     for batch in loader:
         yield {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
