@@ -392,3 +392,14 @@ def test_each_row_seed_depends_only_on_seed_step_and_row():
     keys = batch_keys(5, 3, 50, 8)
     assert [seed for _, seed in keys] == [sample_seed(5, 3, row) for row in range(8)]
     assert [seed for _, seed in batch_keys(5, 3, 50, 4)] == [seed for _, seed in keys[:4]]
+
+
+def test_temp_files_of_a_write_cut_by_a_kill_are_removed_on_restart(tmp_path):
+    run = tmp_path / "run"
+    stale = [run / "checkpoints" / ".last.pt.x1y2.tmp", run / ".metrics.json.x1y2.tmp"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a checkpoint")
+    tiny_rae(run, steps=1)
+    assert not any(path.exists() for path in stale)
+    assert (run / "checkpoints" / "last.pt").is_file()

@@ -192,6 +192,9 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
     )
     step = 0
     last = ctx.ckpt_dir / "last.pt"
+    for stale in [*ctx.run_dir.glob(".*.tmp"), *ctx.ckpt_dir.glob(".*.tmp")]:  # temp files of a killed write
+        log.info("removing %s, left by an interrupted write", stale)
+        stale.unlink(missing_ok=True)
     if ctx.resume and last.exists():
         ckpt = load_checkpoint(last, kind=stage.kind, key="resume")
         stage.load_state(ckpt)
