@@ -28,11 +28,11 @@ from degflow.training.stop import ignore_stop_signals
 _EPOCH, _SAMPLE = 0, 1
 
 
-def derive_seeds(seed: int, tag: int, a: int, count: int = 1) -> list[int]:
-    """``count`` 64-bit seeds from ``(seed, tag, a)`` (NumPy's SeedSequence hash; stable across
-    versions; the first k of ``count`` seeds do not depend on ``count``)."""
+def derive_seeds(seed: int, tag: int, a: int, n: int = 1) -> list[int]:
+    """``n`` 64-bit seeds from ``(seed, tag, a)`` (NumPy's SeedSequence hash; stable across
+    versions; the first k of the ``n`` seeds do not depend on ``n``)."""
     words = [int(x) % 2**64 for x in (seed, tag, a)]
-    return [int(x) for x in np.random.SeedSequence(words).generate_state(count, np.uint64)]
+    return [int(x) for x in np.random.SeedSequence(words).generate_state(n, np.uint64)]
 
 
 @lru_cache(maxsize=4)
