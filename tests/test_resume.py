@@ -115,7 +115,10 @@ def run_until(command: list[str], root: Path, stage: str, at_least: int, ckpt_ev
         step = max_logged_step(root, stage)
         if step >= at_least and step % ckpt_every:
             proc.send_signal(signal.SIGSTOP)
-            return proc
+            time.sleep(0.1)  # let the stop land before reading the history again
+            if max_logged_step(root, stage) % ckpt_every:
+                return proc
+            proc.send_signal(signal.SIGCONT)  # it reached a checkpoint step meanwhile: try the next step
         time.sleep(0.01)
     proc.kill()
     raise AssertionError(f"the run ended or stalled before step {at_least}: {proc.stderr.read()[-2000:]!r}")
