@@ -161,12 +161,14 @@ def rae_reference(tmp_path_factory) -> Path:
     return only_run(root, "rae")
 
 
+@pytest.mark.slow
 def test_rae_run_killed_at_a_random_step_resumes_to_the_uninterrupted_run_bit_for_bit(tmp_path, rae_reference):
     # DataLoader workers in the interrupted run, none in the reference: the data must not care
     run = kill_and_resume(tmp_path, cmd(tmp_path, "stage=rae", "num_workers=2"), "rae")
     assert_same_run(run, rae_reference)
 
 
+@pytest.mark.slow
 def test_lfm_run_killed_at_a_random_step_resumes_to_the_uninterrupted_run_bit_for_bit(tmp_path):
     rae_root = tmp_path / "stage1"
     train(config([f"output_root={rae_root}", "stage.steps=2", "stage.val_every=2"]), rae_root / "rae" / "tiny")
@@ -178,6 +180,7 @@ def test_lfm_run_killed_at_a_random_step_resumes_to_the_uninterrupted_run_bit_fo
     assert_same_run(run, only_run(tmp_path / "a", "lfm"), steps=24)
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_of_the_current_step_and_loses_no_work(tmp_path, rae_reference):
     command = cmd(tmp_path, "stage=rae")
     proc = run_until(command, tmp_path, "rae", random.randint(6, 28))
@@ -351,15 +354,14 @@ def test_last_pt_is_written_when_ckpt_minutes_have_passed(tmp_path, monkeypatch)
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["last.pt"]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_path_from_a_real_sweep_passes_back_unquoted(tmp_path):
     sweep = subprocess.run([sys.executable, "train.py", "stage=rae", *TINY, *DEMO, f"output_root={tmp_path}",
-                            "stage.val_every=2", "-m", "stage.steps=2,3"],
+                            "stage.val_every=2", "-m", "stage.steps=2"],
                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
-    ckpts = sorted((tmp_path / "sweeps" / "rae").glob("*/checkpoints/last.pt"))
-    assert len(ckpts) == 2
-    path = ckpts[0]
-    assert "=" not in str(path) and "," not in str(path)
+    (path,) = (tmp_path / "sweeps" / "rae").glob("*/checkpoints/last.pt")  # named after several overrides
+    assert "=" not in str(path) and "," not in str(path) and "+" in path.parents[1].name
     stage2 = subprocess.run([sys.executable, "train.py", "stage=lfm", *TINY, *DEMO, *LFM_FAST,
                              f"output_root={tmp_path}", "stage.steps=1", "stage.val_every=1", f"rae_ckpt={path}"],
                             cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
