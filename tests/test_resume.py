@@ -375,9 +375,10 @@ def test_a_checkpoint_path_from_a_real_sweep_passes_back_unquoted(tmp_path):
     ("rae_ckpt=a=b", "rae_ckpt=a=b"),
     ("output_root=/proc/degflow-cannot-write-here", "/proc/degflow-cannot-write-here"),
 ])
-def test_usage_and_environment_errors_exit_2_with_one_message_and_no_traceback(override, says):
-    result = subprocess.run([sys.executable, "train.py", *TINY, *DEMO, "stage.steps=1", override], cwd=REPO, env=ENV,
-                            capture_output=True, text=True, timeout=300)
+def test_usage_and_environment_errors_exit_2_with_one_message_and_no_traceback(override, says, tmp_path):
+    root = [] if override.startswith("output_root=") else [f"output_root={tmp_path}"]
+    result = subprocess.run([sys.executable, "train.py", *TINY, *DEMO, *root, "stage.steps=1", override], cwd=REPO,
+                            env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "error: " in result.stderr and says in result.stderr
 
