@@ -409,3 +409,15 @@ def test_temp_files_of_a_write_cut_by_a_kill_are_removed_on_restart(tmp_path):
     tiny_rae(run, steps=1)
     assert not any(path.exists() for path in stale)
     assert (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_choosing_the_stage_one_run_maps_checkpoints_instead_of_loading_their_tensors(tmp_path, monkeypatch):
+    import degflow.checkpoint as checkpoint
+
+    for i in range(3):
+        fake_run(tmp_path, f"run{i}", 60, 60, age=100 * i)
+    calls = []
+    original = torch.load
+    monkeypatch.setattr(checkpoint.torch, "load", lambda *a, **k: (calls.append(k), original(*a, **k))[1])
+    assert find_latest_checkpoint(tmp_path, "rae") == tmp_path / "rae" / "run0" / "checkpoints" / "last.pt"
+    assert calls and all(k.get("mmap") is True and k.get("weights_only") is True for k in calls)
