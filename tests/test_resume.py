@@ -109,7 +109,8 @@ def max_logged_step(root: Path, stage: str) -> int:
 def run_until(command: list[str], root: Path, stage: str, at_least: int, ckpt_every: int = 5) -> subprocess.Popen:
     """Start ``command`` and freeze it (SIGSTOP) once it has logged a step >= ``at_least`` that is
     not a checkpoint step, so the history holds rows past the last checkpoint."""
-    proc = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)  # its own process group, like a job under a scheduler
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         step = max_logged_step(root, stage)
@@ -182,9 +183,9 @@ def test_lfm_run_killed_at_a_random_step_resumes_to_the_uninterrupted_run_bit_fo
 
 @pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_of_the_current_step_and_loses_no_work(tmp_path, rae_reference):
-    command = cmd(tmp_path, "stage=rae")
+    command = cmd(tmp_path, "stage=rae", "num_workers=2")
     proc = run_until(command, tmp_path, "rae", random.randint(6, 28))
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # to every process of the job, DataLoader workers included (as SLURM does)
     proc.send_signal(signal.SIGCONT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
