@@ -275,8 +275,13 @@ def check_positive_int(value, key: str, allow_none: bool = False) -> int | None:
 
 
 class TrainCropDataset(Dataset):
-    """Random aligned crops: item i ignores i; randomness comes from torch's global RNG,
-    so the training loop's seeding (and DataLoader's per-worker seeding) controls it."""
+    """Random aligned crops with a random flip/rotation of the record ``index % len(records)``.
+
+    The training loop asks for ``dataset[(index, seed)]``: the crop and the flip/rotation are
+    drawn from a generator seeded with ``seed``, so an item is a pure function of its key (in
+    any DataLoader worker, after any resume; see ``degflow/training/sampling.py``). A plain
+    ``dataset[index]`` draws them from torch's global RNG instead.
+    """
 
     def __init__(self, records: Sequence, scales: Sequence[float], crop_size: int,
                  samples_per_epoch: int):
@@ -291,11 +296,16 @@ class TrainCropDataset(Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch
 
-    def __getitem__(self, index: int) -> dict:
-        rec = self.records[int(torch.randint(0, len(self.records), (1,)))]
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if isinstance(key, tuple):
+            index, seed = key
+            generator = torch.Generator().manual_seed(int(seed))
+        else:
+            index, generator = key, None
+        rec = self.records[int(index) % len(self.records)]
         hr, lr = rec.load(self.scales)
-        hr, lr = aligned_random_crop(hr, lr, size=self.crop_size)
-        hr, lr = random_dihedral(hr, lr)
+        hr, lr = aligned_random_crop(hr, lr, size=self.crop_size, generator=generator)
+        hr, lr = random_dihedral(hr, lr, generator=generator)
         return {"name": rec.name, "hr": hr.float().contiguous(), "lr": lr.float().contiguous(),
                 "scales": self._scales_t.clone()}
 

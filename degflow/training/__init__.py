@@ -13,6 +13,7 @@ from degflow.loggers import build_logger
 from degflow.metrics import eval_protocol
 from degflow.runtime import resolve_device, seed_everything
 from degflow.training.loop import RunContext, TrainSettings, fit
+from degflow.training.stop import TrainingStopped
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()
     """Run one training job described by a resolved, plain ``config`` in ``run_dir``.
 
     Builds data, stage and logger, trains with resume-by-default, always finishes the logger.
-    Returns the final validation metrics.
+    Returns the final validation metrics; raises :class:`TrainingStopped` after a stop signal
+    (``last.pt`` then holds the step it stopped at).
     """
     run_dir = Path(run_dir)
     # before anything draws random numbers: the networks' initial weights depend on the seed
@@ -69,6 +71,9 @@ def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()
                      num_workers=config["num_workers"])
     try:
         metrics = fit(stage, data.train, settings, ctx)
+    except TrainingStopped as stopped:
+        logger.finish(exit_code=stopped.exit_code)
+        raise
     except BaseException:
         logger.finish(exit_code=1)
         raise

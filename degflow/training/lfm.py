@@ -113,18 +113,17 @@ class KnotTimes(torch.nn.Module):
 
 
 def resolve_rae_checkpoint(rae_ckpt: str | None, output_root: str | Path) -> Path:
-    """The stage-1 checkpoint to use: ``rae_ckpt`` if given, else the latest RAE run under ``output_root``."""
+    """The stage-1 checkpoint to use: ``rae_ckpt`` if given, else the newest finished RAE run
+    under ``output_root`` (see :func:`degflow.checkpoint.find_latest_checkpoint`)."""
     if rae_ckpt:
         return Path(rae_ckpt)
-    found = find_latest_checkpoint(output_root, "rae")
+    found = find_latest_checkpoint(output_root, "rae", key="rae_ckpt")
     if found is None:
         raise CheckpointError(
             f"rae_ckpt is not set and no stage-1 run was found under output_root={str(output_root)!r}; "
             "train one first (`python train.py stage=rae`) or pass rae_ckpt=path/to/checkpoints/last.pt"
         )
-    log.info("rae_ckpt not set: using the most recent RAE run %s", found)
     return found
-
 
 
 class LFMStage(Stage):
