@@ -14,7 +14,9 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+
 
 log = logging.getLogger("synthesize")
 
@@ -49,6 +51,7 @@ def _baselines(value) -> list[str]:
 
 def run(cfg: DictConfig) -> int:
     """One synthesis job; returns its exit code (configuration errors -> 2)."""
+    from degflow.cluster import set_threads
     from degflow.config import to_plain
     from degflow.solvers import SolverSpec
     from degflow.synthesis import Synthesizer, expand_scales, synthesize_folder
@@ -60,6 +63,7 @@ def run(cfg: DictConfig) -> int:
         return 2
     try:
         c = to_plain(cfg)
+        set_threads(c["threads"])
         scales = expand_scales(c["scales"])
         solver = SolverSpec.create(**c["solver"])
         synth = Synthesizer.from_checkpoint(c["ckpt"], device=c["device"], solver=solver,
@@ -85,8 +89,13 @@ def run(cfg: DictConfig) -> int:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="synthesize")
 def main(cfg: DictConfig) -> int:
+    from degflow.cluster import job_record
+
     _STARTED.append(True)
-    _CODES.append(run(cfg))
+    hydra_cfg = HydraConfig.get()
+    with job_record(hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)) as record:
+        _CODES.append(run(cfg))
+        record["exit_code"] = _CODES[-1]
     return _CODES[-1]  # the job's return value (what a SLURM launcher records per job)
 
 

@@ -17,10 +17,14 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from degflow.cluster import job_record, set_threads
     from degflow.training import train
 
     hydra_cfg = HydraConfig.get()
-    metrics = train(to_plain(cfg), hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
+    config, overrides = to_plain(cfg), list(hydra_cfg.overrides.task)
+    threads = set_threads(config["threads"])
+    with job_record(hydra_cfg.runtime.output_dir, overrides, threads):
+        metrics = train(config, hydra_cfg.runtime.output_dir, overrides)
     return metrics.get("objective")
 
 
