@@ -130,15 +130,27 @@ def read_job_record(run_dir: str | Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def _interrupted(err: BaseException) -> BaseException | None:
+    """The SystemExit / KeyboardInterrupt that ``err`` is or was raised while handling, if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if not isinstance(err, Exception):
+            return err
+        seen.add(id(err))
+        err = err.__context__
+    return None
+
+
 @contextlib.contextmanager
 def job_record(run_dir: str | Path, overrides: list[str], threads: int | None = None) -> Iterator[dict[str, Any]]:
     """Record one attempt of a job in ``{run_dir}/job.json`` while the body runs.
 
     Status: ``running`` during the body, then ``completed``, ``failed`` (an exception; its
     traceback goes to ``{run_dir}/error.txt`` and the exception propagates) or ``interrupted``
-    (SystemExit / KeyboardInterrupt, e.g. a preempted job that requeues itself). A requeued
-    or re-run job keeps the earlier attempts in ``attempts``. A job killed outright (SIGKILL,
-    out of memory) stays ``running``; the scheduler's logs tell the rest.
+    (SystemExit / KeyboardInterrupt, e.g. a preempted job that requeues itself, or an error
+    raised while one unwinds). A requeued or re-run job keeps the earlier attempts in
+    ``attempts``. A job killed outright (SIGKILL, out of memory) stays ``running``; the
+    scheduler's logs tell the rest.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -153,19 +165,21 @@ def job_record(run_dir: str | Path, overrides: list[str], threads: int | None = 
         record.update(status=status, error=error)
         if status != "running":
             record["seconds"] = round(time.perf_counter() - t0, 3)
-            attempt.update(status=status, seconds=record["seconds"])
+            attempt.update(status=status, seconds=record["seconds"], error=error)
         atomic_write_text(run_dir / JOB_FILE, json.dumps(record, indent=2) + "\n")
 
     write("running")
     error_file = run_dir / ERROR_FILE
     try:
         yield record
-    except Exception as err:
+    except BaseException as err:
         atomic_write_text(error_file, traceback.format_exc())
-        write("failed", f"{type(err).__name__}: {err}")
-        raise
-    except BaseException as err:  # SystemExit (requeue after preemption), KeyboardInterrupt
-        write("interrupted", f"{type(err).__name__}: {err}")
+        # SystemExit (a preempted job requeueing itself), KeyboardInterrupt, or an error raised
+        # while one was unwinding (e.g. a logger whose service the requeue already killed)
+        stopped = _interrupted(err)
+        write("interrupted" if stopped else "failed",
+              f"{type(err).__name__}: {err}"
+              + (f" (while stopping: {type(stopped).__name__}({stopped}))" if stopped and stopped is not err else ""))
         raise
     error_file.unlink(missing_ok=True)   # an earlier attempt's error is resolved
     write("completed")

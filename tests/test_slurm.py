@@ -158,12 +158,24 @@ def _history_steps(run_dir: Path) -> list[int]:
     return [r["step"] for r in rows if "train/loss" in r]
 
 
+def _loop_stops_on_signals() -> bool:
+    """Whether the training loop handles SIGUSR2 itself (finish the step, write last.pt, then
+    let submitit requeue). Until it does, a preempted job restarts from its last periodic
+    checkpoint and repeats the steps since, so the test below is expected to fail."""
+    training = REPO / "degflow" / "training"
+    return any("SIGUSR2" in p.read_text() for p in training.glob("*.py"))
+
+
+@pytest.mark.xfail(not _loop_stops_on_signals(), strict=True,
+                   reason="needs the training loop's graceful stop on SIGUSR2/SIGTERM (checkpoint, then requeue)")
 def test_a_preempted_job_is_requeued_and_finishes_from_its_checkpoint_without_repeating_steps(tmp_path):
     """`scancel --signal=USR2` (what SLURM sends before preempting) mid-training: the job
-    writes last.pt, submitit requeues it, the same job resumes in the same folder."""
+    writes last.pt, submitit requeues it, the same job resumes in the same folder and keeps
+    its wandb run."""
     steps = 300
-    cmd = [sys.executable, "train.py", "-m", "stage=rae", *TINY, *SLURM, f"output_root={tmp_path}",
-           f"stage.steps={steps}", "stage.val_every=1000", "stage.ckpt_every=50", "seed=3"]
+    tiny = [o for o in TINY if not o.startswith("logger=")]
+    cmd = [sys.executable, "train.py", "-m", "stage=rae", *tiny, "logger=wandb", "logger.mode=offline", *SLURM,
+           f"output_root={tmp_path}", f"stage.steps={steps}", "stage.val_every=1000", "stage.ckpt_every=50", "seed=3"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 240
@@ -171,6 +183,7 @@ def test_a_preempted_job_is_requeued_and_finishes_from_its_checkpoint_without_re
             assert proc.poll() is None and time.monotonic() < deadline, "training did not get going"
             time.sleep(0.5)
         job_id = json.loads((run_dir / "job.json").read_text())["slurm_job_id"]
+        wandb_id = (run_dir / "wandb_id.txt").read_text().strip()
         signal = subprocess.run(["scancel", "--signal=USR2", job_id], capture_output=True, text=True, timeout=30)
         assert signal.returncode == 0, signal.stderr
         output, _ = proc.communicate(timeout=400)
@@ -192,6 +205,9 @@ def test_a_preempted_job_is_requeued_and_finishes_from_its_checkpoint_without_re
     history = _history_steps(run_dir)
     assert history == list(range(1, steps + 1))               # every step once, in order
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == steps
+    assert (run_dir / "wandb_id.txt").read_text().strip() == wandb_id   # the same wandb run continues
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert runs and all(r.name.endswith(wandb_id) for r in runs)
 
 
 def _hr_folder(root: Path, count: int) -> Path:
