@@ -1,0 +1,67 @@
+"""Launcher presets (conf/hydra/launcher/) and their dry run; no scheduler needed."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def _train(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_a_dry_run_prints_the_sbatch_parameters_and_every_job_and_submits_nothing(tmp_path):
+    proc = _train("-m", "+experiment=sweep_solvers", "hydra/launcher=gpu", "hydra.launcher.dry_run=true",
+                  "hydra.launcher.partition=gpu_long", "+hydra.launcher.additional_parameters.account=proj42",
+                  "hydra.launcher.setup=[source /opt/venv/bin/activate]", f"output_root={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "DRY RUN, nothing submitted: 9 job(s)" in out
+    for line in ("#SBATCH --array=0-8%9", "#SBATCH --partition=gpu_long", "#SBATCH --account=proj42",
+                 "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=64GB",
+                 "#SBATCH --time=1440", "#SBATCH --signal=USR2@120", "source /opt/venv/bin/activate"):
+        assert line in out
+    assert "max_num_timeout=20" in out
+    jobs = [line for line in out.splitlines() if line.startswith("#") and ": " in line and " -> " in line
+            and not line.startswith("# ")]
+    assert len(jobs) == 9
+    assert any("solver=midpoint solver.steps=32" in j and str(tmp_path / "sweeps" / "solvers") in j for j in jobs)
+    assert not (tmp_path / "sweeps" / "solvers" / ".submitit").exists()
+    assert not [p for p in (tmp_path / "sweeps" / "solvers").iterdir() if p.is_dir()]   # no job ran
+
+
+@pytest.mark.parametrize("preset, sweep", [("sweep_spline", 24), ("sweep_loss", 8)])
+def test_each_research_sweep_is_one_command(preset, sweep, tmp_path):
+    proc = _train("-m", f"+experiment={preset}", "hydra/launcher=cpu", "hydra.launcher.dry_run=true",
+                  f"output_root={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"DRY RUN, nothing submitted: {sweep} job(s)" in proc.stdout
+    assert "#SBATCH --gpus-per-node" not in proc.stdout        # the CPU preset asks for no GPU
+
+
+def test_the_local_preset_shares_the_cpus_between_the_jobs_it_runs_side_by_side(tmp_path):
+    proc = _train("-m", "stage=rae", "hydra/launcher=local", "hydra.launcher.dry_run=true", "seed=0,1,2,3",
+                  f"output_root={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "all 4 jobs run side by side on this machine, 1 CPU(s) each" in proc.stdout
+    proc = _train("-m", "stage=rae", "hydra/launcher=local", "hydra.launcher.dry_run=true",
+                  "hydra.launcher.cpus_per_task=3", "seed=0,1", f"output_root={tmp_path}")
+    assert "3 CPU(s) each" in proc.stdout
+
+
+@pytest.mark.parametrize("override, message", [
+    ("hydra.launcher.no_such_key=1", "Key 'no_such_key' not in 'SlurmConf'"),
+    ("no_such_key=1,2", "Could not override 'no_such_key'"),
+])
+def test_unknown_launcher_keys_and_sweeps_over_unknown_keys_fail_before_anything_is_submitted(override, message, tmp_path):
+    proc = _train("-m", "stage=rae", "hydra/launcher=cpu", override, f"output_root={tmp_path}")
+    assert proc.returncode == 1
+    assert message in proc.stderr
+    assert not list(tmp_path.rglob(".submitit"))
