@@ -120,6 +120,13 @@ def set_threads(setting: Any) -> int:
     return count
 
 
+def is_main_process(environ: dict[str, str] | None = None) -> bool:
+    """False in the non-zero ranks of a multi-process job (torchrun ``RANK``, SLURM ``SLURM_PROCID``,
+    submitit's local ``SUBMITIT_LOCAL_GLOBALID``)."""
+    env = os.environ if environ is None else environ
+    return all(env.get(var, "0") == "0" for var in ("RANK", "SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID"))
+
+
 def read_job_record(run_dir: str | Path) -> dict[str, Any] | None:
     """``{run_dir}/job.json`` as a dict, or None when it is absent or unreadable."""
     path = Path(run_dir) / JOB_FILE
@@ -148,10 +155,13 @@ def job_record(run_dir: str | Path, overrides: list[str], threads: int | None = 
     Status: ``running`` during the body, then ``completed``, ``failed`` (an exception; its
     traceback goes to ``{run_dir}/error.txt`` and the exception propagates) or ``interrupted``
     (SystemExit / KeyboardInterrupt, e.g. a preempted job that requeues itself, or an error
-    raised while one unwinds). A requeued or re-run job keeps the earlier attempts in
-    ``attempts``. A job killed outright (SIGKILL, out of memory) stays ``running``; the
-    scheduler's logs tell the rest.
+    raised while one unwinds). Only the main process of a multi-task job writes it. A requeued
+    or re-run job keeps the earlier attempts in ``attempts``. A job killed outright (SIGKILL,
+    out of memory) stays ``running``; the scheduler's logs tell the rest.
     """
+    if not is_main_process():   # one record per job, not per task of a multi-task job
+        yield {}
+        return
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     previous = read_job_record(run_dir) or {}

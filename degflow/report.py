@@ -93,10 +93,10 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]]:
     hydra_conf = conf.get("hydra") or {}
     params = (hydra_conf.get("sweeper") or {}).get("params") or {}
     arguments = [f"{k}={v}" for k, v in params.items()] + list((hydra_conf.get("overrides") or {}).get("task") or [])
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    try:   # Hydra's own expansion, so the job list matches what the sweep launched
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    try:
         parsed = OverridesParser.create().parse_overrides(arguments)
         batches = BasicSweeper.split_arguments(parsed, None)
     except Exception:  # noqa: BLE001 - a sweep spec this version cannot parse: report what is on disk

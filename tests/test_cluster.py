@@ -84,3 +84,14 @@ def test_training_logs_its_thread_count_and_records_the_job(tmp_path):
     assert "threads: 1 (auto: OMP_NUM_THREADS=1)" in (run_dir / "train.log").read_text()
     record = json.loads((run_dir / "job.json").read_text())
     assert record["status"] == "completed" and record["threads"] == 1 and "threads=auto" in record["overrides"]
+
+
+def test_only_the_main_process_of_a_multi_task_job_writes_the_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    with job_record(tmp_path, ["a=1"]) as record:
+        assert record == {}
+    assert read_job_record(tmp_path) is None
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    with job_record(tmp_path, ["a=1"]):
+        pass
+    assert read_job_record(tmp_path)["status"] == "completed"
