@@ -1,5 +1,6 @@
 """Launcher presets (conf/hydra/launcher/) and their dry run; no scheduler needed."""
 
+import json
 import os
 import subprocess
 import sys
@@ -65,3 +66,21 @@ def test_unknown_launcher_keys_and_sweeps_over_unknown_keys_fail_before_anything
     assert proc.returncode == 1
     assert message in proc.stderr
     assert not list(tmp_path.rglob(".submitit"))
+
+
+def test_the_local_preset_runs_jobs_side_by_side_with_the_thread_count_it_gave_them(tmp_path):
+    env = {k: v for k, v in ENV.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    cmd = [sys.executable, "train.py", "-m", "stage=rae", "hydra/launcher=local", "hydra.launcher.cpus_per_task=1",
+           "logger=none", "device=cpu", "stage.steps=1", "stage.batch_size=2", "stage.warmup_steps=0",
+           "data.crop_size=32", "data.max_side=96", "data.val_max_size=64", "data.samples_per_epoch=4",
+           "eval.max_images=1", "model.rae.widths=[8,8,16,16]", "data.val_scales=[1,2,4]", "seed=0,1",
+           f"output_root={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.parent for p in (tmp_path / "sweeps" / "rae").glob("*/job.json"))
+    assert len(runs) == 2
+    for run in runs:
+        record = json.loads((run / "job.json").read_text())
+        assert record["status"] == "completed" and record["scheduler"] == "submitit_local" and record["threads"] == 1
+        assert "threads: 1 (auto: DEGFLOW_CPUS_PER_JOB=1)" in (run / "train.log").read_text()
+        assert (run / "metrics.json").is_file()
