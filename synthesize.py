@@ -17,7 +17,6 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-
 log = logging.getLogger("synthesize")
 
 # Exit codes of the jobs run in this process (several under ``-m`` with the basic launcher),
