@@ -84,3 +84,21 @@ def test_the_local_preset_runs_jobs_side_by_side_with_the_thread_count_it_gave_t
         assert record["status"] == "completed" and record["scheduler"] == "submitit_local" and record["threads"] == 1
         assert "threads: 1 (auto: DEGFLOW_CPUS_PER_JOB=1)" in (run / "train.log").read_text()
         assert (run / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("placement, knots, learn", [("nominal", "nominal", False), ("optical", "optical", False),
+                                                      ("learned", "nominal", True)])
+def test_every_knot_placement_of_the_spline_sweep_is_a_valid_spline(placement, knots, learn):
+    from hydra import compose, initialize_config_dir
+
+    from degflow.config import CONF_DIR, register_resolvers, to_plain
+    from degflow.training.lfm import SplineSettings
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = to_plain(compose("config", overrides=["+experiment=sweep_spline", f"+knot_placement={placement}"]))
+    spline = SplineSettings(**cfg["spline"])
+    assert (spline.knots, spline.learn_knots) == (knots, learn)
+    times = spline.time_map((1.0, 2.0, 4.0)).knot_times((1.0, 2.0, 4.0))
+    assert times[0] == 0.0 and times[-1] == 1.0
+    assert times[1] == pytest.approx(1 / 3 if knots == "nominal" else (2.1 - 1) / (3.75 - 1))
