@@ -155,7 +155,7 @@ def job_record(run_dir: str | Path, overrides: list[str], threads: int | None = 
     Status: ``running`` during the body, then ``completed``, ``failed`` (an exception; its
     traceback goes to ``{run_dir}/error.txt`` and the exception propagates) or ``interrupted``
     (SystemExit / KeyboardInterrupt, e.g. a preempted job that requeues itself, or an error
-    raised while one unwinds). Only the main process of a multi-task job writes it. A requeued
+    raised while one unwinds: then that SystemExit / KeyboardInterrupt propagates, not the error). Only the main process of a multi-task job writes it. A requeued
     or re-run job keeps the earlier attempts in ``attempts``. A job killed outright (SIGKILL,
     out of memory) stays ``running``; the scheduler's logs tell the rest.
     """
@@ -190,6 +190,11 @@ def job_record(run_dir: str | Path, overrides: list[str], threads: int | None = 
         write("interrupted" if stopped else "failed",
               f"{type(err).__name__}: {err}"
               + (f" (while stopping: {type(stopped).__name__}({stopped}))" if stopped and stopped is not err else ""))
+        if stopped is not None and stopped is not err:
+            # leave as the stop that was under way: an error while a requeued job shuts down
+            # (a logger whose service SLURM already killed) must not turn into a job failure,
+            # which the launcher would report as the job's final result
+            raise stopped from err
         raise
     error_file.unlink(missing_ok=True)   # an earlier attempt's error is resolved
     write("completed")

@@ -55,13 +55,15 @@ def test_job_record_marks_success_failure_and_interruption_and_keeps_every_attem
             sys.exit(-1)
     assert read_job_record(tmp_path)["status"] == "interrupted"
 
-    with pytest.raises(ConnectionResetError):       # an error while the requeue unwinds
+    with pytest.raises(SystemExit) as stop:         # an error while the requeue unwinds: still a stop
         with job_record(tmp_path, ["a=1"]):
             try:
                 sys.exit(-1)
             except SystemExit:
                 raise ConnectionResetError("logger service gone")
-    assert read_job_record(tmp_path)["status"] == "interrupted"
+    assert isinstance(stop.value.__cause__, ConnectionResetError)
+    record = read_job_record(tmp_path)
+    assert record["status"] == "interrupted" and "logger service gone" in record["error"]
 
     with job_record(tmp_path, ["a=1"]):
         pass
