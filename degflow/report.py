@@ -161,12 +161,9 @@ def _is_number(text: str) -> bool:
 
 def swept_keys(jobs: list[Job]) -> list[str]:
     """Override keys whose value differs between jobs, in first-seen order."""
-    keys: dict[str, set] = {}
-    for job in jobs:
-        pairs = parse_overrides(job.overrides)
-        for key in set(keys) | set(pairs):
-            keys.setdefault(key, set()).add(pairs.get(key))
-    return [k for k, values in keys.items() if len(values) > 1]
+    parsed = [parse_overrides(job.overrides) for job in jobs]
+    keys = list(dict.fromkeys(key for pairs in parsed for key in pairs))   # first-seen order
+    return [k for k in keys if len({pairs.get(k) for pairs in parsed}) > 1]
 
 
 def _scale_value(key: str) -> float:
