@@ -157,6 +157,9 @@ def run_cli(task: Callable[[DictConfig], Any], config_name: str) -> None:
 
 def _usage_error(err: BaseException) -> None:
     message = str(err).strip() or type(err).__name__
+    cause = str(err.__cause__ or "").strip().splitlines()
+    if cause and cause[0] not in message:  # Hydra: "Could not override 'k'" caused by "Key 'k' not in ..."
+        message = f"{message}\n{cause[0]}"
     if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
         message = f"{type(err).__name__}: {message}"
     if getattr(err, "override", None):  # Hydra's parser names the override apart from its message

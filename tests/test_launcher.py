@@ -63,7 +63,7 @@ def test_the_local_preset_shares_the_cpus_between_the_jobs_it_runs_side_by_side(
 ])
 def test_unknown_launcher_keys_and_sweeps_over_unknown_keys_fail_before_anything_is_submitted(override, message, tmp_path):
     proc = _train("-m", "stage=rae", "hydra/launcher=cpu", override, f"output_root={tmp_path}")
-    assert proc.returncode == 1
+    assert proc.returncode == 2                        # a usage error (train.py's documented exit codes)
     assert message in proc.stderr
     assert not list(tmp_path.rglob(".submitit"))
 

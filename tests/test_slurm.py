@@ -115,8 +115,8 @@ def test_a_sweep_through_the_slurm_preset_runs_every_job_under_slurm_and_writes_
 
 def test_a_job_that_raises_is_reported_with_its_error(sweep):
     sweep_dir, proc = sweep
-    assert proc.returncode != 0                        # the sweep fails because one job failed
-    assert "Error executing job with overrides" in proc.stderr and "solver.steps=-1" in proc.stderr
+    assert proc.returncode == 2                        # the sweep fails: one job had a usage error
+    assert "error: Job " in proc.stderr and "solver.steps: expected an integer >= 1" in proc.stderr
     failed, record = _jobs_by("solver.steps", sweep_dir)["-1"]
     assert record["status"] == "failed" and "ValueError" in record["error"] and "solver.steps" in record["error"]
     assert "Traceback" in (failed / "error.txt").read_text()
@@ -139,7 +139,7 @@ def test_a_request_the_cluster_cannot_satisfy_fails_fast_with_slurms_message(req
     t0 = time.monotonic()
     proc = _run("train.py", "-m", "stage=rae", *TINY, *SLURM, request_, f"output_root={tmp_path}",
                 "stage.steps=1", "seed=0,1", timeout=120)
-    assert proc.returncode == 1
+    assert proc.returncode == 2                        # an environment error, train.py's documented code
     assert "sbatch: error" in proc.stderr and slurm_says in proc.stderr
     assert time.monotonic() - t0 < 100             # refused at submission, never left pending
     assert not list(tmp_path.glob("sweeps/rae/*/job.json"))   # no job ran
