@@ -149,12 +149,13 @@ def _load_cli_module():
 
 
 def _run_in_process(overrides: list[str]) -> int:
+    """The CLI's job in this process: its exit status (0 or 1); usage errors raise."""
     from hydra import compose, initialize_config_dir
 
     cli = _load_cli_module()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("synthesize", overrides=cli._list_overrides(overrides))
-    return cli.run(cfg)
+    return cli.main(cfg)
 
 
 # --------------------------------------------------------------------------- API
@@ -458,12 +459,13 @@ def test_ae_interp_baseline_decodes_the_real_latents_at_training_scales(synth, t
     assert np.abs(got.astype(int) - _quantize(expected).astype(int)).max() <= 1
     bicubic = _png(out / "baselines" / "bicubic" / "LR" / "x3" / "p" / "a.png")
     assert bicubic.shape == (32, 48, 3)
-    # missing real LR: the baseline of that image fails, its degflow outputs are still written
+    # missing real LR: checked before anything is written, so that image gets no output at all
     _save(src / "b.png", _image(32, 48, 3))
     summary = write_lr_dataset(synth, src, out, [2.0, 3.0], size="hr", baselines=["ae_interp"],
                                 baseline_lr_root=real, progress=False)
     assert summary.failed == 1 and "no real LR" in summary.failures[0]["error"]
-    assert (out / "LR" / "x3" / "b.png").is_file()
+    assert not [p for p in out.rglob("b.png")]
+    assert "b.png" not in {e["source"] for e in _manifest(out / "manifest.jsonl")}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -565,7 +567,7 @@ def test_cli_usage_errors_exit_2(ckpt, tmp_path):
     assert "no_such_key" in proc.stderr
 
 
-def test_cli_config_errors_return_2_with_a_clear_message(ckpt, tmp_path, caplog):
+def test_cli_config_errors_raise_usage_errors_with_a_clear_message(ckpt, tmp_path):
     src = _folder(tmp_path / "in", 1)
     rae, _ = _tiny_models()
     from degflow.checkpoint import model_entry
@@ -581,14 +583,20 @@ def test_cli_config_errors_return_2_with_a_clear_message(ckpt, tmp_path, caplog)
         "allow_extrapolation": [f"ckpt={ckpt}", f"input={src}", f"out={tmp_path / 'o'}", "scales=[2,4.5]"],
         "missing required": [f"ckpt={ckpt}", f"input={src}"],
         "scales.step": [f"ckpt={ckpt}", f"input={src}", f"out={tmp_path / 'o'}", "scales.step=-1"],
+        "confirm it with max_scales=30001": [f"ckpt={ckpt}", f"input={src}", f"out={tmp_path / 'o'}",
+                                             "scales.start=1", "scales.stop=4", "scales.step=0.0001"],
+        "tile_size=0 is below the smallest tile": [f"ckpt={ckpt}", f"input={src}", f"out={tmp_path / 'o'}",
+                                                   "tile_size=0"],
+        "procedural_seed must be an integer": [f"ckpt={ckpt}", f"input={src}", f"out={tmp_path / 'o'}",
+                                               "baseline=procedural", "procedural_seed=abc"],
     }
     for message, overrides in cases.items():
-        caplog.clear()
-        with caplog.at_level("ERROR", logger="synthesize"):
-            assert _run_in_process(overrides) == 2, message
-        assert message in caplog.text
+        with pytest.raises(ValueError) as caught:
+            _run_in_process(overrides)
+        assert message in str(caught.value), (message, str(caught.value))
         if message in ("stage-'rae'", "corrupt"):
-            assert "ckpt=" in caplog.text
+            assert "ckpt=" in str(caught.value)
+    assert not (tmp_path / "o").exists()          # refused before anything was written
     # and allowed extrapolation runs (exit 0)
     assert _run_in_process([f"ckpt={ckpt}", f"input={src}", f"out={tmp_path / 'ok'}", "scales=[2,4.5]",
                             "allow_extrapolation=true", "progress=false", "solver.steps=2"]) == 0
