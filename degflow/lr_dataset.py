@@ -273,6 +273,9 @@ def write_lr_dataset(
         raise ValueError(f"size={size!r} is not one of {list(OUTPUT_SIZES)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    for key, val in (("allow_extrapolation", allow_extrapolation), ("progress", progress)):
+        if not isinstance(val, bool):
+            raise ValueError(f"{key} must be true or false, got {val!r}")
     for key, val in (("shard", shard), ("num_shards", num_shards)):
         if isinstance(val, bool) or not isinstance(val, int):
             raise ValueError(f"{key} must be an integer, got {val!r}")
@@ -289,6 +292,11 @@ def write_lr_dataset(
                              f"x{{scale}}/name.png, got {baseline_lr_root!r}")
         if synth.train_scales is None:
             raise ValueError("baseline=ae_interp needs a Synthesizer that knows its training scales (from_checkpoint)")
+        absent = [scale_key(s) for s in synth.train_scales[1:] if not (lr_root / scale_key(s)).is_dir()]
+        if absent:
+            raise ValueError(f"baseline=ae_interp needs the real LR images of every training scale, but "
+                             f"baseline_lr_root={str(lr_root)!r} has no folder {', '.join(absent)} "
+                             f"(layout: x{{scale}}/name.png)")
     scales = [float(s) for s in scales]
     if not scales:
         raise ValueError("scales: no scales requested")

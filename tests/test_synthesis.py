@@ -436,6 +436,13 @@ def test_folder_usage_errors_raise_value_errors(ckpt, synth, tmp_path):
         write_lr_dataset(synth, src, tmp_path / "o2", [5.0], progress=False)
     with pytest.raises(ValueError, match="size"):
         write_lr_dataset(synth, src, tmp_path / "o3", SCALES, size="medium", progress=False)
+    with pytest.raises(ValueError, match="allow_extrapolation must be true or false, got 'maybe'"):
+        write_lr_dataset(synth, src, tmp_path / "o3", SCALES, allow_extrapolation="maybe", progress=False)
+    (tmp_path / "real" / "x2").mkdir(parents=True)
+    with pytest.raises(ValueError, match="has no folder x4"):
+        write_lr_dataset(synth, src, tmp_path / "o3", SCALES, baselines=["ae_interp"],
+                         baseline_lr_root=tmp_path / "real", progress=False)
+    assert not (tmp_path / "o3").exists()
     other = Synthesizer.from_checkpoint(ckpt, solver=SolverSpec.create("euler", steps=3))
     write_lr_dataset(synth, src, tmp_path / "o4", SCALES, progress=False)
     with pytest.raises(ValueError, match="other settings"):
