@@ -18,6 +18,8 @@ Exit status:
        unknown key or unparsable override, a missing setting, a bad value (scales, sizes,
        tiling, more than ``max_scales`` scales), a missing or unreadable checkpoint or input
        folder, an output folder that cannot be created or written.
+    128+N  killed by signal N (130 Ctrl-C, 143 SIGTERM), like any process: re-run the same
+       command; it removes what the kill left half-written and continues.
 In a multirun (``-m``) every job runs; the process exits with the largest status of its
 in-process jobs.
 """
