@@ -31,7 +31,7 @@ from degflow.data.images import (
 )
 from degflow.files import append_lines, atomic_write_text, temp_target
 from degflow.generation import SynthesisResult, Synthesizer
-from degflow.procedural import degrade, procedural_seed
+from degflow import procedural
 from degflow.resize import bicubic_baseline, lr_size, resize_to_lr, upsample_to
 from degflow.scales import scale_key, scale_label
 
@@ -254,7 +254,8 @@ def write_lr_dataset(
         baselines: any of ``"bicubic"`` (down by s, and back up for HR-size folders),
             ``"procedural"`` (:func:`degflow.procedural.degrade`, the Real-ESRGAN second-order
             pipeline, seeded per image and scale with
-            ``procedural_seed(procedural_seed, name without .png, s)``: deterministic,
+            :func:`degflow.procedural.procedural_seed` of (``procedural_seed``, name without
+            ``.png``, s): deterministic,
             independent of the order, the batch and the other scales; its HR-size images are
             the LR image bicubically upsampled, as ``degrade(size="hr")`` does) and
             ``"ae_interp"`` (needs ``baseline_lr_root`` holding real LR images
@@ -535,7 +536,7 @@ class _FolderJob:
         """Every pending output of image ``b`` as ``(output, image [3, h, w], manifest entry)``,
         computed before anything is written."""
         rendered = []
-        procedural: dict[float, tuple[torch.Tensor, int, float]] = {}
+        degraded: dict[float, tuple[torch.Tensor, int, float]] = {}     # procedural: scale -> (LR, seed, s)
         height, width = hr.shape[-2:]
         for out in item.pending:
             entry: dict[str, Any] = {"source": item.source, "output": out.rel, "kind": out.kind, "size": out.size,
@@ -548,12 +549,12 @@ class _FolderJob:
                 image = resize_to_lr(hr[b], out.scale) if out.size == "lr" else bicubic_baseline(hr[b], out.scale)
                 entry["t"] = None
             elif out.kind == "procedural":
-                if out.scale not in procedural:
-                    seed = procedural_seed(self.seed, item.name[: -len(".png")], out.scale)
+                if out.scale not in degraded:
+                    seed = procedural.procedural_seed(self.seed, item.name[: -len(".png")], out.scale)
                     start = time.perf_counter()
-                    lr = degrade(hr[b], out.scale, seed=seed, size="lr")
-                    procedural[out.scale] = (lr, seed, time.perf_counter() - start)
-                lr, seed, seconds = procedural[out.scale]
+                    lr = procedural.degrade(hr[b], out.scale, seed=seed, size="lr")
+                    degraded[out.scale] = (lr, seed, time.perf_counter() - start)
+                lr, seed, seconds = degraded[out.scale]
                 image = lr if out.size == "lr" else upsample_to(lr, height, width)   # = degrade(size="hr")
                 entry.update(t=None, seed=seed, seconds=seconds)
             else:
