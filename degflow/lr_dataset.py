@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -494,7 +494,7 @@ class _FolderJob:
             return
         for b, item in enumerate(batch):
             try:
-                self._commit(item, self._render(item, hr, b, len(batch), results))
+                self._commit(item, self._render(item, hr, b, results))
             except Exception as err:  # noqa: BLE001 - the image's files are removed, the run goes on
                 self.fail(item, err, count=True)
                 continue
@@ -531,11 +531,12 @@ class _FolderJob:
             results["ae_interp"] = (result, {b: i for i, b in enumerate(rows)})
         return results
 
-    def _render(self, item: _Item, hr: torch.Tensor, b: int, batch: int,
-                results: dict[str, tuple[SynthesisResult, dict[int, int]]]) -> list[tuple[_Output, torch.Tensor, dict]]:
+    def _render(self, item: _Item, hr: torch.Tensor, b: int,
+                results: dict[str, tuple[SynthesisResult, dict[int, int]]]
+                ) -> Iterator[tuple[_Output, torch.Tensor, dict[str, Any]]]:
         """Every pending output of image ``b`` as ``(output, image [3, h, w], manifest entry)``,
-        computed before anything is written."""
-        rendered = []
+        one at a time (a paper-size image at 30 scales would not fit in memory three times over);
+        anything that can fail for a reason known in advance was checked by :meth:`_check`."""
         degraded: dict[float, tuple[torch.Tensor, int, float]] = {}     # procedural: scale -> (LR, seed, s)
         height, width = hr.shape[-2:]
         for out in item.pending:
@@ -560,28 +561,29 @@ class _FolderJob:
             else:
                 result, rows = results[out.kind]
                 image = result.images[out.scale][rows[b]]
-                entry.update(nfe=result.nfe, tiles=result.tiles, seconds=result.seconds / batch)
+                entry.update(nfe=result.nfe, tiles=result.tiles, seconds=result.seconds / len(rows))
                 if out.kind == "degflow":
                     entry["solver"] = self.solver
                 if out.size == "lr":
                     image = resize_to_lr(image, out.scale)
             entry.update(height=int(image.shape[-2]), width=int(image.shape[-1]),
                          checkpoint_sha256=self.synth.checkpoint_sha256, degflow_version=__version__)
-            rendered.append((out, image, entry))
-        return rendered
+            yield out, image, entry
 
-    def _commit(self, item: _Item, rendered: list[tuple[_Output, torch.Tensor, dict]]) -> None:
+    def _commit(self, item: _Item, rendered: Iterable[tuple[_Output, torch.Tensor, dict[str, Any]]]) -> None:
         """Write the files of one image, then append their manifest lines at once. A failure or
         an interruption before the lines are appended removes the files written so far."""
         written: list[Path] = []
+        lines: list[str] = []
         try:
-            for out, image, _ in rendered:
+            for out, image, entry in rendered:
                 write_image(self.out_dir / out.rel, image)
                 written.append(self.out_dir / out.rel)
-            append_lines(self.manifest, [json.dumps(entry) for _, _, entry in rendered])
+                lines.append(json.dumps(entry))
+            append_lines(self.manifest, lines)
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)
             raise
         item.pending = []
-        self.written += len(rendered)
+        self.written += len(lines)
