@@ -17,9 +17,12 @@ from torch.utils.data import Dataset
 
 from degflow.data.images import ImageReadError, read_image, read_image_size
 from degflow.data.transforms import (
-    aligned_random_crop,
+    NUM_DIHEDRAL,
     center_crop_to_multiple,
-    random_dihedral,
+    crop,
+    dihedral,
+    dihedral_box,
+    random_crop_position,
 )
 
 __all__ = [
@@ -310,28 +313,41 @@ def check_positive_int(value, key: str, allow_none: bool = False) -> int | None:
 
 class TrainCropDataset(Dataset):
     """Random aligned crops: item i ignores i; randomness comes from torch's global RNG,
-    so the training loop's seeding (and DataLoader's per-worker seeding) controls it."""
+    so the training loop's seeding (and DataLoader's per-worker seeding) controls it.
+
+    Each item also carries ``where`` = [record index, top, left, dihedral k]: the crop's
+    corner in the frame of the transformed full image ``dihedral(image, k)`` (what the
+    stage-2 latent cache looks up). ``crop_align`` (1 = any pixel) puts crop corners on a
+    grid; the LFM stage sets it to the RAE stride when it uses the latent cache.
+    """
 
     def __init__(self, records: Sequence, scales: Sequence[float], crop_size: int,
-                 samples_per_epoch: int):
+                 samples_per_epoch: int, crop_align: int = 1):
         if not records:
             raise ValueError("training set is empty")
         self.records = list(records)
         self.scales = tuple(float(s) for s in scales)
         self.crop_size = int(crop_size)
         self.samples_per_epoch = int(samples_per_epoch)
+        self.crop_align = int(crop_align)
         self._scales_t = torch.tensor(self.scales, dtype=torch.float32)
 
     def __len__(self) -> int:
         return self.samples_per_epoch
 
     def __getitem__(self, index: int) -> dict:
-        rec = self.records[int(torch.randint(0, len(self.records), (1,)))]
+        i = int(torch.randint(0, len(self.records), (1,)))
+        rec, size = self.records[i], self.crop_size
         hr, lr = rec.load(self.scales)
-        hr, lr = aligned_random_crop(hr, lr, size=self.crop_size)
-        hr, lr = random_dihedral(hr, lr)
-        return {"name": rec.name, "hr": hr.float().contiguous(), "lr": lr.float().contiguous(),
-                "scales": self._scales_t.clone()}
+        h, w = hr.shape[-2:]
+        top, left = random_crop_position(h, w, size, align=self.crop_align)
+        k = int(torch.randint(0, NUM_DIHEDRAL, (1,)))
+        hr, lr = (dihedral(crop(x, top, left, size, size), k).contiguous() for x in (hr, lr))
+        if self.crop_align > 1:  # the latent cache encodes the aligned part of the image
+            h, w = h - h % self.crop_align, w - w % self.crop_align
+        where = torch.tensor([i, *dihedral_box(top, left, size, h, w, k), k])
+        return {"name": rec.name, "hr": hr.float(), "lr": lr.float(),
+                "scales": self._scales_t.clone(), "where": where}
 
 
 class ValImageDataset(Dataset):

@@ -154,6 +154,10 @@ class Stage:
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         raise NotImplementedError
 
+    def training_set(self, dataset):
+        """The dataset batches are drawn from (default: the data option's training set)."""
+        return dataset
+
     def train_modules(self) -> list[torch.nn.Module]:
         """Modules switched to train() mode during steps (and back to eval() for validation)."""
         raise NotImplementedError
