@@ -2,7 +2,7 @@
 stage-2 step against a reference step that does what the authors' loop does.
 
     python experiments/bench_training.py                       # CPU: small + paper presets
-    python experiments/bench_training.py --device cuda --precision bf16 --channels-last --compile
+    python experiments/bench_training.py --device cuda --channels-last --compile
 
 Writes ``experiments/results/bench_training.json`` (``--out``; one entry per device kind) and
 prints markdown tables. Not a test: timings depend on the machine.
@@ -16,11 +16,13 @@ cost of a step does not depend on the weights), on the demo photos downscaled to
 - **LFM step, ours** (:class:`degflow.training.lfm.LFMStage` with ``stage.latent_cache``):
   knot latents from the latent cache, one HR pass for the decoder's skip features
   (``RAE.features``), velocity forward, Taylor extrapolation, decoder + LPIPS (VGG) forward,
-  their backward, velocity backward, optimizer; ``--precision`` / ``--channels-last`` /
-  ``--compile`` apply here only.
+  their backward, velocity backward, fused Adam (as ``fit`` builds it); once in fp32 and once
+  under bf16 autocast (``--ours-precisions``); ``--channels-last`` / ``--compile`` apply to
+  ours only (velocity network, RAE).
 - **LFM step, reference**: what the authors' ``training_step`` does: every image of the
   crop tuple (HR, x2, x3, x4; x3 is encoded and then dropped) through the full encoder at
-  every step, fp32, no cache, unaligned crops; the rest is the same computation.
+  every step, fp32, no cache, unaligned crops, torch's default (unfused) Adam; the rest is the
+  same computation.
 
 The backward pass is split exactly: first the perceptual term back to the extrapolated
 latent (decoder + LPIPS backward), then that gradient and the flow-matching loss through the
@@ -33,6 +35,7 @@ medians over rounds and, for ours vs reference, the median of the per-round rati
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -162,33 +165,41 @@ def build(args, device: torch.device) -> tuple[dict, dict]:
         batch = args.batch[name]
         # stage 1
         rae = accelerate(RAE(**preset("rae", name)).to(device), args.channels_last, args.compile)
-        opt = torch.optim.Adam(rae.parameters(), lr=1e-4, betas=(0.5, 0.9))
+        opt = torch.optim.Adam(rae.parameters(), lr=1e-4, betas=(0.5, 0.9), fused=True)
         batches = infinite_batches(data2.train, batch, 0, device)
-        steps[f"rae {name}"] = (lambda r=rae, bt=batches, o=opt: lambda c: rae_step(r, bt, o, c, args.precision))()
+        steps[f"rae {name}"] = (lambda r=rae, bt=batches, o=opt: lambda c: rae_step(r, bt, o, c, "fp32"))()
         # stage 2: the frozen RAE, one velocity network per configuration
         frozen = RAE(**preset("rae", name)).to(device).eval().requires_grad_(False)
         t0 = time.perf_counter()
-        cache = load_or_build_latent_cache(frozen, data2.train.records, data2.train.scales, f"bench-{name}", device)
-        once[f"latent cache build {name}"] = {
+        before = set(args.cache_dir.glob("*.pt")) if args.cache_dir and args.cache_dir.is_dir() else set()
+        cache = load_or_build_latent_cache(frozen, data2.train.records, data2.train.scales, f"bench-{name}", device,
+                                           args.cache_dir)
+        loaded = args.cache_dir is not None and any(f"bench-{name}"[:16] in p.name for p in before)
+        once[f"latent cache {'load' if loaded else 'build'} {name}"] = {
             "seconds": round(time.perf_counter() - t0, 2), "mib": round(cache.nbytes / 2**20, 2),
             "images": f"{len(data2.train.records)} records x 8 transforms x 3 knots, max side {args.max_side}"}
-        for reference in (False, True):
+        variants = [(f"ours {p}", p) for p in args.ours_precisions] + [("reference", None)]
+        for label, precision in variants:
+            reference = precision is None
             torch.manual_seed(1)
             velocity = VelocityUNet(**preset("lfm", name)).to(device)
             rae_used = frozen
             if not reference:
                 velocity = accelerate(velocity, args.channels_last, args.compile)
+                if args.channels_last or args.compile:
+                    rae_used = copy.deepcopy(frozen)
+                    for part in (rae_used.encoder, rae_used.decoder):
+                        accelerate(part, args.channels_last, args.compile)
             stage = LFMStage(rae_used, velocity, (1.0, 2.0, 4.0), SplineSettings(), LossSettings(),
                              SolverSpec.create(method="euler", steps=2), None, (1.0, 2.0, 4.0), device,
                              rae_source={}, lpips_loss=lpips, lpips_metric=None,
                              latent_cache=None if reference else cache)
             dataset = data3.train if reference else aligned_training_set(data2.train, frozen.stride)
-            opt = torch.optim.Adam(stage.trainable_parameters(), lr=2e-4)
+            # ours: Adam fused as in degflow.training.loop.fit; reference: torch's default Adam
+            opt = torch.optim.Adam(stage.trainable_parameters(), lr=2e-4, fused=None if reference else True)
             batches = infinite_batches(dataset, batch, 0, device)
-            precision = "fp32" if reference else args.precision
-            key = f"lfm {name} {'reference' if reference else 'ours'}"
-            steps[key] = (lambda s=stage, bt=batches, o=opt, p=precision, r=reference:
-                          lambda c: lfm_step(s, bt, o, c, p, r))()
+            steps[f"lfm {name} {label}"] = (lambda s=stage, bt=batches, o=opt, p=precision or "fp32", r=reference:
+                                            lambda c: lfm_step(s, bt, o, c, p, r))()
             stage.velocity.train()
     return steps, once
 
@@ -207,7 +218,9 @@ def machine_load() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="ours only (bf16: CUDA)")
+    parser.add_argument("--ours-precisions", default="fp32,bf16",
+                        help="precisions of 'ours' LFM steps (bf16 = autocast, CUDA or CPU); the reference is fp32")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="keep the latent caches here between runs")
     parser.add_argument("--channels-last", action="store_true", help="ours only")
     parser.add_argument("--compile", action="store_true", help="torch.compile, ours only")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
@@ -222,12 +235,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "experiments/results/bench_training.json")
     args = parser.parse_args()
     args.presets = args.presets.split(",")
+    args.ours_precisions = args.ours_precisions.split(",")
     args.batch = {k: int(v) for k, v in (kv.split("=") for kv in args.batch.split(","))}
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     print(f"device {device}, torch.get_num_threads()={torch.get_num_threads()}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, crop {args.crop}, batch {args.batch}, "
-          f"precision(ours)={args.precision}, channels_last={args.channels_last}, compile={args.compile}", flush=True)
+          f"ours precisions={args.ours_precisions}, channels_last={args.channels_last}, compile={args.compile}", flush=True)
     load_before = machine_load()
     steps, once = build(args, device)
     if args.only:
@@ -253,10 +267,12 @@ def main() -> None:
                          "round_seconds": totals}
     ratios = {}
     for name in args.presets:
-        ours, ref = rounds.get(f"lfm {name} ours"), rounds.get(f"lfm {name} reference")
-        if ours and ref:
-            per_round = [sum(b.values()) / sum(a.values()) for a, b in zip(ours, ref)]
-            ratios[name] = {"median": statistics.median(per_round), "per_round": per_round}
+        ref = rounds.get(f"lfm {name} reference")
+        for p in args.ours_precisions:
+            ours = rounds.get(f"lfm {name} ours {p}")
+            if ours and ref:
+                per_round = [sum(b.values()) / sum(a.values()) for a, b in zip(ours, ref)]
+                ratios[f"{name} ours {p}"] = {"median": statistics.median(per_round), "per_round": per_round}
     entry = {
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
         else platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),

@@ -7,7 +7,7 @@
   (``nn.Module.compile``), so parameter names and checkpoints do not change. The first steps
   are slow while it compiles; on the CPU it needs a C++ compiler.
 
-bf16 autocast is the training loop's ``precision`` switch (CUDA only).
+bf16 autocast is the training loop's ``precision`` switch; Adam is fused whenever it can be.
 """
 
 from __future__ import annotations

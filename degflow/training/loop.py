@@ -116,11 +116,12 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CUDA when ``precision='bf16'``; a no-op otherwise (CPU trains in fp32)."""
+    """bf16 autocast when ``precision='bf16'`` (CUDA, or CPU: fast on CPUs with AMX / AVX512-BF16,
+    slow elsewhere); a no-op for ``fp32``."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
-    if precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision == "bf16" and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -186,7 +187,9 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
     Returns the final validation metrics (also written to ``{run_dir}/metrics.json``).
     """
     params = stage.trainable_parameters()
-    optimizer = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas)
+    # fused: one kernel for all parameters (same update; ~4x faster than the per-tensor loop on CPU)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    optimizer = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas, fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: warmup_cosine(step, settings.steps, settings.warmup_steps, settings.lr, settings.min_lr)
