@@ -158,6 +158,9 @@ def build(args, device: torch.device) -> tuple[dict, dict]:
                       samples_per_epoch=10**6, max_side=args.max_side, val_max_size=64)
     data2 = demo_data(train_scales=[1, 2, 4], val_scales=[1, 2, 4], crop_size=args.crop,
                       samples_per_epoch=10**6, max_side=args.max_side, val_max_size=64)
+    if args.records:
+        for d in (data3, data2):
+            d.train.records = d.train.records[:args.records]
     lpips = load_lpips("vgg", str(WEIGHTS) if WEIGHTS.is_file() else None, device=device)
     steps, once = {}, {}
     for name in args.presets:
@@ -177,7 +180,8 @@ def build(args, device: torch.device) -> tuple[dict, dict]:
         loaded = args.cache_dir is not None and any(f"bench-{name}"[:16] in p.name for p in before)
         once[f"latent cache {'load' if loaded else 'build'} {name}"] = {
             "seconds": round(time.perf_counter() - t0, 2), "mib": round(cache.nbytes / 2**20, 2),
-            "images": f"{len(data2.train.records)} records x 8 transforms x 3 knots, max side {args.max_side}"}
+            "images": f"{len(data2.train.records)} records x 8 transforms x 3 knots, max side {args.max_side}",
+            "loadavg_1min": round(os.getloadavg()[0], 2)}
         variants = [(f"ours {p}", p) for p in args.ours_precisions] + [("reference", None)]
         for label, precision in variants:
             reference = precision is None
@@ -232,6 +236,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per configuration per round")
     parser.add_argument("--only", default=None, help="comma-separated configuration names (default: all)")
+    parser.add_argument("--records", type=int, default=None, help="use only the first N demo training photos")
+    parser.add_argument("--tag", default="", help="results key suffix: '<device type>-<tag>'")
     parser.add_argument("--out", type=Path, default=REPO / "experiments/results/bench_training.json")
     args = parser.parse_args()
     args.presets = args.presets.split(",")
@@ -283,7 +289,7 @@ def main() -> None:
         "results": results, "lfm_speedup_reference_over_ours": ratios,
     }
     report = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    report[device.type] = entry
+    report[device.type + (f"-{args.tag}" if args.tag else "")] = entry
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print_tables(entry)

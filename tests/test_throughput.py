@@ -191,7 +191,7 @@ def test_training_images_too_large_for_the_limit_stay_on_disk_with_a_log_line(tm
         hold_in_memory(on_disk, SCALES, max_gib=-1)
 
 
-@pytest.mark.parametrize("switch", ["channels_last=true", "compile=true"])
+@pytest.mark.parametrize("switch", ["channels_last=true", "compile=true", "precision=bf16"])
 def test_gpu_switches_do_not_break_a_cpu_training_step_of_either_stage(tmp_path, switch):
     common = [f"output_root={tmp_path}", "stage.steps=1", "stage.val_every=1", "stage.ckpt_every=1", switch,
               "loss.lpips_weight=0", "eval.lpips=false"]
