@@ -177,7 +177,7 @@ def build(args, device: torch.device) -> tuple[dict, dict]:
         before = set(args.cache_dir.glob("*.pt")) if args.cache_dir and args.cache_dir.is_dir() else set()
         cache = load_or_build_latent_cache(frozen, data2.train.records, data2.train.scales, f"bench-{name}", device,
                                            args.cache_dir)
-        loaded = args.cache_dir is not None and any(f"bench-{name}"[:16] in p.name for p in before)
+        loaded = args.cache_dir is not None and not (set(args.cache_dir.glob("*.pt")) - before)
         once[f"latent cache {'load' if loaded else 'build'} {name}"] = {
             "seconds": round(time.perf_counter() - t0, 2), "mib": round(cache.nbytes / 2**20, 2),
             "images": f"{len(data2.train.records)} records x 8 transforms x 3 knots, max side {args.max_side}",
