@@ -1,7 +1,9 @@
 """Stage 2: latent flow matching (LFM) with the RAE frozen.
 
-Per step: encode the aligned training-scale images (HR, x2, x4 by default; held-out scales
-are never loaded) under no_grad, draw t ~ U(0, 1) per sample, evaluate the path (natural cubic
+Per step: take the knot latents of the aligned training-scale images (HR, x2, x4 by default;
+held-out scales are never loaded) from the latent cache (``stage.latent_cache=true``, see
+:mod:`degflow.training.latent_cache`; only the HR crop's skip features are computed) or encode
+them under no_grad (``false``), draw t ~ U(0, 1) per sample, evaluate the path (natural cubic
 spline or piecewise-linear) through the knot latents, regress the velocity network onto the
 path derivative, and add lambda * LPIPS on the decoded Taylor extrapolation to the segment's
 right knot (see :mod:`degflow.losses`). Validation generates every validation scale from the
