@@ -5,7 +5,8 @@
     python synthesize.py ... -m shard=0,1,2,3 num_shards=4   # cluster shards (SLURM launcher)
 
 Wiring only: compose the config (``conf/synthesize.yaml``), convert it to plain Python and
-call :func:`degflow.synthesis.synthesize_folder`. Exit code: 0 all good, 1 some images failed,
+call :func:`degflow.lr_dataset.write_lr_dataset` with a
+:class:`degflow.generation.Synthesizer`. Exit code: 0 all good, 1 some images failed,
 2 configuration or usage errors (including Hydra's own). In a multirun (``-m``) every job
 runs; the process exits with the largest code of its in-process jobs.
 """
@@ -14,14 +15,11 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("synthesize")
 
-# Exit codes of the jobs run in this process (several under ``-m`` with the basic launcher),
-# and how many jobs started (a job that crashed started but left no code).
-_CODES: list[int] = []
-_STARTED: list[bool] = []
 _REQUIRED = ("ckpt", "input", "out")
 
 
@@ -49,9 +47,12 @@ def _baselines(value) -> list[str]:
 
 def run(cfg: DictConfig) -> int:
     """One synthesis job; returns its exit code (configuration errors -> 2)."""
+    from degflow.cluster import set_threads
     from degflow.config import to_plain
+    from degflow.generation import Synthesizer
+    from degflow.lr_dataset import write_lr_dataset
+    from degflow.scales import expand_scales
     from degflow.solvers import SolverSpec
-    from degflow.synthesis import Synthesizer, expand_scales, synthesize_folder
 
     missing = [k for k in _REQUIRED if OmegaConf.is_missing(cfg, k)]
     if missing:
@@ -60,6 +61,7 @@ def run(cfg: DictConfig) -> int:
         return 2
     try:
         c = to_plain(cfg)
+        set_threads(c["threads"])
         scales = expand_scales(c["scales"])
         solver = SolverSpec.create(**c["solver"])
         synth = Synthesizer.from_checkpoint(c["ckpt"], device=c["device"], solver=solver,
@@ -68,7 +70,7 @@ def run(cfg: DictConfig) -> int:
         log.info("checkpoint %s (sha256 %s), device %s, solver %s, %d scales %s..%s",
                  c["ckpt"], synth.checkpoint_sha256[:12], synth.device, solver, len(scales),
                  scales[0], scales[-1])
-        summary = synthesize_folder(
+        summary = write_lr_dataset(
             synth, c["input"], c["out"], scales, size=c["size"], batch_size=c["batch_size"],
             allow_extrapolation=c["allow_extrapolation"], shard=c["shard"], num_shards=c["num_shards"],
             baselines=_baselines(c["baseline"]), baseline_lr_root=c["baseline_lr_root"],
@@ -83,21 +85,35 @@ def run(cfg: DictConfig) -> int:
     return summary.exit_code
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="synthesize")
-def main(cfg: DictConfig) -> int:
-    _STARTED.append(True)
-    _CODES.append(run(cfg))
-    return _CODES[-1]  # the job's return value (what a SLURM launcher records per job)
+def cli(argv: list[str]) -> int:
+    """Run ``synthesize.py`` with ``argv`` (``sys.argv`` layout); returns the process exit code:
+    the largest code of the jobs run here, or 2 when Hydra refused the command line before
+    any job started."""
+    started: list[bool] = []   # a job that crashed started but left no code
+    codes: list[int] = []
 
+    @hydra.main(version_base="1.3", config_path="conf", config_name="synthesize")
+    def main(cfg: DictConfig) -> int:
+        from degflow.cluster import job_record
 
-if __name__ == "__main__":
-    logging.captureWarnings(True)
-    sys.argv = sys.argv[:1] + _list_overrides(sys.argv[1:])
+        started.append(True)
+        hydra_cfg = HydraConfig.get()
+        with job_record(hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)) as record:
+            codes.append(run(cfg))
+            record["exit_code"] = codes[-1]
+        return codes[-1]  # the job's return value (what a SLURM launcher records per job)
+
+    sys.argv = argv[:1] + _list_overrides(argv[1:])
     try:
         main()
     except SystemExit as exit_:
         # Hydra exits 1 on errors before our job ran (bad override, unknown key): usage errors.
-        if exit_.code not in (0, None) and not _STARTED:
-            sys.exit(2)
+        if exit_.code not in (0, None) and not started:
+            return 2
         raise
-    sys.exit(max(_CODES, default=0))
+    return max(codes, default=0)
+
+
+if __name__ == "__main__":
+    logging.captureWarnings(True)
+    sys.exit(cli(sys.argv))

@@ -2,28 +2,39 @@
 
 Wiring only: compose the config (Hydra), convert it to plain Python, hand it to
 :func:`degflow.training.train`. Sweeps: ``python train.py stage=lfm -m solver.steps=8,16,32``.
+
+Exit status: 0 trained (or already finished); 1 training failed (traceback); 2 usage or
+environment error (bad override or value, missing/unreadable path, unwritable folder: one
+``error:`` line, no traceback); 128+N stopped by signal N after writing a checkpoint of the
+current step (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1, 140 SIGUSR2); re-run the same command to
+continue.
 """
 
 import sys
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from degflow.config import hoist_multirun_flag, register_resolvers, to_plain
+from degflow.config import hoist_multirun_flag, register_resolvers, run_cli, to_plain
 
 register_resolvers()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from degflow.training import train
+    from degflow.cluster import job_record, set_threads
+    from degflow.training import TrainingStopped, train
 
     hydra_cfg = HydraConfig.get()
-    metrics = train(to_plain(cfg), hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
+    config, overrides = to_plain(cfg), list(hydra_cfg.overrides.task)
+    threads = set_threads(config["threads"])
+    with job_record(hydra_cfg.runtime.output_dir, overrides, threads):
+        try:
+            metrics = train(config, hydra_cfg.runtime.output_dir, overrides)
+        except TrainingStopped as stopped:
+            raise SystemExit(stopped.exit_code) from None
     return metrics.get("objective")
 
 
 if __name__ == "__main__":
     sys.argv = hoist_multirun_flag(sys.argv)
-    main()
+    run_cli(main, "config")

@@ -1,4 +1,4 @@
-"""Checkpoint I/O: atomic writes, untrusted-safe loads, one documented format.
+"""Checkpoint I/O: atomic saves (:mod:`degflow.files`), untrusted-safe loads, one documented format.
 
 A degflow checkpoint is a plain dict of tensors and plain containers (no pickled classes),
 so it loads with ``torch.load(..., weights_only=True)``:
@@ -22,10 +22,8 @@ map) is written here once, never re-derived from YAML.
 
 from __future__ import annotations
 
-import hashlib
-import os
+import logging
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,9 @@ import numpy as np
 import torch
 
 from degflow import __version__
+from degflow.files import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 FORMAT = "degflow"
 FORMAT_VERSION = 1
@@ -41,31 +42,6 @@ KINDS = ("rae", "lfm")
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, of another kind or of an unsupported version."""
-
-
-def atomic_write_bytes(path: str | Path, write) -> None:
-    """Write a file atomically: ``write(fileobj)`` into a temp file beside ``path``, then rename.
-
-    A crash mid-write leaves the previous file (or nothing) in place, never a partial file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Atomically write a UTF-8 text file (see :func:`atomic_write_bytes`)."""
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -164,29 +140,61 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((v, tuple(internal), gauss))
 
 
-def find_latest_checkpoint(root: str | Path, kind: str) -> Path | None:
-    """The most recently written ``last.pt`` of stage ``kind`` under ``root`` (or None).
+def checkpoint_progress(path: str | Path) -> tuple[str, int, int | None]:
+    """``(kind, step, configured steps)`` of a checkpoint, read without loading its tensors.
 
-    Runs are laid out as ``{root}/.../checkpoints/last.pt``; the kind is read from each file.
+    ``torch.load(mmap=True, weights_only=True)`` maps the file and unpickles only the plain
+    containers; weights and optimizer state are never read. Raises :class:`CheckpointError`
+    when the file is not a readable degflow checkpoint.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise CheckpointError(f"unreadable ({type(err).__name__}: {err})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or ckpt.get("kind") not in KINDS:
+        raise CheckpointError("not a degflow checkpoint")
+    steps = ((ckpt.get("config") or {}).get("stage") or {}).get("steps")
+    return ckpt["kind"], int(ckpt.get("step", 0)), None if steps is None else int(steps)
+
+
+def find_latest_checkpoint(root: str | Path, kind: str, key: str = "ckpt") -> Path | None:
+    """The ``last.pt`` of the newest *finished* run of stage ``kind`` under ``root`` (None if no run).
+
+    Runs are laid out as ``{root}/.../checkpoints/last.pt``; kind, step and configured steps
+    are read from each file (:func:`checkpoint_progress`, no weights loaded); "newest" is the
+    file's modification time. Says what it picked and why; warns, naming them, about newer
+    runs it passed over (unfinished or unreadable). Refuses (:class:`CheckpointError`, naming
+    ``key``) when runs of that kind exist but none has finished: a half-trained stage is used
+    only when the user names it.
     """
     root = Path(root)
     if not root.is_dir():
         return None
     candidates = sorted(root.rglob("checkpoints/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    passed_over: list[str] = []
     for path in candidates:
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
+            found, step, steps = checkpoint_progress(path)
+        except CheckpointError as err:
+            passed_over.append(f"{path}: {err}")
             continue
-        if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT and ckpt.get("kind") == kind:
-            return path
-    return None
+        if found != kind:
+            continue
+        if steps is None or step < steps:
+            passed_over.append(f"{path}: unfinished (step {step}/{steps if steps is not None else '?'})")
+            continue
+        for line in passed_over:
+            log.warning("%s not set: passed over the newer %s", key, line)
+        log.info("%s not set: using %s, the newest finished stage-%r run (step %d/%d)", key, path, kind, step, steps)
+        return path
+    if not any("unfinished" in line for line in passed_over):
+        for line in passed_over:
+            log.warning("%s not set: passed over %s", key, line)
+        return None
+    raise CheckpointError(
+        f"{key} is not set and no finished stage-{kind!r} run was found under {str(root)!r}; found:\n  "
+        + "\n  ".join(passed_over)
+        + f"\nFinish one (re-run the command that started it: it resumes), or pass {key}=<path to its last.pt> "
+        "to use it as it is."
+    )
 
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file (identifies checkpoints in metrics, checkpoints and manifests)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -6,31 +6,93 @@ everything under ``degflow/`` below them receives plain dicts, dataclasses and n
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
+import re
+import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def run_slug(override_dirname: str) -> str:
-    """A run-directory name from Hydra's ``override_dirname``: same command, same folder.
+# Overrides that never name a run: where and how it runs, is tracked or checkpointed, not what
+# it trains (changing the checkpoint cadence of a running job must not restart it elsewhere).
+RUN_NAME_IGNORED = ("stage", "resume", "device", "num_workers", "threads", "output_root", "rae_ckpt",
+                    "stage.ckpt_every", "stage.ckpt_minutes", "stage.keep_every", "stage.log_every",
+                    "data_memory_gib", "channels_last", "compile", "stage.latent_cache_dir")
+RUN_NAME_IGNORED_NODES = ("logger", "hydra")
+# Config nodes a stage never reads: changing one must not start a new run of that stage
+# (``stage=rae loss.lpips_weight=0`` resumes the RAE run; the RAE of stage 2 comes from its checkpoint).
+UNUSED_BY_STAGE = {
+    "rae": ("loss", "spline", "solver", "model/lfm", "model.lfm", "eval.lpips", "eval.lpips_backbone_weights"),
+    "lfm": ("model/rae", "model.rae"),
+    # python -m degflow.evaluate: a sweep job is named by its settings, not by its files
+    "evaluate": ("ckpt", "out", "generated", "real", "hr", "collect"),
+}
+SLUG_MAX = 120
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
-    ``""`` -> ``"default"``; path separators become ``_``; very long names are shortened with
-    a hash suffix so that they stay valid file names.
+
+def _under(key: str, node: str) -> bool:
+    return key == node or key.startswith(node + ".") or key.startswith(node + "/")
+
+
+def run_overrides(stage: str, overrides: Iterable[str]) -> list[str]:
+    """The overrides that name a run of ``stage``, sorted: those that change what it trains."""
+    kept = []
+    for item in overrides:
+        key = str(item).partition("=")[0].lstrip("+~")
+        if key in RUN_NAME_IGNORED or any(_under(key, n) for n in RUN_NAME_IGNORED_NODES):
+            continue
+        if any(_under(key, n) for n in UNUSED_BY_STAGE.get(stage, ())):
+            continue
+        kept.append(str(item))
+    return sorted(kept, key=lambda o: (o.partition("=")[0].lstrip("+~"), o))
+
+
+def run_slug(stage: str, overrides: Iterable[str]) -> str:
+    """A run-directory name from the command line: same command, same folder.
+
+    Only :func:`run_overrides` count. Each ``key=value`` becomes ``key-value`` and they are
+    joined by ``+`` (``stage.steps=40 stage.warmup_steps=10`` ->
+    ``stage.steps-40+stage.warmup_steps-10``), so a path into the folder can be passed back
+    unquoted as ``ckpt=``/``rae_ckpt=`` (Hydra's parser refuses ``=`` and ``,`` in a value).
+    Characters outside ``[A-Za-z0-9._-]`` become ``_`` and then a short hash of the overrides
+    is appended so that different commands never share a folder; names longer than 120
+    characters are shortened the same way. No overrides -> ``default``.
     """
-    slug = override_dirname.replace("/", "_").replace("\\", "_") or "default"
-    if len(slug) > 120:
-        slug = slug[:100] + "-" + hashlib.sha1(slug.encode()).hexdigest()[:12]
-    return slug
+    kept = run_overrides(stage, overrides)
+    if not kept:
+        return "default"
+    digest = hashlib.sha1("\n".join(kept).encode()).hexdigest()
+    parts, lossy = [], False
+    for item in kept:
+        key, _, value = item.partition("=")
+        text = f"{key.lstrip('+~')}-{value}"
+        clean = _UNSAFE.sub("_", text)
+        lossy |= clean != text
+        parts.append(clean)
+    slug = "+".join(parts)
+    if len(slug) > SLUG_MAX:
+        head = slug[:SLUG_MAX - 13]
+        if "+" in head:  # end on a whole override
+            head = head[:head.rfind("+")]
+        return head + "-" + digest[:12]
+    return f"{slug}-{digest[:8]}" if lossy else slug
 
 
 def register_resolvers() -> None:
-    """Register the ``${run_slug:...}`` resolver used in ``conf/config.yaml`` (idempotent)."""
+    """Register the ``${run_slug:stage,overrides}`` resolver used in ``conf/config.yaml`` (idempotent)."""
     if not OmegaConf.has_resolver("run_slug"):
-        OmegaConf.register_new_resolver("run_slug", run_slug)
+        OmegaConf.register_new_resolver("run_slug", lambda stage, overrides: run_slug(str(stage), list(overrides)))
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
@@ -49,3 +111,56 @@ def hoist_multirun_flag(argv: list[str]) -> list[str]:
     flags = [a for a in argv[1:] if a in ("-m", "--multirun")]
     rest = [a for a in argv[1:] if a not in ("-m", "--multirun")]
     return [argv[0], *flags, *rest]
+
+
+EXIT_USAGE = 2
+# Bad overrides or config values, missing/unreadable paths, unwritable folders, missing packages.
+USAGE_ERRORS = (ValueError, OSError, ImportError, HydraException, OmegaConfBaseException)
+
+
+def run_cli(task: Callable[[DictConfig], Any], config_name: str) -> None:
+    """Run ``task`` as the Hydra app of ``conf/{config_name}.yaml`` with the documented exit codes.
+
+    - a usage or environment error (:data:`USAGE_ERRORS`: anything Hydra refuses before the
+      task starts, an invalid config value, a missing or unreadable path, an unwritable
+      folder) prints ``error: <message>`` on stderr, no traceback, and exits with 2;
+    - anything else is a crash: Python's traceback and exit status 1;
+    - ``task`` may end the process with its own status (``SystemExit``).
+
+    ``HYDRA_FULL_ERROR=1`` shows the traceback of usage errors too.
+    """
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    started = False
+
+    @functools.wraps(task)  # Hydra unwraps it: job name and paths follow the entry point's file
+    def guarded(cfg: DictConfig) -> Any:
+        nonlocal started
+        started = True
+        try:
+            return task(cfg)
+        except USAGE_ERRORS as err:
+            if full_error:
+                raise
+            _usage_error(err)
+
+    app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(guarded)
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing; reported here
+    try:
+        app()
+    except Exception as err:  # noqa: BLE001 - sorted into usage errors and crashes
+        if started or full_error:
+            raise
+        _usage_error(err)  # before the task ran, everything is about the command line or its paths
+    finally:
+        if not full_error:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+def _usage_error(err: BaseException) -> None:
+    message = str(err).strip() or type(err).__name__
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+        message = f"{type(err).__name__}: {message}"
+    if getattr(err, "override", None):  # Hydra's parser names the override apart from its message
+        message = f"cannot parse the override {err.override!r} (quote a value holding '=' or ','): {message}"
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE) from None

@@ -18,6 +18,11 @@ import torch
 from degflow.spline import PathPoint
 
 SEGMENT_WEIGHTINGS = ("none", "inverse_distance")
+#: VGG pooling of the perceptual loss (``loss.lpips_pooling``): ``avg`` is the authors' loss
+#: (piq's LPIPS with ``replace_pooling=True``), ``max`` the lpips package's own network.
+LPIPS_POOLINGS = ("avg", "max")
+#: The authors' constant in 1 / (dt / segment_length + eps).
+INVERSE_DISTANCE_EPS = 1e-3
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,7 @@ class LossSettings:
     taylor_order: int = 3
     segment_weighting: str = "none"
     lpips_net: str = "vgg"
+    lpips_pooling: str = "avg"
     lpips_backbone_weights: str | None = None
 
     def __post_init__(self) -> None:
@@ -38,6 +44,16 @@ class LossSettings:
         if self.segment_weighting not in SEGMENT_WEIGHTINGS:
             raise ValueError(
                 f"loss.segment_weighting={self.segment_weighting!r} is not one of {list(SEGMENT_WEIGHTINGS)}"
+            )
+        if self.lpips_pooling not in LPIPS_POOLINGS:
+            raise ValueError(
+                f"loss.lpips_pooling={self.lpips_pooling!r} is not one of {list(LPIPS_POOLINGS)} "
+                f"(avg: the authors' VGG-LPIPS with average pooling; max: the lpips package's)"
+            )
+        if self.lpips_pooling == "avg" and self.lpips_net != "vgg":
+            raise ValueError(
+                f"loss.lpips_pooling='avg' is defined for loss.lpips_net='vgg' only, got "
+                f"lpips_net={self.lpips_net!r}; set loss.lpips_pooling=max for {self.lpips_net!r}"
             )
 
 
@@ -73,20 +89,22 @@ def taylor_extrapolate(point: PathPoint, velocity: torch.Tensor, dt: torch.Tenso
     return z
 
 
-def segment_weights(dt: torch.Tensor, weighting: str, min_distance: float = 0.05) -> torch.Tensor:
-    """Per-sample weights of the perceptual term.
+def segment_weights(dt: torch.Tensor, segment_length: torch.Tensor, weighting: str) -> torch.Tensor:
+    """Per-sample weights of the perceptual term (config key ``loss.segment_weighting``).
 
-    ``none``: 1. ``inverse_distance``: 1 / max(dt, min_distance), which undoes the dt-scaling of
-    the extrapolation error so every t penalises the velocity error alike (the authors' optional
-    1/r weighting; off in the paper).
+    ``none``: 1. ``inverse_distance``: the authors' optional 1/r weighting (off in the paper),
+    exactly ``1 / (dt / segment_length + 1e-3)``: the distance to the right knot as a fraction
+    of the segment, so a sample next to the knot weighs up to 1000x one at the segment's start.
+    The weights are constants of the loss (detached): they never move learned knot times.
 
     Args:
-        dt: ``[B]`` distance to the right knot.
+        dt: ``[B]`` distance from t to the right knot of its segment.
+        segment_length: ``[B]`` length of that segment (``t_{k+1} - t_k``).
     Returns:
         ``[B]`` weights.
     """
     if weighting == "none":
         return torch.ones_like(dt)
     if weighting == "inverse_distance":
-        return 1.0 / dt.clamp_min(min_distance)
+        return 1.0 / (dt.detach() / segment_length.detach() + INVERSE_DISTANCE_EPS)
     raise ValueError(f"loss.segment_weighting={weighting!r} is not one of {list(SEGMENT_WEIGHTINGS)}")

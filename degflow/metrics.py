@@ -1,4 +1,4 @@
-"""Image-quality metrics in the SR evaluation protocol, and the bicubic baseline.
+"""Image-quality metrics in the SR evaluation protocol (resizing lives in :mod:`degflow.resize`).
 
 All metrics take images in [-1, 1], ``[B, 3, H, W]`` (a single ``[3, H, W]`` image is
 treated as B = 1) and return per-image ``[B]`` tensors (float64 for PSNR / SSIM).
@@ -9,27 +9,38 @@ ITU-R BT.601 luma Y in [16, 235] / 255, a ``shave``-pixel border is dropped, the
 PSNR (data range 1, i.e. 255 on the 0..255 Y scale) or SSIM (Gaussian 11x11, sigma 1.5,
 K1 = 0.01, K2 = 0.03, data range 255 on the 0..255 Y scale, 'valid' filtering) is computed.
 Y itself is not rounded after conversion.
+
+LPIPS, the perceptual metric, is :func:`degflow.perceptual.load_lpips` with ``net="alex"``.
+
+Evaluation protocols (config key ``eval.protocol``, recorded in every metrics file):
+
+``ours`` (default)
+    8-bit quantization, 4-pixel shave, images centre-cropped to a multiple of 8 (the SR
+    literature's Y-channel protocol above).
+``authors``
+    the DegFlow authors' scoring: float images (no quantization), no shave, a bottom/right
+    crop to a multiple of 64 (the top-left corner is kept).
+
+Numbers under the two protocols are not comparable with each other.
 """
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from degflow.perceptual import load_lpips
+from degflow.resize import as_image_batch
 
 __all__ = [
+    "EVAL_PROTOCOLS",
+    "EvalProtocol",
+    "eval_protocol",
     "rgb_to_y",
     "psnr_y",
     "ssim_y",
-    "LPIPSMetric",
-    "lpips_metric",
-    "resize_to_lr",
-    "bicubic_baseline",
 ]
 
 # ITU-R BT.601 (MATLAB rgb2ycbcr) luma for R, G, B in [0, 1] -> Y on the 0..255 scale.
@@ -37,21 +48,8 @@ _Y_OFFSET = 16.0
 _Y_COEFFS = (65.481, 128.553, 24.966)
 
 
-def _as_batch(x: Tensor, name: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
-    if x.ndim == 3:
-        x = x.unsqueeze(0)
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(
-            f"{name} must be an RGB image [3, H, W] or batch [B, 3, H, W] in [-1, 1]; "
-            f"got shape {tuple(x.shape)}."
-        )
-    return x
-
-
 def _pair(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    pred, target = _as_batch(pred, "pred"), _as_batch(target, "target")
+    pred, target = as_image_batch(pred, "pred"), as_image_batch(target, "target")
     if pred.shape != target.shape:
         raise ValueError(
             f"pred and target must have the same shape; got {tuple(pred.shape)} and "
@@ -65,7 +63,7 @@ def rgb_to_y(x01: Tensor) -> Tensor:
 
     Y = (16 + 65.481 R + 128.553 G + 24.966 B) / 255 (MATLAB ``rgb2ycbcr`` convention).
     """
-    x01 = _as_batch(x01, "x01")
+    x01 = as_image_batch(x01, "x01")
     w = torch.tensor(_Y_COEFFS, dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
     return ((x01 * w).sum(dim=1, keepdim=True) + _Y_OFFSET) / 255.0
 
@@ -151,86 +149,49 @@ def ssim_y(
     return ssim_map.flatten(1).mean(dim=1)
 
 
-class LPIPSMetric:
-    """LPIPS v0.1 (AlexNet) as an evaluation metric: ``metric(pred, target) -> [B]``.
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How generated images are scored (config key ``eval.protocol``).
 
-    Inputs ``[B, 3, H, W]`` in [-1, 1]; evaluated without gradients. The backbone file is
-    found as in :func:`degflow.perceptual.load_lpips` (config key
-    ``eval.lpips_backbone_weights``, then ``$DEGFLOW_LPIPS_WEIGHTS``, then torchvision's cache).
+    Attributes:
+        name: ``ours`` or ``authors`` (see the module docstring).
+        quantize: round to 8 bit before measuring.
+        shave: border pixels dropped on each side.
+        crop: where the image is cropped to a multiple of ``multiple_of`` before generation
+            and scoring: ``center`` or ``top_left`` (bottom/right rows and columns dropped).
+        multiple_of: both sides are cropped to a multiple of this.
     """
 
-    def __init__(
-        self,
-        backbone_weights: str | Path | None = None,
-        device: str | torch.device = "cpu",
-        net: str = "alex",
-    ):
-        self.module = load_lpips(net, backbone_weights, device=device)
-        self.device = torch.device(device)
+    name: str
+    quantize: bool
+    shave: int
+    crop: str
+    multiple_of: int
 
-    @torch.no_grad()
-    def __call__(self, pred: Tensor, target: Tensor) -> Tensor:
-        pred, target = _pair(pred, target)
-        return self.module(
-            pred.to(self.device, torch.float32), target.to(self.device, torch.float32)
-        )
+    def psnr_y(self, pred: Tensor, target: Tensor) -> Tensor:
+        """:func:`psnr_y` under this protocol: ``[B, 3, H, W]`` pair -> ``[B]``."""
+        return psnr_y(pred, target, shave=self.shave, quantize=self.quantize)
 
+    def ssim_y(self, pred: Tensor, target: Tensor) -> Tensor:
+        """:func:`ssim_y` under this protocol: ``[B, 3, H, W]`` pair -> ``[B]``."""
+        return ssim_y(pred, target, shave=self.shave, quantize=self.quantize)
 
-# Alias: the name used in the project's plan.
-lpips_metric = LPIPSMetric
+    def to_dict(self) -> dict[str, object]:
+        """Plain dict recorded in metrics files."""
+        return asdict(self)
 
 
-def _check_scale(scale: float) -> float:
-    try:
-        s = float(scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"scale must be a number >= 1 (downscaling factor), got {scale!r}.")
-    if not math.isfinite(s) or s < 1.0:
-        raise ValueError(f"scale must be a finite number >= 1 (downscaling factor), got {scale!r}.")
-    return s
+#: The named evaluation protocols (config key ``eval.protocol``).
+EVAL_PROTOCOLS: dict[str, EvalProtocol] = {
+    "ours": EvalProtocol("ours", quantize=True, shave=4, crop="center", multiple_of=8),
+    "authors": EvalProtocol("authors", quantize=False, shave=0, crop="top_left", multiple_of=64),
+}
 
 
-def _lr_size(h: int, w: int, s: float) -> tuple[int, int]:
-    lh, lw = round(h / s), round(w / s)
-    if lh < 1 or lw < 1:
-        raise ValueError(f"scale={s} is too large for a {h}x{w} image (LR size {lh}x{lw}).")
-    return lh, lw
-
-
-def resize_to_lr(x: Tensor, scale: float, clamp: bool = True) -> Tensor:
-    """Antialiased bicubic downscale by ``scale`` to round(H/s) x round(W/s) (true LR size).
-
-    ``x``: ``[B, 3, H, W]`` (or ``[3, H, W]``, returned in the same layout) in [-1, 1].
-    Scale 1 returns a copy. ``clamp`` clips bicubic overshoot to [-1, 1].
-    """
-    s = _check_scale(scale)
-    single = x.ndim == 3
-    xb = _as_batch(x, "x")
-    h, w = xb.shape[-2:]
-    if s == 1.0:
-        out = xb.clone()
-    else:
-        out = F.interpolate(xb, size=_lr_size(h, w, s), mode="bicubic", align_corners=False,
-                            antialias=True)
-    if clamp:
-        out = out.clamp(-1.0, 1.0)
-    return out[0] if single else out
-
-
-def bicubic_baseline(hr: Tensor, scale: float) -> Tensor:
-    """Bicubic LR at HR pixel size (the way RealSR stores LR): down by ``scale``, back up.
-
-    HR ``[B, 3, H, W]`` (or ``[3, H, W]``) in [-1, 1] -> same shape, clamped to [-1, 1].
-    Down: antialiased bicubic to round(H/s) x round(W/s); up: bicubic to H x W.
-    Scale 1 is the identity.
-    """
-    s = _check_scale(scale)
-    single = hr.ndim == 3
-    hb = _as_batch(hr, "hr")
-    if s == 1.0:
-        out = hb.clone()
-    else:
-        lr = resize_to_lr(hb, s)  # clamped, like an LR image that was saved
-        out = F.interpolate(lr, size=tuple(hb.shape[-2:]), mode="bicubic", align_corners=False)
-    out = out.clamp(-1.0, 1.0)
-    return out[0] if single else out
+def eval_protocol(name: str) -> EvalProtocol:
+    """The protocol called ``name``; ValueError naming ``eval.protocol`` and the options."""
+    if name not in EVAL_PROTOCOLS:
+        raise ValueError(f"eval.protocol={name!r} is not one of {list(EVAL_PROTOCOLS)} (ours: 8-bit, "
+                         f"4-pixel shave, centre crop to x8; authors: float, no shave, "
+                         f"bottom/right crop to x64)")
+    return EVAL_PROTOCOLS[name]

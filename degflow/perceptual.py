@@ -16,6 +16,12 @@ Accepted files are torchvision-format state dicts: either a whole ``alexnet()`` 
 ``vgg16()`` state dict or just its ``features.N.weight`` / ``features.N.bias`` entries.
 There is never a silent fall back to a random backbone: when no
 file is found, :class:`MissingLPIPSWeightsError` says how to provide one.
+
+Pooling (``pooling=``, config key ``loss.lpips_pooling``): ``max`` is the lpips package's
+network; ``avg`` is the same pretrained VGG16 and linear heads with every max-pool replaced
+by a 2x2 / stride-2 average pool, which is the authors' training loss (piq's LPIPS with
+``replace_pooling=True``). The two are not interchangeable: on degraded pairs the average-
+pooling distance is about 0.7x the max-pooling one and its input gradients differ.
 """
 
 from __future__ import annotations
@@ -33,24 +39,26 @@ from torch import Tensor, nn
 __all__ = [
     "ENV_VAR",
     "VALID_NETS",
+    "VALID_POOLINGS",
     "LPIPSWeightsError",
     "MissingLPIPSWeightsError",
     "InvalidLPIPSWeightsError",
     "LPIPSModule",
     "load_lpips",
-    "clear_lpips_cache",
 ]
 
 ENV_VAR = "DEGFLOW_LPIPS_WEIGHTS"
 #: Set to 1 to forbid the torchvision download attempt (air-gapped clusters, tests).
 NO_DOWNLOAD_ENV_VAR = "DEGFLOW_LPIPS_NO_DOWNLOAD"
 
-# net name -> (file name in DEGFLOW_LPIPS_WEIGHTS / ../shared/weights, torchvision builder name)
+# net name -> (file name looked up in $DEGFLOW_LPIPS_WEIGHTS, torchvision builder name)
 _NETS: dict[str, tuple[str, str]] = {
     "vgg": ("vgg16_features.pth", "vgg16"),
     "alex": ("alexnet_features.pth", "alexnet"),
 }
 VALID_NETS: tuple[str, ...] = tuple(_NETS)
+#: Pooling of the backbone: the lpips package's ``max``, or ``avg`` (VGG only, the authors').
+VALID_POOLINGS: tuple[str, ...] = ("max", "avg")
 
 # Which config key names the backbone file, by net (used in error messages only).
 _DEFAULT_CONFIG_KEY = {
@@ -100,7 +108,7 @@ def _how_to_provide(net: str, config_key: str) -> str:
         f"(torchvision's standard file name `{_torchvision_cache_name(net)}`).\n"
         f"Accepted files are torchvision-format state dicts: a whole "
         f"torchvision `{_NETS[net][1]}()` state dict, or only its `features.N.weight` / "
-        f"`features.N.bias` entries (like ../shared/weights/{file_name}). "
+        f"`features.N.bias` entries (as in a `{file_name}` for option 2). "
         f"(torchvision's own download into that cache needs internet access.)"
     )
 
@@ -245,6 +253,22 @@ def _load_linear_heads(lp: nn.Module, net: str) -> None:
     assert not result.unexpected_keys, result.unexpected_keys
 
 
+def _average_pooling(lp: nn.Module) -> int:
+    """Replace every max-pool of lpips' backbone slices by an average pool of the same
+    window (VGG16: 2x2, stride 2). Returns how many were replaced."""
+    replaced = 0
+    for slice_name, block in lp.net.named_children():
+        if not slice_name.startswith("slice"):
+            continue
+        for idx, layer in list(block.named_children()):
+            if isinstance(layer, nn.MaxPool2d):
+                block._modules[idx] = nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding,
+                                                   ceil_mode=layer.ceil_mode)
+                replaced += 1
+    assert replaced, "lpips backbone has no max-pool layers; lpips package layout changed?"
+    return replaced
+
+
 class LPIPSModule(nn.Module):
     """Frozen LPIPS v0.1 distance with a pretrained backbone.
 
@@ -254,10 +278,12 @@ class LPIPSModule(nn.Module):
     Build it with :func:`load_lpips`.
     """
 
-    def __init__(self, inner: nn.Module, net: str, weights_path: Path, source: str):
+    def __init__(self, inner: nn.Module, net: str, weights_path: Path, source: str,
+                 pooling: str = "max"):
         super().__init__()
         self.inner = inner
         self.net = net
+        self.pooling = pooling
         self.weights_path = weights_path
         self.source = source
         for p in self.inner.parameters():
@@ -279,15 +305,7 @@ class LPIPSModule(nn.Module):
         return d.reshape(x.shape[0])
 
     def extra_repr(self) -> str:
-        return f"net={self.net!r}, weights={str(self.weights_path)!r} ({self.source})"
-
-
-_CACHE: dict[tuple, LPIPSModule] = {}
-
-
-def clear_lpips_cache() -> None:
-    """Forget the instances kept by :func:`load_lpips` (tests, freeing memory)."""
-    _CACHE.clear()
+        return f"net={self.net!r}, pooling={self.pooling!r}, weights={str(self.weights_path)!r} ({self.source})"
 
 
 def load_lpips(
@@ -295,8 +313,10 @@ def load_lpips(
     backbone_weights: str | Path | None = None,
     device: str | torch.device = "cpu",
     config_key: str | None = None,
+    pooling: str = "max",
 ) -> LPIPSModule:
-    """Build (or reuse) a frozen LPIPS v0.1 module with a pretrained backbone.
+    """Build a frozen LPIPS v0.1 module with a pretrained backbone (a new instance per call:
+    callers may move or convert theirs without affecting anyone else's).
 
     Args:
         net: "vgg" (training loss) or "alex" (the standard LPIPS metric); config key
@@ -306,9 +326,9 @@ def load_lpips(
         device: where the module lives.
         config_key: the config key to name in error messages; defaults to
             ``loss.lpips_backbone_weights`` (vgg) / ``eval.lpips_backbone_weights`` (alex).
-
-    The same (net, resolved file, device) returns the same instance within a process; it is
-    shared, so do not modify it.
+        pooling: ``"max"`` (the lpips package's network, the standard metric) or ``"avg"``
+            (VGG only: every max-pool replaced by average pooling, the authors' loss;
+            config key ``loss.lpips_pooling``).
 
     Raises:
         ValueError: unknown ``net``.
@@ -316,16 +336,14 @@ def load_lpips(
         InvalidLPIPSWeightsError: the file is unreadable or lacks / misshapes a needed layer.
     """
     net = _check_net(net)
+    if pooling not in VALID_POOLINGS or (pooling == "avg" and net != "vgg"):
+        raise ValueError(
+            f"LPIPS pooling={pooling!r} (config key `loss.lpips_pooling`) is not valid for "
+            f"net={net!r}; expected one of {list(VALID_POOLINGS)}, 'avg' with net='vgg' only."
+        )
     config_key = config_key or _DEFAULT_CONFIG_KEY[net]
     path, source = _resolve_weights(net, backbone_weights, config_key)
     path = path.resolve()
-    stat = path.stat()
-    device = torch.device(device)
-    key = (net, str(path), stat.st_mtime_ns, stat.st_size, str(device))
-    cached = _CACHE.get(key)
-    if cached is not None:
-        return cached
-
     sd = _read_state_dict(path, net, config_key)
 
     import lpips
@@ -337,6 +355,6 @@ def load_lpips(
                             verbose=False)
     _load_linear_heads(inner, net)
     _load_backbone(inner, sd, path, net, config_key)
-    module = LPIPSModule(inner, net, path, source).to(device)
-    _CACHE[key] = module
-    return module
+    if pooling == "avg":
+        _average_pooling(inner)
+    return LPIPSModule(inner, net, path, source, pooling).to(torch.device(device))

@@ -7,7 +7,7 @@ the state at every requested time.
 Fixed-step methods (``euler``, ``midpoint``, ``rk4``) in torchdiffeq step along the grid
 they are given and, for output times that fall between two grid points, *linearly
 interpolate* between the steps (losing the method's order). Two ways out, chosen by
-``solver.interp``:
+``solver.output_mode``:
 
 ``grid`` (default)
     :func:`time_grid` snaps the nearest uniform nodes onto the requested times, so every
@@ -20,9 +20,17 @@ interpolate* between the steps (losing the method's order). Two ways out, chosen
     so :class:`CountingField` hands them over and any number of outputs costs ONE extra
     evaluation (the velocity at the final node).
 
-The adaptive method (``dopri5``) uses its own dense output.
+The adaptive method (``dopri5``) uses its own dense output and is *bounded*: it never
+evaluates the field outside ``[0, t_max]`` (``t_max`` = the largest requested time).
+torchdiffeq's own first-step heuristic probes ``f`` at ``t0 + h0`` with an unbounded ``h0``
+and its last step may overshoot the final time; :func:`integrate` therefore chooses the
+first step itself (:func:`bounded_first_step`, the same Hairer-Norsett-Wanner heuristic with
+``h0`` capped at ``t_max``) and passes ``t_max`` as a ``step_t`` so the last step ends on it.
+A velocity network trained on ``[0, 1]`` is thus never asked about ``t > 1`` by the solver;
+what the field does beyond the last knot (generation at scales above the training range) is
+the caller's extrapolation rule (:func:`degflow.spline.extrapolation_time`).
 
-Config keys: ``solver.method``, ``solver.steps``, ``solver.interp``, ``solver.rtol``,
+Config keys: ``solver.method``, ``solver.steps``, ``solver.output_mode``, ``solver.rtol``,
 ``solver.atol``.
 """
 
@@ -40,10 +48,11 @@ __all__ = [
     "ADAPTIVE_METHODS",
     "FIXED_STEP_METHODS",
     "FIXED_STEP_STAGES",
-    "INTERP_MODES",
+    "OUTPUT_MODES",
     "SOLVER_METHODS",
     "CountingField",
     "SolverSpec",
+    "bounded_first_step",
     "integrate",
     "time_grid",
     "uniform_grid",
@@ -57,10 +66,11 @@ FIXED_STEP_METHODS: tuple[str, ...] = ("euler", "midpoint", "rk4")
 ADAPTIVE_METHODS: tuple[str, ...] = ("dopri5",)
 #: Function evaluations per step of each fixed-step method.
 FIXED_STEP_STAGES: dict[str, int] = {"euler": 1, "midpoint": 2, "rk4": 4}
-#: How fixed-step methods reach requested times between nodes (``solver.interp``).
-INTERP_MODES: tuple[str, ...] = ("grid", "cubic")
+#: How fixed-step methods reach requested times between nodes (``solver.output_mode``).
+OUTPUT_MODES: tuple[str, ...] = ("grid", "cubic")
 
 _DEFAULT_TOL = 1e-5
+_DOPRI5_ORDER = 5
 _GRID_DEDUP_TOL = 1e-9
 
 Velocity = Callable[[Tensor, Tensor], Tensor]
@@ -76,8 +86,8 @@ class SolverSpec:
             methods (``solver.steps``, >= 1); must be ``None`` for ``dopri5``.
         rtol, atol: tolerances for ``dopri5`` (``solver.rtol``, ``solver.atol``, > 0);
             must be ``None`` for fixed-step methods.
-        interp: ``"grid"`` (requested times are grid nodes) or ``"cubic"`` (uniform grid,
-            cubic Hermite output between nodes) for fixed-step methods (``solver.interp``,
+        output_mode: ``"grid"`` (requested times are grid nodes) or ``"cubic"`` (uniform grid,
+            cubic Hermite output between nodes) for fixed-step methods (``solver.output_mode``,
             see the module docstring); ``dopri5`` ignores it (its own dense output).
 
     Validated on construction; use :meth:`create` to get dopri5's default tolerances.
@@ -87,7 +97,7 @@ class SolverSpec:
     steps: int | None = None
     rtol: float | None = None
     atol: float | None = None
-    interp: str = "grid"
+    output_mode: str = "grid"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -99,19 +109,19 @@ class SolverSpec:
         steps: int | None = None,
         rtol: float | None = None,
         atol: float | None = None,
-        interp: str | None = None,
+        output_mode: str | None = None,
     ) -> "SolverSpec":
         """Build a spec, filling ``rtol = atol = 1e-5`` for dopri5 when both are None and
-        ``interp = "grid"`` when None."""
+        ``output_mode = "grid"`` when None."""
         if method in ADAPTIVE_METHODS and rtol is None and atol is None:
             rtol = atol = _DEFAULT_TOL
         return cls(method=method, steps=steps, rtol=rtol, atol=atol,
-                   interp="grid" if interp is None else interp)
+                   output_mode="grid" if output_mode is None else output_mode)
 
     def to_dict(self) -> dict[str, object]:
         """Plain dict accepted by :meth:`create` (stored in checkpoints and manifests)."""
         return {"method": self.method, "steps": self.steps, "rtol": self.rtol,
-                "atol": self.atol, "interp": self.interp}
+                "atol": self.atol, "output_mode": self.output_mode}
 
     @property
     def is_fixed_step(self) -> bool:
@@ -126,10 +136,10 @@ class SolverSpec:
                 f"{list(SOLVER_METHODS)} (fixed-step: {list(FIXED_STEP_METHODS)}, adaptive: "
                 f"{list(ADAPTIVE_METHODS)})"
             )
-        if self.interp not in INTERP_MODES:
+        if self.output_mode not in OUTPUT_MODES:
             raise ValueError(
-                f"solver.interp: unknown output mode {self.interp!r}; valid modes are "
-                f"{list(INTERP_MODES)} (grid: requested times are solver steps; cubic: uniform "
+                f"solver.output_mode: unknown output mode {self.output_mode!r}; valid modes are "
+                f"{list(OUTPUT_MODES)} (grid: requested times are solver steps; cubic: uniform "
                 f"steps, cubic Hermite output in between)"
             )
         if self.is_fixed_step:
@@ -191,6 +201,10 @@ class CountingField(torch.nn.Module):
         """Set :attr:`nfe` back to 0 and forget the remembered evaluation."""
         self.nfe = 0
         self._last = None
+
+    def remember(self, t: Tensor | float, z: Tensor, out: Tensor) -> None:
+        """Make ``out`` the remembered evaluation at ``(t, z)`` (it was computed by this field)."""
+        self._last = (t.detach() if isinstance(t, Tensor) else t, z, out)
 
     def forward(self, t: Tensor, z: Tensor) -> Tensor:
         # identity first: reading t's value synchronises a GPU, so only do it for a candidate
@@ -276,12 +290,57 @@ def time_grid(targets: Sequence[float] | Tensor, steps: int, t0: float = 0.0) ->
 
 def uniform_grid(t_end: float, steps: int) -> Tensor:
     """Plain uniform grid ``[steps + 1]`` over ``[0, t_end]`` (float64, CPU; last node exactly
-    ``t_end``) used by ``solver.interp=cubic``."""
+    ``t_end``) used by ``solver.output_mode=cubic``."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"solver.steps: expected an integer >= 1, got {steps!r}")
     grid = torch.linspace(0.0, float(t_end), steps + 1, dtype=torch.float64)
     grid[-1] = float(t_end)
     return grid
+
+
+def _rms(x: Tensor) -> float:
+    return float(x.detach().abs().pow(2).mean().sqrt())
+
+
+def bounded_first_step(
+    field: Callable[[Tensor, Tensor], Tensor],
+    t0: Tensor,
+    z0: Tensor,
+    f0: Tensor,
+    rtol: float,
+    atol: float,
+    order: int,
+    t_end: float,
+) -> float:
+    """Initial step of an adaptive solver that never probes the field beyond ``t_end``.
+
+    The usual heuristic (Hairer, Norsett & Wanner, Solving ODEs I, sec. II.4):
+    ``d0 = ||z0 / sc||``, ``d1 = ||f0 / sc||`` with ``sc = atol + rtol |z0|`` (RMS norms),
+    ``h0 = 0.01 d0 / d1`` (``1e-6`` when either is tiny), one probe ``f1 = f(t0 + h0, z0 + h0 f0)``,
+    ``d2 = ||(f1 - f0) / sc|| / h0``, ``h1 = (0.01 / max(d1, d2)) ** (1 / (order + 1))``,
+    first step ``min(100 h0, h1)``; here ``h0`` and the result are also capped at
+    ``t_end - t0``, so the probe stays inside ``[t0, t_end]``.
+
+    Args:
+        field: torchdiffeq-style ``f(t_scalar, z)``.
+        t0: scalar start time; z0, f0: ``[B, ...]`` state and ``f(t0, z0)``.
+        rtol, atol: tolerances; order: the method's error order minus one (4 for dopri5).
+        t_end: last time the field may be evaluated at (> t0).
+    Returns:
+        The first step size (a float in ``(0, t_end - t0]``).
+    """
+    span = float(t_end) - float(t0)
+    scale = atol + z0.detach().abs() * rtol
+    d0, d1 = _rms(z0 / scale), _rms(f0 / scale)
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    h0 = min(h0, span)
+    f1 = field(t0 + h0, z0 + h0 * f0)
+    d2 = _rms((f1 - f0) / scale) / h0
+    if max(d1, d2) <= 1e-15:
+        h1 = max(1e-6, h0 * 1e-3)
+    else:
+        h1 = (0.01 / max(d1, d2)) ** (1.0 / (order + 1))
+    return min(100.0 * h0, h1, span)
 
 
 def integrate(
@@ -303,9 +362,10 @@ def integrate(
         ``(states [T, B, ...], nfe)``: the state at each requested time in the requested
         order, on ``z0``'s device and dtype, and the number of velocity evaluations.
         Fixed-step methods step on :func:`time_grid` (``nfe = (len(grid) - 1) * stages``)
-        or, with ``spec.interp == "cubic"``, on :func:`uniform_grid`
+        or, with ``spec.output_mode == "cubic"``, on :func:`uniform_grid`
         (``nfe = steps * stages + 1``);
-        dopri5 steps adaptively with ``spec.rtol``/``spec.atol``. Runs under the caller's
+        dopri5 steps adaptively with ``spec.rtol``/``spec.atol`` and never evaluates the
+        field outside ``[0, max(times)]`` (see the module docstring). Runs under the caller's
         grad mode (backpropagation goes through the solver's operations).
     """
     if not isinstance(spec, SolverSpec):
@@ -326,7 +386,7 @@ def integrate(
     if float(req.max()) == 0.0:
         return z0.unsqueeze(0).expand(req.numel(), *z0.shape).clone(), 0
 
-    if spec.is_fixed_step and spec.interp == "cubic":
+    if spec.is_fixed_step and spec.output_mode == "cubic":
         assert spec.steps is not None
         # outputs at 0 and every requested time; steps on the uniform grid in between
         out64 = torch.unique(torch.cat([torch.zeros(1, dtype=torch.float64), req]))
@@ -355,5 +415,12 @@ def integrate(
     if spec.is_fixed_step:
         sol = odeint(field, z0, grid, method=spec.method)
     else:
-        sol = odeint(field, z0, grid, method=spec.method, rtol=spec.rtol, atol=spec.atol)
+        assert spec.rtol is not None and spec.atol is not None
+        t0, t_end = grid[0], grid[-1]
+        f0 = field(t0, z0)
+        first = bounded_first_step(field, t0, z0, f0, spec.rtol, spec.atol, _DOPRI5_ORDER - 1,
+                                   float(t_end))
+        field.remember(t0, z0, f0)  # the solver's own first call f(t0, z0) then costs nothing
+        sol = odeint(field, z0, grid, method=spec.method, rtol=spec.rtol, atol=spec.atol,
+                     options={"first_step": first, "step_t": t_end.reshape(1)})
     return sol[idx.to(z0.device)], field.nfe

@@ -17,6 +17,15 @@ where the moments ``M`` (second derivatives at the knots) solve the tridiagonal 
 = 6 ((P_{k+1} - P_k) / h_k - (P_k - P_{k-1}) / h_{k-1})`` for interior ``k`` with the
 natural boundary ``M_0 = M_{K-1} = 0``.
 
+Outside the knots (``t < t_0`` or ``t > t_{K-1}``) every path follows degflow's ONE
+extrapolation rule, :func:`extrapolation_time`: the velocity is evaluated at the time
+clamped to the knot range, i.e. the field is frozen at the end knot. For a path whose
+velocity is ``mu'(t)`` this continues linearly with the end slope:
+``mu(t) = mu(t_e) + (t - t_e) mu'(t_e)``, ``mu'(t) = mu'(t_e)``, ``mu'' = mu''' = 0``
+(``t_e`` the nearest end knot). For the natural cubic spline (``M = 0`` at the ends) this
+continuation is C2, unlike continuing the end cubic. Generation beyond the largest training
+scale uses the same rule on the learned field: ``dz/dt = v(z, extrapolation_time(t, 0, t_K))``.
+
 Everything is differentiable with respect to the knot values *and* the knot times
 (learnable interior knot times are trained through it), works in float32/float64 on any
 device. Config key for the path kind: ``spline.path``.
@@ -34,6 +43,7 @@ __all__ = [
     "PathPoint",
     "cubic_spline",
     "evaluate_path",
+    "extrapolation_time",
     "linear_path",
     "natural_cubic_moments",
 ]
@@ -116,6 +126,22 @@ def _prepare_t(t: Tensor | float, knots: Tensor) -> Tensor:
     return t.to(device=knots.device, dtype=knots.dtype)
 
 
+def extrapolation_time(t: Tensor, t_first: Tensor | float, t_last: Tensor | float) -> Tensor:
+    """The time at which a velocity is evaluated for the path time ``t``: ``t`` clamped to
+    ``[t_first, t_last]``. This is degflow's one extrapolation rule beyond the knots (see the
+    module docstring): the field is frozen at the end knot.
+
+    Args:
+        t: times, any shape (e.g. ``[B]``).
+        t_first, t_last: first and last knot time (floats, or tensors broadcastable to ``t``).
+    Returns:
+        ``t`` clamped, same shape and dtype.
+    """
+    lo = torch.as_tensor(t_first, dtype=t.dtype, device=t.device)
+    hi = torch.as_tensor(t_last, dtype=t.dtype, device=t.device)
+    return torch.minimum(torch.maximum(t, lo), hi)
+
+
 def _moments_flat(kt: Tensor, flat: Tensor, shared: bool) -> Tensor:
     """Moments for ``kt [B, K]`` and ``flat [B, K, N]``; returns ``[B, K, N]``."""
     batch, k, n_el = flat.shape
@@ -189,8 +215,9 @@ def cubic_spline(knot_times: Tensor, knots: Tensor, t: Tensor | float) -> PathPo
         knots: ``[B, K, ...]``.
         t: ``[B]`` (or a scalar for all samples), normally in ``[t_0, t_{K-1}]``. A ``t``
             exactly at an interior knot belongs to the segment on its right; ``t_{K-1}``
-            belongs to the last segment; ``t`` outside the range uses the end segment's
-            cubic (extrapolation).
+            belongs to the last segment; ``t`` outside the range continues linearly with
+            the end knot's slope (:func:`extrapolation_time`; segment and right_time are
+            those of the end segment).
 
     Returns:
         :class:`PathPoint` with value/d1/d2/d3 of shape ``[B, ...]``.
@@ -201,6 +228,8 @@ def cubic_spline(knot_times: Tensor, knots: Tensor, t: Tensor | float) -> PathPo
     trailing = knots.shape[2:]
     flat = knots.reshape(batch, k, -1)
     moments = _moments_flat(kt, flat, shared=knot_times.ndim == 1)
+    t_out = t
+    t = extrapolation_time(t, kt[:, 0], kt[:, -1])
     idx, t_left, t_right = _locate(kt, t)
     h = (t_right - t_left).unsqueeze(1)  # [B, 1]
     a = ((t_right - t).unsqueeze(1)) / h
@@ -211,6 +240,7 @@ def cubic_spline(knot_times: Tensor, knots: Tensor, t: Tensor | float) -> PathPo
     d1 = (p1 - p0) / h + (h / 6.0) * ((1.0 - 3.0 * a * a) * m0 + (3.0 * b * b - 1.0) * m1)
     d2 = a * m0 + b * m1
     d3 = (m1 - m0) / h
+    value, d2, d3 = _continue(t_out, t, value, d1, d2, d3)
     shape = (batch, *trailing)
     return PathPoint(
         value=value.reshape(shape),
@@ -222,6 +252,17 @@ def cubic_spline(knot_times: Tensor, knots: Tensor, t: Tensor | float) -> PathPo
     )
 
 
+def _continue(t: Tensor, t_held: Tensor, value: Tensor, d1: Tensor, d2: Tensor,
+              d3: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Linear continuation outside the knots (the extrapolation rule).
+
+    ``t, t_held [B]``; ``value, d1, d2, d3 [B, N]`` evaluated at ``t_held``. Returns value,
+    d2, d3 at ``t``: ``value + (t - t_held) d1``, and zero d2 / d3 where ``t != t_held``."""
+    dt = (t - t_held).unsqueeze(1)                                          # [B, 1]
+    inside = (dt == 0).to(d2.dtype)
+    return value + dt * d1, d2 * inside, d3 * inside
+
+
 def linear_path(knot_times: Tensor, knots: Tensor, t: Tensor | float) -> PathPoint:
     """Piecewise-linear path through the knots (``d2 = d3 = 0``).
 
@@ -231,12 +272,14 @@ def linear_path(knot_times: Tensor, knots: Tensor, t: Tensor | float) -> PathPoi
     t = _prepare_t(t, knots)
     batch, k = knots.shape[:2]
     flat = knots.reshape(batch, k, -1)
+    t_out = t
+    t = extrapolation_time(t, kt[:, 0], kt[:, -1])
     idx, t_left, t_right = _locate(kt, t)
     h = (t_right - t_left).unsqueeze(1)
     b = ((t - t_left).unsqueeze(1)) / h
     p0, p1 = _pick(flat, idx), _pick(flat, idx + 1)
     d1 = (p1 - p0) / h
-    value = p0 + b * (p1 - p0)
+    value = p0 + b * (p1 - p0) + (t_out - t).unsqueeze(1) * d1
     shape = (batch, *knots.shape[2:])
     zeros = torch.zeros(shape, dtype=knots.dtype, device=knots.device)
     return PathPoint(

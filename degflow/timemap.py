@@ -79,7 +79,7 @@ def _check_knot_scales(knot_scales: Any) -> tuple[float, ...]:
     return scales
 
 
-def _interp(x: float, xs: tuple[float, ...], ys: tuple[float, ...]) -> float:
+def _piecewise_linear(x: float, xs: tuple[float, ...], ys: tuple[float, ...]) -> float:
     """Piecewise-linear interpolation through ``(xs, ys)`` with linear extrapolation."""
     i = bisect.bisect_right(xs, x) - 1
     i = min(max(i, 0), len(xs) - 2)
@@ -87,8 +87,8 @@ def _interp(x: float, xs: tuple[float, ...], ys: tuple[float, ...]) -> float:
     return y0 + (x - x0) * (y1 - y0) / (x1 - x0)
 
 
-def _interp_tensor(x: Tensor, xs: tuple[float, ...], ys: tuple[float, ...]) -> Tensor:
-    """Tensor version of :func:`_interp` (elementwise, any shape, differentiable in ``x``)."""
+def _piecewise_linear_tensor(x: Tensor, xs: tuple[float, ...], ys: tuple[float, ...]) -> Tensor:
+    """Tensor version of :func:`_piecewise_linear` (elementwise, any shape, differentiable in ``x``)."""
     xs_t = torch.tensor(xs, dtype=x.dtype, device=x.device)
     ys_t = torch.tensor(ys, dtype=x.dtype, device=x.device)
     flat = x.reshape(-1)
@@ -275,7 +275,7 @@ class TimeMap:
                     f"expected every {name} >= {lo} (no NaN), got min "
                     f"{float(xt.detach().min())}"
                 )
-            return _interp_tensor(xt, xs, ys)
+            return _piecewise_linear_tensor(xt, xs, ys)
         if isinstance(x, np.ndarray):
             out = self._apply(torch.from_numpy(np.asarray(x, dtype=np.float64)), xs, ys, name, lo)
             return out.numpy()
@@ -283,7 +283,7 @@ class TimeMap:
             v = float(x)
             if not v >= lo:
                 raise ValueError(f"expected a {name} >= {lo}, got {v}")
-            return _interp(v, xs, ys)
+            return _piecewise_linear(v, xs, ys)
         if isinstance(x, Sequence) and not isinstance(x, (str, bytes)):
             return [self._apply(float(v), xs, ys, name, lo) for v in x]
         raise ValueError(

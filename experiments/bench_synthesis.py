@@ -8,12 +8,12 @@
 Writes ``experiments/results/bench_synthesis.json`` (``--out``) and prints markdown tables.
 
 1. Scale cost: one image, 1 scale (4.0) vs 30 scales (1.1, ..., 4.0) with the same solver
-   and steps, for both ``solver.interp`` modes: NFE, seconds of the ODE solve alone, seconds
+   and steps, for both ``solver.output_mode`` modes: NFE, seconds of the ODE solve alone, seconds
    of encode + solve (decoding aside) and of the whole call (medians of ``--repeats`` runs).
 2. Reference: a sampler doing what the authors' does (scipy ``solve_ivp`` RK45,
    rtol = atol = 1e-5, starting from z_0 at t = 1e-3, the latent moved to numpy float64 at
    every evaluation) on the same model; for each of our settings (euler / midpoint / rk4 at
-   several step counts, each with ``interp=grid`` and ``interp=cubic``, dopri5): NFE,
+   several step counts, each with ``output_mode=grid`` and ``output_mode=cubic``, dopri5): NFE,
    seconds per image and, at every scale, Y-PSNR of ours
    vs the reference output and of both vs the real LR image (demo data only). Goal: a
    fixed-step setting within 0.05 dB of the reference at every scale with at most a third
@@ -44,12 +44,13 @@ sys.path.insert(0, str(REPO))
 
 from degflow.metrics import psnr_y  # noqa: E402
 from degflow.solvers import SolverSpec  # noqa: E402
-from degflow.synthesis import Synthesizer, expand_scales, scale_label  # noqa: E402
+from degflow.generation import Synthesizer  # noqa: E402
+from degflow.scales import expand_scales, scale_label  # noqa: E402
 
 AUTHORS_GRID = {"start": 1.1, "stop": 4.0, "step": 0.1}
 FIXED = ([("euler", n) for n in (8, 16, 32, 64)] + [("midpoint", n) for n in (4, 8, 16, 32)]
          + [("rk4", n) for n in (2, 4, 8, 16, 32)])
-#: (method, steps, interp): every fixed-step setting with both output modes, then dopri5
+#: (method, steps, output_mode): every fixed-step setting with both output modes, then dopri5
 SETTINGS = ([(m, n, "grid") for m, n in FIXED] + [(m, n, "cubic") for m, n in FIXED]
             + [("dopri5", None, "grid")])
 REF_T0 = 1e-3
@@ -94,10 +95,10 @@ def load_images(args, scales: list[float]) -> list[dict]:
             top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
             out.append({"name": p.name, "hr": x[None, :, top:top + side, left:left + side], "real": {}})
         return out
-    from degflow.data.demo import demo_data
+    from degflow.data import build_data
 
-    bundle = demo_data(train_scales=(1, 2, 4), val_scales=(1.0, *[s for s in scales if s != 1.0]),
-                       val_max_size=args.max_side, samples_per_epoch=1)
+    bundle = build_data("demo", train_scales=(1, 2, 4), val_scales=(1.0, *[s for s in scales if s != 1.0]),
+                        val_max_size=args.max_side, samples_per_epoch=1)
     out = []
     for i in range(min(len(bundle.val), args.max_images)):
         item = bundle.val[i]
@@ -145,9 +146,9 @@ def scale_cost(synth: Synthesizer, hr: torch.Tensor, repeats: int) -> list[dict]
     rows = []
     settings = [("rk4", 16, "grid"), ("rk4", 16, "cubic"), ("rk4", 32, "grid"), ("rk4", 32, "cubic"),
                 ("euler", 64, "grid"), ("euler", 64, "cubic")]
-    for method, steps, interp in settings:
-        spec = SolverSpec.create(method, steps=steps, interp=interp)
-        row = {"solver": f"{method}/{steps}/{interp}"}
+    for method, steps, mode in settings:
+        spec = SolverSpec.create(method, steps=steps, output_mode=mode)
+        row = {"solver": f"{method}/{steps}/{mode}"}
         cases = (("1", [4.0]), ("30", many))
         runs: dict[str, list] = {label: [] for label, _ in cases}
         for label, scales in cases:
@@ -196,8 +197,8 @@ def against_reference(synth: Synthesizer, images: list[dict], scales: list[float
         result["reference"]["psnr_vs_real"] = {
             scale_label(s): float(np.mean([float(psnr_y(p["ref"][s], item["real"][s]))
                                            for p, item in zip(per_image, images)])) for s in scales}
-    for method, steps, interp in SETTINGS:
-        spec = SolverSpec.create(method, steps=steps, interp=interp)
+    for method, steps, mode in SETTINGS:
+        spec = SolverSpec.create(method, steps=steps, output_mode=mode)
         nfes, secs, vs_ref, vs_real = [], [], {s: [] for s in scales}, {s: [] for s in scales}
         for item, p in zip(images, per_image):
             res = synth.generate(item["hr"], scales, solver=spec)
@@ -207,7 +208,7 @@ def against_reference(synth: Synthesizer, images: list[dict], scales: list[float
                 vs_ref[s].append(float(psnr_y(res.images[s].cpu(), p["ref"][s])))
                 if has_real:
                     vs_real[s].append(float(psnr_y(res.images[s].cpu(), item["real"][s])))
-        row = {"solver": method if steps is None else f"{method}/{steps}/{interp}", "nfe": float(np.mean(nfes)),
+        row = {"solver": method if steps is None else f"{method}/{steps}/{mode}", "nfe": float(np.mean(nfes)),
                "seconds_per_image": float(np.mean(secs)),
                "psnr_vs_reference": {scale_label(s): float(np.mean(v)) for s, v in vs_ref.items()}}
         if has_real:
@@ -231,7 +232,7 @@ import json, resource, sys, time, torch
 sys.path.insert(0, sys.argv[1])
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from degflow.synthesis import Synthesizer
+from degflow.generation import Synthesizer
 from degflow.solvers import SolverSpec
 from degflow.timemap import TimeMap
 h, w, n_scales = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -267,7 +268,7 @@ def markdown(report: dict) -> str:
     lines = []
     if "scale_cost" in report:
         lines += ["### Cost of 30 scales vs 1 (one image, same solver and steps; medians)", "",
-                  "| solver/steps/interp | NFE 1 | NFE 30 | encode+solve 1 (s) | encode+solve 30 (s) | ratio | "
+                  "| solver/steps/output_mode | NFE 1 | NFE 30 | encode+solve 1 (s) | encode+solve 30 (s) | ratio | "
                   "with decode 1 (s) | with decode 30 (s) | ratio |", "|---|---|---|---|---|---|---|---|---|"]
         for r in report["scale_cost"]:
             lines.append(f"| {r['solver']} | {r['nfe_1']} | {r['nfe_30']} | {r['encode_solve_s_1']:.3f} | "
@@ -278,7 +279,7 @@ def markdown(report: dict) -> str:
         ref = report["reference"]["reference"]
         lines += [f"### Against the reference sampler (scipy RK45, tol {ref['rtol']:g}, t0 {ref['t0']:g}): "
                   f"NFE {ref['nfe']:.0f}, {ref['seconds_per_image']:.2f} s/image", "",
-                  "| solver/steps/interp | NFE | s/image | min PSNR vs ref (dB) | max abs delta vs real (dB) |",
+                  "| solver/steps/output_mode | NFE | s/image | min PSNR vs ref (dB) | max abs delta vs real (dB) |",
                   "|---|---|---|---|---|"]
         for r in report["reference"]["settings"]:
             delta = r.get("max_abs_delta_db_vs_reference_metric")

@@ -61,7 +61,8 @@ from degflow.spline import evaluate_path  # noqa: E402
 from degflow.training.accel import accelerate  # noqa: E402
 from degflow.training.latent_cache import load_or_build_latent_cache  # noqa: E402
 from degflow.training.lfm import LFMStage, SplineSettings, aligned_training_set  # noqa: E402
-from degflow.training.loop import autocast, infinite_batches, resolve_device  # noqa: E402
+from degflow.runtime import autocast, resolve_device  # noqa: E402
+from degflow.training.sampling import train_batches  # noqa: E402
 
 WEIGHTS = REPO.parent / "shared" / "weights" / "vgg16_features.pth"
 
@@ -154,14 +155,16 @@ def lfm_step(stage: LFMStage, batches, optimizer, clock: Clock, precision: str, 
 # ------------------------------------------------------------------------------ setup
 def build(args, device: torch.device) -> tuple[dict, dict]:
     """Runnable configurations ``{name: step()}`` and one-time costs (cache builds)."""
-    data3 = demo_data(train_scales=[1, 2, 3, 4], val_scales=[1, 2, 3, 4], crop_size=args.crop,
-                      samples_per_epoch=10**6, max_side=args.max_side, val_max_size=64)
-    data2 = demo_data(train_scales=[1, 2, 4], val_scales=[1, 2, 4], crop_size=args.crop,
-                      samples_per_epoch=10**6, max_side=args.max_side, val_max_size=64)
+    demo = yaml.safe_load((REPO / "conf" / "data" / "demo.yaml").read_text())
+    demo.pop("_target_")
+    demo.update(crop_size=args.crop, samples_per_epoch=10**6, max_side=args.max_side, val_max_size=64)
+    data3 = demo_data(**{**demo, "train_scales": [1, 2, 3, 4], "val_scales": [1, 2, 3, 4]})
+    data2 = demo_data(**{**demo, "train_scales": [1, 2, 4], "val_scales": [1, 2, 4]})
     if args.records:
         for d in (data3, data2):
             d.train.records = d.train.records[:args.records]
-    lpips = load_lpips("vgg", str(WEIGHTS) if WEIGHTS.is_file() else None, device=device)
+    lpips = load_lpips("vgg", str(WEIGHTS) if WEIGHTS.is_file() else None, device=device,
+                       pooling=LossSettings().lpips_pooling)
     steps, once = {}, {}
     for name in args.presets:
         torch.manual_seed(0)
@@ -169,7 +172,7 @@ def build(args, device: torch.device) -> tuple[dict, dict]:
         # stage 1
         rae = accelerate(RAE(**preset("rae", name)).to(device), args.channels_last, args.compile)
         opt = torch.optim.Adam(rae.parameters(), lr=1e-4, betas=(0.5, 0.9), fused=True)
-        batches = infinite_batches(data2.train, batch, 0, device)
+        batches = train_batches(data2.train, 0, 0, batch, 0, device)
         steps[f"rae {name}"] = (lambda r=rae, bt=batches, o=opt: lambda c: rae_step(r, bt, o, c, "fp32"))()
         # stage 2: the frozen RAE, one velocity network per configuration
         frozen = RAE(**preset("rae", name)).to(device).eval().requires_grad_(False)
@@ -201,7 +204,7 @@ def build(args, device: torch.device) -> tuple[dict, dict]:
             dataset = data3.train if reference else aligned_training_set(data2.train, frozen.stride)
             # ours: Adam fused as in degflow.training.loop.fit; reference: torch's default Adam
             opt = torch.optim.Adam(stage.trainable_parameters(), lr=2e-4, fused=None if reference else True)
-            batches = infinite_batches(dataset, batch, 0, device)
+            batches = train_batches(dataset, 0, 0, batch, 0, device)
             steps[f"lfm {name} {label}"] = (lambda s=stage, bt=batches, o=opt, p=precision or "fp32", r=reference:
                                             lambda c: lfm_step(s, bt, o, c, p, r))()
             stage.velocity.train()

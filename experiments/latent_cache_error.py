@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -46,7 +47,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rae = build_model(load_checkpoint(args.rae_ckpt, kind="rae")["models"]["rae"]).eval()
-    data = demo_data()                                    # conf/data/demo.yaml defaults
+    demo = yaml.safe_load((REPO / "conf" / "data" / "demo.yaml").read_text())   # the demo defaults
+    demo.pop("_target_")
+    data = demo_data(**demo)
     cache = load_or_build_latent_cache(rae, data.train.records, data.train.scales, file_sha256(args.rae_ckpt),
                                        torch.device("cpu"), args.cache_dir)
     report = {"rae_ckpt": str(args.rae_ckpt), "rae_config": rae.config, "crops_per_size": args.crops, "sizes": {}}

@@ -9,6 +9,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from degflow.data.options import DATA_OPTIONS, option_defaults
+
+
+def scan(option: str, deep: bool = False, **settings):
+    """The validator's scan of ``data=<option>`` (train, val and test splits) with
+    ``settings`` over the option's defaults (conf/data/<option>.yaml)."""
+    return DATA_OPTIONS[option].scan({**option_defaults(option), **settings}, deep)
+
 
 def rand_image(h: int, w: int, seed: int) -> np.ndarray:
     """A random uint8 RGB image [h, w, 3]."""

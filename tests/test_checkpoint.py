@@ -87,14 +87,14 @@ def test_rng_state_round_trip_reproduces_random_draws(tmp_path):
     assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1]) and expected[2] == got[2]
 
 
-def test_latest_checkpoint_of_a_kind_is_found_by_time(tmp_path):
+def test_latest_finished_checkpoint_of_a_kind_is_found_by_time(tmp_path):
     import os
 
     a = tmp_path / "rae" / "a" / "checkpoints" / "last.pt"
     b = tmp_path / "rae" / "b" / "checkpoints" / "last.pt"
     c = tmp_path / "lfm" / "c" / "checkpoints" / "last.pt"
     for p, kind in ((a, "rae"), (b, "rae"), (c, "lfm")):
-        save_checkpoint(p, {"kind": kind})
+        save_checkpoint(p, {"kind": kind, "step": 2, "config": {"stage": {"steps": 2}}})  # finished runs
     os.utime(a, (1e9, 1e9))
     os.utime(b, (2e9, 2e9))
     os.utime(c, (3e9, 3e9))

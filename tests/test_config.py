@@ -124,12 +124,26 @@ def test_unknown_config_options_are_refused_with_the_valid_choices():
 
 
 def test_run_directory_is_derived_from_the_command():
-    assert run_slug("") == "default"
-    assert run_slug("data.root=/a/b,seed=1") == "data.root=_a_b,seed=1"
-    assert len(run_slug("x" * 500)) <= 120
+    assert run_slug("rae", []) == "default"
+    assert run_slug("lfm", ["stage.steps=40", "stage.warmup_steps=10"]) == "stage.steps-40+stage.warmup_steps-10"
+    assert run_slug("lfm", ["stage.warmup_steps=10", "stage.steps=40"]) == "stage.steps-40+stage.warmup_steps-10"
+    # characters outside [A-Za-z0-9._-] are replaced and a hash keeps different commands apart
+    a, b = run_slug("rae", ["data.root=/a/b", "seed=1"]), run_slug("rae", ["data.root=/a_b", "seed=1"])
+    assert a.startswith("data.root-_a_b+seed-1-") and a != b
+    assert len(run_slug("rae", ["seed=" + "1" * 500])) <= 120
+    assert run_slug("rae", ["seed=" + "1" * 500]) != run_slug("rae", ["seed=" + "1" * 499])
     raw = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "config.yaml"), resolve=False)
-    hydra_run_dir = raw["hydra"]["run"]["dir"]
-    assert "override_dirname" in hydra_run_dir
+    assert "run_slug:${stage.name},${hydra:overrides.task}" in raw["hydra"]["run"]["dir"]
+
+
+def test_run_directory_depends_only_on_what_the_stage_uses():
+    assert run_slug("rae", ["loss.lpips_weight=0", "solver=euler", "spline.path=linear", "model/lfm=paper",
+                            "model.lfm.nf=8", "eval.lpips=false", "rae_ckpt=x.pt"]) == "default"
+    assert run_slug("lfm", ["model.rae.widths=[8,8]", "model/rae=paper"]) == "default"
+    assert run_slug("lfm", ["loss.lpips_weight=0"]) == "loss.lpips_weight-0"
+    assert run_slug("rae", ["stage=rae", "device=cpu", "num_workers=2", "resume=false", "logger=none",
+                            "logger.project=p", "output_root=/o", "hydra/launcher=basic", "stage.ckpt_every=10",
+                            "stage.ckpt_minutes=1", "stage.keep_every=100", "stage.log_every=5"]) == "default"
 
 
 def test_the_multirun_flag_may_follow_the_overrides():

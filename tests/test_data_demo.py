@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from degflow.data import DataBundle, degrade, demo_data
-from degflow.data.demo import TRAIN_IMAGES, VAL_IMAGES, demo_image_paths, jpeg_quality
+from degflow.data import DataBundle, build_data, degrade
+from degflow.data.demo import TEST_IMAGES, TRAIN_IMAGES, demo_image_paths, jpeg_quality
 from degflow.data.images import read_image
 from degflow.data.transforms import dihedral
 
@@ -46,14 +46,14 @@ def cat() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def bundle() -> DataBundle:
-    return demo_data(crop_size=48, samples_per_epoch=16, val_max_size=128, max_side=256)
+    return build_data("demo", crop_size=48, samples_per_epoch=16, val_max_size=128, max_side=256)
 
 
 def test_photos_ship_inside_the_scikit_image_wheel():
-    train, val = demo_image_paths()
+    train, test = demo_image_paths()
     assert [p.name for p in train] == list(TRAIN_IMAGES)
-    assert [p.name for p in val] == list(VAL_IMAGES)
-    assert all(p.is_file() and "skimage" in p.parts[-3] for p in train + val)
+    assert [p.name for p in test] == list(TEST_IMAGES)
+    assert all(p.is_file() and "skimage" in p.parts[-3] for p in train + test)
 
 
 def test_scale_1_returns_the_hr_image_exactly(cat):
@@ -121,7 +121,26 @@ def test_bundle_scales_description_and_lengths(bundle):
     assert bundle.train_scales == (1.0, 2.0, 4.0)
     assert bundle.val_scales == (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
     assert "demo" in bundle.description and "\n" not in bundle.description
-    assert len(bundle.train) == 16 and len(bundle.val) == 2
+    assert len(bundle.train) == 16 and len(bundle.val) == 5
+
+
+def test_validation_is_a_held_out_band_of_each_training_photo_and_test_is_separate(bundle):
+    """Train rows and validation rows of a photo are disjoint and together the whole photo;
+    the test photos are other photos, built only when asked for."""
+    train = {r.name: r for r in bundle.train.records}
+    for v in bundle.val.records:
+        name = v.name.removesuffix("_val")
+        t = train[name]
+        rows_t, rows_v = t.hr_image.shape[-2], v.hr_image.shape[-2]
+        assert rows_v == round(0.25 * (rows_t + rows_v))
+        photo = torch.cat([t.hr_image, v.hr_image], dim=-2)      # [3, H, W], the whole photo
+        assert photo.shape[-1] == t.hr_image.shape[-1] and max(photo.shape[-2:]) == 256
+        # each part was degraded on its own: no validation pixel reaches a training LR
+        assert torch.equal(t.lr_images[2.0], degrade(t.hr_image, 2.0, seed=TRAIN_IMAGES.index(
+            next(p for p in TRAIN_IMAGES if p.rsplit(".", 1)[0] == name))))
+    test = bundle.test
+    assert [r.name for r in test.records] == [p.rsplit(".", 1)[0] for p in TEST_IMAGES]
+    assert not {r.name for r in test.records} & {r.name.removesuffix("_val") for r in bundle.val.records}
 
 
 def test_train_items_are_aligned_random_crops_with_the_documented_format(bundle):
@@ -182,22 +201,22 @@ def test_dataloader_with_workers_batches_items(bundle):
 
 def test_val_items_are_deterministic_center_crops_of_the_degraded_full_image(bundle):
     a, b = bundle.val[0], bundle.val[0]
-    assert torch.equal(a["lr"], b["lr"]) and a["name"] == "chelsea"
-    assert a["hr"].shape == (3, 128, 128) and a["lr"].shape == (6, 3, 128, 128)
+    assert torch.equal(a["lr"], b["lr"]) and a["name"] == "astronaut_val"
+    assert a["hr"].shape == (3, 64, 128) and a["lr"].shape == (6, 3, 64, 128)
     assert a["scales"].tolist() == [1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
     rec = bundle.val.records[0]
-    H, W = rec.hr_image.shape[-2:]
+    H, W = rec.hr_image.shape[-2:]                                 # the 64 x 256 band
     h8, w8 = H - H % 8, W - W % 8
-    t, l = (H - h8) // 2 + (h8 - 128) // 2, (W - w8) // 2 + (w8 - 128) // 2
-    assert torch.equal(a["hr"], rec.hr_image[:, t:t + 128, l:l + 128])
-    # LR was degraded from the FULL image, then cropped
-    full = degrade(rec.hr_image, 2.5, seed=len(TRAIN_IMAGES))
-    assert torch.equal(a["lr"][2], full[:, t:t + 128, l:l + 128])
+    t, l = (H - h8) // 2 + (h8 - 64) // 2, (W - w8) // 2 + (w8 - 128) // 2
+    assert torch.equal(a["hr"], rec.hr_image[:, t:t + 64, l:l + 128])
+    # LR was degraded from the FULL band (its own seed), then cropped
+    full = degrade(rec.hr_image, 2.5, seed=100)
+    assert torch.equal(a["lr"][2], full[:, t:t + 64, l:l + 128])
 
 
 def test_val_without_size_limit_keeps_full_image_cropped_to_multiple():
-    b = demo_data(train_scales=[1, 3], val_scales=[1, 2, 3], multiple_of=64, val_max_size=None,
-                  max_side=200)
+    b = build_data("demo", train_scales=[1, 3], val_scales=[1, 2, 3], multiple_of=64, val_max_size=None,
+                  max_side=200, val_fraction=0.5)
     for item in (b.val[0], b.val[1]):
         h, w = item["hr"].shape[-2:]
         assert h % 64 == 0 and w % 64 == 0 and max(h, w) == 192
@@ -214,4 +233,4 @@ def test_val_without_size_limit_keeps_full_image_cropped_to_multiple():
 ])
 def test_bad_config_values_name_the_config_key(bad, match):
     with pytest.raises(ValueError, match=match):
-        demo_data(**{"max_side": 64, **bad})
+        build_data("demo", **{"max_side": 64, **bad})

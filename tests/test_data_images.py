@@ -141,13 +141,14 @@ def test_cmyk_jpeg_is_converted_to_rgb_and_logged(tmp_path, info_log):
 
 
 @pytest.mark.parametrize("ext", [".png", ".jpg"])
-def test_truncated_file_is_refused_naming_it_even_if_pillow_was_told_to_allow_it(tmp_path, ext):
+def test_truncated_file_is_refused_naming_it_even_if_pillow_was_told_to_allow_it_and_the_setting_stays(tmp_path, ext):
     p = truncate(save(tmp_path / f"cut{ext}", rand_image(64, 64, 9)))
     old = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = True  # someone else's global setting
     try:
         with pytest.raises(ImageReadError, match=f"cut\\{ext}.*truncated"):
             read_image(p)
+        assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # ... which reading left as it was
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = old
 

@@ -8,8 +8,8 @@ import torch
 from degflow.data.transforms import (
     NUM_DIHEDRAL,
     aligned_random_crop,
-    center_crop_to_multiple,
     crop,
+    crop_to_multiple,
     dihedral,
     dihedral_box,
     random_crop_position,
@@ -46,17 +46,17 @@ def test_aligned_random_crop_uses_one_position_for_all_images():
         aligned_random_crop(a, torch.rand(3, 20, 31), size=5)
 
 
-def test_center_crop_to_multiple_and_max_size():
+def test_crop_to_multiple_and_max_size():
     x = torch.arange(70 * 50.0).view(1, 50, 70)
-    y = center_crop_to_multiple(x, 8)
+    y = crop_to_multiple(x, 8)
     assert y.shape == (1, 48, 64)
     assert torch.equal(y, x[:, 1:49, 3:67])
-    z = center_crop_to_multiple(x, 8, max_size=30)  # capped to 24 (multiple of 8)
+    z = crop_to_multiple(x, 8, max_size=30)  # capped to 24 (multiple of 8)
     assert z.shape == (1, 24, 24) and torch.equal(z, x[:, 13:37, 23:47])
     with pytest.raises(ValueError, match="data.multiple_of"):
-        center_crop_to_multiple(x, 0)
+        crop_to_multiple(x, 0)
     with pytest.raises(ValueError, match="data.val_max_size"):
-        center_crop_to_multiple(x, 8, max_size=4)
+        crop_to_multiple(x, 8, max_size=4)
 
 
 def test_dihedral_box_says_where_a_crop_lands_after_each_of_the_8_transforms():

@@ -7,14 +7,8 @@ import math
 import pytest
 import torch
 
-from degflow.metrics import (
-    LPIPSMetric,
-    bicubic_baseline,
-    psnr_y,
-    resize_to_lr,
-    rgb_to_y,
-    ssim_y,
-)
+from degflow.metrics import eval_protocol, psnr_y, rgb_to_y, ssim_y
+from degflow.resize import bicubic_baseline, resize_to_lr
 
 
 def _rand(*shape, seed=0):
@@ -113,14 +107,34 @@ def test_bicubic_baseline_keeps_hr_size_range_and_scale_one_is_identity():
         bicubic_baseline(x, 0.5)
 
 
-def test_lpips_metric_is_alexnet_lpips_without_grad(shared_dir):
-    w = shared_dir / "weights" / "alexnet_features.pth"
-    if not w.exists():
-        pytest.skip(f"AlexNet backbone weights not found at {w}; skipping LPIPS metric test")
-    metric = LPIPSMetric(backbone_weights=w)
-    assert metric.module.net == "alex"
-    x = _rand(2, 3, 64, 64, seed=3).requires_grad_(True)
-    y = _rand(2, 3, 64, 64, seed=4)
-    d = metric(x, y)
-    assert d.shape == (2,) and not d.requires_grad and (d > 0).all()
-    assert torch.allclose(metric(y, y), torch.zeros(2), atol=1e-7)
+def test_the_two_evaluation_protocols_are_named_and_differ_as_documented():
+    ours, authors = eval_protocol("ours"), eval_protocol("authors")
+    assert (ours.quantize, ours.shave, ours.crop, ours.multiple_of) == (True, 4, "center", 8)
+    assert (authors.quantize, authors.shave, authors.crop, authors.multiple_of) == (False, 0, "top_left", 64)
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 3, 70, 90, generator=g) * 2 - 1
+    b = (a + 0.05 * torch.randn(1, 3, 70, 90, generator=g)).clamp(-1, 1)
+    # the authors score floats with no shave: Y-PSNR straight from the definition
+    ya, yb = [(((x.double() + 1) / 2) * torch.tensor([65.481, 128.553, 24.966], dtype=torch.float64)
+               .view(1, 3, 1, 1)).sum(1) + 16.0 for x in (a, b)]
+    expected = 10 * math.log10(255.0**2 / float(((ya - yb) ** 2).mean()))
+    assert authors.psnr_y(a, b).item() == pytest.approx(expected, abs=1e-9)
+    assert ours.psnr_y(a, b).item() == pytest.approx(psnr_y(a, b, shave=4, quantize=True).item())
+    assert abs(ours.psnr_y(a, b).item() - authors.psnr_y(a, b).item()) > 1e-3
+    assert authors.to_dict() == {"name": "authors", "quantize": False, "shave": 0, "crop": "top_left",
+                                 "multiple_of": 64}
+    with pytest.raises(ValueError, match=r"eval\.protocol='paper' is not one of \['ours', 'authors'\]"):
+        eval_protocol("paper")
+
+
+def test_validation_crops_images_as_the_protocol_says():
+    from degflow.training.rae import validation_items
+
+    x = torch.arange(70 * 90, dtype=torch.float32).view(1, 70, 90).expand(3, 70, 90)
+    items = [{"name": "a", "hr": x.clone(), "lr": x.expand(2, 3, 70, 90).clone(),
+              "scales": torch.tensor([2.0, 4.0])}]
+    authors = next(validation_items(items, None, torch.device("cpu"), eval_protocol("authors")))
+    assert authors["hr"].shape == (1, 3, 64, 64) and torch.equal(authors["hr"][0], x[:, :64, :64])
+    assert authors["lr"].shape == (1, 2, 3, 64, 64)
+    ours = next(validation_items(items, None, torch.device("cpu"), eval_protocol("ours")))
+    assert ours["hr"].shape == (1, 3, 64, 88) and torch.equal(ours["hr"][0], x[:, 3:67, 1:89])

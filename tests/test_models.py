@@ -229,10 +229,12 @@ def test_velocity_for_one_sample_does_not_depend_on_the_rest_of_the_batch(unet):
     z2[1:] = 10.0 * torch.randn(2, 4, 8, 8)
     t2 = t.clone()
     t2[1:] = torch.rand(2)
+    # float32 kernels chosen per batch size (and thread count) round differently, by ~1e-6
+    # here; a real cross-sample dependence (the other samples are 10x larger) is O(1)
     with torch.no_grad():
         alone = unet(z[:1], t[:1])
-        torch.testing.assert_close(unet(z, t)[:1], alone, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(unet(z2, t2)[:1], alone, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(unet(z, t)[:1], alone, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(unet(z2, t2)[:1], alone, rtol=1e-5, atol=1e-5)
 
 
 def test_gradients_reach_every_velocity_unet_parameter(unet):

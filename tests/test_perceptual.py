@@ -12,7 +12,6 @@ from degflow.perceptual import (
     ENV_VAR,
     InvalidLPIPSWeightsError,
     MissingLPIPSWeightsError,
-    clear_lpips_cache,
     load_lpips,
 )
 
@@ -88,12 +87,14 @@ def test_vgg_lpips_is_deterministic_zero_on_identity_and_differentiable_in_input
     assert all(not p.requires_grad and p.grad is None for p in lp.parameters())
 
 
-def test_same_net_and_file_reuse_one_instance(weights_dir):
+def test_every_caller_gets_its_own_instance_so_converting_one_leaves_the_others(weights_dir):
     a = load_lpips("alex", weights_dir / "alexnet_features.pth")
     b = load_lpips("alex", str(weights_dir / "alexnet_features.pth"))
-    assert a is b
-    clear_lpips_cache()
-    assert load_lpips("alex", weights_dir / "alexnet_features.pth") is not a
+    assert a is not b
+    a.double()
+    assert next(b.parameters()).dtype == torch.float32
+    x, y = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
+    assert torch.allclose(a(x.double(), y.double()).float(), b(x, y), atol=1e-5)
 
 
 def test_env_var_directory_provides_weights(weights_dir, no_weight_sources, monkeypatch):
@@ -149,3 +150,71 @@ def test_corrupt_or_wrong_file_raises_naming_the_file(tmp_path, weights_dir):
 def test_unknown_net_lists_valid_options():
     with pytest.raises(ValueError, match=r"loss\.lpips_net.*'vgg', 'alex'"):
         load_lpips("squeeze")
+
+
+def _independent_lpips_vgg(x: torch.Tensor, y: torch.Tensor, features_file: Path,
+                           pooling: str) -> torch.Tensor:
+    """LPIPS v0.1 (VGG) written out from its definition, without the lpips package's network:
+    torchvision's vgg16 conv stack (optionally every max-pool -> 2x2 average pool), the
+    published input scaling, unit-normalised relu1_2..relu5_3 features, squared differences
+    weighted by the package's released linear heads, spatial mean, sum over layers."""
+    import lpips
+    from torchvision.models import vgg16
+
+    features = vgg16().features
+    features.load_state_dict({k.removeprefix("features."): v for k, v in torch.load(
+        features_file, map_location="cpu", weights_only=True).items()})
+    if pooling == "avg":
+        for i, layer in enumerate(features):
+            if isinstance(layer, torch.nn.MaxPool2d):
+                features[i] = torch.nn.AvgPool2d(2, 2)
+    heads = torch.load(Path(lpips.__file__).parent / "weights" / "v0.1" / "vgg.pth",
+                       map_location="cpu", weights_only=True)
+    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+    taps = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+
+    def feats(img: torch.Tensor) -> list[torch.Tensor]:
+        out, h = [], (img - shift) / scale
+        for i, layer in enumerate(features[: taps[-1] + 1]):
+            h = layer(h)
+            if i in taps:
+                out.append(h / (h.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))
+        return out
+
+    total = torch.zeros(x.shape[0])
+    for k, (fx, fy) in enumerate(zip(feats(x), feats(y))):
+        w = heads[f"lin{k}.model.1.weight"]                                 # [1, C, 1, 1]
+        total = total + ((fx - fy).pow(2) * w).sum(1).mean((1, 2))
+    return total
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_vgg_lpips_matches_an_independent_implementation(weights_dir, pooling):
+    file = weights_dir / "vgg16_features.pth"
+    lp = load_lpips("vgg", file, pooling=pooling)
+    assert lp.pooling == pooling
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(3, 3, 64, 48, generator=g) * 2 - 1
+    y = (x + 0.3 * torch.randn(3, 3, 64, 48, generator=g)).clamp(-1, 1)
+    with torch.no_grad():
+        ours, ref = lp(x, y), _independent_lpips_vgg(x, y, file, pooling)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_average_pooling_lpips_is_a_different_distance(weights_dir):
+    """Same weights, pooling replaced: the authors' loss is not the lpips package's."""
+    file = weights_dir / "vgg16_features.pth"
+    avg, mx = load_lpips("vgg", file, pooling="avg"), load_lpips("vgg", file, pooling="max")
+    assert avg is not mx
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in avg.modules())
+    assert sum(isinstance(m, torch.nn.AvgPool2d) for m in avg.modules()) == 4
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    y = (x + 0.2 * torch.randn_like(x)).clamp(-1, 1)
+    with torch.no_grad():
+        assert (avg(x, y) - mx(x, y)).abs().min() > 1e-3
+
+
+def test_average_pooling_is_vgg_only():
+    with pytest.raises(ValueError, match=r"loss\.lpips_pooling.*'max', 'avg'"):
+        load_lpips("alex", pooling="avg")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy import integrate as scipy_integrate
 from torchdiffeq import odeint
 
 from degflow.solvers import (
@@ -14,6 +16,7 @@ from degflow.solvers import (
     SOLVER_METHODS,
     CountingField,
     SolverSpec,
+    bounded_first_step,
     integrate,
     time_grid,
 )
@@ -193,7 +196,7 @@ def test_cubic_output_costs_one_extra_evaluation(method: str, n_targets: int) ->
         return -z * (1 + t.view(-1, 1))
 
     targets = torch.linspace(0.04, 1.0, n_targets).tolist()
-    spec = SolverSpec.create(method, steps=8, interp="cubic")
+    spec = SolverSpec.create(method, steps=8, output_mode="cubic")
     _, nfe = integrate(v, torch.randn(2, 2), targets, spec)
     assert nfe == 8 * FIXED_STEP_STAGES[method] + 1 == len(calls)
 
@@ -207,7 +210,7 @@ def test_cubic_output_matches_closed_form_between_nodes(method: str, order: int)
     errs = []
     for steps in (16, 32, 64):
         out, _ = integrate(lambda z, t: -2 * t.view(-1, 1) * z, z0, targets,
-                           SolverSpec.create(method, steps=steps, interp="cubic"))
+                           SolverSpec.create(method, steps=steps, output_mode="cubic"))
         errs.append(float((out - exact).abs().max()))
     # the error shrinks at (at least) the method's order: Hermite output is third order
     expected = 2 ** min(order, 3)
@@ -216,17 +219,17 @@ def test_cubic_output_matches_closed_form_between_nodes(method: str, order: int)
     assert errs[-1] < {"euler": 2e-2, "midpoint": 2e-4, "rk4": 1e-7}[method]
 
 
-def test_dopri5_ignores_interp() -> None:
+def test_dopri5_ignores_output_mode() -> None:
     z0 = torch.randn(2, 3, dtype=F64)
     a, _ = integrate(_exp_field(1.1), z0, [0.3, 1.0], SolverSpec.create("dopri5"))
-    b, _ = integrate(_exp_field(1.1), z0, [0.3, 1.0], SolverSpec.create("dopri5", interp="cubic"))
+    b, _ = integrate(_exp_field(1.1), z0, [0.3, 1.0], SolverSpec.create("dopri5", output_mode="cubic"))
     assert torch.equal(a, b)
 
 
 def test_cubic_output_at_nodes_equals_plain_steps() -> None:
     field = _exp_field(1.3)
     z0 = torch.randn(2, 3, dtype=F64)
-    out, _ = integrate(field, z0, [0.25, 0.5, 1.0], SolverSpec.create("rk4", steps=4, interp="cubic"))
+    out, _ = integrate(field, z0, [0.25, 0.5, 1.0], SolverSpec.create("rk4", steps=4, output_mode="cubic"))
     ref = odeint(lambda tt, z: field(z, tt), z0, torch.linspace(0, 1, 5, dtype=F64), method="rk4")
     torch.testing.assert_close(out, ref[[1, 2, 4]], rtol=1e-14, atol=1e-14)
 
@@ -339,7 +342,7 @@ def test_integrate_on_cuda() -> None:
         (dict(method="dopri5"), r"solver\.rtol.*None"),
         (dict(method="dopri5", rtol=1e-5), r"solver\.atol.*None"),
         (dict(method="dopri5", rtol=-1.0, atol=1e-5), r"solver\.rtol.*> 0"),
-        (dict(method="rk4", steps=4, interp="linear"), r"solver\.interp.*'grid', 'cubic'"),
+        (dict(method="rk4", steps=4, output_mode="linear"), r"solver\.output_mode.*'grid', 'cubic'"),
     ],
 )
 def test_solver_spec_errors(kwargs: dict, match: str) -> None:
@@ -369,3 +372,52 @@ def test_integrate_rejects_bad_times() -> None:
         time_grid([1.0], steps=0)
     with pytest.raises(ValueError, match=">= t0"):
         time_grid([0.1], steps=2, t0=0.5)
+
+
+@pytest.mark.parametrize("field_kind", ["toy", "slow"])
+def test_dopri5_never_evaluates_the_field_outside_zero_to_t_max(field_kind: str) -> None:
+    """torchdiffeq's dopri5 alone probes past the last time (first-step heuristic, last step):
+    ~1.56 for the toy field, ~52 for the slow one. Bounded: every evaluation in [0, t_max]."""
+    seen: list[float] = []
+
+    def v(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.extend(t.tolist())
+        if field_kind == "toy":
+            return torch.sin(z) + t.view(-1, 1)
+        return 1e-3 * torch.sin(z)
+
+    z0 = torch.full((2, 3), 5.0)
+    out, nfe = integrate(v, z0, [0.5, 1.0], SolverSpec.create("dopri5"))
+    assert min(seen) >= 0.0 and max(seen) <= 1.0
+    assert nfe == len(seen) // 2  # every evaluation counted (B = 2 times per call)
+    ref = scipy_integrate.solve_ivp(
+        lambda t, y: (np.sin(y) + t) if field_kind == "toy" else 1e-3 * np.sin(y),
+        (0.0, 1.0), np.full(6, 5.0), rtol=1e-9, atol=1e-9).y[:, -1]
+    np.testing.assert_allclose(out[1].reshape(-1).numpy(), ref, atol=1e-3)
+
+
+def test_bounded_first_step_caps_the_probe_at_t_end() -> None:
+    probes: list[float] = []
+
+    def f(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        probes.append(float(t))
+        return 1e-3 * torch.ones_like(z)
+
+    z0 = torch.full((4,), 5.0, dtype=F64)
+    h = bounded_first_step(f, torch.tensor(0.0, dtype=F64), z0, f(torch.tensor(0.0), z0),
+                           1e-5, 1e-5, 4, 0.25)
+    assert 0 < h <= 0.25 and max(probes) <= 0.25
+
+
+def test_dopri5_integrates_the_velocity_network_which_refuses_t_above_1() -> None:
+    """The network raises for t outside [0, 1]; an unbounded dopri5 asked it about t > 1."""
+    from degflow.models.unet import VelocityUNet
+
+    net = VelocityUNet(nf=16, ch_mult=(1, 2), num_res_blocks=1, dropout=0.0, image_size=8).eval()
+    for m in net.modules():  # non-zero output (the last conv starts at zero)
+        if isinstance(m, torch.nn.Conv2d):
+            m.reset_parameters()
+    z0 = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        out, nfe = integrate(net, z0, [0.5, 1.0], SolverSpec.create("dopri5"))
+    assert out.shape == (2, 2, 4, 8, 8) and bool(torch.isfinite(out).all()) and nfe > 6

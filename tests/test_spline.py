@@ -11,6 +11,7 @@ from degflow.spline import (
     PathPoint,
     cubic_spline,
     evaluate_path,
+    extrapolation_time,
     linear_path,
     natural_cubic_moments,
 )
@@ -39,12 +40,18 @@ def _eval_times(times: list[float]) -> np.ndarray:
 
 
 def _reference(times: list[float], knots: np.ndarray, t: np.ndarray) -> list[np.ndarray]:
-    """scipy natural spline values and derivatives 0..3, shape [4, len(t), B, ...]."""
+    """scipy natural spline values and derivatives 0..3, shape [4, len(t), B, ...]; outside
+    the knots, degflow's extrapolation rule (linear with scipy's slope at the end knot)."""
     out = np.empty((4, len(t)) + knots.shape[:1] + knots.shape[2:])
+    te = np.clip(t, times[0], times[-1])
+    step = (t - te).reshape(-1, *([1] * (knots.ndim - 2)))
+    inside = (t == te).reshape(step.shape)
     for b in range(knots.shape[0]):
         cs = scipy_interpolate.CubicSpline(times, knots[b], axis=0, bc_type="natural")
-        for nu in range(4):
-            out[nu, :, b] = cs(t, nu)
+        out[0, :, b] = cs(te) + step * cs(te, 1)
+        out[1, :, b] = cs(te, 1)
+        for nu in (2, 3):
+            out[nu, :, b] = cs(te, nu) * inside
     return out
 
 
@@ -246,3 +253,29 @@ def test_bad_inputs_raise_clear_errors() -> None:
         natural_cubic_moments(torch.zeros(3, 3), torch.zeros(2, 3, 4))
     with pytest.raises(ValueError, match="floating-point"):
         natural_cubic_moments(torch.tensor([0.0, 1.0]), torch.zeros(2, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("fn", [cubic_spline, linear_path])
+def test_beyond_the_knots_every_path_continues_with_the_end_velocity(fn) -> None:
+    """The one extrapolation rule: the velocity is frozen at the end knot (extrapolation_time),
+    so the path continues linearly with the end slope, the same as integrating
+    dz/dt = mu'(extrapolation_time(t)) from the last knot."""
+    times = torch.tensor(KNOT_TIMES[3], dtype=torch.float64)
+    knots = torch.randn(B, 3, *LATENT, dtype=torch.float64)
+    end = fn(times, knots, torch.ones(B, dtype=torch.float64))
+    for tv in (1.1, 1.5):
+        p = fn(times, knots, torch.full((B,), tv, dtype=torch.float64))
+        torch.testing.assert_close(p.value, end.value + (tv - 1.0) * end.d1, rtol=0, atol=1e-12)
+        torch.testing.assert_close(p.d1, end.d1, rtol=0, atol=1e-12)
+        assert p.d2.abs().max() == 0 and p.d3.abs().max() == 0
+        held = extrapolation_time(torch.full((B,), tv, dtype=torch.float64), 0.0, 1.0)
+        torch.testing.assert_close(held, torch.ones(B, dtype=torch.float64))
+    # the cubic's continuation is C2 at the last knot (natural boundary: mu''(t_K) = 0)
+    assert end.d2.abs().max() < 1e-12
+
+
+def test_extrapolation_time_clamps_into_the_knot_range() -> None:
+    t = torch.tensor([-0.2, 0.0, 0.5, 1.0, 1.3])
+    assert extrapolation_time(t, 0.0, 1.0).tolist() == [0.0, 0.0, 0.5, 1.0, 1.0]
+    per_sample = extrapolation_time(t, torch.zeros(5), torch.full((5,), 0.8))
+    assert per_sample.tolist() == pytest.approx([0.0, 0.0, 0.5, 0.8, 0.8])

@@ -1,4 +1,4 @@
-"""Synthesis: the Synthesizer API, tiling, synthesize_folder and the synthesize.py CLI.
+"""Synthesis: the Synthesizer API, tiling, write_lr_dataset and the synthesize.py CLI.
 
 Checkpoints are built from tiny randomly initialised models through
 ``LFMStage.state()`` (the layout training writes). A random velocity net outputs ~0, so its
@@ -25,19 +25,16 @@ from PIL import Image
 from degflow.checkpoint import CheckpointError, save_checkpoint
 from degflow.data.images import read_image
 from degflow.losses import LossSettings
-from degflow.metrics import psnr_y, resize_to_lr
+from degflow.generation import Synthesizer
+from degflow.generation.tiling import tile_spans, window
+from degflow.lr_dataset import write_lr_dataset
+from degflow.metrics import psnr_y
 from degflow.models.rae import RAE
 from degflow.models.unet import VelocityUNet
+from degflow.resize import resize_to_lr
+from degflow.scales import scale_label
 from degflow.solvers import SolverSpec, time_grid
 from degflow.timemap import TimeMap
-from degflow.synthesis import (
-    Synthesizer,
-    _tile_spans,
-    _window,
-    expand_scales,
-    scale_label,
-    synthesize_folder,
-)
 from degflow.training.lfm import LFMStage, SplineSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +81,7 @@ def ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def synth(ckpt) -> Synthesizer:
-    return Synthesizer.from_checkpoint(ckpt)
+    return Synthesizer.from_checkpoint(ckpt, solver=SolverSpec.create("rk4", steps=4))   # the stored solver
 
 
 def _image(h: int, w: int, seed: int) -> np.ndarray:
@@ -160,29 +157,27 @@ def _run_in_process(overrides: list[str]) -> int:
     return cli.run(cfg)
 
 
-# --------------------------------------------------------------------------- scales
-def test_scale_range_is_inclusive_of_stop_without_float_drift():
-    scales = expand_scales({"start": 1.1, "stop": 4.0, "step": 0.1})
-    assert len(scales) == 30 and scales[0] == 1.1 and scales[-1] == 4.0   # (4.0 - 1.1) / 0.1 = 28.999999999999996
-    assert scales[2] == 1.3 and scales[19] == 3.0                 # 1.1 + 2 * 0.1 != 1.3 in floats
-    assert expand_scales({"start": 1.0, "stop": 2.0, "step": 0.25}) == [1.0, 1.25, 1.5, 1.75, 2.0]
-    assert expand_scales({"start": 1.0, "stop": 1.9, "step": 0.25}) == [1.0, 1.25, 1.5, 1.75]
-
-
-def test_scale_lists_are_sorted_deduplicated_and_bad_specs_name_the_key():
-    assert expand_scales([3, 2.25, 1.5, 2.25]) == [1.5, 2.25, 3.0]
-    assert expand_scales(2.5) == [2.5]
-    for bad in ([0.5, 2], {"start": 2, "stop": 1, "step": 0.1}, {"start": 1, "stop": 2, "step": 0},
-                {"start": 1, "stop": 2}, "2,3", []):
-        with pytest.raises(ValueError, match="scales"):
-            expand_scales(bad)
-
-
-def test_scale_labels_have_no_trailing_zeros():
-    assert [scale_label(s) for s in (2.0, 2.25, 1.1, 4, 1.3000000000000003)] == ["2", "2.25", "1.1", "4", "1.3"]
-
-
 # --------------------------------------------------------------------------- API
+def test_the_api_and_the_cli_share_one_documented_default_solver(ckpt):
+    """Without a solver argument, from_checkpoint and synthesize.py generate with DEFAULT_SOLVER
+    (rk4, 16 steps, cubic output), not the solver stored in the checkpoint (rk4/4/grid here)."""
+    from hydra import compose, initialize_config_dir
+
+    from degflow.config import to_plain
+    from degflow.generation import DEFAULT_SOLVER
+
+    assert DEFAULT_SOLVER == SolverSpec.create("rk4", steps=16, output_mode="cubic")
+    assert Synthesizer.from_checkpoint(ckpt).solver == DEFAULT_SOLVER
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cli_solver = to_plain(compose("synthesize", overrides=[f"ckpt={ckpt}", "input=a", "out=b"]))["solver"]
+    assert SolverSpec.create(**cli_solver) == DEFAULT_SOLVER
+
+
+def test_a_precision_typo_is_refused_naming_the_key(ckpt):
+    with pytest.raises(ValueError, match="precision='bf61'.*fp32"):
+        Synthesizer.from_checkpoint(ckpt, precision="bf61")
+
+
 def test_requested_scale_is_exact_and_its_time_lies_on_the_solver_grid(synth):
     hr = _hr()
     res = synth.generate(hr, [2.2, 2.25, 2.3])
@@ -201,11 +196,11 @@ def test_requested_scale_is_exact_and_its_time_lies_on_the_solver_grid(synth):
 
 
 def test_cubic_output_gives_exact_scales_from_uniform_steps(synth):
-    """interp=cubic (the synthesize.py default): the step grid stays uniform, any number of
+    """output_mode=cubic (the synthesize.py default): the step grid stays uniform, any number of
     scales costs one extra evaluation, and a scale between two nodes is its own output
     (2.25 is not rounded to a node) close to a fine solve."""
     hr = _hr()
-    cubic = SolverSpec.create("rk4", steps=16, interp="cubic")
+    cubic = SolverSpec.create("rk4", steps=16, output_mode="cubic")
     many = synth.generate(hr, [2.2, 2.25, 2.3, 3.7], solver=cubic)
     one = synth.generate(hr, [3.7], solver=cubic)
     assert many.nfe == one.nfe == 16 * 4 + 1
@@ -283,11 +278,11 @@ def test_checkpoints_of_stage_one_or_corrupt_are_refused_naming_ckpt(tmp_path, c
 # --------------------------------------------------------------------------- tiling
 def test_tile_windows_cover_the_image_and_sum_to_one():
     for length, tile, overlap in ((200, 64, 32), (1356, 1024, 128), (97, 32, 16), (64, 64, 16)):
-        spans = _tile_spans(length, tile, overlap)
+        spans = tile_spans(length, tile, overlap)
         total = torch.zeros(length, dtype=torch.float64)
         for i, (a, b) in enumerate(spans):
             assert b - a <= tile
-            total[a:b] += _window(spans, i, overlap)
+            total[a:b] += window(spans, i, overlap)
         torch.testing.assert_close(total, torch.ones(length, dtype=torch.float64), rtol=0, atol=1e-12)
         assert spans[0][0] == 0 and spans[-1][1] == length
 
@@ -348,7 +343,8 @@ def test_tiled_velocity_unet_agrees_with_untiled_above_40db(ckpt):
     only the (local) RAE is."""
     scales = [1.0, 2.25, 4.0]
     moved, blended, seams, _ = _tiling_psnrs(
-        lambda tile, overlap: Synthesizer.from_checkpoint(ckpt, tile_size=tile, tile_overlap=overlap),
+        lambda tile, overlap: Synthesizer.from_checkpoint(ckpt, solver=SolverSpec.create("rk4", steps=4),
+                                                  tile_size=tile, tile_overlap=overlap),
         _hr(200, 264, seed=3), scales)
     assert moved[4.0] < 35
     for s in scales:
@@ -367,10 +363,10 @@ def test_folder_resumes_after_a_kill_writing_only_missing_outputs(synth, tmp_pat
             raise KeyboardInterrupt("simulated kill")
 
     with pytest.raises(KeyboardInterrupt):
-        synthesize_folder(synth, src, out, SCALES, progress=False, after_image=killer)
+        write_lr_dataset(synth, src, out, SCALES, progress=False, after_image=killer)
     first = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     assert len(first) == 2 * (1 + len(SCALES))
-    summary = synthesize_folder(synth, src, out, SCALES, progress=False)
+    summary = write_lr_dataset(synth, src, out, SCALES, progress=False)
     assert (summary.images, summary.skipped, summary.processed, summary.failed) == (5, 2, 3, 0)
     assert summary.outputs_written == 3 * (1 + len(SCALES))
     assert all(p.stat().st_mtime_ns == t for p, t in first.items())      # untouched
@@ -383,7 +379,7 @@ def test_folder_resumes_after_a_kill_writing_only_missing_outputs(synth, tmp_pat
     # a deleted output is written again, once; nothing else is touched
     victim = out / "LR" / "x2.25" / "d1" / "img1.png"
     victim.unlink()
-    summary = synthesize_folder(synth, src, out, SCALES, progress=False)
+    summary = write_lr_dataset(synth, src, out, SCALES, progress=False)
     assert (summary.skipped, summary.processed, summary.outputs_written) == (4, 1, 1)
     outputs = [e["output"] for e in _manifest(out / "manifest.jsonl")]
     assert victim.is_file() and len(outputs) == len(set(outputs)) == 5 * (1 + len(SCALES))
@@ -392,11 +388,11 @@ def test_folder_resumes_after_a_kill_writing_only_missing_outputs(synth, tmp_pat
 def test_a_png_without_manifest_line_is_rewritten_and_recorded(synth, tmp_path):
     src = _folder(tmp_path / "in", 1)
     out = tmp_path / "out"
-    synthesize_folder(synth, src, out, SCALES, progress=False)
+    write_lr_dataset(synth, src, out, SCALES, progress=False)
     manifest = out / "manifest.jsonl"
     lines = manifest.read_text().splitlines()
     manifest.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])   # killed mid-append
-    summary = synthesize_folder(synth, src, out, SCALES, progress=False)
+    summary = write_lr_dataset(synth, src, out, SCALES, progress=False)
     assert summary.outputs_written == 1
     entries = _manifest(manifest)
     assert len(entries) == len({e["output"] for e in entries}) == 1 + len(SCALES)
@@ -407,7 +403,7 @@ def test_shards_cover_the_input_exactly_once(synth, tmp_path):
     out = tmp_path / "out"
     seen = []
     for shard in range(3):
-        summary = synthesize_folder(synth, src, out, [2.0], shard=shard, num_shards=3, progress=False)
+        summary = write_lr_dataset(synth, src, out, [2.0], shard=shard, num_shards=3, progress=False)
         entries = _manifest(out / f"manifest.shard{shard}-of-3.jsonl")
         seen.append({e["source"] for e in entries})
         assert summary.images == len(seen[-1])
@@ -422,7 +418,7 @@ def test_equal_names_in_subfolders_and_extensions_never_collide(synth, tmp_path)
     _save(src / "a.jpg", _image(16, 16, 1))
     _save(src / "x" / "a.png", _image(16, 16, 2))
     out = tmp_path / "out"
-    synthesize_folder(synth, src, out, [2.0], progress=False)
+    write_lr_dataset(synth, src, out, [2.0], progress=False)
     assert sorted(p.relative_to(out / "LR" / "x2").as_posix() for p in (out / "LR" / "x2").rglob("*.png")) == \
         ["a.jpg.png", "a.png.png", "x/a.png"]
 
@@ -432,17 +428,17 @@ def test_folder_usage_errors_raise_value_errors(ckpt, synth, tmp_path):
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     with pytest.raises(ValueError, match="holds no images"):
-        synthesize_folder(synth, tmp_path / "empty", tmp_path / "o1", SCALES, progress=False)
+        write_lr_dataset(synth, tmp_path / "empty", tmp_path / "o1", SCALES, progress=False)
     with pytest.raises(ValueError, match="inside input"):
-        synthesize_folder(synth, src, src / "dataset", SCALES, progress=False)
+        write_lr_dataset(synth, src, src / "dataset", SCALES, progress=False)
     with pytest.raises(ValueError, match="allow_extrapolation"):
-        synthesize_folder(synth, src, tmp_path / "o2", [5.0], progress=False)
+        write_lr_dataset(synth, src, tmp_path / "o2", [5.0], progress=False)
     with pytest.raises(ValueError, match="size"):
-        synthesize_folder(synth, src, tmp_path / "o3", SCALES, size="medium", progress=False)
+        write_lr_dataset(synth, src, tmp_path / "o3", SCALES, size="medium", progress=False)
     other = Synthesizer.from_checkpoint(ckpt, solver=SolverSpec.create("euler", steps=3))
-    synthesize_folder(synth, src, tmp_path / "o4", SCALES, progress=False)
+    write_lr_dataset(synth, src, tmp_path / "o4", SCALES, progress=False)
     with pytest.raises(ValueError, match="other settings"):
-        synthesize_folder(other, src, tmp_path / "o4", SCALES, progress=False)
+        write_lr_dataset(other, src, tmp_path / "o4", SCALES, progress=False)
 
 
 def test_ae_interp_baseline_decodes_the_real_latents_at_training_scales(synth, tmp_path):
@@ -451,7 +447,7 @@ def test_ae_interp_baseline_decodes_the_real_latents_at_training_scales(synth, t
     _save(real / "x2" / "p" / "a.png", _image(32, 48, 1))                         # at HR size
     _save(real / "x4" / "p" / "a.jpg", _image(8, 12, 2))                          # at true LR size
     out = tmp_path / "out"
-    summary = synthesize_folder(synth, src, out, [2.0, 3.0], size="hr", baselines=["bicubic", "ae_interp"],
+    summary = write_lr_dataset(synth, src, out, [2.0, 3.0], size="hr", baselines=["bicubic", "ae_interp"],
                                 baseline_lr_root=real, progress=False)
     assert summary.failed == 0
     got = _png(out / "baselines" / "ae_interp" / "LR" / "x2" / "p" / "a.png")
@@ -464,7 +460,7 @@ def test_ae_interp_baseline_decodes_the_real_latents_at_training_scales(synth, t
     assert bicubic.shape == (32, 48, 3)
     # missing real LR: the baseline of that image fails, its degflow outputs are still written
     _save(src / "b.png", _image(32, 48, 3))
-    summary = synthesize_folder(synth, src, out, [2.0, 3.0], size="hr", baselines=["ae_interp"],
+    summary = write_lr_dataset(synth, src, out, [2.0, 3.0], size="hr", baselines=["ae_interp"],
                                 baseline_lr_root=real, progress=False)
     assert summary.failed == 1 and "no real LR" in summary.failures[0]["error"]
     assert (out / "LR" / "x3" / "b.png").is_file()
@@ -517,7 +513,7 @@ def test_cli_writes_the_dataset_layout_reports_bad_images_and_matches_the_api(ck
         assert (out / e["output"]).is_file()
         assert e["checkpoint_sha256"] == sha and e["degflow_version"]
         if e["kind"] == "degflow":
-            assert e["solver"] == {"method": "rk4", "steps": 16, "rtol": None, "atol": None, "interp": "cubic"}
+            assert e["solver"] == {"method": "rk4", "steps": 16, "rtol": None, "atol": None, "output_mode": "cubic"}
             assert e["nfe"] > 0 and e["seconds"] > 0 and e["t"] == pytest.approx((e["scale"] - 1) / 3)
     names = {e["output"] for e in entries}
     for name in ("HR/sub/dir/a.png", "LR/x2.25/sub/dir/a.png", "LR_hrsize/x3/a.png",
@@ -534,7 +530,7 @@ def test_cli_writes_the_dataset_layout_reports_bad_images_and_matches_the_api(ck
 
     # the CLI's PNGs are the quantised API outputs (a.png and b.png were one batch)
     hr = torch.stack([read_image(src / "a.png"), read_image(src / "b.png")])
-    api = synth.generate(hr, SCALES, solver=SolverSpec.create("rk4", steps=16, interp="cubic")).images
+    api = synth.generate(hr, SCALES, solver=SolverSpec.create("rk4", steps=16, output_mode="cubic")).images
     for s in SCALES:
         for b, name in enumerate(("a.png", "b.png")):
             np.testing.assert_array_equal(_png(out / "LR_hrsize" / f"x{scale_label(s)}" / name), _quantize(api[s][b]))

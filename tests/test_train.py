@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,8 +12,11 @@ from hydra import compose, initialize_config_dir
 
 from degflow.checkpoint import CheckpointError, load_checkpoint
 from degflow.config import CONF_DIR, register_resolvers, to_plain
-from degflow.synthesis import Synthesizer
+from degflow.files import file_sha256
+from degflow.generation import Synthesizer
+from degflow.timemap import TimeMap
 from degflow.training import train
+from degflow.training.lfm import SplineSettings, learned_time_map
 
 REPO = Path(__file__).resolve().parents[1]
 register_resolvers()
@@ -51,7 +52,7 @@ def history_steps(run_dir: Path) -> list[int]:
 
 def train_rae(run_dir: Path, steps: int = 4, extra=()):
     return train(config([f"output_root={run_dir.parent}", f"stage.steps={steps}", "stage.val_every=2",
-                         "stage.ckpt_every=2", *extra]), run_dir)
+                         "stage.ckpt_every=2", "stage.keep_every=2", *extra]), run_dir)
 
 
 def test_rae_stage_trains_validates_and_writes_a_complete_checkpoint(tmp_path):
@@ -114,34 +115,28 @@ def test_lfm_resumes_from_its_last_checkpoint_instead_of_restarting(tmp_path):
                for k, v in first["models"]["velocity"]["state_dict"].items())
 
 
-def test_killed_training_resumes_when_the_same_command_is_rerun(tmp_path):
-    """SIGKILL a real `python train.py` mid-run; the same command continues from last.pt."""
-    cmd = [sys.executable, "train.py", "stage=rae", *TINY, *DEMO, f"output_root={tmp_path}", "stage.steps=40",
-           "stage.ckpt_every=4", "stage.val_every=1000"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    run_dir = None
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            found = list(tmp_path.glob("rae/*/checkpoints/last.pt"))
-            if found:
-                run_dir = found[0].parents[1]
-                break
-            time.sleep(0.2)
-        assert run_dir is not None, "no checkpoint appeared before the deadline"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    killed_at = load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"]
-    assert 4 <= killed_at < 40
-    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"resumed from {run_dir / 'checkpoints' / 'last.pt'} at step {killed_at}" in (run_dir / "train.log").read_text()
-    final = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert final["step"] == 40 and int(final["optimizer"]["state"][0]["step"]) == 40
-    steps = history_steps(run_dir)
-    assert steps.count(1) == 1 and steps[-1] == 40  # step 1 ran once: no restart from scratch
+def test_lfm_refuses_to_resume_on_another_rae_and_names_both_sources(tmp_path):
+    """stage=lfm rae_ckpt=A, then rae_ckpt=B (or a retrained RAE) in the same run directory must
+    not continue the velocity net on the old RAE while recording the new one."""
+    train_rae(tmp_path / "rae" / "a", steps=2)
+    train_rae(tmp_path / "rae" / "b", steps=2, extra=["seed=1"])
+    rae_a, rae_b = (tmp_path / "rae" / n / "checkpoints" / "last.pt" for n in ("a", "b"))
+    run = tmp_path / "lfm" / "tiny"
+
+    def lfm(rae: Path, steps: int):
+        return train(config(["stage=lfm", f"output_root={tmp_path}", f"rae_ckpt={rae}", f"stage.steps={steps}",
+                             "stage.val_every=2", "stage.ckpt_every=2", "eval.lpips=false", "loss.lpips_weight=0"]),
+                     run)
+
+    lfm(rae_a, 2)
+    with pytest.raises(CheckpointError, match="rae_ckpt") as err:
+        lfm(rae_b, 4)
+    assert str(rae_a) in str(err.value) and str(rae_b) in str(err.value) and "resume=false" in str(err.value)
+    assert load_checkpoint(run / "checkpoints" / "last.pt", kind="lfm")["step"] == 2   # nothing was mixed
+    lfm(rae_a, 4)                                                # the original RAE resumes
+    last = load_checkpoint(run / "checkpoints" / "last.pt", kind="lfm")
+    assert last["step"] == 4 and last["extra"]["rae_source"]["path"] == str(rae_a)
+    assert last["extra"]["rae_source"]["sha256"] == file_sha256(rae_a)
 
 
 def test_training_scales_without_the_hr_knot_are_refused_before_anything_is_written(tmp_path):
@@ -165,6 +160,8 @@ def test_lfm_stage_end_to_end_writes_metrics_and_a_self_contained_checkpoint(tmp
 
     saved = json.loads((run / "metrics.json").read_text(), parse_constant=refuse)
     assert saved["nfe"] == metrics["nfe"] and "overrides" in saved
+    assert saved["protocol"] == {"name": "ours", "quantize": True, "shave": 4, "crop": "center",
+                                 "multiple_of": 8}
     assert saved["scales"]["x1"]["psnr_y_bicubic"] is None  # no baseline at x1 (was Infinity)
     # the checkpoint alone is enough to synthesize: remove the RAE run first
     ckpt_path = run / "checkpoints" / "last.pt"
@@ -173,6 +170,51 @@ def test_lfm_stage_end_to_end_writes_metrics_and_a_self_contained_checkpoint(tmp
     synth = Synthesizer.from_checkpoint(ckpt_path)
     out = synth(torch.zeros(1, 3, 40, 24), [2.5])
     assert out[2.5].shape == (1, 3, 40, 24)
+
+
+def test_sweep_objective_and_checkpoints_never_read_a_test_split_file(tmp_path, monkeypatch):
+    """Both stages on a RealSR tree, every file opened recorded: nothing under Test/ is read;
+    the objective returned to Hydra comes from the validation split (held out of Train)."""
+    import builtins
+
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from _data_trees import make_realsr
+
+    root = make_realsr(tmp_path / "RealSR", n=4, h=48, w=64)
+    opened: list[Path] = []
+    real_open, real_pil_open = builtins.open, Image.open
+
+    def record_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)):
+            opened.append(Path(file))
+        return real_open(file, *args, **kwargs)
+
+    def record_pil_open(fp, *args, **kwargs):
+        if isinstance(fp, (str, os.PathLike)):
+            opened.append(Path(fp))
+        return real_pil_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", record_open)
+    monkeypatch.setattr(Image, "open", record_pil_open)
+    data = ["data=realsr", f"data.root={root}", "data.val_fraction=0.25"]
+    train(config([*data, f"output_root={tmp_path}", "stage.steps=2", "stage.val_every=2"]),
+          tmp_path / "rae" / "r")
+    metrics = train(config([*data, "stage=lfm", f"output_root={tmp_path}", "stage.steps=2",
+                            "stage.val_every=2", "eval.lpips=false", "loss.lpips_weight=0",
+                            "eval.max_images=null"]), tmp_path / "lfm" / "r")
+    read = {p.resolve() for p in opened}
+    assert any("Train" in p.parts for p in read)                      # the recorder works
+    assert not [p for p in read if "Test" in p.parts]
+    assert metrics["images_evaluated"] == 1                           # the one held-out Train name
+    assert metrics["objective"] == pytest.approx(metrics["scales"]["x3"]["psnr_y"])
+    assert "validation split" in metrics["objective_name"]
+    # evaluation, and only evaluation, reads the test split
+    from degflow.data import build_data
+    bundle = build_data("realsr", root=root, val_fraction=0.25, crop_size=32)
+    opened.clear()
+    assert len(bundle.test) == 4 and any("Test" in p.parts for p in opened)
 
 
 def test_lfm_without_any_rae_checkpoint_names_rae_ckpt(tmp_path):
@@ -253,12 +295,28 @@ def test_knot_times_stay_ordered_with_fixed_ends_and_receive_gradients():
     assert not frozen.gap_logits.requires_grad
 
 
+def test_held_out_scales_stay_at_their_configured_time_or_follow_the_learned_knots():
+    base = TimeMap.nominal((1.0, 2.0, 4.0))                       # x2 -> 1/3, x3 -> 2/3
+    learned = (0.0, 0.45, 1.0)                                   # x2 moved to 0.45
+    fixed = learned_time_map((1.0, 2.0, 4.0), learned, base, (3.0,), "fixed")
+    follow = learned_time_map((1.0, 2.0, 4.0), learned, base, (3.0,), "follow")
+    assert fixed.scale_to_time(3.0) == pytest.approx(2 / 3)      # the authors' behaviour
+    assert follow.scale_to_time(3.0) == pytest.approx(0.725)     # interpolated between learned knots
+    for m in (fixed, follow):
+        assert m.knot_times((1.0, 2.0, 4.0)) == pytest.approx(learned)
+    with pytest.raises(ValueError, match=r"spline\.heldout_times=fixed.*crossed.*heldout_times=follow"):
+        learned_time_map((1.0, 2.0, 4.0), (0.0, 0.8, 1.0), base, (3.0,), "fixed")
+    with pytest.raises(ValueError, match=r"spline\.heldout_times='moving' is not one of \['fixed', 'follow'\]"):
+        SplineSettings(heldout_times="moving")
+
+
 def test_learned_knots_move_are_checkpointed_and_used_by_synthesis(tmp_path):
     train_rae(tmp_path / "rae" / "tiny", steps=2)
     run = tmp_path / "lfm" / "learn"
     # a large learning rate so that 4 steps visibly move the interior knot off 1/3
     metrics = train(config(["stage=lfm", f"output_root={tmp_path}", "stage.steps=4", "stage.val_every=4",
                             "stage.lr=0.5", "stage.grad_clip=null", "spline.learn_knots=true",
+                            "spline.heldout_times=follow",
                             "eval.lpips=false", "loss.lpips_weight=0"]), run)
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt", kind="lfm")
     learned = ckpt["time_map"]["times"]

@@ -8,13 +8,18 @@ Every data option is one factory returning a :class:`DataBundle`, selected with
 - ``realsr_data`` (``data=realsr``): RealSR V2 "ordered" layout (or V3, LR resized).
 - ``paired_data`` (``data=paired``): users' own ``HR/`` + ``x<s>/`` folders.
 
+Each option's defaults live only in conf/data/<name>.yaml; from Python,
+``build_data("realsr", root=...)`` applies them (:mod:`degflow.data.options`). Every bundle
+has a validation split that is not the test split; ``bundle.test`` reads the test split
+(evaluation only, on demand).
+
 Dataset items are dicts ``{"name": str, "hr": [3, h, w], "lr": [S, 3, h, w],
 "scales": [S] float32}``, images in [-1, 1], LR stored at HR size and aligned with hr.
 ``python -m degflow.data.check data=... data.root=...`` validates a data tree.
 """
 
-from degflow.data.common import DataBundle, Report, check_scales
-from degflow.data.demo import degrade, demo_data
+from degflow.data.common import DataBundle, Report, split_names
+from degflow.data.demo import degrade, demo_data, scan_demo
 from degflow.data.images import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -23,12 +28,19 @@ from degflow.data.images import (
     write_image,
 )
 from degflow.data.paired import paired_data, scan_paired
+from degflow.data.options import DATA_OPTIONS, build_data, option_defaults
 from degflow.data.realsr import realsr_data, scan_realsr
+from degflow.scales import check_scales
 
 __all__ = [
     "DataBundle",
     "Report",
     "check_scales",
+    "split_names",
+    "DATA_OPTIONS",
+    "build_data",
+    "option_defaults",
+    "scan_demo",
     "IMAGE_EXTENSIONS",
     "ImageReadError",
     "read_image",

@@ -6,7 +6,9 @@
     python -m degflow.data.check data=realsr data.root=... +check.deep=false   # headers only
 
 Arguments are Hydra overrides of the project config (conf/config.yaml). The validator
-uses the same scanning code as the datasets (``scan_realsr`` / ``scan_paired``), decodes
+looks the chosen option up in :data:`degflow.data.options.DATA_OPTIONS` and runs its scan,
+the same scanning code as the datasets (``scan_realsr`` / ``scan_paired`` / ``scan_demo``),
+over every split (train, val, and the test split when the option has one), decodes
 every image (unless ``+check.deep=false``), and prints what it found (layout, cameras,
 splits, scales, pair counts, image sizes) and one line per problem (missing scale folder,
 missing partner, size mismatch, unreadable file, image smaller than the crop size, ...).
@@ -19,13 +21,10 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-import degflow
+from degflow.config import CONF_DIR
 
-__all__ = ["main", "check_data", "CONF_DIR"]
-
-CONF_DIR = Path(degflow.__file__).resolve().parents[1] / "conf"
+__all__ = ["main", "check_data"]
 
 
 class _Collect(logging.Handler):
@@ -42,61 +41,12 @@ def _one_line(text: str) -> str:
 
 
 def check_data(data: dict, deep: bool = True):
-    """Scan the data option described by ``data`` (the plain ``cfg.data`` dict, with its
-    ``_target_``). Returns a Report. Raises ValueError for configuration errors."""
-    from degflow.data.common import Report, check_scales, format_scale
-    from degflow.data.paired import scan_paired
-    from degflow.data.realsr import scan_realsr
+    """Scan the data option described by ``data`` (the plain, composed ``cfg.data`` dict,
+    with its ``_target_`` and every setting of conf/data/<option>.yaml). Returns a Report.
+    Raises ValueError for configuration errors (an unknown ``_target_`` among them)."""
+    from degflow.data.options import DATA_OPTIONS, option_of_target
 
-    target = str(data.get("_target_", ""))
-    kind = target.rsplit(".", 1)[-1]
-
-    def need_root():
-        root = data.get("root")
-        if root in (None, "", "???"):
-            raise ValueError(f"data.root is required for {kind}: pass data.root=/path")
-        return root
-
-    if kind == "realsr_data":
-        report = scan_realsr(
-            need_root(), data.get("camera", "Canon"), data.get("train_split", "Train"),
-            data.get("val_split", "Test"), data.get("train_scales", (1, 2, 4)),
-            data.get("val_scales", (1, 2, 3, 4)), deep=deep)
-    elif kind == "paired_data":
-        report = scan_paired(
-            need_root(), data.get("train_scales", (1, 4)), data.get("val_scales"),
-            data.get("val_fraction", 0.1), data.get("val_root"), data.get("seed", 0),
-            deep=deep)
-    elif kind == "demo_data":
-        from degflow.data.demo import demo_image_paths
-        from degflow.data.images import ImageReadError, read_image, read_image_size
-
-        ts = check_scales(data.get("train_scales", (1, 2, 4)), "data.train_scales")
-        vs = check_scales(data.get("val_scales", (1, 1.5, 2, 2.5, 3, 3.5, 4)),
-                          "data.val_scales")
-        report = Report(kind="demo", root="scikit-image package data",
-                        layout="procedural degradation (any scale)")
-        try:
-            train, val = demo_image_paths()
-        except ValueError as e:
-            report.problems.append(str(e))
-            return report
-        report.lines.append(f"demo: {len(train)} train / {len(val)} val photos from "
-                            f"{train[0].parent}; train scales "
-                            f"{','.join(format_scale(s) for s in ts)}, val scales "
-                            f"{','.join(format_scale(s) for s in vs)} (LR synthesized)")
-        for p in train + val:
-            try:
-                x = read_image(p) if deep else None
-                w, h = (x.shape[-1], x.shape[-2]) if deep else read_image_size(p)
-                report.lines.append(f"  {p.name}: {w}x{h}")
-            except ImageReadError as e:
-                report.problems.append(f"unreadable: {e}")
-        return report
-    else:
-        raise ValueError(f"data._target_={target!r} is not a data option the validator "
-                         f"knows; expected degflow.data.<demo|realsr|paired>.<factory>")
-
+    report = DATA_OPTIONS[option_of_target(str(data.get("_target_", "")))].scan(data, deep)
     crop = data.get("crop_size")
     if isinstance(crop, int) and not isinstance(crop, bool):
         for r in report.records.get("train", []):

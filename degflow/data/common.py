@@ -1,40 +1,44 @@
 """Pieces shared by every data option: the DataBundle, scale-list checks, pair records,
-scan reports and the two dataset classes (random aligned training crops, full-image
-validation)."""
+scan reports, the deterministic name split and the two dataset classes (random aligned
+training crops, full-image validation / test).
+
+Splits (the rule every data option follows): ``train`` is read by training, ``val`` by
+validation, which picks checkpoints and is the objective returned to Hydra's sweepers, and
+``test`` only by evaluation, lazily, when :attr:`DataBundle.test` is read. The validation
+split is never the test split.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from degflow.data.images import ImageReadError, read_image, read_image_size
 from degflow.data.transforms import (
     NUM_DIHEDRAL,
-    center_crop_to_multiple,
     crop,
+    crop_to_multiple,
     dihedral,
     dihedral_box,
     random_crop_position,
 )
+from degflow.resize import upsample_to
+from degflow.scales import check_scales, find_scale, scale_label
 
 __all__ = [
     "DataBundle",
     "make_bundle",
     "check_loader_args",
-    "format_scales",
-    "check_scales",
     "check_val_scales_cover_train",
-    "format_scale",
+    "split_names",
     "size_relation",
-    "upsample_to",
     "PairRecord",
     "MemoryRecord",
     "Report",
@@ -47,45 +51,32 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DataBundle:
-    """What every data factory returns (the training loop depends on exactly this)."""
+    """What every data factory returns (the training loop depends on exactly this).
+
+    ``val`` is the validation split (never the test split): checkpoint selection and the
+    objective returned to Hydra read it. The test split is built only when :attr:`test` is
+    read (evaluation); training never reads it.
+    """
 
     train: Dataset  # infinite-ish random aligned crops
     val: Dataset  # full images (cropped to a multiple of multiple_of), all val scales
     train_scales: tuple[float, ...]  # sorted, starts with 1.0 (= the HR image)
     val_scales: tuple[float, ...]  # evaluated at validation (includes held-out ones)
     description: str  # one line for the log
+    test_loader: Callable[[], Dataset] | None = field(default=None, repr=False)
+
+    @property
+    def test(self) -> Dataset:
+        """The test split (evaluation only): full, uncropped images at the validation scales
+        (the evaluator crops per ``eval.protocol``). Indexed from disk on every access, so
+        nothing of it is touched unless asked for. ValueError when the option has none."""
+        if self.test_loader is None:
+            raise ValueError(f"this data option has no test split ({self.description}); "
+                             f"see its config (data.test_split / data.test_root)")
+        return self.test_loader()
 
 
 # --------------------------------------------------------------------------- scales
-
-
-def check_scales(scales, key: str) -> tuple[float, ...]:
-    """Validate a scale list from the config: sorted, unique, >= 1, starting with 1.0
-    (the HR knot) and with at least one LR scale. Returns floats."""
-    if isinstance(scales, (str, bytes)) or not isinstance(scales, Iterable):
-        raise ValueError(f"{key} must be a list of scales like [1, 2, 4]; got {scales!r}")
-    out = []
-    for v in scales:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            try:
-                v = float(v)  # numpy / tensor scalars
-            except (TypeError, ValueError):
-                raise ValueError(f"{key} must contain numbers; got {v!r} in {list(scales)!r}") \
-                    from None
-        v = float(v)
-        if not math.isfinite(v) or v < 1.0:
-            raise ValueError(f"{key}: every scale must be a finite number >= 1 (1 = the HR "
-                             f"image); got {v!r} in {list(scales)!r}")
-        out.append(v)
-    if sorted(set(out)) != out:
-        raise ValueError(f"{key} must be sorted and without duplicates; got {out!r} "
-                         f"(did you mean {sorted(set(out))!r}?)")
-    if not out or out[0] != 1.0:
-        raise ValueError(f"{key} must start with 1 (the HR image is the first knot); got "
-                         f"{out!r} (did you mean {[1.0] + out!r}?)")
-    if len(out) < 2:
-        raise ValueError(f"{key} needs at least one LR scale > 1 besides 1; got {out!r}")
-    return tuple(out)
 
 
 def check_val_scales_cover_train(train_scales: Sequence[float],
@@ -99,29 +90,15 @@ def check_val_scales_cover_train(train_scales: Sequence[float],
                          f"{missing}")
 
 
-def format_scale(s: float) -> str:
-    """2.0 -> '2', 2.5 -> '2.5' (folder and file labels)."""
-    return str(int(s)) if float(s).is_integer() else f"{s:g}"
-
-
-def format_scales(scales: Iterable[float]) -> str:
-    """(1.0, 2.0, 2.5) -> '1,2,2.5' (log lines)."""
-    return ",".join(format_scale(s) for s in scales)
-
-
-def parse_scale(text: str) -> float | None:
-    try:
-        v = float(text)
-    except ValueError:
-        return None
-    return v if math.isfinite(v) and v >= 1.0 else None
-
-
-def find_scale(scale: float, available: Iterable[float]) -> float | None:
-    for a in available:
-        if abs(a - scale) < 1e-6:
-            return a
-    return None
+def split_names(names, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic (train, val) split of ``names``: the ``max(1, round(f * n))`` names
+    with the smallest sha256(seed/name) go to val, so adding images moves few others
+    between the sets. Both lists are sorted."""
+    names = sorted(names)
+    n_val = max(1, round(val_fraction * len(names)))
+    ranked = sorted(names, key=lambda n: hashlib.sha256(f"{seed}/{n}".encode()).hexdigest())
+    val = set(ranked[:n_val])
+    return [n for n in names if n not in val], [n for n in names if n in val]
 
 
 # ------------------------------------------------------------------ HR / LR relation
@@ -137,15 +114,6 @@ def size_relation(hr_size: tuple[int, int], lr_size: tuple[int, int], scale: flo
         if abs(lr - expected) > 1.0 + 0.02 * expected:
             return None
     return "true"
-
-
-def upsample_to(x: Tensor, height: int, width: int) -> Tensor:
-    """Bicubic resize of [3, h, w] (or [B, 3, h, w]) to height x width, clamped to [-1, 1]."""
-    batched = x.ndim == 4
-    xb = x if batched else x.unsqueeze(0)
-    out = F.interpolate(xb, size=(height, width), mode="bicubic", align_corners=False)
-    out = out.clamp_(-1.0, 1.0)
-    return out if batched else out[0]
 
 
 # ------------------------------------------------------------------------ records
@@ -178,7 +146,7 @@ class PairRecord:
             if rel is None:
                 raise ValueError(
                     f"size mismatch: {self.lr[s]} is {x.shape[-1]}x{x.shape[-2]} but its HR "
-                    f"{self.hr} is {w}x{h}; expected the same size or about 1/{format_scale(s)}"
+                    f"{self.hr} is {w}x{h}; expected the same size or about 1/{scale_label(s)}"
                     f" of it")
             if rel == "true":
                 x = upsample_to(x, h, w)
@@ -203,11 +171,9 @@ class MemoryRecord:
         return min(self.hr_size)
 
     def load(self, scales: Sequence[float]) -> tuple[Tensor, Tensor]:
-        key = tuple(scales)
-        cache = self.__dict__.setdefault("_stacks", {})
-        if key not in cache:  # stacked once per scale list, then shared (read-only)
-            cache[key] = torch.stack([self.lr_images[s] for s in key])
-        return self.hr_image, cache[key]
+        """The HR image and a new stack ``[S, 3, H, W]`` of its LR images (nothing shared with
+        other callers: a caller may modify what it gets)."""
+        return self.hr_image.clone(), torch.stack([self.lr_images[s] for s in scales])
 
 
 # ------------------------------------------------------------------------ reports
@@ -312,8 +278,12 @@ def check_positive_int(value, key: str, allow_none: bool = False) -> int | None:
 
 
 class TrainCropDataset(Dataset):
-    """Random aligned crops: item i ignores i; randomness comes from torch's global RNG,
-    so the training loop's seeding (and DataLoader's per-worker seeding) controls it.
+    """Random aligned crops with a random flip/rotation of the record ``index % len(records)``.
+
+    The training loop asks for ``dataset[(index, seed)]``: the crop and the flip/rotation are
+    drawn from a generator seeded with ``seed``, so an item is a pure function of its key (in
+    any DataLoader worker, after any resume; see ``degflow/training/sampling.py``). A plain
+    ``dataset[index]`` draws them from torch's global RNG instead.
 
     Each item also carries ``where`` = [record index, top, left, dihedral k]: the crop's
     corner in the frame of the transformed full image ``dihedral(image, k)`` (what the
@@ -335,13 +305,18 @@ class TrainCropDataset(Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch
 
-    def __getitem__(self, index: int) -> dict:
-        i = int(torch.randint(0, len(self.records), (1,)))
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if isinstance(key, tuple):
+            index, seed = key
+            generator = torch.Generator().manual_seed(int(seed))
+        else:
+            index, generator = key, None
+        i = int(index) % len(self.records)
         rec, size = self.records[i], self.crop_size
         hr, lr = rec.load(self.scales)
         h, w = hr.shape[-2:]
-        top, left = random_crop_position(h, w, size, align=self.crop_align)
-        k = int(torch.randint(0, NUM_DIHEDRAL, (1,)))
+        top, left = random_crop_position(h, w, size, generator, align=self.crop_align)
+        k = int(torch.randint(0, NUM_DIHEDRAL, (1,), generator=generator))
         hr, lr = (dihedral(crop(x, top, left, size, size), k).contiguous() for x in (hr, lr))
         if self.crop_align > 1:  # the latent cache encodes the aligned part of the image
             h, w = h - h % self.crop_align, w - w % self.crop_align
@@ -375,8 +350,8 @@ class ValImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         rec = self.records[index]
         hr, lr = rec.load(self.scales)
-        hr = center_crop_to_multiple(hr, self.multiple_of, self.max_size)
-        lr = center_crop_to_multiple(lr, self.multiple_of, self.max_size)
+        hr = crop_to_multiple(hr, self.multiple_of, self.max_size)
+        lr = crop_to_multiple(lr, self.multiple_of, self.max_size)
         return {"name": rec.name, "hr": hr.float().contiguous(), "lr": lr.float().contiguous(),
                 "scales": self._scales_t.clone()}
 
@@ -400,11 +375,13 @@ def check_loader_args(train_scales, val_scales, crop_size, samples_per_epoch, mu
 
 def make_bundle(train_records: Sequence, val_records: Sequence, train_scales: tuple[float, ...],
                 val_scales: tuple[float, ...], *, crop_size: int, samples_per_epoch: int,
-                multiple_of: int, val_max_size: int | None, summary: str) -> DataBundle:
+                multiple_of: int, val_max_size: int | None, summary: str,
+                test: Callable[[], Dataset] | None = None) -> DataBundle:
     """The tail every data option shares: check the crop fits, build the training-crop and
     validation datasets (LR scales only; 1.0 is the HR image), log one description line.
 
-    ``summary`` is the option's own part of that line (source, counts, scales).
+    ``summary`` is the option's own part of that line (source, counts, scales); ``test``
+    builds the test split when :attr:`DataBundle.test` is read (None: the option has none).
     """
     check_crop_fits(train_records, crop_size, "training")
     train = TrainCropDataset(train_records, [s for s in train_scales if s != 1.0], crop_size,
@@ -414,4 +391,4 @@ def make_bundle(train_records: Sequence, val_records: Sequence, train_scales: tu
             + (f", <= {val_max_size}px" if val_max_size else ""))
     log.info(desc)
     return DataBundle(train=train, val=val, train_scales=train_scales, val_scales=val_scales,
-                      description=desc)
+                      description=desc, test_loader=test)

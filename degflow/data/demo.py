@@ -25,6 +25,11 @@ capture, each effect growing smoothly and non-linearly with u = s - 1 (all vanis
    8-bit quantization (as if stored as PNG).
 
 s = 1 returns the HR image exactly. The result is deterministic given (image, s, seed).
+
+Splits: the five TRAIN_IMAGES are cut into a top part (training crops) and a bottom band
+of ``val_fraction`` of their height (validation: checkpoint selection and the sweep
+objective); each part is degraded on its own, so no validation pixel reaches a training
+image. The two TEST_IMAGES are the test split, built only when ``bundle.test`` is read.
 """
 
 from __future__ import annotations
@@ -46,19 +51,22 @@ from degflow.data.common import (
     check_crop_fits,
     check_loader_args,
     check_positive_int,
-    format_scales,
     make_bundle,
+    Report,
+    ValImageDataset,
 )
+from degflow.scales import check_scale, format_scales
 from degflow.data.images import read_image
 
-__all__ = ["degrade", "demo_data", "demo_image_paths", "TRAIN_IMAGES", "VAL_IMAGES",
-           "jpeg_quality"]
+__all__ = ["degrade", "demo_data", "demo_image_paths", "scan_demo", "TRAIN_IMAGES",
+           "TEST_IMAGES", "jpeg_quality"]
 
 log = logging.getLogger(__name__)
 
 TRAIN_IMAGES = ("astronaut.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
                 "hubble_deep_field.jpg")
-VAL_IMAGES = ("chelsea.png", "motorcycle_right.png")
+TEST_IMAGES = ("chelsea.png", "motorcycle_right.png")
+_VAL_SEED_OFFSET = 100  # validation bands get their own noise seeds
 
 
 # ------------------------------------------------------------------- degradation
@@ -189,9 +197,7 @@ def degrade(hr: Tensor, scale: float, seed: int = 0) -> Tensor:
     if not isinstance(hr, Tensor) or hr.ndim not in (3, 4) or hr.shape[-3] != 3:
         raise ValueError(f"degrade expects an RGB image [3, H, W] or batch [B, 3, H, W]; got "
                          f"{tuple(hr.shape) if isinstance(hr, Tensor) else type(hr).__name__}")
-    s = float(scale)
-    if not math.isfinite(s) or s < 1.0:
-        raise ValueError(f"scale must be a finite number >= 1, got {scale!r}")
+    s = check_scale(scale, "scale")
     if s == 1.0:
         return hr.clone()
     batched = hr.ndim == 4
@@ -236,16 +242,62 @@ def _skimage_data_dir() -> Path:
 
 
 def demo_image_paths() -> tuple[list[Path], list[Path]]:
-    """(train, val) photo paths inside the installed scikit-image package; ValueError
-    listing the missing ones if the wheel does not ship them."""
+    """(train, test) photo paths inside the installed scikit-image package (validation is a
+    held-out band of the training photos); ValueError listing the missing ones if the wheel
+    does not ship them."""
     d = _skimage_data_dir()
     train = [d / n for n in TRAIN_IMAGES]
-    val = [d / n for n in VAL_IMAGES]
-    missing = [str(p) for p in train + val if not p.is_file()]
+    test = [d / n for n in TEST_IMAGES]
+    missing = [str(p) for p in train + test if not p.is_file()]
     if missing:
         raise ValueError(f"data=demo: scikit-image's bundled photos are missing: {missing}; "
                          f"reinstall scikit-image from its wheel, or use data=paired")
-    return train, val
+    return train, test
+
+
+def _check_fraction(val_fraction) -> float:
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
+            or not 0.0 < float(val_fraction) < 1.0:
+        raise ValueError(f"data.val_fraction must be a number in (0, 1) (the bottom band of each "
+                         f"training photo held out for validation), got {val_fraction!r}")
+    return float(val_fraction)
+
+
+def _split_rows(height: int, val_fraction: float) -> int:
+    """First row of the validation band of a training photo ``height`` rows high."""
+    return height - max(1, round(val_fraction * height))
+
+
+def scan_demo(train_scales, val_scales, val_fraction, deep: bool = True) -> Report:
+    """What the validator prints for data=demo (the photos, their train / val split, the
+    test photos); problems for missing or unreadable photos."""
+    from degflow.scales import check_scales
+    from degflow.data.images import ImageReadError, read_image_size
+
+    ts = check_scales(train_scales, "data.train_scales")
+    vs = check_scales(val_scales, "data.val_scales")
+    fraction = _check_fraction(val_fraction)
+    report = Report(kind="demo", root="scikit-image package data",
+                    layout="procedural degradation (any scale)")
+    try:
+        train, test = demo_image_paths()
+    except ValueError as e:
+        report.problems.append(str(e))
+        return report
+    report.lines.append(
+        f"demo: {len(train)} train photos (bottom {fraction:g} of each held out for "
+        f"validation) / {len(test)} test photos from {train[0].parent}; train scales "
+        f"{format_scales(ts)}, val / test scales "
+        f"{format_scales(vs)} (LR synthesized)")
+    for role, paths in (("train+val", train), ("test", test)):
+        for p in paths:
+            try:
+                x = read_image(p) if deep else None
+                w, h = (x.shape[-1], x.shape[-2]) if deep else read_image_size(p)
+                report.lines.append(f"  {role}: {p.name}: {w}x{h}")
+            except ImageReadError as e:
+                report.problems.append(f"unreadable: {e}")
+    return report
 
 
 def _limit_side(x: Tensor, max_side: int | None, name: str) -> Tensor:
@@ -266,19 +318,21 @@ def _image_seed(seed: int, index: int) -> int:
     return int(seed) * 1000003 + index
 
 
-def demo_data(train_scales=(1, 2, 4), val_scales=(1, 1.5, 2, 2.5, 3, 3.5, 4), crop_size=64,
-              samples_per_epoch=1000, multiple_of=8, val_max_size=256, seed=0,
-              max_side=512) -> DataBundle:
-    """The default data option: 5 train / 2 val scikit-image photos, degraded by
-    :func:`degrade` at every train / val scale once at construction (full images, then
-    cropped), cached in memory."""
+def demo_data(*, train_scales, val_scales, crop_size, samples_per_epoch, multiple_of,
+              val_max_size, seed, max_side, val_fraction) -> DataBundle:
+    """The default data option: 5 scikit-image photos for training, the bottom
+    ``val_fraction`` band of each for validation, 2 more photos as the test split; degraded
+    by :func:`degrade` at every train / val scale once at construction (full images / bands,
+    then cropped), cached in memory. The test photos are read and degraded only when
+    ``bundle.test`` is read. Defaults: conf/data/demo.yaml (:func:`degflow.data.build_data`)."""
     train_scales, val_scales, crop_size, samples_per_epoch, multiple_of, val_max_size = check_loader_args(
         train_scales, val_scales, crop_size, samples_per_epoch, multiple_of, val_max_size)
     max_side = check_positive_int(max_side, "data.max_side", allow_none=True)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"data.seed must be an integer, got {seed!r}")
+    fraction = _check_fraction(val_fraction)
 
-    train_paths, val_paths = demo_image_paths()
+    train_paths, test_paths = demo_image_paths()
 
     def load(paths: list[Path]) -> list[tuple[str, Tensor]]:
         return [(p.stem, _limit_side(read_image(p), max_side, p.name)) for p in paths]
@@ -292,17 +346,27 @@ def demo_data(train_scales=(1, 2, 4), val_scales=(1, 1.5, 2, 2.5, 3, 3.5, 4), cr
             recs.append(MemoryRecord(name=name, hr_image=hr, lr_images=lrs))
         return recs
 
-    train_imgs, val_imgs = load(train_paths), load(val_paths)
+    photos = load(train_paths)
+    cut = [_split_rows(x.shape[-2], fraction) for _, x in photos]
+    train_imgs = [(n, x[:, :r]) for (n, x), r in zip(photos, cut)]
+    val_imgs = [(f"{n}_val", x[:, r:]) for (n, x), r in zip(photos, cut)]
     check_crop_fits([MemoryRecord(n, x, {}) for n, x in train_imgs], crop_size, "demo training")  # before degrading
     for n, x in val_imgs:
         if min(x.shape[-2:]) < multiple_of:
             raise ValueError(f"data.multiple_of={multiple_of} is larger than the demo "
-                             f"validation image {n} ({x.shape[-1]}x{x.shape[-2]})")
+                             f"validation band {n} ({x.shape[-1]}x{x.shape[-2]}); raise "
+                             f"data.val_fraction or lower data.multiple_of")
     train_recs = build(train_imgs, train_scales, 0)
-    val_recs = build(val_imgs, val_scales, len(train_imgs))
-    summary = (f"demo: {len(train_recs)} train / {len(val_recs)} val scikit-image photos "
-               f"(max side {max_side}), procedural camera degradation (seed {seed}); "
+    val_recs = build(val_imgs, val_scales, _VAL_SEED_OFFSET)
+
+    def test_set() -> ValImageDataset:
+        recs = build(load(test_paths), val_scales, len(train_paths))
+        return ValImageDataset(recs, [s for s in val_scales if s != 1.0], 1, None)
+
+    summary = (f"demo: {len(train_recs)} scikit-image photos (max side {max_side}) for training, "
+               f"their bottom {fraction:g} for validation, {len(test_paths)} test photos "
+               f"(evaluation only); procedural camera degradation (seed {seed}); "
                f"train scales {format_scales(train_scales)}, val scales {format_scales(val_scales)}")
     return make_bundle(train_recs, val_recs, train_scales, val_scales, crop_size=crop_size,
                        samples_per_epoch=samples_per_epoch, multiple_of=multiple_of,
-                       val_max_size=val_max_size, summary=summary)
+                       val_max_size=val_max_size, summary=summary, test=test_set)

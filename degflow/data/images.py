@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
 from torch import Tensor
+
+from degflow.files import atomic_write_bytes
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -103,12 +104,17 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 
 def _load_full(im: Image.Image, path: Path) -> None:
-    """Decode every pixel, refusing truncated data."""
+    """Decode every pixel, refusing truncated data whatever Pillow's process-wide
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` says: it is off for this decode and restored after,
+    so other code in the process keeps its own setting."""
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         im.load()
     except Exception as e:
         raise _fail(path, f"{type(e).__name__}: {e} (file truncated or corrupt?)") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
 def _png_bit_depth(path: Path) -> tuple[int, int] | None:
@@ -276,8 +282,8 @@ def read_image(path: str | os.PathLike) -> Tensor:
 def write_image(path: str | os.PathLike, x: Tensor) -> None:
     """Write ``x`` ([3, H, W] or [1, 3, H, W] in [-1, 1]) as an 8-bit RGB PNG, atomically.
 
-    The image goes to a temporary file in the destination folder, then ``os.replace``
-    moves it into place, so readers never see a half-written file.
+    Written with :func:`degflow.files.atomic_write_bytes`: readers never see a half-written
+    file.
     """
     path = Path(path)
     if not isinstance(x, Tensor):
@@ -291,20 +297,7 @@ def write_image(path: str | os.PathLike, x: Tensor) -> None:
         raise ValueError(f"write_image writes PNG files; got {path} (use a .png name)")
     x = x.detach().float().cpu().clamp(-1.0, 1.0)
     arr = ((x + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(arr).save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_bytes(path, lambda f: Image.fromarray(arr).save(f, format="PNG"))
 
 
 def find_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:

@@ -14,12 +14,15 @@ Train / val split, in this order of precedence:
    them (at least one) go to validation, chosen by a hash of (seed, name), so adding
    images moves few others between the sets.
 
+Test split (optional, evaluation only): ``test_root``, else ``{root}/test`` when it exists
+(same layout, validation scales). It is never read by training: it is indexed only when
+:attr:`DataBundle.test` is asked for, or by the validator.
+
 :func:`scan_paired` indexes and checks the files; the dataset and the validator share it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import re
@@ -31,17 +34,16 @@ from degflow.data.common import (
     PairRecord,
     Report,
     check_loader_args,
-    check_scales,
-    find_scale,
-    format_scale,
-    format_scales,
+    ValImageDataset,
     make_bundle,
     size_range,
     size_relation,
+    split_names,
 )
+from degflow.scales import check_scales, find_scale, format_scales, scale_label
 from degflow.data.images import IMAGE_EXTENSIONS, find_images
 
-__all__ = ["scan_paired", "paired_data", "split_names"]
+__all__ = ["scan_paired", "paired_data"]
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +52,6 @@ _SCALE_DIR = re.compile(r"^[xX](\d+(?:\.\d+)?)$")
 
 def _subdirs(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def split_names(names, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Deterministic (train, val) split of ``names``: the ``max(1, round(f * n))`` names
-    with the smallest sha256(seed/name) go to val. Both lists are sorted."""
-    names = sorted(names)
-    n_val = max(1, round(val_fraction * len(names)))
-    ranked = sorted(names, key=lambda n: hashlib.sha256(f"{seed}/{n}".encode()).hexdigest())
-    val = set(ranked[:n_val])
-    return [n for n in names if n not in val], [n for n in names if n in val]
 
 
 class _Tree:
@@ -121,8 +113,8 @@ def _scan_tree(report: Report, info: FileInfo, t: _Tree, scales: tuple[float, ..
             if s not in t.missing_reported:  # a tree shared by train and val: say it once
                 t.missing_reported.add(s)
                 report.problems.append(
-                    f"missing scale: {t.tree} has no folder x{format_scale(s)} for scale "
-                    f"{format_scale(s)} ({key}); scale folders found: "
+                    f"missing scale: {t.tree} has no folder x{scale_label(s)} for scale "
+                    f"{scale_label(s)} ({key}); scale folders found: "
                     f"{[t.scale_dirs[k].name for k in sorted(t.scale_dirs)] or 'none'}")
         else:
             usable.append((s, f))
@@ -139,7 +131,7 @@ def _scan_tree(report: Report, info: FileInfo, t: _Tree, scales: tuple[float, ..
         hr_path = t.hr[name]
         missing = [s for s in scales if name not in lr[s]]
         for s in missing:
-            report.problems.append(f"missing partner: {hr_path} has no x{format_scale(s)} "
+            report.problems.append(f"missing partner: {hr_path} has no x{scale_label(s)} "
                                    f"partner {name}.* in {t.scale_dirs[find_scale(s, t.scale_dirs)]}")
         hr_size, err = info.size(hr_path)
         if err:
@@ -161,7 +153,7 @@ def _scan_tree(report: Report, info: FileInfo, t: _Tree, scales: tuple[float, ..
                 report.problems.append(
                     f"size mismatch: {lr_path} is {lsize[0]}x{lsize[1]} but {hr_path} is "
                     f"{hr_size[0]}x{hr_size[1]}; expected the same size or about 1/"
-                    f"{format_scale(s)} of it ({math.floor(hr_size[0] / s)}x"
+                    f"{scale_label(s)} of it ({math.floor(hr_size[0] / s)}x"
                     f"{math.floor(hr_size[1] / s)})")
                 bad = True
                 continue
@@ -176,10 +168,20 @@ def _scan_tree(report: Report, info: FileInfo, t: _Tree, scales: tuple[float, ..
     return records
 
 
-def scan_paired(root, train_scales=(1, 4), val_scales=None, val_fraction=0.1, val_root=None,
-                seed=0, deep: bool = False) -> Report:
+def _test_tree(root: Path, test_root) -> Path | None:
+    if test_root is not None:
+        return Path(test_root).expanduser()
+    return root / "test" if (root / "test").is_dir() else None
+
+
+def scan_paired(root, train_scales, val_scales, val_fraction, val_root, test_root, seed, *,
+                deep: bool = False, roles: tuple[str, ...] = ("train", "val")) -> Report:
     """Index and check a paired tree (see module docstring). Data problems are collected in
-    ``Report.problems`` (one line each), never raised; config errors raise ValueError."""
+    ``Report.problems`` (one line each), never raised; config errors raise ValueError.
+
+    Only the splits of ``roles`` ('train', 'val', 'test') are indexed (training never asks
+    for 'test'). The argument defaults live in conf/data/paired.yaml.
+    """
     train_scales = check_scales(train_scales, "data.train_scales")
     val_scales = train_scales if val_scales is None else check_scales(val_scales,
                                                                       "data.val_scales")
@@ -188,18 +190,35 @@ def scan_paired(root, train_scales=(1, 4), val_scales=None, val_fraction=0.1, va
         raise ValueError(f"data.val_fraction must be a number in (0, 1), got {val_fraction!r}")
     root = Path(root).expanduser()
     report = Report(kind="paired", root=str(root))
-    report.records = {"train": [], "val": []}
+    report.records = {r: [] for r in roles}
     if not root.is_dir():
         report.problems.append(f"missing root: data.root={root} does not exist or is not a "
                                f"directory")
+        return report
+    info = FileInfo(deep)
+    va_s = tuple(s for s in val_scales if s != 1.0)
+    test_lines = []
+    if "test" in roles:
+        tree = _test_tree(root, test_root)
+        if tree is None:
+            report.problems.append(f"missing split: no test split (data.test_root is null and "
+                                   f"{root / 'test'} does not exist)")
+        else:
+            t = _Tree(tree, report)
+            report.records["test"] = _scan_tree(report, info, t, va_s, "data.val_scales", None,
+                                                check_orphans=True)
+            test_lines.append(f"  test: {tree}, scales {format_scales(val_scales)}: "
+                              f"{len(report.records['test'])} complete pairs, HR sizes "
+                              f"{size_range(report.records['test'])}")
+    if not {"train", "val"} & set(roles):
+        report.layout = report.layout_from_counts()
+        report.lines[:0] = [f"paired data at {root}: layout {report.layout}", *test_lines]
         return report
     if val_root is not None and not Path(val_root).expanduser().is_dir():
         report.problems.append(f"missing root: data.val_root={val_root} does not exist or is "
                                f"not a directory")
         return report
-    info = FileInfo(deep)
     tr_s = train_scales[1:]
-    va_s = tuple(s for s in val_scales if s != 1.0)
     has_train, has_val = (root / "train").is_dir(), (root / "val").is_dir()
     if val_root is not None:
         train_tree = _Tree(root / "train" if has_train else root, report)
@@ -245,6 +264,7 @@ def scan_paired(root, train_scales=(1, 4), val_scales=None, val_fraction=0.1, va
         f"HR sizes {size_range(report.records['train'])}",
         f"  val: scales {format_scales(val_scales)}: {len(report.records['val'])} complete pairs, "
         f"HR sizes {size_range(report.records['val'])}",
+        *test_lines,
     ]
     for name, t in (("train", train_tree), ("val", val_tree)):
         if t.ok and (name == "train" or t is not train_tree):
@@ -254,10 +274,11 @@ def scan_paired(root, train_scales=(1, 4), val_scales=None, val_fraction=0.1, va
     return report
 
 
-def paired_data(root, train_scales=(1, 4), val_scales=None, crop_size=128,
-                samples_per_epoch=1000, multiple_of=8, val_max_size=None, val_fraction=0.1,
-                val_root=None, seed=0) -> DataBundle:
-    """Users' own HR/LR pairs (see module docstring). Headers are read now, pixels lazily."""
+def paired_data(*, root, train_scales, val_scales, crop_size, samples_per_epoch, multiple_of,
+                val_max_size, val_fraction, val_root, test_root, seed) -> DataBundle:
+    """Users' own HR/LR pairs (see module docstring). Training / validation headers are read
+    now, pixels lazily; the test split only when ``bundle.test`` is read. Defaults:
+    conf/data/paired.yaml (:func:`degflow.data.build_data`)."""
     if root is None or str(root) in ("", "???"):
         raise ValueError("data.root is required for data=paired: pass data.root=/path/to/pairs "
                          "(the folder holding HR/ and x<s>/ folders)")
@@ -266,7 +287,7 @@ def paired_data(root, train_scales=(1, 4), val_scales=None, crop_size=128,
         multiple_of, val_max_size)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"data.seed must be an integer, got {seed!r}")
-    report = scan_paired(root, train_scales, val_scales, val_fraction, val_root, seed)
+    report = scan_paired(root, train_scales, val_scales, val_fraction, val_root, test_root, seed)
     if report.problems and report.problems[0].startswith("missing root"):
         raise ValueError(report.problems[0].removeprefix("missing root: ")
                          + " (data=paired expects the folder holding HR/ and x<s>/)")
@@ -281,7 +302,17 @@ def paired_data(root, train_scales=(1, 4), val_scales=None, crop_size=128,
         raise ValueError(f"data=paired: no training pairs under {root}")
     if not val_recs:
         raise ValueError(f"data=paired: no validation pairs under {root}")
-    summary = f"{report.lines[0]}; train {len(train_recs)} / val {len(val_recs)} images"
+    has_test = _test_tree(Path(root).expanduser(), test_root) is not None
+
+    def test_set() -> ValImageDataset:
+        test = scan_paired(root, train_scales, val_scales, val_fraction, val_root, test_root, seed,
+                           roles=("test",))
+        test.raise_if_problems()
+        return ValImageDataset(test.records["test"], [s for s in val_scales if s != 1.0], 1, None)
+
+    summary = (f"{report.lines[0]}; train {len(train_recs)} / val {len(val_recs)} images"
+               + ("; test split present (evaluation only)" if has_test else "; no test split"))
     return make_bundle(train_recs, val_recs, train_scales, val_scales, crop_size=crop_size,
                        samples_per_epoch=samples_per_epoch, multiple_of=multiple_of,
-                       val_max_size=val_max_size, summary=summary)
+                       val_max_size=val_max_size, summary=summary,
+                       test=test_set if has_test else None)

@@ -17,7 +17,8 @@ __all__ = [
     "dihedral",
     "random_dihedral",
     "center_crop",
-    "center_crop_to_multiple",
+    "CROP_ANCHORS",
+    "crop_to_multiple",
     "NUM_DIHEDRAL",
 ]
 
@@ -108,9 +109,18 @@ def center_crop(x: Tensor, height: int, width: int) -> Tensor:
     return crop(x, top, left, height, width)
 
 
-def center_crop_to_multiple(x: Tensor, multiple: int, max_size: int | None = None) -> Tensor:
-    """Center crop so both sides are multiples of ``multiple`` (config ``data.multiple_of``),
-    and at most ``max_size`` per side (rounded down to the multiple; None = no limit)."""
+#: Where :func:`crop_to_multiple` keeps the image: its centre, or its top-left corner
+#: (the bottom / right rows and columns are dropped; the DegFlow authors' evaluation crop).
+CROP_ANCHORS = ("center", "top_left")
+
+
+def crop_to_multiple(x: Tensor, multiple: int, max_size: int | None = None,
+                     anchor: str = "center") -> Tensor:
+    """Crop so both sides are multiples of ``multiple`` (config ``data.multiple_of``), and at
+    most ``max_size`` per side (rounded down to the multiple; None = no limit), keeping the
+    centre (``anchor="center"``) or the top-left corner (``"top_left"``)."""
+    if anchor not in CROP_ANCHORS:
+        raise ValueError(f"crop anchor {anchor!r} is not one of {list(CROP_ANCHORS)}")
     if int(multiple) != multiple or multiple < 1:
         raise ValueError(f"data.multiple_of must be a positive integer, got {multiple!r}")
     multiple = int(multiple)
@@ -124,4 +134,4 @@ def center_crop_to_multiple(x: Tensor, multiple: int, max_size: int | None = Non
         th, tw = min(th, cap), min(tw, cap)
     if th < multiple or tw < multiple:
         raise ValueError(f"image {h}x{w} is smaller than data.multiple_of={multiple}")
-    return center_crop(x, th, tw)
+    return center_crop(x, th, tw) if anchor == "center" else crop(x, 0, 0, th, tw)

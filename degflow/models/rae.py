@@ -32,6 +32,9 @@ the block has its own identity skip, as in the authors' code, so the gated updat
 (with bias, eps 1e-5); ``norm="group"`` is a GroupNorm alternative. Upsampling is
 conv1x1 (c -> 4c) -> PixelShuffle(2) -> conv1x1 (c -> c_out). All other initialisation is
 PyTorch's default, as in the authors' code.
+
+The authors' released autoencoder weights load into the paper preset by renaming alone
+(:func:`degflow.models.official.rae_key_map`, ``python -m degflow.convert_official``).
 """
 
 from __future__ import annotations

@@ -37,6 +37,9 @@ for the second conv of every block, the attention output and the output conv).
 
 The latent spatial size must be divisible by ``2 ** (len(ch_mult) - 1)`` (8 for the paper
 preset); synthesis pads the latent (or the image) before calling.
+
+The authors' released flow weights load into the paper preset by renaming alone
+(:func:`degflow.models.official.velocity_key_map`, ``python -m degflow.convert_official``).
 """
 
 from __future__ import annotations

@@ -11,8 +11,11 @@ from hydra.utils import instantiate as hydra_instantiate
 
 from degflow.data.memory import in_memory_training_set
 from degflow.loggers import build_logger
+from degflow.metrics import eval_protocol
+from degflow.runtime import resolve_device, seed_everything
 from degflow.training.accel import accelerate
-from degflow.training.loop import RunContext, TrainSettings, fit, resolve_device, seed_everything
+from degflow.training.loop import RunContext, TrainSettings, fit
+from degflow.training.stop import TrainingStopped
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ def build_stage(config: dict[str, Any], data, device):
         return RAEStage(
             rae, data.train_scales, data.val, data.val_scales, device,
             data_description=data.description, max_val_images=config["eval"]["max_images"],
-            strip_images=config["eval"]["strip_images"],
+            strip_images=config["eval"]["strip_images"], protocol=eval_protocol(config["eval"]["protocol"]),
         )
     if name == "lfm":
         from degflow.training.lfm import build_lfm_stage
@@ -56,7 +59,8 @@ def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()
     """Run one training job described by a resolved, plain ``config`` in ``run_dir``.
 
     Builds data, stage and logger, trains with resume-by-default, always finishes the logger.
-    Returns the final validation metrics.
+    Returns the final validation metrics; raises :class:`TrainingStopped` after a stop signal
+    (``last.pt`` then holds the step it stopped at).
     """
     run_dir = Path(run_dir)
     # before anything draws random numbers: the networks' initial weights depend on the seed
@@ -76,6 +80,9 @@ def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()
                      num_workers=config["num_workers"])
     try:
         metrics = fit(stage, stage.training_set(data.train), settings, ctx)
+    except TrainingStopped as stopped:
+        logger.finish(exit_code=stopped.exit_code)
+        raise
     except BaseException:
         logger.finish(exit_code=1)
         raise

@@ -7,7 +7,8 @@ them under no_grad (``false``), draw t ~ U(0, 1) per sample, evaluate the path (
 spline or piecewise-linear) through the knot latents, regress the velocity network onto the
 path derivative, and add lambda * LPIPS on the decoded Taylor extrapolation to the segment's
 right knot (see :mod:`degflow.losses`). Validation generates every validation scale from the
-HR latent with the configured solver through :class:`degflow.synthesis.Synthesizer`.
+HR latent with the configured solver through :class:`degflow.generation.Synthesizer`, and the
+``ae_interp`` oracle through the same object.
 """
 
 from __future__ import annotations
@@ -20,28 +21,52 @@ from typing import Any
 
 import torch
 
-from degflow.checkpoint import (
-    CheckpointError,
-    build_model,
-    file_sha256,
-    find_latest_checkpoint,
-    load_checkpoint,
-    model_entry,
-)
+from degflow.checkpoint import CheckpointError, build_model, find_latest_checkpoint, load_checkpoint, model_entry
+from degflow.files import file_sha256
+from degflow.generation import Synthesizer
 from degflow.losses import LossSettings, flow_matching_loss, segment_weights, taylor_extrapolate
-from degflow.metrics import bicubic_baseline, psnr_y, ssim_y
+from degflow.metrics import EVAL_PROTOCOLS, EvalProtocol, eval_protocol
 from degflow.perceptual import load_lpips
+from degflow.resize import bicubic_baseline
+from degflow.scales import scale_key
 from degflow.solvers import SolverSpec
 from degflow.spline import PATH_KINDS, evaluate_path
-from degflow.synthesis import Synthesizer
 from degflow.timemap import TimeMap, build_time_map
 from degflow.training.accel import accelerate
 from degflow.training.latent_cache import LatentCache, load_or_build_latent_cache
 from degflow.training.loop import Stage
-from degflow.training.rae import scale_key, validation_items
+from degflow.training.validation import ScaleAverages, validation_items
 from degflow.visualize import image_strip
 
 log = logging.getLogger(__name__)
+
+
+#: With ``spline.learn_knots``, where a held-out scale (between training knots) sits in time:
+#: ``fixed`` at its configured time (the authors' code), ``follow`` interpolated between the
+#: learned neighbouring knots.
+HELDOUT_TIMES = ("fixed", "follow")
+
+
+def learned_time_map(train_scales: tuple[float, ...], learned_times: tuple[float, ...], base: TimeMap,
+                     heldout_scales: tuple[float, ...], heldout_times: str) -> TimeMap:
+    """The time map through learned knot times (``spline.heldout_times``).
+
+    ``follow``: anchors at the training scales only, so every other scale is interpolated
+    between the learned knots. ``fixed``: the held-out scales inside the training range keep
+    their time under the configured map ``base`` (extra anchors), as in the authors' code.
+    Raises ValueError when a learned knot has crossed a fixed held-out time.
+    """
+    if heldout_times == "follow":
+        return TimeMap.from_times(train_scales, learned_times)
+    extra = [s for s in heldout_scales if train_scales[0] < s < train_scales[-1] and s not in train_scales]
+    anchors = sorted([*zip(train_scales, learned_times), *((s, base.scale_to_time(s)) for s in extra)])
+    try:
+        return TimeMap(tuple(a for a, _ in anchors), tuple(t for _, t in anchors))
+    except ValueError:
+        raise ValueError(
+            f"spline.heldout_times=fixed: the learned knot times {dict(zip(train_scales, learned_times))} have "
+            f"crossed the fixed times of the held-out scales {dict((s, base.scale_to_time(s)) for s in extra)}; "
+            "use spline.heldout_times=follow, or keep the knots frozen (spline.learn_knots=false)") from None
 
 
 @dataclass(frozen=True)
@@ -53,10 +78,15 @@ class SplineSettings:
     effective_scales: dict | None = None
     knot_times: list | None = None
     learn_knots: bool = False
+    heldout_times: str = "fixed"
 
     def __post_init__(self) -> None:
         if self.path not in PATH_KINDS:
             raise ValueError(f"spline.path={self.path!r} is not one of {list(PATH_KINDS)}")
+        if self.heldout_times not in HELDOUT_TIMES:
+            raise ValueError(f"spline.heldout_times={self.heldout_times!r} is not one of {list(HELDOUT_TIMES)} "
+                             "(fixed: held-out scales keep their configured times, as in the authors' code; "
+                             "follow: they move with the learned neighbouring knots)")
 
     def time_map(self, train_scales: tuple[float, ...]) -> TimeMap:
         effective = None
@@ -88,18 +118,17 @@ class KnotTimes(torch.nn.Module):
 
 
 def resolve_rae_checkpoint(rae_ckpt: str | None, output_root: str | Path) -> Path:
-    """The stage-1 checkpoint to use: ``rae_ckpt`` if given, else the latest RAE run under ``output_root``."""
+    """The stage-1 checkpoint to use: ``rae_ckpt`` if given, else the newest finished RAE run
+    under ``output_root`` (see :func:`degflow.checkpoint.find_latest_checkpoint`)."""
     if rae_ckpt:
         return Path(rae_ckpt)
-    found = find_latest_checkpoint(output_root, "rae")
+    found = find_latest_checkpoint(output_root, "rae", key="rae_ckpt")
     if found is None:
         raise CheckpointError(
             f"rae_ckpt is not set and no stage-1 run was found under output_root={str(output_root)!r}; "
             "train one first (`python train.py stage=rae`) or pass rae_ckpt=path/to/checkpoints/last.pt"
         )
-    log.info("rae_ckpt not set: using the most recent RAE run %s", found)
     return found
-
 
 
 class LFMStage(Stage):
@@ -112,6 +141,7 @@ class LFMStage(Stage):
                  val_scales: tuple[float, ...], device: torch.device, rae_source: dict[str, Any],
                  lpips_loss: torch.nn.Module | None, lpips_metric: torch.nn.Module | None,
                  max_val_images: int | None = None, strip_images: int = 1, precision: str = "fp32",
+                 protocol: EvalProtocol = EVAL_PROTOCOLS["ours"],
                  latent_cache: LatentCache | None = None):
         self.train_scales = tuple(float(s) for s in train_scales)
         if len(self.train_scales) < 2 or self.train_scales[0] != 1.0:
@@ -128,13 +158,17 @@ class LFMStage(Stage):
         self.lpips_loss, self.lpips_metric = lpips_loss, lpips_metric
         self.max_val_images, self.strip_images = max_val_images, strip_images
         self.latent_cache = latent_cache   # knot latents of the training images (stage.latent_cache)
+        self.protocol = protocol
 
     # -- the time map as trained so far (learned interior knots included) --------------------
     def time_map(self) -> TimeMap:
-        """The configured map, or (``spline.learn_knots``) the map through the learned knot times."""
+        """The configured map, or (``spline.learn_knots``) the map through the learned knot times,
+        with held-out scales placed as ``spline.heldout_times`` says."""
         if not self.spline.learn_knots:
             return self.base_time_map
-        return TimeMap.from_times(self.train_scales, [float(t) for t in self.knots().detach().cpu()])
+        learned = tuple(float(t) for t in self.knots().detach().cpu())
+        heldout = tuple(s for s in self.val_scales if s not in self.train_scales)
+        return learned_time_map(self.train_scales, learned, self.base_time_map, heldout, self.spline.heldout_times)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         params = list(self.velocity.parameters())
@@ -188,7 +222,9 @@ class LFMStage(Stage):
             x_hat = self.rae.decode(z_hat, hr_feats)                         # [B,3,H,W]
             target = images[torch.arange(b, device=hr.device), point.segment + 1]
             perceptual = self.lpips_loss(x_hat.float(), target.float())      # [B]
-            weighted = (segment_weights(dt, self.loss_settings.segment_weighting) * perceptual).mean()
+            segment_length = point.right_time - knot_times[point.segment]    # [B]
+            weights = segment_weights(dt, segment_length, self.loss_settings.segment_weighting)
+            weighted = (weights * perceptual).mean()
             loss = loss + self.loss_settings.lpips_weight * weighted
             scalars["lpips"] = float(perceptual.detach().mean())
         if self.spline.learn_knots:
@@ -196,49 +232,43 @@ class LFMStage(Stage):
         return loss, scalars
 
     def synthesizer(self) -> Synthesizer:
+        """The generation core on the live networks (what validation measures)."""
         return Synthesizer(self.rae, self.velocity, self.time_map(), self.solver, self.device, self.precision,
-                           max_trained_scale=self.train_scales[-1])
+                           max_trained_scale=self.train_scales[-1], train_scales=self.train_scales,
+                           spline_path=self.spline.path)
 
     @torch.no_grad()
     def validate(self, step: int) -> dict[str, Any]:
         synth = self.synthesizer()
         allow = max(self.val_scales) > self.train_scales[-1]
         names = ("psnr_y", "ssim_y", "psnr_y_bicubic", "psnr_y_ae_interp") + (("lpips",) if self.lpips_metric else ())
-        sums = {s: dict.fromkeys(names, 0.0) for s in self.val_scales}
-        count, nfe, seconds, strip_rows = 0, 0, 0.0, []
-        knot_times = torch.tensor(synth.time_map.knot_times(self.train_scales), device=self.device)
-        for item in validation_items(self.val_set, self.max_val_images, self.device):
+        averages = ScaleAverages(self.val_scales, names)
+        nfe, seconds, strip_rows = 0, 0.0, []
+        for item in validation_items(self.val_set, self.max_val_images, self.device, self.protocol):
             hr = item["hr"]                                                  # [1,3,H,W]
             real = {1.0: hr, **{float(s): item["lr"][:, j] for j, s in enumerate(item["scales"][0].tolist())}}
             result = synth.generate(hr, self.val_scales, allow_extrapolation=allow)
             nfe, seconds = result.nfe, seconds + result.seconds
-            # oracle baseline: the path through the REAL encoded training-scale latents
-            knots, hr_feats = self.encode_knots(torch.stack([real[s] for s in self.train_scales], dim=1))
+            # the ae_interp oracle: the path through the REAL encoded training-scale latents
+            oracle = synth.interpolate_real(hr, {s: real[s] for s in self.train_scales[1:]}, self.val_scales,
+                                            allow_extrapolation=allow)
             for s in self.val_scales:
                 fake, target = result.images[s], real[s]
-                sums[s]["psnr_y"] += float(psnr_y(fake, target).mean())
-                sums[s]["ssim_y"] += float(ssim_y(fake, target).mean())
+                averages.add(s, psnr_y=self.protocol.psnr_y(fake, target).mean(),
+                             ssim_y=self.protocol.ssim_y(fake, target).mean(),
+                             psnr_y_ae_interp=self.protocol.psnr_y(oracle.images[s], target).mean())
                 if s != 1.0:                     # at x1 the "baseline" is the HR image itself
-                    sums[s]["psnr_y_bicubic"] += float(psnr_y(bicubic_baseline(hr, s), target).mean())
-                point = evaluate_path(self.spline.path, knot_times, knots, torch.full((1,), result.times[s],
-                                                                                    device=self.device))
-                interp = self.rae.decode(point.value, hr_feats).clamp(-1, 1)
-                sums[s]["psnr_y_ae_interp"] += float(psnr_y(interp, target).mean())
+                    averages.add(s, psnr_y_bicubic=self.protocol.psnr_y(bicubic_baseline(hr, s), target).mean())
                 if self.lpips_metric is not None:
-                    sums[s]["lpips"] += float(self.lpips_metric(fake, target).mean())
-            if count < self.strip_images:
+                    averages.add(s, lpips=self.lpips_metric(fake, target).mean())
+            if averages.images < self.strip_images:
                 strip_rows.append(([real[s][0] for s in self.val_scales],
                                    [result.images[s][0] for s in self.val_scales]))
-            count += 1
-        if count == 0:
-            raise ValueError("the validation set is empty (check the data config's validation split)")
-        scales = {}
+            averages.image_done()
+        scales = averages.table(self.train_scales)
+        count = averages.images
         for s in self.val_scales:
-            row: dict[str, Any] = {k: v / count for k, v in sums[s].items()}
-            if s == 1.0:
-                row["psnr_y_bicubic"] = None
-            row.update(t=float(synth.time_map.scale_to_time(s)), heldout=s not in self.train_scales)
-            scales[scale_key(s)] = row
+            scales[scale_key(s)]["t"] = float(synth.time_map.scale_to_time(s))
         heldout = [r for r in scales.values() if r["heldout"]] or list(scales.values())
         objective = sum(r["psnr_y"] for r in heldout) / len(heldout)
         summary = " ".join(
@@ -249,12 +279,41 @@ class LFMStage(Stage):
                                     f"({', '.join(scale_key(s) for s in self.val_scales)})")
                   for i, (a, b) in enumerate(strip_rows)}
         return {
-            "scales": scales, "objective": objective, "objective_name": "mean Y-PSNR over held-out scales",
+            "scales": scales, "objective": objective,
+            "objective_name": "mean Y-PSNR over held-out scales on the validation split",
+            "protocol": self.protocol.to_dict(),
             "nfe": nfe, "seconds_per_image": seconds / count, "images_evaluated": count,
             "solver": asdict(self.solver), "knot_times": list(synth.time_map.knot_times(self.train_scales)),
             "summary": f"gen Y-PSNR {summary} (*held out) | NFE {nfe} | {seconds / count:.2f}s/img",
             "images": images,
         }
+
+    def check_same_rae(self, ckpt: dict[str, Any]) -> None:
+        """Refuse to resume a run whose frozen RAE differs from the one ``rae_ckpt`` resolves to now.
+
+        A resumed run keeps training its velocity network on the RAE it started with, so a
+        different RAE (another ``rae_ckpt``, or a newer / retrained latest RAE run) would mix
+        two sources and record the wrong one. Raises :class:`~degflow.checkpoint.CheckpointError`
+        naming ``rae_ckpt``, both sources and the ways forward.
+        """
+        stored = ckpt["models"]["rae"]["state_dict"]
+        current = {k: v.detach().cpu() for k, v in self.rae.state_dict().items()}
+        if stored.keys() == current.keys() and all(
+                stored[k].shape == v.shape and torch.equal(stored[k].cpu(), v) for k, v in current.items()):
+            return
+        recorded = ckpt.get("extra", {}).get("rae_source") or {}
+
+        def source(info: dict[str, Any]) -> str:
+            sha = str(info.get("sha256") or "unknown")[:12]
+            return f"{info.get('path', 'unknown')!r} (sha256 {sha}..., step {info.get('step', 'unknown')})"
+
+        raise CheckpointError(
+            f"rae_ckpt: this run was trained on the frozen RAE {source(recorded)}, but rae_ckpt now resolves to "
+            f"{source(self.rae_source)}, whose weights differ; resuming would continue the velocity network "
+            f"on another RAE. To continue the run, pass rae_ckpt= the original RAE checkpoint (unchanged); to "
+            f"train on the new RAE, start a fresh run: resume=false (replaces this run's checkpoints) or a new "
+            f"output folder (output_root=... with rae_ckpt=...)"
+        )
 
     def state(self) -> dict[str, Any]:
         return {
@@ -268,6 +327,7 @@ class LFMStage(Stage):
         }
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
+        self.check_same_rae(ckpt)
         self.rae.load_state_dict(ckpt["models"]["rae"]["state_dict"])
         self.velocity.load_state_dict(ckpt["models"]["velocity"]["state_dict"])
         self.knots.load_state_dict(ckpt["knot_state"])
@@ -314,13 +374,14 @@ def build_lfm_stage(config: dict[str, Any], data, device: torch.device) -> LFMSt
         accelerate(module, config["channels_last"], config["compile"])
     lpips_loss = lpips_metric = None
     if loss.lpips_weight > 0:
-        lpips_loss = accelerate(load_lpips(loss.lpips_net, loss.lpips_backbone_weights, device=device),
-                                config["channels_last"], config["compile"])
+        lpips_loss = accelerate(load_lpips(loss.lpips_net, loss.lpips_backbone_weights, device=device,
+                                           pooling=loss.lpips_pooling), config["channels_last"], config["compile"])
     if config["eval"]["lpips"]:
         lpips_metric = load_lpips("alex", config["eval"]["lpips_backbone_weights"], device=device)
     return LFMStage(
         rae, velocity, data.train_scales, spline, loss, solver, data.val, data.val_scales, device,
         rae_source={"path": str(rae_path), "sha256": rae_sha256, "step": int(rae_ckpt["step"])},
         lpips_loss=lpips_loss, lpips_metric=lpips_metric, max_val_images=config["eval"]["max_images"],
-        strip_images=config["eval"]["strip_images"], precision=config["precision"], latent_cache=cache,
+        strip_images=config["eval"]["strip_images"], precision=config["precision"],
+        protocol=eval_protocol(config["eval"]["protocol"]), latent_cache=cache,
     )

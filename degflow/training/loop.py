@@ -5,10 +5,14 @@ and says what one step computes, how to validate, and what its checkpoint carrie
 module owns everything else, identically for both stages:
 
 - Adam with linear warm-up then cosine decay to ``min_lr``;
-- resume by default: a run directory that holds ``checkpoints/last.pt`` continues from it
-  (model, optimizer, scheduler, step, RNG state), which is what a requeued cluster job needs;
-- atomic checkpoints: ``last.pt`` at every validation and at the end, ``step_XXXXXXX.pt``
-  every ``ckpt_every`` steps;
+- exact resume by default: a run directory that holds ``checkpoints/last.pt`` continues from
+  it (model, optimizer, scheduler, step, RNG state) as if never interrupted: the batch of
+  step k is a pure function of (seed, k) (``sampling.py``), every other random draw comes
+  from the restored RNG state, and ``history.jsonl`` forgets what was logged after the
+  checkpoint. This is what a requeued cluster job needs;
+- atomic checkpoints: ``last.pt`` every ``ckpt_every`` steps, every ``ckpt_minutes`` minutes,
+  at every validation, at the end and on a stop signal (``stop.py``); a kept
+  ``step_XXXXXXX.pt`` copy every ``keep_every`` steps when set;
 - validation every ``val_every`` steps and at the end, a one-line summary, ``metrics.json``.
 """
 
@@ -21,24 +25,19 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from degflow.checkpoint import (
-    atomic_write_text,
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
+from degflow.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from degflow.files import atomic_write_text
 from degflow.loggers import json_safe
+from degflow.runtime import autocast
+from degflow.training.sampling import train_batches
+from degflow.training.stop import StopSignals
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("fp32", "bf16")
-
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -53,13 +52,21 @@ class TrainSettings:
     min_lr: float = 0.0
     grad_clip: float | None = None
     val_every: int = 500
-    ckpt_every: int = 1000
+    ckpt_every: int = 100
+    ckpt_minutes: float | None = 5.0
+    keep_every: int | None = None
     log_every: int = 25
 
     def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "val_every", "ckpt_every", "log_every"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"stage.{key} must be a positive integer, got {getattr(self, key)!r}")
+        for key in ("steps", "batch_size", "val_every", "ckpt_every", "log_every", "keep_every"):
+            value = getattr(self, key)
+            if value is None and key == "keep_every":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"stage.{key} must be a positive integer{' or null' if key == 'keep_every' else ''}, "
+                                 f"got {value!r}")
+        if self.ckpt_minutes is not None and not self.ckpt_minutes > 0:
+            raise ValueError(f"stage.ckpt_minutes must be > 0 or null (off), got {self.ckpt_minutes!r}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ValueError(f"stage.lr must be > 0 and 0 <= stage.min_lr <= stage.lr, got lr={self.lr}, "
                              f"min_lr={self.min_lr}")
@@ -88,63 +95,12 @@ class RunContext:
         return self.run_dir / "checkpoints"
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, NumPy and torch (all devices): model initialisation, data
-    sampling and noise draws of a fresh run then depend on ``seed`` alone (config ``seed``)."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed: expected an integer, got {seed!r}")
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``device`` config value -> torch.device: ``auto`` picks CUDA when present, else CPU."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={spec!r} was requested but CUDA is not available here; use device=auto or cpu")
-        return torch.device(spec)
-    raise ValueError(f"device={spec!r} is not one of ['auto', 'cpu', 'cuda', 'cuda:N']")
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast when ``precision='bf16'`` (CUDA, or CPU: fast on CPUs with AMX / AVX512-BF16,
-    slow elsewhere); a no-op for ``fp32``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
-    if precision == "bf16" and device.type in ("cuda", "cpu"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def warmup_cosine(step: int, total: int, warmup: int, lr: float, min_lr: float) -> float:
     """Learning rate at ``step``: linear warm-up to ``lr``, then cosine decay to ``min_lr`` at ``total``."""
     if warmup > 0 and step < warmup:
         return lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def infinite_batches(dataset, batch_size: int, num_workers: int, device: torch.device) -> Iterator[dict]:
-    """Endless shuffled batches from ``dataset`` (items: dicts of tensors and names)."""
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
-        pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
-    )
-    if len(loader) == 0:
-        raise ValueError(f"the training set yields {len(dataset)} samples per epoch, fewer than "
-                         f"stage.batch_size={batch_size}")
-    while True:
-        for batch in loader:
-            yield {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 class Stage:
@@ -185,6 +141,8 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
     """Train ``stage`` for ``settings.steps`` steps, resuming from ``{run_dir}/checkpoints/last.pt``.
 
     Returns the final validation metrics (also written to ``{run_dir}/metrics.json``).
+    Raises :class:`~degflow.training.stop.TrainingStopped` after a stop signal, once
+    ``last.pt`` holds the step it stopped at.
     """
     params = stage.trainable_parameters()
     # fused: one kernel for all parameters (same update; ~4x faster than the per-tensor loop on CPU)
@@ -197,6 +155,9 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
     )
     step = 0
     last = ctx.ckpt_dir / "last.pt"
+    for stale in [*ctx.run_dir.glob(".*.tmp"), *ctx.ckpt_dir.glob(".*.tmp")]:  # temp files of a killed write
+        log.info("removing %s, left by an interrupted write", stale)
+        stale.unlink(missing_ok=True)
     if ctx.resume and last.exists():
         ckpt = load_checkpoint(last, kind=stage.kind, key="resume")
         stage.load_state(ckpt)
@@ -204,16 +165,22 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
         scheduler.load_state_dict(ckpt["scheduler"])
         restore_rng_state(ckpt["rng"])
         step = int(ckpt["step"])
+        del ckpt
         log.info("resumed from %s at step %d", last, step)
     else:
         torch.manual_seed(ctx.seed)
+    if ctx.logger is not None:
+        ctx.logger.rewind(step)  # steps after the checkpoint are redone: forget what they logged
+    saved_at = time.monotonic()
 
     def save(path: Path) -> None:
+        nonlocal saved_at
         save_checkpoint(path, {
             "kind": stage.kind, "step": step, "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "rng": capture_rng_state(), "config": ctx.config,
             "overrides": list(ctx.overrides), **stage.state(),
         })
+        saved_at = time.monotonic()
 
     def validate() -> dict[str, Any]:
         for m in stage.train_modules():
@@ -238,45 +205,56 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
 
     metrics: dict[str, Any] | None = None
     if step >= settings.steps:
+        final = ctx.run_dir / "metrics.json"  # written by the final validation, just before last.pt
+        if final.is_file() and json.loads(final.read_text()).get("step") == step:
+            log.info("run already finished (%d/%d steps); its final metrics are in %s", step, settings.steps, final)
+            return json.loads(final.read_text())
         log.info("run already finished (%d/%d steps); validating the final weights", step, settings.steps)
-        metrics = validate()
-        return metrics
+        return validate()
 
-    batches = infinite_batches(train_set, settings.batch_size, ctx.num_workers, ctx.device)
+    batches = train_batches(train_set, ctx.seed, step, settings.batch_size, ctx.num_workers, ctx.device)
     for m in stage.train_modules():
         m.train()
     bar = tqdm(total=settings.steps, initial=step, desc=f"{stage.kind}", dynamic_ncols=True,
                disable=not ctx.progress, mininterval=1.0)
     t_last = time.perf_counter()
-    while step < settings.steps:
-        batch = next(batches)
-        with autocast(ctx.device, ctx.precision):
-            loss, scalars = stage.loss(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}; last good checkpoint: {last}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if settings.grad_clip is not None:
-            scalars["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, settings.grad_clip))
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        bar.update(1)
-        if step % settings.log_every == 0 or step == settings.steps:
-            now = time.perf_counter()
-            scalars.update(loss=float(loss.detach()), lr=scheduler.get_last_lr()[0],
-                           steps_per_s=settings.log_every / max(now - t_last, 1e-9))
-            t_last = now
-            bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
-            if ctx.logger is not None:
-                ctx.logger.log({f"train/{k}": v for k, v in scalars.items()}, step)
-        validating = step % settings.val_every == 0 or step == settings.steps
-        if validating:
-            metrics = validate()
-        if step % settings.ckpt_every == 0:
-            save(ctx.ckpt_dir / f"step_{step:07d}.pt")
-        if validating or step % settings.ckpt_every == 0:
-            save(last)
-    bar.close()
+    with StopSignals() as stop, contextlib.closing(bar), contextlib.closing(batches):  # closing: workers end
+        while step < settings.steps:
+            batch = next(batches)
+            with autocast(ctx.device, ctx.precision):
+                loss, scalars = stage.loss(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}; last good checkpoint: {last}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.grad_clip is not None:
+                scalars["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, settings.grad_clip))
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            if step % settings.log_every == 0 or step == settings.steps:
+                now = time.perf_counter()
+                scalars.update(loss=float(loss.detach()), lr=scheduler.get_last_lr()[0],
+                               steps_per_s=settings.log_every / max(now - t_last, 1e-9))
+                t_last = now
+                bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
+                if ctx.logger is not None:
+                    ctx.logger.log({f"train/{k}": v for k, v in scalars.items()}, step)
+            validating = step % settings.val_every == 0 or step == settings.steps
+            if validating:
+                metrics = validate()
+            keep = settings.keep_every is not None and step % settings.keep_every == 0
+            overdue = settings.ckpt_minutes is not None and time.monotonic() - saved_at >= 60 * settings.ckpt_minutes
+            if keep:
+                save(ctx.ckpt_dir / f"step_{step:07d}.pt")
+            if validating or overdue or keep or stop.requested or step % settings.ckpt_every == 0:
+                save(last)
+            if stop.requested and step < settings.steps:
+                bar.clear()
+                # raises TrainingStopped, or hands the signal to the launcher's own handler
+                stop.after_checkpoint(step, settings.steps, last)
+        if stop.requested:
+            log.warning("a stop signal arrived as training finished: the run is complete (%s)", last)
     assert metrics is not None
     return metrics

@@ -14,23 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from degflow.checkpoint import model_entry
-from degflow.metrics import psnr_y
+from degflow.metrics import EVAL_PROTOCOLS, EvalProtocol
 from degflow.timemap import TimeMap
+from degflow.scales import scale_key
 from degflow.training.loop import Stage
+from degflow.training.validation import ScaleAverages, validation_items
 from degflow.visualize import image_strip
-
-
-def validation_items(dataset, max_images: int | None, device: torch.device):
-    """Validation items one at a time (full images differ in size), moved to ``device``."""
-    count = len(dataset) if max_images is None else min(len(dataset), max_images)
-    for i in range(count):
-        item = dataset[i]
-        yield {k: v.to(device)[None] if torch.is_tensor(v) else v for k, v in item.items()}
-
-
-def scale_key(scale: float) -> str:
-    """Metric-table key of a scale: ``2.0 -> "x2"``, ``2.5 -> "x2.5"``."""
-    return f"x{float(scale):g}"
 
 
 class RAEStage(Stage):
@@ -40,7 +29,8 @@ class RAEStage(Stage):
 
     def __init__(self, rae: torch.nn.Module, train_scales: tuple[float, ...], val_set,
                  val_scales: tuple[float, ...], device: torch.device, data_description: str = "",
-                 max_val_images: int | None = None, strip_images: int = 1):
+                 max_val_images: int | None = None, strip_images: int = 1,
+                 protocol: EvalProtocol = EVAL_PROTOCOLS["ours"]):
         if not train_scales or float(train_scales[0]) != 1.0:
             raise ValueError(f"data.train_scales must start with 1 (the HR knot), got {list(train_scales)}")
         self.rae = rae.to(device)
@@ -51,6 +41,7 @@ class RAEStage(Stage):
         self.data_description = data_description
         self.max_val_images = max_val_images
         self.strip_images = strip_images
+        self.protocol = protocol
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return list(self.rae.parameters())
@@ -71,12 +62,9 @@ class RAEStage(Stage):
 
     @torch.no_grad()
     def validate(self, step: int) -> dict[str, Any]:
-        sums: dict[float, dict[str, float]] = {
-            s: {"psnr_y": 0.0, **({} if s == 1.0 else {"psnr_y_copy_hr": 0.0})} for s in self.val_scales
-        }
-        count = 0
+        averages = ScaleAverages(self.val_scales, ("psnr_y", "psnr_y_copy_hr"))
         strip_rows = []
-        for item in validation_items(self.val_set, self.max_val_images, self.device):
+        for item in validation_items(self.val_set, self.max_val_images, self.device, self.protocol):
             hr = item["hr"]                                              # [1,3,H,W]
             targets = {1.0: hr, **{float(s): item["lr"][:, j] for j, s in enumerate(item["scales"][0].tolist())}}
             _, hr_feats = self.rae.encode(hr)
@@ -85,19 +73,14 @@ class RAEStage(Stage):
                 target = targets[s]
                 recon = self.rae.decode(self.rae.encode(target)[0], hr_feats).clamp(-1, 1)
                 recons[s] = recon
-                sums[s]["psnr_y"] += float(psnr_y(recon, target).mean())
+                averages.add(s, psnr_y=self.protocol.psnr_y(recon, target).mean())
                 if s != 1.0:  # the trivial baseline: predict the HR image itself
-                    sums[s]["psnr_y_copy_hr"] += float(psnr_y(hr, target).mean())
-            if count < self.strip_images:
+                    averages.add(s, psnr_y_copy_hr=self.protocol.psnr_y(hr, target).mean())
+            if averages.images < self.strip_images:
                 strip_rows.append(([targets[s][0] for s in self.val_scales], [recons[s][0] for s in self.val_scales]))
-            count += 1
-        if count == 0:
-            raise ValueError("the validation set is empty (check data.val_split / data.val_max_size)")
-        scales = {}
-        for s in self.val_scales:
-            row = {k: v / count for k, v in sums[s].items()}
-            row["heldout"] = s not in self.train_scales
-            scales[scale_key(s)] = row
+            averages.image_done()
+        scales = averages.table(self.train_scales)
+        count = averages.images
         summary = " ".join(
             f"{scale_key(s)}{'*' if s not in self.train_scales else ''}:{scales[scale_key(s)]['psnr_y']:.2f}dB"
             + ("" if s == 1.0 else f"(copy-HR {scales[scale_key(s)]['psnr_y_copy_hr']:.2f})")
@@ -108,7 +91,7 @@ class RAEStage(Stage):
             images[f"val/strip{i}"] = (image_strip([real, recon]),
                                        "top: real image per scale; bottom: RAE reconstruction "
                                        f"({', '.join(scale_key(s) for s in self.val_scales)})")
-        return {"scales": scales, "images_evaluated": count, "summary": "recon Y-PSNR " + summary + " (*held out)",
+        return {"scales": scales, "images_evaluated": count, "protocol": self.protocol.to_dict(), "summary": "recon Y-PSNR " + summary + " (*held out)",
                 "images": images}
 
     def state(self) -> dict[str, Any]:

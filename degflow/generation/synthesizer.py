@@ -1,0 +1,361 @@
+"""The generation core: a trained DegFlow model that turns HR images into LR images at any scale.
+
+:class:`Synthesizer` is the one code path of training validation, the Python API and the
+``synthesize.py`` CLI. Encode the HR image once (latent z_0 and skip features H_HR),
+integrate dz/dt = v(z, t) from t = 0 to every requested t(s) in ONE solve, decode each
+latent with H_HR, clamp to [-1, 1]. Images whose size is not a multiple of the model's
+stride are padded (replicate) and cropped back, never resized. :meth:`Synthesizer.interpolate_real`
+is the one ``ae_interp`` oracle (the path through the real encoded LR latents), used by the
+synthesis baselines and by LFM validation alike.
+
+Large images are tiled (:attr:`Synthesizer.tile_size`, :attr:`Synthesizer.tile_overlap`, HR
+pixels), but only where it is exact up to the tile edges: the RAE. The RAE is local
+(per-pixel LayerNorm, convolutions), the velocity U-Net is not (GroupNorm statistics and
+self-attention over its whole input). So the HR image is encoded tile by tile and the tile
+latents are blended into ONE latent of the whole image; the ODE is solved once on that
+latent (1/8 of the pixels per side, small even for 2K images); each tile is then decoded
+from its crop of the solved latent with its own HR skip features, and the decoded tiles are
+blended in image space (:mod:`degflow.generation.tiling`). Tile origins lie on multiples of
+:attr:`Synthesizer.pad_multiple`, so every tile sees the same downsampling grids as the
+whole image would.
+
+The default solver of :meth:`Synthesizer.from_checkpoint` and of ``synthesize.py`` is
+:data:`DEFAULT_SOLVER` (rk4, 16 steps, cubic output), not the solver stored in the
+checkpoint (which validation used); pass ``solver=`` to choose another.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from degflow.checkpoint import CheckpointError, build_model, load_checkpoint
+from degflow.files import file_sha256
+from degflow.generation.tiling import Span, blend_tiles, tile_grid
+from degflow.resize import resize_to_lr
+from degflow.runtime import autocast, check_precision, resolve_device
+from degflow.scales import check_scale, find_scale, scale_key, scale_label
+from degflow.solvers import SolverSpec, integrate
+from degflow.spline import PATH_KINDS, evaluate_path, extrapolation_time
+from degflow.timemap import TimeMap
+
+__all__ = ["DEFAULT_SOLVER", "SynthesisResult", "Synthesizer"]
+
+log = logging.getLogger(__name__)
+
+#: The solver of :meth:`Synthesizer.from_checkpoint` and of ``synthesize.py`` unless one is
+#: given: rk4, 16 uniform steps, cubic Hermite output (any number of scales for +1 NFE; within
+#: 0.02 dB of scipy RK45 in ``experiments/bench_synthesis.py``). ``conf/synthesize.yaml``
+#: spells out the same values.
+DEFAULT_SOLVER = SolverSpec.create(method="rk4", steps=16, output_mode="cubic")
+
+
+@dataclass
+class SynthesisResult:
+    """Output of :meth:`Synthesizer.generate`.
+
+    ``images[s]`` is ``[B, 3, H, W]`` in [-1, 1] at HR pixel size for each decoded scale s.
+    ``nfe`` counts velocity evaluations (one solve, tiled or not), ``seconds`` the whole call
+    (encode, solve, decode, blending), ``solve_seconds`` the ODE solves alone.
+    """
+
+    images: dict[float, torch.Tensor]
+    times: dict[float, float]
+    nfe: int
+    seconds: float
+    solve_seconds: float = 0.0
+    tiles: int = 1
+
+
+class Synthesizer:
+    """A trained DegFlow model ready to generate: frozen RAE + velocity field + time map.
+
+    Use :meth:`from_checkpoint` with a stage-2 (``lfm``) checkpoint, then call the object:
+    ``synth(hr_batch, scales) -> {scale: lr_batch}`` (tensors in [-1, 1], LR at HR size, or at
+    true LR size with ``size="lr"``).
+
+    Args (beyond the models): ``tile_size`` / ``tile_overlap`` in HR pixels (images with a
+    side above ``tile_size`` are tiled; ``None`` never tiles). Both are rounded to multiples
+    of :attr:`pad_multiple` (tile down, overlap up); the overlap must be at most half a tile.
+    ``train_scales`` and ``spline_path`` are needed only by :meth:`interpolate_real`.
+    """
+
+    def __init__(self, rae: torch.nn.Module, velocity: torch.nn.Module, time_map: TimeMap,
+                 solver: SolverSpec, device: torch.device | str = "cpu", precision: str = "fp32",
+                 max_trained_scale: float | None = None, *, tile_size: int | None = 1024,
+                 tile_overlap: int = 256, train_scales: Sequence[float] | None = None,
+                 spline_path: str = "cubic", checkpoint_sha256: str | None = None):
+        self.device = torch.device(device)
+        # eval() only: training validation passes the live velocity net, whose parameters must
+        # keep requires_grad (generation itself runs under no_grad)
+        self.rae = rae.to(self.device).eval()
+        self.velocity = velocity.to(self.device).eval()
+        self.time_map = time_map
+        self.solver = solver
+        self.precision = check_precision(precision)
+        self.max_trained_scale = max_trained_scale if max_trained_scale is not None else time_map.scales[-1]
+        self.last_knot_time = float(time_map.scale_to_time(self.max_trained_scale))
+        levels = len(velocity.config.get("ch_mult", (1,))) - 1
+        self.pad_multiple = int(rae.stride) * (2 ** levels)
+        self.tile_size, self.tile_overlap = self._tiling(tile_size, tile_overlap)
+        self.train_scales = tuple(float(s) for s in train_scales) if train_scales is not None else None
+        if spline_path not in PATH_KINDS:
+            raise ValueError(f"spline_path={spline_path!r} is not one of {list(PATH_KINDS)}")
+        self.spline_path = spline_path
+        self.checkpoint_sha256 = checkpoint_sha256
+        self._warned: set[float] = set()
+
+    def _tiling(self, tile_size: int | None, tile_overlap: int) -> tuple[int | None, int]:
+        if tile_size is None:
+            return None, 0
+        for key, val in (("tile_size", tile_size), ("tile_overlap", tile_overlap)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < 0:
+                raise ValueError(f"{key}: expected an integer >= 0 (HR pixels), got {val!r}")
+        m = self.pad_multiple
+        tile = max(m, tile_size // m * m)
+        overlap = -(-tile_overlap // m) * m
+        if 2 * overlap > tile:
+            raise ValueError(
+                f"tile_overlap={tile_overlap} (rounded up to {overlap}, a multiple of the model's "
+                f"pad multiple {m}) must be at most half of tile_size={tile_size} (rounded down "
+                f"to {tile}); use a larger tile_size or a smaller tile_overlap"
+            )
+        if (tile, overlap) != (tile_size, tile_overlap):
+            log.info("tiling: tile_size %d -> %d, tile_overlap %d -> %d (multiples of %d)",
+                     tile_size, tile, tile_overlap, overlap, m)
+        return tile, overlap
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu",
+                        solver: SolverSpec | None = None, precision: str = "fp32", *,
+                        tile_size: int | None = 1024, tile_overlap: int = 256) -> "Synthesizer":
+        """Load a stage-2 checkpoint (self-contained: RAE weights, velocity net, knot times, solver).
+
+        ``device="auto"`` picks CUDA when present. ``solver=None`` uses :data:`DEFAULT_SOLVER`
+        (rk4, 16 steps, cubic output), the default of ``synthesize.py`` too; the solver the
+        checkpoint's validation used is ``ckpt["extra"]["solver"]``.
+        Raises :class:`~degflow.checkpoint.CheckpointError` (naming ``ckpt``) for a missing,
+        corrupt, stage-1 or incomplete checkpoint.
+        """
+        ckpt = load_checkpoint(path, kind="lfm", key="ckpt")
+        try:
+            rae = build_model(ckpt["models"]["rae"])
+            velocity = build_model(ckpt["models"]["velocity"])
+            time_map = TimeMap.from_dict(ckpt["time_map"])
+            train_scales = [float(s) for s in ckpt["train_scales"]]
+            spline_path = ckpt["extra"].get("spline", {}).get("path", "cubic")
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(
+                f"ckpt={str(path)!r} is an incomplete or inconsistent stage-2 checkpoint "
+                f"({type(err).__name__}: {err})"
+            ) from None
+        return cls(rae, velocity, time_map, DEFAULT_SOLVER if solver is None else solver,
+                   device=resolve_device(device),
+                   precision=precision, max_trained_scale=max(train_scales), tile_size=tile_size,
+                   tile_overlap=tile_overlap, train_scales=train_scales, spline_path=spline_path,
+                   checkpoint_sha256=file_sha256(path))
+
+    # -------------------------------------------------------------------------- times
+    def scale_times(self, scales: Sequence[float], allow_extrapolation: bool = False) -> dict[float, float]:
+        """Time t(s) of each scale; scales beyond the trained range need ``allow_extrapolation``
+        (then a warning, once per scale)."""
+        out = {}
+        for s in scales:
+            s = check_scale(s, "scales")
+            if s > self.max_trained_scale + 1e-9:
+                if not allow_extrapolation:
+                    raise ValueError(
+                        f"scales: {scale_label(s)} lies outside the trained range "
+                        f"[1, {scale_label(self.max_trained_scale)}]; "
+                        "set allow_extrapolation=true to extrapolate the trajectory anyway"
+                    )
+                if s not in self._warned:
+                    self._warned.add(s)
+                    log.warning("scale %s lies outside the trained range [1, %s]: extrapolating "
+                                "(allow_extrapolation=true)", scale_label(s), scale_label(self.max_trained_scale))
+            out[s] = float(self.time_map.scale_to_time(s))
+        return out
+
+    def _velocity(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # degflow's one extrapolation rule (degflow.spline.extrapolation_time): beyond the
+        # last knot the trajectory continues with the velocity field of the last knot.
+        t = extrapolation_time(t, 0.0, self.last_knot_time)
+        with autocast(self.device, self.precision):
+            return self.velocity(z, t).to(z.dtype)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % self.pad_multiple, (-w) % self.pad_multiple
+        return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+    # -------------------------------------------------------------------------- tiling
+    def _tiled(self, work: Callable[[list[torch.Tensor]], dict[float, torch.Tensor]],
+               inputs: list[torch.Tensor]) -> tuple[dict[float, torch.Tensor], int]:
+        """Run ``work`` on aligned crops of ``inputs`` (each ``[B, 3, H, W]``) and blend.
+
+        ``work(crops) -> {key: [B, 3, h, w]}`` in [-1, 1]. Untiled when the image fits in one
+        tile. Returns ``(images, tiles)``.
+        """
+        grid = tile_grid(*inputs[0].shape[-2:], self.tile_size, self.tile_overlap)
+        if grid is None:
+            return work(inputs), 1
+        rows, cols = grid
+
+        def tile(i: int, j: int) -> Iterator[tuple[float, torch.Tensor]]:
+            (y0, y1), (x0, x1) = rows[i], cols[j]
+            yield from work([x[..., y0:y1, x0:x1] for x in inputs]).items()
+
+        images = blend_tiles(rows, cols, self.tile_overlap, tile, self.device)
+        return {k: v.clamp_(-1, 1) for k, v in images.items()}, len(rows) * len(cols)
+
+    # -------------------------------------------------------------------------- generation
+    def _encode_tiled(self, x: torch.Tensor, rows: list[Span], cols: list[Span]) -> torch.Tensor:
+        """Latent ``[B, C, H/8, W/8]`` of the padded image ``x [B, 3, H, W]``, encoded tile by
+        tile and blended with the tiling ramps at latent resolution."""
+        st = int(self.rae.stride)
+
+        def tile(i: int, j: int) -> Iterator[tuple[int, torch.Tensor]]:
+            (y0, y1), (x0, x1) = rows[i], cols[j]
+            yield 0, self.rae.encode(x[..., y0:y1, x0:x1])[0]
+
+        return blend_tiles([(a // st, b // st) for a, b in rows], [(a // st, b // st) for a, b in cols],
+                           self.tile_overlap // st, tile, self.device)[0]
+
+    def _decode_tiled(self, x: torch.Tensor, latents: dict[float, torch.Tensor],
+                      rows: list[Span], cols: list[Span]) -> dict[float, torch.Tensor]:
+        """Decode ``latents[s] [B, C, H/8, W/8]`` tile by tile with each tile's own HR skip
+        features from the padded image ``x [B, 3, H, W]``; blend in image space."""
+        st = int(self.rae.stride)
+
+        def tile(i: int, j: int) -> Iterator[tuple[float, torch.Tensor]]:
+            (y0, y1), (x0, x1) = rows[i], cols[j]
+            feats = self.rae.features(x[..., y0:y1, x0:x1])
+            for s, z in latents.items():
+                yield s, self.rae.decode(z[..., y0 // st:y1 // st, x0 // st:x1 // st], feats).clamp(-1, 1)
+
+        return {s: img.clamp_(-1, 1) for s, img in blend_tiles(rows, cols, self.tile_overlap, tile, self.device).items()}
+
+    @torch.no_grad()
+    def generate(self, hr: torch.Tensor, scales: Sequence[float], allow_extrapolation: bool = False,
+                 solver: SolverSpec | None = None, *, decode: Sequence[float] | None = None) -> SynthesisResult:
+        """Generate LR images at HR size for every scale, from ONE ODE solve.
+
+        Args:
+            hr: ``[B, 3, H, W]`` HR images in [-1, 1] (any H, W >= 1).
+            scales: requested scales s >= 1 (exact values; nothing is rounded to a grid: every
+                t(s) is a step of the fixed-step grid with ``solver.output_mode=grid``).
+            solver: overrides :attr:`solver` for this call.
+            decode: the subset of ``scales`` to decode (default: all). The solve still
+                covers every scale, so the step grid (and the result) does not depend on it.
+        Returns:
+            :class:`SynthesisResult` with ``images[s]`` of shape ``[B, 3, H, W]``.
+        """
+        if hr.dim() != 4 or hr.shape[1] != 3:
+            raise ValueError(f"hr must be [B, 3, H, W], got shape {tuple(hr.shape)}")
+        times = self.scale_times(scales, allow_extrapolation)
+        wanted = list(times) if decode is None else [float(s) for s in decode]
+        missing = [s for s in wanted if s not in times]
+        if missing:
+            raise ValueError(f"decode: scales {missing} are not among the requested scales {list(times)}")
+        solver = solver or self.solver
+        self._sync()
+        start = time.perf_counter()
+        hr = hr.to(self.device, torch.float32)
+        h, w = hr.shape[-2:]
+        x = self._pad(hr)
+        grid = tile_grid(*x.shape[-2:], self.tile_size, self.tile_overlap)
+        if grid is None:
+            z0, feats = self.rae.encode(x)
+        else:
+            z0, feats = self._encode_tiled(x, *grid), None
+        unique = sorted(set(times.values()))
+        self._sync()
+        solve_start = time.perf_counter()
+        states, nfe = integrate(self._velocity, z0, unique, solver)               # [T,B,C,h,w]
+        self._sync()
+        solve = time.perf_counter() - solve_start
+        latents = {s: states[unique.index(times[s])] for s in wanted}
+        del states
+        if grid is None:
+            images = {s: self.rae.decode(z, feats).clamp(-1, 1)[..., :h, :w] for s, z in latents.items()}
+            tiles = 1
+        else:
+            images = {s: img[..., :h, :w] for s, img in self._decode_tiled(x, latents, *grid).items()}
+            tiles = len(grid[0]) * len(grid[1])
+        self._sync()
+        return SynthesisResult(images=images, times=times, nfe=nfe, seconds=time.perf_counter() - start,
+                               solve_seconds=solve, tiles=tiles)
+
+    def __call__(self, hr: torch.Tensor, scales: Sequence[float], allow_extrapolation: bool = False,
+                 size: str = "hr") -> dict[float, torch.Tensor]:
+        """``synth(hr_batch, scales) -> {scale: lr_batch}`` (see :meth:`generate`).
+
+        ``size="hr"``: LR images at HR pixel size ``[B, 3, H, W]``; ``size="lr"``: at true LR
+        size ``[B, 3, round(H/s), round(W/s)]`` (antialiased bicubic of the HR-size decode,
+        :func:`degflow.resize.resize_to_lr`).
+        """
+        if size not in ("hr", "lr"):
+            raise ValueError(f"size={size!r} is not one of ['hr', 'lr']")
+        images = self.generate(hr, scales, allow_extrapolation).images
+        if size == "lr":
+            images = {s: resize_to_lr(x, s) for s, x in images.items()}
+        return images
+
+    # -------------------------------------------------------------------------- ae_interp
+    def _decode_real_path(self, crops: list[torch.Tensor], times: dict[float, float]) -> dict[float, torch.Tensor]:
+        assert self.train_scales is not None
+        h, w = crops[0].shape[-2:]
+        b = crops[0].shape[0]
+        z_hr, hr_feats = self.rae.encode(self._pad(crops[0]))
+        # one knot at a time: peak memory of a single encode
+        knots = torch.stack([z_hr] + [self.rae.encode(self._pad(x))[0] for x in crops[1:]], dim=1)  # [B,K,C,h,w]
+        knot_times = torch.tensor(self.time_map.knot_times(self.train_scales), device=self.device)
+        images = {}
+        for s, t in times.items():
+            point = evaluate_path(self.spline_path, knot_times, knots, torch.full((b,), t, device=self.device))
+            images[s] = self.rae.decode(point.value, hr_feats).clamp(-1, 1)[..., :h, :w]
+        return images
+
+    @torch.no_grad()
+    def interpolate_real(self, hr: torch.Tensor, real: Mapping[float, torch.Tensor], scales: Sequence[float],
+                         allow_extrapolation: bool = False) -> SynthesisResult:
+        """The oracle baseline ``ae_interp``: decode the path (the checkpoint's spline kind)
+        through the REAL encoded latents of the training scales, at t(s). The one copy of it:
+        LFM validation (``psnr_y_ae_interp``) and the ``baseline=ae_interp`` outputs both call it.
+
+        Args:
+            hr: ``[B, 3, H, W]`` HR images in [-1, 1].
+            real: ``{train_scale: [B, 3, H, W]}`` real LR images at HR pixel size, one per
+                training scale > 1 (:attr:`train_scales`).
+        """
+        if self.train_scales is None:
+            raise ValueError("interpolate_real needs the training scales (build the Synthesizer with "
+                             "from_checkpoint, or pass train_scales=...)")
+        times = self.scale_times(scales, allow_extrapolation)
+        knot_images = [hr.to(self.device, torch.float32)]
+        for s in self.train_scales[1:]:
+            key = find_scale(s, real, tol=1e-9)
+            if key is None:
+                raise ValueError(f"ae_interp needs a real LR image at every training scale "
+                                 f"{[scale_key(v) for v in self.train_scales[1:]]}; {scale_key(s)} is missing")
+            x = real[key]
+            if x.shape != hr.shape:
+                raise ValueError(f"ae_interp: the real {scale_key(s)} image has shape {tuple(x.shape)}, "
+                                 f"expected the HR shape {tuple(hr.shape)} (LR stored at HR size)")
+            knot_images.append(x.to(self.device, torch.float32))
+        start = time.perf_counter()
+        images, tiles = self._tiled(lambda crops: self._decode_real_path(crops, times), knot_images)
+        return SynthesisResult(images=images, times=times, nfe=0, seconds=time.perf_counter() - start,
+                               tiles=tiles)

@@ -1,0 +1,456 @@
+"""The LR dataset job: a folder of HR images -> an SR training set at every requested scale.
+
+:func:`write_lr_dataset` drives a :class:`~degflow.generation.Synthesizer` over a folder (the
+``synthesize.py`` CLI is a thin wiring of it): output layout, ``manifest.jsonl``, resume,
+shards, comparison baselines (``bicubic`` and the ``ae_interp`` oracle), failure records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from degflow import __version__
+from degflow.data.common import size_relation
+from degflow.data.images import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    find_images,
+    read_image,
+    read_image_size,
+    write_image,
+)
+from degflow.files import append_lines, atomic_write_text
+from degflow.generation import SynthesisResult, Synthesizer
+from degflow.resize import bicubic_baseline, resize_to_lr, upsample_to
+from degflow.scales import scale_key, scale_label
+
+__all__ = ["BASELINES", "OUTPUT_SIZES", "FolderSummary", "write_lr_dataset"]
+
+log = logging.getLogger(__name__)
+
+#: Values of ``size`` (config key ``size``): true LR size, HR size (RealSR convention), both.
+OUTPUT_SIZES: tuple[str, ...] = ("lr", "hr", "both")
+#: Comparison baselines (config key ``baseline``).
+BASELINES: tuple[str, ...] = ("bicubic", "ae_interp")
+
+
+@dataclass
+class FolderSummary:
+    """What :func:`write_lr_dataset` did (this shard only)."""
+
+    images: int                      # images in this shard
+    processed: int                   # images generated in this run
+    skipped: int                     # images whose every output already existed
+    failed: int                      # images with at least one error (see ``failures``)
+    outputs_written: int
+    seconds: float
+    failures: list[dict[str, str]] = field(default_factory=list)
+    manifest: str = ""
+    failed_file: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        """0 when nothing failed, 1 otherwise (2, usage errors, is raised as ValueError)."""
+        return 1 if self.failed else 0
+
+    def line(self) -> str:
+        return (f"images {self.images}: {self.processed} processed, {self.skipped} skipped (complete), "
+                f"{self.failed} failed; {self.outputs_written} outputs written; {self.seconds:.1f} s")
+
+
+@dataclass
+class _Output:
+    kind: str           # "hr" | "degflow" | "bicubic" | "ae_interp"
+    size: str           # "lr" | "hr"
+    scale: float
+    rel: str            # path relative to out, posix
+
+
+@dataclass
+class _Item:
+    path: Path
+    source: str         # path relative to input, posix
+    name: str           # output name relative to each scale folder, posix, ends with .png
+    pending: list[_Output]  # outputs still to write
+
+
+_MANAGED = ("HR", "LR", "LR_hrsize", "baselines")
+_SETTINGS_FILE = "synthesis.json"
+
+
+def _output_names(paths: list[Path], root: Path) -> dict[Path, str]:
+    """Output name per source: its path under ``root`` with a ``.png`` suffix, subfolders kept.
+    Sources that would collide (``a.jpg`` and ``a.png``) keep their extension (``a.jpg.png``)."""
+    plain = {p: p.relative_to(root).with_suffix(".png").as_posix() for p in paths}
+    counts: dict[str, int] = {}
+    for name in plain.values():
+        counts[name] = counts.get(name, 0) + 1
+    names = {p: (n if counts[n] == 1 else p.relative_to(root).as_posix() + ".png") for p, n in plain.items()}
+    if len(set(names.values())) != len(names):
+        raise ValueError(f"input: source files map to the same output name; rename them: "
+                         f"{sorted(n for n in names.values() if list(names.values()).count(n) > 1)}")
+    return names
+
+
+def _in_shard(source: str, shard: int, num_shards: int) -> bool:
+    """Stable assignment of a source (relative path) to a shard: sha256 of the path."""
+    return int(hashlib.sha256(source.encode("utf-8")).hexdigest(), 16) % num_shards == shard
+
+
+def _read_manifest(path: Path) -> tuple[dict[str, str], bool]:
+    """``{output: line}`` of a manifest (last line per output wins) and whether the file had
+    duplicate or unreadable lines."""
+    lines: dict[str, str] = {}
+    dirty = False
+    if not path.is_file():
+        return lines, False
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        try:
+            output = json.loads(raw)["output"]
+        except (ValueError, KeyError, TypeError):
+            dirty = True
+            continue
+        dirty |= output in lines
+        lines[output] = raw
+    return lines, dirty
+
+
+def _find_real_lr(root: Path, name: str, scale: float) -> Path | None:
+    """The real LR image ``{root}/x{s}/{name without suffix}.{any image extension}``."""
+    stem = root / scale_key(scale) / name[: -len(".png")]
+    for ext in IMAGE_EXTENSIONS:
+        for candidate in (Path(f"{stem}{ext}"), Path(f"{stem}{ext.upper()}")):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _load_real_lr(root: Path, item: _Item, scales: Sequence[float], hr: torch.Tensor) -> dict[float, torch.Tensor]:
+    """Real LR images of one HR image ``[3, H, W]`` at HR size (true-LR-size files are
+    bicubic-upsampled), for the ae_interp baseline."""
+    h, w = hr.shape[-2:]
+    real = {}
+    for s in scales:
+        path = _find_real_lr(root, item.name, s)
+        if path is None:
+            raise ValueError(f"ae_interp: no real LR image {scale_key(s)}/{item.name[:-len('.png')]}.* "
+                             f"under baseline_lr_root={str(root)!r}")
+        x = read_image(path)
+        relation = size_relation((w, h), (x.shape[-1], x.shape[-2]), s)
+        if relation is None:
+            raise ValueError(f"ae_interp: real LR {path} is {x.shape[-1]}x{x.shape[-2]}, neither the HR size "
+                             f"{w}x{h} nor about HR/{scale_label(s)}")
+        real[s] = x if relation == "same" else upsample_to(x, h, w)
+    return real
+
+
+def _check_folders(input_dir: Path, out_dir: Path) -> None:
+    if not input_dir.is_dir():
+        raise ValueError(f"input={str(input_dir)!r} is not a folder of HR images")
+    src, dst = input_dir.resolve(), out_dir.resolve()
+    if dst == src or dst.is_relative_to(src):
+        raise ValueError(f"out={str(out_dir)!r} lies inside input={str(input_dir)!r}; the outputs would be "
+                         "read back as inputs on the next run. Choose an out folder outside the input folder")
+    for sub in _MANAGED:
+        if src == dst / sub or src.is_relative_to(dst / sub):
+            raise ValueError(f"input={str(input_dir)!r} lies inside out/{sub}, which synthesis writes; "
+                             "choose another out folder")
+
+
+def _check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
+    """Refuse to mix outputs of different generation settings in one out folder."""
+    path = out_dir / _SETTINGS_FILE
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            old = None
+        if isinstance(old, dict):
+            diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+            if diff:
+                raise ValueError(
+                    f"out={str(out_dir)!r} holds outputs generated with other settings "
+                    f"({'; '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
+                    f"resuming would mix them. Use a new out folder (or delete {path} to force it)"
+                )
+            return
+    atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+
+def write_lr_dataset(
+    synth: Synthesizer,
+    input_dir: str | Path,
+    out_dir: str | Path,
+    scales: Sequence[float],
+    *,
+    size: str = "lr",
+    batch_size: int = 1,
+    allow_extrapolation: bool = False,
+    shard: int = 0,
+    num_shards: int = 1,
+    baselines: Sequence[str] = (),
+    baseline_lr_root: str | Path | None = None,
+    progress: bool = True,
+    after_image: Callable[[str], None] | None = None,
+) -> FolderSummary:
+    """Turn a folder of HR images into an SR training set at every scale.
+
+    Layout under ``out_dir`` (``name`` = the source's path under ``input_dir``, subfolders
+    kept, suffix ``.png``; label = the scale without trailing zeros, ``x2``, ``x2.25``)::
+
+        HR/name.png                        the source as PNG, at its own size
+        LR/x{label}/name.png               size=lr|both: true LR size round(H/s) x round(W/s)
+                                           size=hr: HR pixel size (RealSR convention)
+        LR_hrsize/x{label}/name.png        size=both: HR pixel size
+        baselines/{bicubic|ae_interp}/LR[/_hrsize]/x{label}/name.png   same layout
+        manifest.jsonl                     one JSON line per output file
+        failed.jsonl                       {"file", "error"} per failure of this run
+        synthesis.json                     generation settings (checkpoint, solver, tiling)
+
+    With ``num_shards > 1`` the manifest and failure files are ``manifest.shard{i}-of-{n}.jsonl``
+    and ``failed.shard{i}-of-{n}.jsonl``; a source belongs to shard ``sha256(name) % n``.
+
+    Resumable: every file is written to a temporary name and renamed; the manifest gets the
+    lines of an image in one append after its files. An output counts as done when its file
+    exists and a manifest line records it; an image whose outputs are all done is skipped.
+    Stale manifest lines (file deleted) and duplicates are dropped at start.
+
+    One bad image never stops the run: errors are recorded in the summary and the failure
+    file. Configuration errors (no images, out inside input, scales outside the trained range
+    without ``allow_extrapolation``, ...) raise ``ValueError``.
+
+    Args:
+        synth: the model (its tiling, solver and precision are used as they are).
+        scales: requested scales (exact, >= 1).
+        size: ``"lr"``, ``"hr"`` or ``"both"`` (config key ``size``).
+        batch_size: images of the same size generated together.
+        baselines: any of ``"bicubic"`` and ``"ae_interp"`` (needs ``baseline_lr_root``
+            holding real LR images ``x{label}/name.*`` at every training scale).
+        after_image: called with the source name after each image is complete (tests use it
+            to simulate a kill).
+    """
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    if size not in OUTPUT_SIZES:
+        raise ValueError(f"size={size!r} is not one of {list(OUTPUT_SIZES)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    for key, val in (("shard", shard), ("num_shards", num_shards)):
+        if isinstance(val, bool) or not isinstance(val, int):
+            raise ValueError(f"{key} must be an integer, got {val!r}")
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ValueError(f"shard={shard} num_shards={num_shards}: need num_shards >= 1 and 0 <= shard < num_shards")
+    baselines = tuple(dict.fromkeys(baselines))
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"baseline: {unknown} not among {list(BASELINES)}")
+    lr_root = Path(baseline_lr_root) if baseline_lr_root else None
+    if "ae_interp" in baselines:
+        if lr_root is None or not lr_root.is_dir():
+            raise ValueError("baseline=ae_interp needs baseline_lr_root= a folder of real LR images laid out as "
+                             f"x{{scale}}/name.png, got {baseline_lr_root!r}")
+        if synth.train_scales is None:
+            raise ValueError("baseline=ae_interp needs a Synthesizer that knows its training scales (from_checkpoint)")
+    scales = [float(s) for s in scales]
+    if not scales:
+        raise ValueError("scales: no scales requested")
+    times = synth.scale_times(scales, allow_extrapolation)       # refuses out-of-range scales now
+    _check_folders(input_dir, out_dir)
+    sources = find_images(input_dir)
+    if not sources:
+        raise ValueError(f"input={str(input_dir)!r} holds no images (searched recursively for "
+                         f"{', '.join(IMAGE_EXTENSIONS)})")
+    names = _output_names(sources, input_dir)
+
+    settings = {
+        "checkpoint_sha256": synth.checkpoint_sha256, "solver": asdict(synth.solver), "precision": synth.precision,
+        "tile_size": synth.tile_size, "tile_overlap": synth.tile_overlap,
+        "LR_folder": "HR pixel size" if size == "hr" else "true LR size",
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_settings(out_dir, settings)
+    suffix = "" if num_shards == 1 else f".shard{shard}-of-{num_shards}"
+    manifest, failed_file = out_dir / f"manifest{suffix}.jsonl", out_dir / f"failed{suffix}.jsonl"
+    recorded = _recorded_outputs(out_dir, manifest)
+
+    sizes = {"lr": ("lr",), "hr": ("hr",), "both": ("lr", "hr")}[size]
+    items: list[_Item] = []
+    for path in sources:
+        source = path.relative_to(input_dir).as_posix()
+        if not _in_shard(source, shard, num_shards):
+            continue
+        name = names[path]
+        outputs = [_Output("hr", "hr", 1.0, f"HR/{name}")]
+        for kind in ("degflow", *baselines):
+            prefix = "" if kind == "degflow" else f"baselines/{kind}/"
+            for s in scales:
+                for sz in sizes:
+                    folder = "LR" if sz == "lr" or size == "hr" else "LR_hrsize"
+                    outputs.append(_Output(kind, sz, s, f"{prefix}{folder}/{scale_key(s)}/{name}"))
+        items.append(_Item(path, source, name,
+                           [o for o in outputs if not (o.rel in recorded and (out_dir / o.rel).is_file())]))
+    if not items:
+        log.info("shard %d of %d holds none of the %d input images", shard, num_shards, len(sources))
+    todo = [it for it in items if it.pending]
+
+    bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="synthesize", dynamic_ncols=True)
+    job = _FolderJob(synth, out_dir, scales, times, allow_extrapolation, baselines, lr_root, manifest,
+                     failed_file, bar, after_image)
+    groups: dict[tuple[int, int], list[_Item]] = {}
+    for item in todo:                           # batches of equal size, sized from the file headers
+        try:
+            w, h = read_image_size(item.path)
+        except (ImageReadError, OSError) as err:
+            job.fail(item, err, count=True)
+            continue
+        groups.setdefault((h, w), []).append(item)
+    for group in groups.values():
+        for k in range(0, len(group), batch_size):
+            loaded: dict[tuple[int, ...], list[tuple[_Item, torch.Tensor]]] = {}
+            for item in group[k:k + batch_size]:
+                try:
+                    x = read_image(item.path)
+                except (ImageReadError, OSError) as err:
+                    job.fail(item, err, count=True)
+                    continue
+                loaded.setdefault(tuple(x.shape), []).append((item, x))
+            for pairs in loaded.values():
+                job.run([it for it, _ in pairs], torch.stack([x for _, x in pairs]))
+    bar.close()
+    if not job.failures:
+        failed_file.unlink(missing_ok=True)
+    summary = FolderSummary(
+        images=len(items), processed=job.processed, skipped=len(items) - len(todo),
+        failed=len({f["file"] for f in job.failures}), outputs_written=job.written,
+        seconds=time.perf_counter() - started, failures=job.failures, manifest=str(manifest),
+        failed_file=str(failed_file) if job.failures else "",
+    )
+    log.info("synthesis: %s", summary.line())
+    return summary
+
+
+def _recorded_outputs(out_dir: Path, manifest: Path) -> set[str]:
+    """Outputs recorded in any manifest of ``out_dir``. This job's own manifest is cleaned
+    first: lines of deleted files, duplicates and a partial last line (a kill mid-append)
+    are dropped, atomically."""
+    own, dirty = _read_manifest(manifest)
+    stale = [o for o in own if not (out_dir / o).is_file()]
+    if dirty or stale:
+        for o in stale:
+            del own[o]
+        atomic_write_text(manifest, "".join(line + "\n" for line in own.values()))
+        log.info("manifest %s: dropped the lines of %d deleted outputs and any duplicate or partial line",
+                 manifest.name, len(stale))
+    recorded = set(own)
+    for other in out_dir.glob("manifest*.jsonl"):
+        if other != manifest:
+            recorded |= set(_read_manifest(other)[0])
+    return recorded
+
+
+class _FolderJob:
+    """The generating and writing half of :func:`write_lr_dataset` (one per run)."""
+
+    def __init__(self, synth: Synthesizer, out_dir: Path, scales: list[float], times: dict[float, float],
+                 allow_extrapolation: bool, baselines: tuple[str, ...], lr_root: Path | None, manifest: Path,
+                 failed_file: Path, bar, after_image: Callable[[str], None] | None):
+        self.synth, self.out_dir, self.scales, self.times = synth, out_dir, scales, times
+        self.allow_extrapolation, self.baselines, self.lr_root = allow_extrapolation, baselines, lr_root
+        self.manifest, self.failed_file, self.bar, self.after_image = manifest, failed_file, bar, after_image
+        self.solver = asdict(synth.solver)
+        self.failures: list[dict[str, str]] = []
+        self.processed = self.written = 0
+        atomic_write_text(failed_file, "")                  # failures of this run only
+
+    def fail(self, item: _Item, err: BaseException, count: bool = False) -> None:
+        """Record a failure of ``item``; ``count`` advances the progress bar (item given up)."""
+        record = {"file": item.source, "error": f"{type(err).__name__}: {err}"}
+        self.failures.append(record)
+        append_lines(self.failed_file, [json.dumps(record)])
+        log.error("%s: %s", item.source, record["error"])
+        if count:
+            self.bar.update(1)
+
+    def run(self, batch: list[_Item], hr: torch.Tensor) -> None:
+        """Generate and write a same-size batch ``hr [B, 3, H, W]``; on an error, retry image
+        by image, so one bad image fails alone."""
+        try:
+            self._generate_and_write(batch, hr)
+        except Exception as err:  # noqa: BLE001 - one bad image must not stop the run
+            if len(batch) == 1:
+                self.fail(batch[0], err, count=True)
+                return
+            log.warning("batch of %d failed (%s: %s); retrying image by image", len(batch), type(err).__name__, err)
+            for i, item in enumerate(batch):
+                self.run([item], hr[i:i + 1])
+            return
+        for item in batch:
+            self.processed += 1
+            self.bar.update(1)
+            self.bar.set_postfix(written=self.written, failed=len(self.failures), refresh=False)
+            if self.after_image is not None:
+                self.after_image(item.source)
+
+    def _generate_and_write(self, batch: list[_Item], hr: torch.Tensor) -> None:
+        synth = self.synth
+        needed = sorted({o.scale for it in batch for o in it.pending if o.kind == "degflow"})
+        results: dict[str, SynthesisResult | None] = {}
+        if needed:
+            results["degflow"] = synth.generate(hr, self.scales, self.allow_extrapolation, decode=needed)
+        if any(o.kind == "ae_interp" for it in batch for o in it.pending):
+            train = synth.train_scales[1:]
+            try:
+                real = [_load_real_lr(self.lr_root, it, train, hr[i]) for i, it in enumerate(batch)]
+                stacked = {s: torch.stack([r[s] for r in real]) for s in train}
+                results["ae_interp"] = synth.interpolate_real(hr, stacked, self.scales, self.allow_extrapolation)
+            except (ImageReadError, ValueError, OSError) as err:
+                if len(batch) > 1:
+                    raise                                   # retried image by image
+                self.fail(batch[0], err)                    # the image's other outputs are still written
+                results["ae_interp"] = None
+        for b, item in enumerate(batch):
+            self._write(item, hr, b, len(batch), results)
+
+    def _write(self, item: _Item, hr: torch.Tensor, b: int, batch: int,
+               results: dict[str, SynthesisResult | None]) -> None:
+        """Write the pending outputs of image ``b``, then append their manifest lines at once."""
+        lines, written = [], set()
+        for out in item.pending:
+            entry: dict[str, Any] = {"source": item.source, "output": out.rel, "kind": out.kind, "size": out.size,
+                                     "scale": out.scale, "t": self.times.get(out.scale), "solver": None, "nfe": 0,
+                                     "seconds": 0.0}
+            if out.kind == "hr":
+                image = hr[b]
+                entry["t"] = 0.0
+            elif out.kind == "bicubic":
+                image = hr[b] if out.size == "lr" else bicubic_baseline(hr[b:b + 1], out.scale)[0]
+                entry["t"] = None
+            else:
+                result = results[out.kind]
+                if result is None:
+                    continue                                # its failure is recorded already
+                image = result.images[out.scale][b]
+                entry.update(nfe=result.nfe, tiles=result.tiles, seconds=result.seconds / batch)
+                if out.kind == "degflow":
+                    entry["solver"] = self.solver
+            if out.size == "lr" and out.kind != "hr":
+                image = resize_to_lr(image, out.scale)
+            write_image(self.out_dir / out.rel, image)
+            entry.update(height=int(image.shape[-2]), width=int(image.shape[-1]),
+                         checkpoint_sha256=self.synth.checkpoint_sha256, degflow_version=__version__)
+            lines.append(json.dumps(entry))
+            written.add(out.rel)
+        append_lines(self.manifest, lines)
+        item.pending = [o for o in item.pending if o.rel not in written]
+        self.written += len(lines)

@@ -1,0 +1,141 @@
+"""Evaluation pictures as PNG (matplotlib, Agg backend: no display needed).
+
+- :func:`plot_metric_vs_scale`: one panel per metric, one line per method, held-out
+  scales shaded;
+- :func:`plot_psnr_vs_nfe`: the accuracy / speed frontier of solver settings;
+- :func:`plot_crops`: a labelled strip of zoomed crops, one column per scale, one row per
+  image source (real LR, the model, the baselines).
+
+Inputs are the plain structures of :class:`degflow.evaluation.EvalResult` (per-scale means,
+crops), so the functions also serve results read back from ``eval.json``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from degflow.files import atomic_write_bytes  # noqa: E402
+
+__all__ = ["plot_metric_vs_scale", "plot_psnr_vs_nfe", "plot_crops"]
+
+_LABELS = {
+    "psnr_y": "PSNR-Y (dB) ↑",
+    "ssim_y": "SSIM-Y ↑",
+    "lpips": "LPIPS ↓",
+    "kl": "KL ↓",
+    "akld": "AKLD ↓",
+}
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+_DASHES = ("-", "--", "-.", ":")
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
+    return Path(path)
+
+
+def plot_metric_vs_scale(per_scale: Mapping[str, Mapping[str, Mapping[str, object]]], path: str | Path,
+                         metrics: Sequence[str] = tuple(_LABELS)) -> Path:
+    """Metric vs scale for every method.
+
+    ``per_scale``: ``{method: {scale label: {metric: value, "heldout": bool | None}}}``
+    (:meth:`EvalResult.per_scale`). Metrics without any value are left out.
+    """
+    metrics = [m for m in metrics if any(v.get(m) is not None for rows in per_scale.values() for v in rows.values())]
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(4.2 * max(1, len(metrics)), 3.4), squeeze=False)
+    heldout = sorted({float(s) for rows in per_scale.values() for s, v in rows.items() if v.get("heldout")})
+    for ax, metric in zip(axes[0], metrics):
+        for k, (method, rows) in enumerate(per_scale.items()):
+            pts = sorted((float(s), v[metric]) for s, v in rows.items() if v.get(metric) is not None)
+            if pts:  # distinct markers and dashes, so methods with equal values stay visible
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=_MARKERS[k % len(_MARKERS)],
+                        linestyle=_DASHES[k % len(_DASHES)], label=method)
+        for s in heldout:
+            ax.axvspan(s - 0.08, s + 0.08, color="0.85", zorder=0)
+        ax.set_xlabel("scale s")
+        ax.set_title(_LABELS.get(metric, metric))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if heldout:
+        fig.suptitle("grey bands: held-out scales (never seen in training)", fontsize=9, y=1.02)
+    return _save(fig, path)
+
+
+def plot_psnr_vs_nfe(points: Sequence[Mapping[str, object]], path: str | Path, metric: str = "psnr_y") -> Path:
+    """Held-out metric vs NFE, one point per solver setting.
+
+    ``points``: ``{"label": str, "group": str, "nfe": float, metric: float}`` each (e.g. one
+    per sweep job); one line per ``group`` (e.g. the solver method), ordered by NFE.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    pts = [p for p in points if p.get("nfe") is not None and p.get(metric) is not None]
+    groups = list(dict.fromkeys(str(p.get("group", "")) for p in pts))
+    for k, group in enumerate(groups):
+        line = sorted((p for p in pts if str(p.get("group", "")) == group), key=lambda p: float(p["nfe"]))
+        ax.plot([float(p["nfe"]) for p in line], [float(p[metric]) for p in line],
+                marker=_MARKERS[k % len(_MARKERS)], linestyle=_DASHES[k % len(_DASHES)], label=group or None)
+        for p in line:
+            ax.annotate(str(p["label"]), (float(p["nfe"]), float(p[metric])), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+    if any(groups):
+        ax.legend(fontsize=8)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.set_xlabel("NFE (velocity evaluations per image)")
+    ax.set_ylabel(_LABELS.get(metric, metric) + " held-out")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _display(x: torch.Tensor, zoom: int) -> torch.Tensor:
+    """``[3, h, w]`` in [-1, 1] -> ``[h * zoom, w * zoom, 3]`` in [0, 1] (nearest: pixels stay visible)."""
+    x = x.detach().float().cpu().clamp(-1, 1)
+    if zoom > 1:
+        x = F.interpolate(x[None], scale_factor=zoom, mode="nearest")[0]
+    return ((x + 1) / 2).permute(1, 2, 0)
+
+
+def plot_crops(crops: Mapping[str, Mapping[float, torch.Tensor]], path: str | Path, title: str = "",
+               heldout: Mapping[float, bool | None] | None = None, zoom: int = 2) -> Path:
+    """A strip of zoomed crops: rows = image sources (``"real"`` first), columns = scales.
+
+    ``crops``: ``{row name: {scale: [3, h, w] in [-1, 1]}}``, all crops of the same size.
+    Columns are titled with the scale (``held-out`` marked), rows with their source.
+    """
+    rows = ["real"] + [r for r in crops if r != "real"] if "real" in crops else list(crops)
+    scales = sorted({float(s) for r in rows for s in crops[r]})
+    fig, axes = plt.subplots(len(rows), len(scales), figsize=(1.9 * len(scales), 1.9 * len(rows) + 0.4),
+                             squeeze=False)
+    for i, row in enumerate(rows):
+        for j, s in enumerate(scales):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            img = next((v for k, v in crops[row].items() if abs(float(k) - s) < 1e-6), None)
+            if img is not None:
+                ax.imshow(_display(img, zoom).numpy(), interpolation="nearest")
+            if i == 0:
+                mark = " (held-out)" if heldout and heldout.get(s) else ""
+                ax.set_title(f"x{s:g}{mark}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel("real LR" if row == "real" else row, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

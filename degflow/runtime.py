@@ -1,0 +1,66 @@
+"""Where and how computations run: the device, the numeric precision, the seed.
+
+One home for what training and generation both need: ``device`` / ``precision`` / ``seed``
+config values turned into a torch device, an autocast context and seeded RNGs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+__all__ = ["PRECISIONS", "autocast", "check_precision", "resolve_device", "seed_everything"]
+
+#: Values of ``precision``: fp32, or bf16 autocast (CUDA or CPU).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+
+
+def resolve_device(spec: str | torch.device) -> torch.device:
+    """``device`` config value -> torch.device: ``auto`` picks CUDA when present, else CPU.
+
+    Accepts ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a torch.device. Raises ValueError
+    (naming ``device``) for anything else, or for CUDA on a machine without it.
+    """
+    if isinstance(spec, torch.device):
+        spec = str(spec)
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if isinstance(spec, str) and spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={spec!r} was requested but CUDA is not available here; use device=auto or cpu")
+        return torch.device(spec)
+    raise ValueError(f"device={spec!r} is not one of ['auto', 'cpu', 'cuda', 'cuda:N']")
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` itself if it is one of :data:`PRECISIONS`; else ValueError naming the key."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {list(PRECISIONS)}")
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast when ``precision='bf16'``, on CUDA or CPU (fast on CPUs with AMX /
+    AVX512-BF16, slow elsewhere); a no-op for ``fp32``.
+
+    A ``precision`` outside :data:`PRECISIONS` raises ValueError naming ``precision``.
+    """
+    kind = torch.device(device).type
+    if check_precision(precision) == "bf16" and kind in ("cuda", "cpu"):
+        return torch.autocast(kind, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy and torch (all devices): model initialisation, data
+    sampling and noise draws of a fresh run then depend on ``seed`` alone (config ``seed``)."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed: expected an integer, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
