@@ -24,6 +24,13 @@ STAGES = ("rae", "lfm")
 STAGE_OPTIONS = {"lfm": ("latent_cache", "latent_cache_dir")}
 
 
+def train_settings(stage: dict[str, Any]) -> TrainSettings:
+    """The loop's :class:`TrainSettings` from a plain ``stage`` node (without the keys in
+    :data:`STAGE_OPTIONS`, which the stage's builder reads)."""
+    options = STAGE_OPTIONS.get(stage["name"], ())
+    return TrainSettings(**{k: v for k, v in stage.items() if k not in options})
+
+
 def instantiate(node: dict[str, Any]):
     """Build the object a config node's ``_target_`` names; bad values surface as their own ValueError."""
     try:
@@ -66,8 +73,7 @@ def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()
     # before anything draws random numbers: the networks' initial weights depend on the seed
     # (a resumed run then replaces them, and its RNG state, from its checkpoint)
     seed_everything(config["seed"])
-    options = STAGE_OPTIONS.get(config["stage"]["name"], ())
-    settings = TrainSettings(**{k: v for k, v in config["stage"].items() if k not in options})
+    settings = train_settings(config["stage"])
     device = resolve_device(config["device"])
     data = instantiate(config["data"])
     log.info("data: %s", data.description)
