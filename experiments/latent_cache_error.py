@@ -25,8 +25,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from degflow.checkpoint import build_model, file_sha256, load_checkpoint  # noqa: E402
+from degflow.checkpoint import build_model, load_checkpoint  # noqa: E402
 from degflow.data.demo import demo_data  # noqa: E402
+from degflow.files import file_sha256  # noqa: E402
 from degflow.metrics import psnr_y  # noqa: E402
 from degflow.training.latent_cache import load_or_build_latent_cache  # noqa: E402
 from degflow.training.lfm import aligned_training_set  # noqa: E402

@@ -33,8 +33,8 @@ from typing import Sequence
 
 import torch
 
-from degflow.checkpoint import atomic_write_bytes
 from degflow.data.transforms import NUM_DIHEDRAL, dihedral
+from degflow.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
