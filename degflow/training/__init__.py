@@ -9,15 +9,26 @@ from typing import Any
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 
+from degflow.data.memory import in_memory_training_set
 from degflow.loggers import build_logger
 from degflow.metrics import eval_protocol
 from degflow.runtime import resolve_device, seed_everything
+from degflow.training.accel import accelerate
 from degflow.training.loop import RunContext, TrainSettings, fit
 from degflow.training.stop import TrainingStopped
 
 log = logging.getLogger(__name__)
 
 STAGES = ("rae", "lfm")
+# keys of the ``stage`` node read by a stage's builder rather than by the loop's TrainSettings
+STAGE_OPTIONS = {"lfm": ("latent_cache", "latent_cache_dir")}
+
+
+def train_settings(stage: dict[str, Any]) -> TrainSettings:
+    """The loop's :class:`TrainSettings` from a plain ``stage`` node (without the keys in
+    :data:`STAGE_OPTIONS`, which the stage's builder reads)."""
+    options = STAGE_OPTIONS.get(stage["name"], ())
+    return TrainSettings(**{k: v for k, v in stage.items() if k not in options})
 
 
 def instantiate(node: dict[str, Any]):
@@ -36,8 +47,11 @@ def build_stage(config: dict[str, Any], data, device):
     if name == "rae":
         from degflow.training.rae import RAEStage
 
+        rae = instantiate(config["model"]["rae"])
+        for part in (rae.encoder, rae.decoder):
+            accelerate(part, config["channels_last"], config["compile"])
         return RAEStage(
-            instantiate(config["model"]["rae"]), data.train_scales, data.val, data.val_scales, device,
+            rae, data.train_scales, data.val, data.val_scales, device,
             data_description=data.description, max_val_images=config["eval"]["max_images"],
             strip_images=config["eval"]["strip_images"], protocol=eval_protocol(config["eval"]["protocol"]),
         )
@@ -59,10 +73,11 @@ def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()
     # before anything draws random numbers: the networks' initial weights depend on the seed
     # (a resumed run then replaces them, and its RNG state, from its checkpoint)
     seed_everything(config["seed"])
-    settings = TrainSettings(**config["stage"])
+    settings = train_settings(config["stage"])
     device = resolve_device(config["device"])
     data = instantiate(config["data"])
     log.info("data: %s", data.description)
+    data.train = in_memory_training_set(data.train, config["data_memory_gib"])
     stage = build_stage(config, data, device)
     logger_cfg = dict(config["logger"])
     logger = build_logger(logger_cfg.pop("kind"), run_dir, config, **logger_cfg)
@@ -70,7 +85,7 @@ def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()
                      config=config, overrides=list(overrides), resume=config["resume"], seed=config["seed"],
                      num_workers=config["num_workers"])
     try:
-        metrics = fit(stage, data.train, settings, ctx)
+        metrics = fit(stage, stage.training_set(data.train), settings, ctx)
     except TrainingStopped as stopped:
         logger.finish(exit_code=stopped.exit_code)
         raise

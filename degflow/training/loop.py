@@ -111,6 +111,10 @@ class Stage:
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         raise NotImplementedError
 
+    def training_set(self, dataset):
+        """The dataset batches are drawn from (default: the data option's training set)."""
+        return dataset
+
     def train_modules(self) -> list[torch.nn.Module]:
         """Modules switched to train() mode during steps (and back to eval() for validation)."""
         raise NotImplementedError
@@ -141,7 +145,9 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
     ``last.pt`` holds the step it stopped at.
     """
     params = stage.trainable_parameters()
-    optimizer = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas)
+    # fused: one kernel for all parameters (same update; ~4x faster than the per-tensor loop on CPU)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    optimizer = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas, fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: warmup_cosine(step, settings.steps, settings.warmup_steps, settings.lr, settings.min_lr)
