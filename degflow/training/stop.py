@@ -107,6 +107,12 @@ class StopSignals:
         log.warning("received %s: finishing the current step, then writing a checkpoint "
                     "(send it again to stop at once)", name)
 
+    def request(self, signum: int) -> None:
+        """Stop as if ``signum`` had arrived here (another process of a data-parallel job got it),
+        unless a stop is already pending."""
+        if self.signum is None:
+            self.signum = int(signum)
+
     def after_checkpoint(self, step: int, total: int, checkpoint: Path) -> None:
         """The checkpoint of ``step`` is written: hand the signal on, or raise :class:`TrainingStopped`."""
         signum, self.signum = self.signum, None
