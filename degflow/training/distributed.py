@@ -256,5 +256,4 @@ def data_parallel_loss(loss: Callable[[dict[str, Any]], Any], parameters: list[t
     if not env.enabled:
         return loss
     module = _LossModule(parameters, loss)
-    return torch.nn.parallel.DistributedDataParallel(
-        module, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
