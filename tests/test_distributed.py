@@ -221,3 +221,18 @@ def test_a_stop_signal_to_one_process_stops_both_at_the_same_step_with_a_checkpo
     stopped_at = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
     assert 3 <= stopped_at < 400 and stopped_at == max(losses(run))  # the step it was on: none lost
     assert f"stopped by SIGTERM at step {stopped_at}/400" in (run / "train.log").read_text()  # rank 0 stopped too
+
+
+@pytest.mark.slow
+def test_submitit_tasks_per_node_2_train_data_parallel_through_the_hydra_launcher(tmp_path):
+    """hydra-submitit-launcher's local executor starts 2 tasks with submitit's environment (as on
+    SLURM with tasks_per_node=2); they find each other and train as one process would."""
+    command = [sys.executable, "train.py", "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+               "hydra.launcher.timeout_min=10", *TINY, *DEMO, *RUN, f"output_root={tmp_path / 'sweep'}"]
+    done = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    (run,) = [p.parents[1] for p in (tmp_path / "sweep" / "sweeps" / "rae").glob("*/checkpoints/last.pt")]
+    assert "rank 0 of 2 (submitit, local rank 0)" in (run / "train.log").read_text()
+    train(config([*DEMO, *RUN]), tmp_path / "single")
+    assert_same_training(run, tmp_path / "single")
+
