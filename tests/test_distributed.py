@@ -16,6 +16,7 @@ from degflow.checkpoint import load_checkpoint
 from degflow.training import train
 from degflow.training.distributed import SINGLE, DistEnv, detect_environment, local_batch_size, submitit_port
 from degflow.training.sampling import RowDraws, batch_keys
+from degflow.training.stop import StopSignals, TrainingStopped
 from test_train import DEMO, REPO, TINY, config
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -87,6 +88,27 @@ def test_the_losss_row_draws_do_not_depend_on_the_number_of_processes():
         assert torch.equal(t_r, t[r::2]) and torch.equal(pick_r, pick[r::2])
     assert [k for r in range(2) for k in batch_keys(3, 5, 50, 6, r, 2)] != batch_keys(3, 5, 50, 6)  # interleaved
     assert not torch.equal(RowDraws(seed=3, step=6).rand(6), t)  # another step, other numbers
+
+
+def test_in_a_data_parallel_job_a_stop_ends_every_rank_and_only_rank_0_calls_the_launchers_handler():
+    calls = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: calls.append(signum))  # as submitit's
+    try:
+        for chain, handler_calls in ((True, 1), (False, 0)):  # rank 0, another rank
+            calls.clear()
+            with StopSignals() as stop:
+                stop.request(signal.SIGUSR1)  # agreed from another rank's signal
+                with pytest.raises(TrainingStopped) as stopped:
+                    stop.after_checkpoint(5, 10, Path("last.pt"), chain=chain, may_continue=False)
+            assert stopped.value.exit_code == 128 + signal.SIGUSR1 and len(calls) == handler_calls
+        calls.clear()
+        with StopSignals() as stop:  # one process: the handler returned, so training goes on
+            stop.request(signal.SIGUSR1)
+            stop.request(signal.SIGTERM)  # a pending stop keeps its signal
+            stop.after_checkpoint(5, 10, Path("last.pt"))
+            assert calls == [signal.SIGUSR1] and not stop.requested
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 # ------------------------------------------------------------------ two processes

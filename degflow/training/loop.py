@@ -275,7 +275,7 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
             if signum and step < settings.steps:
                 bar.clear()
                 # raises TrainingStopped, or hands the signal to the launcher's own handler
-                stop.after_checkpoint(step, settings.steps, last)
+                stop.after_checkpoint(step, settings.steps, last, chain=dp.is_main, may_continue=not dp.enabled)
         if stop.requested:
             log.warning("a stop signal arrived as training finished: the run is complete (%s)", last)
     metrics = from_main(metrics, dp)
