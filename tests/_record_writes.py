@@ -23,7 +23,8 @@ writes: list[list[str]] = []
 def hook(event: str, args: tuple) -> None:
     if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
         path, mode, flags = args
-        if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (isinstance(flags, int) and flags & WRITE_FLAGS):
+        writing_mode = isinstance(mode, str) and any(c in mode for c in "wax+")
+        if writing_mode or (isinstance(flags, int) and flags & WRITE_FLAGS):
             writes.append(["write", os.path.abspath(os.fsdecode(path))])
     elif event in ("os.rename", "os.mkdir"):
         writes.append([event, *(os.path.abspath(os.fsdecode(a)) for a in args[:2] if isinstance(a, (str, bytes)))])

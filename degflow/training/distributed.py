@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -96,6 +95,7 @@ def detect_environment(environ: Mapping[str, str] | None = None) -> DistEnv:
     torchrun (``RANK`` and ``WORLD_SIZE`` set) first, then submitit (``SUBMITIT_EXECUTOR`` set:
     SLURM, or ``submitit_local``) through its ``JobEnvironment``; a single process otherwise.
     A plain ``sbatch`` or ``srun`` without torchrun or submitit is a single process.
+    ``environ`` defaults to ``os.environ``; submitit's ``JobEnvironment`` always reads the latter.
     """
     environ = os.environ if environ is None else environ
     if "RANK" in environ and "WORLD_SIZE" in environ:
@@ -146,13 +146,6 @@ def process_device(device: torch.device, env: DistEnv) -> torch.device:
         log.warning("device=%s is ignored with %d processes: rank %d uses cuda:%d (its local rank)",
                     device, env.world_size, env.rank, env.local_rank)
     return torch.device("cuda", env.local_rank)
-
-
-def free_port() -> int:
-    """A TCP port free on this machine now (for a local rendezvous, e.g. in tests)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -256,4 +249,5 @@ def data_parallel_loss(loss: Callable[[dict[str, Any]], Any], parameters: list[t
     if not env.enabled:
         return loss
     module = _LossModule(parameters, loss)
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
