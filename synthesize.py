@@ -15,6 +15,7 @@ import logging
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("synthesize")
@@ -46,6 +47,7 @@ def _baselines(value) -> list[str]:
 
 def run(cfg: DictConfig) -> int:
     """One synthesis job; returns its exit code (configuration errors -> 2)."""
+    from degflow.cluster import set_threads
     from degflow.config import to_plain
     from degflow.generation import Synthesizer
     from degflow.lr_dataset import write_lr_dataset
@@ -59,6 +61,7 @@ def run(cfg: DictConfig) -> int:
         return 2
     try:
         c = to_plain(cfg)
+        set_threads(c["threads"])
         scales = expand_scales(c["scales"])
         solver = SolverSpec.create(**c["solver"])
         synth = Synthesizer.from_checkpoint(c["ckpt"], device=c["device"], solver=solver,
@@ -91,8 +94,13 @@ def cli(argv: list[str]) -> int:
 
     @hydra.main(version_base="1.3", config_path="conf", config_name="synthesize")
     def main(cfg: DictConfig) -> int:
+        from degflow.cluster import job_record
+
         started.append(True)
-        codes.append(run(cfg))
+        hydra_cfg = HydraConfig.get()
+        with job_record(hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)) as record:
+            codes.append(run(cfg))
+            record["exit_code"] = codes[-1]
         return codes[-1]  # the job's return value (what a SLURM launcher records per job)
 
     sys.argv = argv[:1] + _list_overrides(argv[1:])

@@ -25,7 +25,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # Overrides that never name a run: where and how it runs, is tracked or checkpointed, not what
 # it trains (changing the checkpoint cadence of a running job must not restart it elsewhere).
-RUN_NAME_IGNORED = ("stage", "resume", "device", "num_workers", "output_root", "rae_ckpt",
+RUN_NAME_IGNORED = ("stage", "resume", "device", "num_workers", "threads", "output_root", "rae_ckpt",
                     "stage.ckpt_every", "stage.ckpt_minutes", "stage.keep_every", "stage.log_every")
 RUN_NAME_IGNORED_NODES = ("logger", "hydra")
 # Config nodes a stage never reads: changing one must not start a new run of that stage
