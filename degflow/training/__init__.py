@@ -14,6 +14,8 @@ from degflow.loggers import build_logger
 from degflow.metrics import eval_protocol
 from degflow.runtime import resolve_device, seed_everything
 from degflow.training.accel import accelerate
+from degflow.training.distributed import detect_environment, local_batch_size, log_on_main_only, process_device, \
+    process_group
 from degflow.training.loop import RunContext, TrainSettings, fit
 from degflow.training.stop import TrainingStopped
 
@@ -67,30 +69,41 @@ def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()
 
     Builds data, stage and logger, trains with resume-by-default, always finishes the logger.
     Returns the final validation metrics; raises :class:`TrainingStopped` after a stop signal
-    (``last.pt`` then holds the step it stopped at).
+    (``last.pt`` then holds the step it stopped at). In a job of several processes (torchrun,
+    submitit tasks) every process calls this: they train one model data-parallel, and only
+    rank 0 has a logger (see :mod:`degflow.training.distributed`).
     """
     run_dir = Path(run_dir)
     # before anything draws random numbers: the networks' initial weights depend on the seed
     # (a resumed run then replaces them, and its RNG state, from its checkpoint)
     seed_everything(config["seed"])
     settings = train_settings(config["stage"])
-    device = resolve_device(config["device"])
-    data = instantiate(config["data"])
-    log.info("data: %s", data.description)
-    data.train = in_memory_training_set(data.train, config["data_memory_gib"])
-    stage = build_stage(config, data, device)
-    logger_cfg = dict(config["logger"])
-    logger = build_logger(logger_cfg.pop("kind"), run_dir, config, **logger_cfg)
-    ctx = RunContext(run_dir=run_dir, device=device, precision=config["precision"], logger=logger,
-                     config=config, overrides=list(overrides), resume=config["resume"], seed=config["seed"],
-                     num_workers=config["num_workers"])
-    try:
-        metrics = fit(stage, stage.training_set(data.train), settings, ctx)
-    except TrainingStopped as stopped:
-        logger.finish(exit_code=stopped.exit_code)
-        raise
-    except BaseException:
-        logger.finish(exit_code=1)
-        raise
-    logger.finish(exit_code=0)
-    return metrics
+    dist_env = detect_environment()
+    local_batch_size(settings.batch_size, dist_env.world_size)  # a bad batch is refused before anyone waits
+    log_on_main_only(dist_env)
+    device = process_device(resolve_device(config["device"]), dist_env)
+    with process_group(dist_env, device):
+        data = instantiate(config["data"])
+        log.info("data: %s", data.description)
+        data.train = in_memory_training_set(data.train, config["data_memory_gib"])
+        stage = build_stage(config, data, device)
+        logger = None
+        if dist_env.is_main:
+            logger_cfg = dict(config["logger"])
+            logger = build_logger(logger_cfg.pop("kind"), run_dir, config, **logger_cfg)
+        ctx = RunContext(run_dir=run_dir, device=device, precision=config["precision"], logger=logger,
+                         config=config, overrides=list(overrides), resume=config["resume"], seed=config["seed"],
+                         num_workers=config["num_workers"], dist=dist_env)
+        try:
+            metrics = fit(stage, stage.training_set(data.train), settings, ctx)
+        except TrainingStopped as stopped:
+            if logger is not None:
+                logger.finish(exit_code=stopped.exit_code)
+            raise
+        except BaseException:
+            if logger is not None:
+                logger.finish(exit_code=1)
+            raise
+        if logger is not None:
+            logger.finish(exit_code=0)
+        return metrics

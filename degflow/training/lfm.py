@@ -210,7 +210,8 @@ class LFMStage(Stage):
                 hr_feats = self.rae.features(hr) if self.loss_settings.lpips_weight > 0 else None
         knot_times = self.knots()                                            # [K]
         b = hr.shape[0]
-        t = knot_times[0].detach() + torch.rand(b, device=hr.device) * (knot_times[-1] - knot_times[0]).detach()
+        u = batch["draws"].rand(b, hr.device)                                # [B] (data parallel: see RowDraws)
+        t = knot_times[0].detach() + u * (knot_times[-1] - knot_times[0]).detach()
         point = evaluate_path(self.spline.path, knot_times, knots, t)
         v = self.velocity(point.value, t)                                    # [B,C,h,w]
         fm = flow_matching_loss(v, point.d1)                                 # [B]
