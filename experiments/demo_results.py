@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra data.* override for training and evaluation (repeatable), e.g. data.max_side=160")
     p.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra train.py override for both stages (repeatable)")
+    p.add_argument("--eval-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra degflow.evaluate override for every evaluation (repeatable), e.g. eval.lpips=false")
     args = p.parse_args(argv)
 
     out = args.out.resolve()
@@ -106,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     elif not ckpt.is_file():
         raise SystemExit(f"error: --ckpt {ckpt} is not a file (a stage-2 checkpoint, e.g. outputs/lfm/<run>/checkpoints/last.pt)")
     common = [f"ckpt={ckpt}", "data=demo", *args.data_override, f"scales={list_arg(args.scales)}",
-              f"device={args.device}", *([f"eval.max_images={args.max_images}"] if args.max_images else [])]
+              f"device={args.device}", *([f"eval.max_images={args.max_images}"] if args.max_images else []),
+              *args.eval_override]
     scales = evaluate(runner, out / "scales", [*common, f"methods={list_arg(METHODS)}"],
                       "evaluate every method at continuous scales")
     sweep_dir = out / "solver_sweep"

@@ -205,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Canon split ({out / 'split' / 'split.json'}): train {len(split['train'])}, val {len(split['val'])}, "
           f"test {len(split['test'])}", flush=True)
     runner = Runner({"DEGFLOW_LPIPS_WEIGHTS": args.lpips_weights} if args.lpips_weights else None)
-    data = ["data=paired", f"data.root={out / 'split'}", f"data.train_scales={list_arg([1, SCALE])}"]
-    train_over = [*data, f"data.crop_size={args.crop}", "logger=none", f"device={args.device}", *args.train_override]
+    data = ["data=paired", f"data.root={out / 'split'}", f"data.train_scales={list_arg([1, SCALE])}",
+            f"data.crop_size={args.crop}"]  # evaluation builds the same bundle (it checks the crop size)
+    train_over = [*data, "logger=none", f"device={args.device}", *args.train_override]
     evals: dict[int, dict[str, dict]] = {}
     for seed in args.seeds:
         run_root = out / f"seed-{seed}"
