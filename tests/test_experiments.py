@@ -90,6 +90,7 @@ def test_split_rule_is_fixed_and_documented():
         split_of(["a", "b", "c", "d"])
 
 
+@pytest.mark.slow  # two seeds x two stages, four evaluations and a re-run, each a subprocess
 def test_realsr_x4_script_trains_on_canon_and_never_reads_nikon_or_canon_test_while_training(tmp_path, shared_dir):
     canon_src, nikon_src = shared_dir / "data" / "realsr_x4", shared_dir / "data" / "realsr_x4_eval"
     if not (canon_src / "HR").is_dir() or not (nikon_src / "HR").is_dir():
@@ -140,6 +141,7 @@ def test_realsr_x4_script_trains_on_canon_and_never_reads_nikon_or_canon_test_wh
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
+@pytest.mark.slow  # training, evaluation and an 8-job sweep, each a subprocess
 def test_demo_results_script_writes_scale_table_sweep_frontier_and_readme_block(tmp_path):
     out = tmp_path / "demo"
     args = ["experiments/demo_results.py", "--out", str(out), "--rae-steps", "2", "--lfm-steps", "2",
@@ -161,3 +163,28 @@ def test_demo_results_script_writes_scale_table_sweep_frontier_and_readme_block(
     for label in ("euler/2 ", "euler/2/cubic", "rk4/2 ", "rk4/2/cubic"):
         assert f"| {label}" in block
     assert block in done.stdout
+
+
+def test_seed_spread_is_the_sample_standard_deviation_of_the_finite_values():
+    import statistics
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    from _runner import fmt, mean_sd
+
+    values = [31.2, 30.4, 32.9]
+    mean, sd, n = mean_sd([*values, None, float("nan")])
+    assert n == 3 and mean == pytest.approx(statistics.mean(values)) and sd == pytest.approx(statistics.stdev(values))
+    assert mean_sd([28.0]) == (28.0, None, 1)
+    assert mean_sd([None]) == (None, None, 0)
+    assert fmt(31.5, 0.25, "psnr_y") == "31.50 ± 0.25" and fmt(0.1234567, None, "lpips") == "0.1235"
+
+
+def test_method_bars_plot_is_a_png_with_one_panel_per_metric(tmp_path):
+    from degflow.plots import plot_method_bars
+
+    values = {metric: {"Canon": {"degflow": (30.0, 0.5), "bicubic": (28.0, None)},
+                       "Nikon": {"degflow": (29.0, 0.4), "bicubic": (None, None)}}
+              for metric in ("psnr_y", "lpips")}
+    path = plot_method_bars(values, tmp_path / "bars.png")
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.width > img.height  # two panels side by side
