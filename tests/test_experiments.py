@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 TINY_TRAIN = [
     "stage.batch_size=2", "stage.warmup_steps=1", "stage.val_every=2", "stage.log_every=1",
-    "data.samples_per_epoch=8", "data.val_max_size=64", "eval.max_images=1",
+    "data.samples_per_epoch=8", "eval.max_images=1",
     "model.rae.widths=[8,8,16,16]", "model.lfm.nf=16", "model.lfm.ch_mult=[1,2]", "model.lfm.image_size=4",
     "solver.steps=2", "loss.lpips_weight=0", "eval.lpips=false",
 ]
@@ -101,7 +101,8 @@ def test_realsr_x4_script_trains_on_canon_and_never_reads_nikon_or_canon_test_wh
     small_pairs(nikon_src, nikon, ["Nikon_001", "Nikon_002"])
     out = tmp_path / "out"
     args = ["experiments/realsr_x4.py", "--canon", str(canon), "--nikon", str(nikon), "--out", str(out),
-            "--seeds", "0", "1", "--rae-steps", "2", "--lfm-steps", "2", "--crop", "32", "--device", "cpu",
+            "--seeds", "0", "1", "--rae-steps", "2", "--lfm-steps", "2", "--crop", "32", "--val-max-size", "64",
+            "--device", "cpu",
             *(f"--train-override={o}" for o in TINY_TRAIN), *(f"--eval-override={o}" for o in TINY_EVAL)]
     done, rows = run_script(tmp_path, args)
 
@@ -147,7 +148,7 @@ def test_demo_results_script_writes_scale_table_sweep_frontier_and_readme_block(
     args = ["experiments/demo_results.py", "--out", str(out), "--rae-steps", "2", "--lfm-steps", "2",
             "--max-images", "1", "--device", "cpu", "--sweep-solvers", "euler", "rk4", "--sweep-steps", "2",
             "--sweep-modes", "grid", "cubic",
-            *(f"--data-override={o}" for o in ("data.max_side=160", "data.crop_size=32")),
+            *(f"--data-override={o}" for o in ("data.max_side=160", "data.crop_size=32", "data.val_max_size=64")),
             *(f"--train-override={o}" for o in TINY_TRAIN), *(f"--eval-override={o}" for o in TINY_EVAL)]
     done, rows = run_script(tmp_path, args)
     for name in ("scales/eval.json", "scales/metric_vs_scale.png", "solver_sweep/sweep.md",
