@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -120,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"hydra.sweep.dir={sweep_dir}", "-m", f"solver={','.join(args.sweep_solvers)}",
                 f"solver.steps={','.join(map(str, args.sweep_steps))}",
                 f"solver.output_mode={','.join(args.sweep_modes)}"], "solver sweep")
-    block = readme_block(out, [f"python experiments/demo_results.py {' '.join(argv if argv is not None else sys.argv[1:])}"],
-                         ckpt)
+    given = argv if argv is not None else sys.argv[1:]
+    block = readme_block(out, [shlex.join(["python", "experiments/demo_results.py", *given])], ckpt)
     atomic_write_text(out / "README_block.md", block)
     write_json(out / "results.json", {"checkpoint": str(ckpt), "scales": args.scales,
                                       "summary": scales["summary"], "per_scale": scales["per_scale"],
