@@ -114,7 +114,10 @@ class KnotTimes(torch.nn.Module):
     def forward(self) -> torch.Tensor:
         """Knot times ``[K]``."""
         gaps = torch.softmax(self.gap_logits, 0) * self.span                  # [K-1]
-        return torch.cat([self.start, self.start + torch.cumsum(gaps, 0)])
+        interior = self.start + torch.cumsum(gaps[:-1], 0)                    # [K-2]
+        # the end knot is fixed: written exactly, not as a float32 sum of gaps (which can
+        # land a hair above it, outside the velocity net's t domain)
+        return torch.cat([self.start, interior, self.start + self.span])
 
 
 def resolve_rae_checkpoint(rae_ckpt: str | None, output_root: str | Path) -> Path:
