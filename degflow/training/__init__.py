@@ -9,10 +9,12 @@ from typing import Any
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 
+from degflow.console import log_to_file
 from degflow.loggers import build_logger
 from degflow.metrics import eval_protocol
 from degflow.runtime import resolve_device, seed_everything
 from degflow.training.loop import RunContext, TrainSettings, fit
+from degflow.training.report import LOG_FILE, announce_outputs
 from degflow.training.stop import TrainingStopped
 
 log = logging.getLogger(__name__)
@@ -52,10 +54,19 @@ def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()
     """Run one training job described by a resolved, plain ``config`` in ``run_dir``.
 
     Builds data, stage and logger, trains with resume-by-default, always finishes the logger.
+    Log lines go to ``{run_dir}/train.log`` (Hydra's file when run by train.py); at the end the
+    run says where its results, checkpoints and pictures are.
     Returns the final validation metrics; raises :class:`TrainingStopped` after a stop signal
     (``last.pt`` then holds the step it stopped at).
     """
     run_dir = Path(run_dir)
+    with log_to_file(run_dir / LOG_FILE):
+        metrics = _train(config, run_dir, overrides)
+        announce_outputs(run_dir, config["stage"]["name"])
+    return metrics
+
+
+def _train(config: dict[str, Any], run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     # before anything draws random numbers: the networks' initial weights depend on the seed
     # (a resumed run then replaces them, and its RNG state, from its checkpoint)
     seed_everything(config["seed"])

@@ -14,6 +14,9 @@ module owns everything else, identically for both stages:
   at every validation, at the end and on a stop signal (``stop.py``); a kept
   ``step_XXXXXXX.pt`` copy every ``keep_every`` steps when set;
 - validation every ``val_every`` steps and at the end, a one-line summary, ``metrics.json``.
+
+What the run tells its user (loss and validation lines in ``train.log``, ``loss_curve.png``,
+progress bars only on a terminal) lives in ``report.py`` and ``degflow/console.py``.
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
-
 from degflow.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from degflow.console import bar_safe_logging, progress_bar
 from degflow.files import atomic_write_text
 from degflow.loggers import json_safe
 from degflow.runtime import autocast
+from degflow.training.report import after_validation, log_losses
 from degflow.training.sampling import train_batches
 from degflow.training.stop import StopSignals
 
@@ -107,6 +110,7 @@ class Stage:
     """One training stage. Subclasses set ``kind`` and implement the hooks below."""
 
     kind: str = ""
+    progress: bool = True  # draw validation's progress bar (set by fit from RunContext.progress)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         raise NotImplementedError
@@ -141,6 +145,7 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
     ``last.pt`` holds the step it stopped at.
     """
     params = stage.trainable_parameters()
+    stage.progress = ctx.progress
     optimizer = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -192,7 +197,7 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
             ctx.logger.log(flat, step)
             for key, (image, caption) in images.items():
                 ctx.logger.log_image(key, image, step, caption)
-        tqdm.write(f"[{stage.kind} step {step}/{settings.steps}] {metrics['summary']}")
+        after_validation(ctx.run_dir, stage.kind, step, settings.steps, metrics["summary"])
         for m in stage.train_modules():
             m.train()
         return metrics
@@ -209,10 +214,11 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
     batches = train_batches(train_set, ctx.seed, step, settings.batch_size, ctx.num_workers, ctx.device)
     for m in stage.train_modules():
         m.train()
-    bar = tqdm(total=settings.steps, initial=step, desc=f"{stage.kind}", dynamic_ncols=True,
-               disable=not ctx.progress, mininterval=1.0)
+    bar = progress_bar(requested=ctx.progress, total=settings.steps, initial=step, desc=f"{stage.kind}",
+                       mininterval=1.0)
     t_last = time.perf_counter()
-    with StopSignals() as stop, contextlib.closing(bar), contextlib.closing(batches):  # closing: workers end
+    with StopSignals() as stop, contextlib.closing(bar), contextlib.closing(batches), \
+            bar_safe_logging(bar):  # closing: workers end
         while step < settings.steps:
             batch = next(batches)
             with autocast(ctx.device, ctx.precision):
@@ -235,6 +241,7 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
                 bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
                 if ctx.logger is not None:
                     ctx.logger.log({f"train/{k}": v for k, v in scalars.items()}, step)
+                log_losses(stage.kind, step, settings.steps, scalars)
             validating = step % settings.val_every == 0 or step == settings.steps
             if validating:
                 metrics = validate()
