@@ -31,7 +31,7 @@ LAYERS: dict[str, int] = {
     "degflow.models": 1, "degflow.data": 1, "degflow.checkpoint": 1, "degflow.loggers": 1,
     "degflow.generation": 2,
     "degflow.training": 3, "degflow.lr_dataset": 3, "degflow.evaluation": 3,
-    "degflow.evaluate": 4, "degflow.convert_official": 4,
+    "degflow.evaluate": 4, "degflow.convert_official": 4, "degflow.quickstart": 4, "degflow.console": 0,
 }
 #: jobs of the same layer that must stay independent of each other.
 SEPARATE_JOBS = ("degflow.training", "degflow.lr_dataset", "degflow.evaluation")

@@ -87,8 +87,9 @@ def run_outputs(run_dir: str | Path) -> dict[str, Path]:
 
 def announce_outputs(run_dir: str | Path, kind: str) -> str:
     """Log (and print, when no console handler shows the log) where the run's results, checkpoints and pictures are; returns the text."""
-    lines = [f"{kind} run finished. Results in {Path(run_dir)}:"]
-    lines += [f"  {k + ':':13s}{p}" for k, p in run_outputs(run_dir).items() if k != "run folder"]
+    run_dir = Path(run_dir)
+    lines = [f"{kind} run finished. Results in {run_dir}/"]
+    lines += [f"  {k + ':':13s}{p.relative_to(run_dir)}" for k, p in run_outputs(run_dir).items() if k != "run folder"]
     if kind == "rae":
         lines.append("  next: python train.py stage=lfm   (uses the newest finished RAE run; or rae_ckpt=<checkpoint>)")
     elif kind == "lfm":
