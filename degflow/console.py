@@ -57,12 +57,15 @@ def bar_safe_logging(bar: tqdm) -> contextlib.AbstractContextManager:
 
 
 def _reaches_console(logger: logging.Logger) -> bool:
-    """Whether an INFO record of ``logger`` is shown by a stream handler (Hydra's console one)."""
+    """Whether an INFO record of ``logger`` reaches the terminal through a stream handler on
+    stdout / stderr (Hydra's console handler; not a capturing one, e.g. pytest's)."""
     current: logging.Logger | None = logger
     while current is not None:
         for handler in current.handlers:
+            stream = getattr(handler, "stream", None)
             if (isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
-                    and handler.level <= logging.INFO):
+                    and handler.level <= logging.INFO
+                    and stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)):
                 return True
         current = current.parent if current.propagate else None
     return False
