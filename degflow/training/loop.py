@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from degflow.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from degflow.console import bar_safe_logging, progress_bar
 from degflow.files import atomic_write_text

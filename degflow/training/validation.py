@@ -25,11 +25,16 @@ def validation_items(dataset, max_images: int | None, device: torch.device,
     (``eval.protocol``) before anything is generated.
 
     Shows a progress bar on a terminal (``progress`` and :func:`degflow.console.interactive`);
-    elsewhere logs one line when it starts, so a long validation never looks hung.
+    elsewhere logs a line when it starts and about every tenth of the images, so a long
+    validation never looks hung in a log file.
     """
     count = len(dataset) if max_images is None else min(len(dataset), max_images)
     log.info("validating on %d image(s)", count)
-    for i in progress_bar(requested=progress, iterable=range(count), desc="validation", unit="img", leave=False):
+    bar = progress_bar(requested=progress, iterable=range(count), desc="validation", unit="img", leave=False)
+    every = max(1, count // 10)
+    for i in bar:
+        if bar.disable and i > 0 and i % every == 0:
+            log.info("validation: %d/%d images done", i, count)
         item = dict(dataset[i])
         for key in ("hr", "lr"):
             item[key] = crop_to_multiple(item[key], protocol.multiple_of, anchor=protocol.crop)
