@@ -14,7 +14,7 @@ from degflow.loggers import build_logger
 from degflow.metrics import eval_protocol
 from degflow.runtime import resolve_device, seed_everything
 from degflow.training.loop import RunContext, TrainSettings, fit
-from degflow.training.report import LOG_FILE, announce_outputs
+from degflow.training.run_report import LOG_FILE, announce_outputs
 from degflow.training.stop import TrainingStopped
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ module owns everything else, identically for both stages:
 - validation every ``val_every`` steps and at the end, a one-line summary, ``metrics.json``.
 
 What the run tells its user (loss and validation lines in ``train.log``, ``loss_curve.png``,
-progress bars only on a terminal) lives in ``report.py`` and ``degflow/console.py``.
+progress bars only on a terminal) lives in ``run_report.py`` and ``degflow/console.py``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from degflow.console import bar_safe_logging, progress_bar
 from degflow.files import atomic_write_text
 from degflow.loggers import json_safe
 from degflow.runtime import autocast
-from degflow.training.report import after_validation, log_losses
+from degflow.training.run_report import after_validation, log_losses
 from degflow.training.sampling import train_batches
 from degflow.training.stop import StopSignals
 
