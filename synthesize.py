@@ -1,21 +1,36 @@
 """Synthesize an SR training set from a folder of HR images with a trained DegFlow model.
 
-    python synthesize.py ckpt=path/to/lfm.ckpt input=path/to/hr_folder out=path/to/dataset \
+    python synthesize.py ckpt=path/to/lfm.ckpt input=path/to/hr_folder out=path/to/dataset \\
         scales=[1.5,2.25,3.7]                     # or scales.start=1.1 scales.stop=4.0 scales.step=0.1
+    python synthesize.py ... baseline=[bicubic,procedural]   # comparison sets under out/baselines/
     python synthesize.py ... -m shard=0,1,2,3 num_shards=4   # cluster shards (SLURM launcher)
+    python synthesize.py --help                              # the settings, with examples
 
 Wiring only: compose the config (``conf/synthesize.yaml``), convert it to plain Python and
 call :func:`degflow.lr_dataset.write_lr_dataset` with a
-:class:`degflow.generation.Synthesizer`. Exit code: 0 all good, 1 some images failed,
-2 configuration or usage errors (including Hydra's own). In a multirun (``-m``) every job
-runs; the process exits with the largest code of its in-process jobs.
+:class:`degflow.generation.Synthesizer`; exit codes through :func:`degflow.config.run_cli`.
+
+Exit status:
+    0  every image of the shard has all its outputs (written now or before);
+    1  some images failed (listed in ``failed.jsonl``; the others are complete) or the
+       program crashed (Python traceback);
+    2  usage or environment error, one ``error: ...`` line on stderr and no traceback: an
+       unknown key or unparsable override, a missing setting, a bad value (scales, sizes,
+       tiling, more than ``max_scales`` scales), a missing or unreadable checkpoint or input
+       folder, an output folder that cannot be created or written.
+    128+N  killed by signal N (130 Ctrl-C, 143 SIGTERM), like any process: re-run the same
+       command; it removes what the kill left half-written and continues.
+In a multirun (``-m``) every job runs; the process exits with the largest status of its
+in-process jobs.
 """
 
 import logging
 import sys
 
-import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+
+from degflow.config import hoist_multirun_flag, run_cli, to_plain
 
 log = logging.getLogger("synthesize")
 
@@ -44,9 +59,10 @@ def _baselines(value) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def run(cfg: DictConfig) -> int:
-    """One synthesis job; returns its exit code (configuration errors -> 2)."""
-    from degflow.config import to_plain
+def main(cfg: DictConfig) -> int:
+    """One synthesis job; returns its exit status (0 or 1). Usage and environment errors
+    raise (``ValueError``, ``OSError``): :func:`degflow.config.run_cli` turns them into 2."""
+    from degflow.cluster import job_record, set_threads
     from degflow.generation import Synthesizer
     from degflow.lr_dataset import write_lr_dataset
     from degflow.scales import expand_scales
@@ -54,58 +70,33 @@ def run(cfg: DictConfig) -> int:
 
     missing = [k for k in _REQUIRED if OmegaConf.is_missing(cfg, k)]
     if missing:
-        log.error("missing required setting(s) %s: python synthesize.py ckpt=path/to/lfm.ckpt "
-                  "input=path/to/hr_folder out=path/to/dataset", ", ".join(f"{k}=..." for k in missing))
-        return 2
-    try:
-        c = to_plain(cfg)
-        scales = expand_scales(c["scales"])
-        solver = SolverSpec.create(**c["solver"])
-        synth = Synthesizer.from_checkpoint(c["ckpt"], device=c["device"], solver=solver,
-                                            precision=c["precision"], tile_size=c["tile_size"],
-                                            tile_overlap=c["tile_overlap"])
-        log.info("checkpoint %s (sha256 %s), device %s, solver %s, %d scales %s..%s",
-                 c["ckpt"], synth.checkpoint_sha256[:12], synth.device, solver, len(scales),
-                 scales[0], scales[-1])
+        raise ValueError(f"missing required setting(s) {', '.join(f'{k}=...' for k in missing)}: "
+                         "python synthesize.py ckpt=path/to/lfm.ckpt input=path/to/hr_folder out=path/to/dataset "
+                         "(python synthesize.py --help for all settings)")
+    c = to_plain(cfg)
+    set_threads(c["threads"])
+    scales = expand_scales(c["scales"])
+    solver = SolverSpec.create(**c["solver"])
+    synth = Synthesizer.from_checkpoint(c["ckpt"], device=c["device"], solver=solver, precision=c["precision"],
+                                        tile_size=c["tile_size"], tile_overlap=c["tile_overlap"])
+    log.info("checkpoint %s (sha256 %s), device %s, solver %s, %d scales %s..%s",
+             c["ckpt"], synth.checkpoint_sha256[:12], synth.device, solver, len(scales), scales[0], scales[-1])
+    hydra_cfg = HydraConfig.get()
+    with job_record(hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)) as record:
         summary = write_lr_dataset(
             synth, c["input"], c["out"], scales, size=c["size"], batch_size=c["batch_size"],
             allow_extrapolation=c["allow_extrapolation"], shard=c["shard"], num_shards=c["num_shards"],
             baselines=_baselines(c["baseline"]), baseline_lr_root=c["baseline_lr_root"],
-            progress=c["progress"],
+            procedural_seed=c["procedural_seed"], max_scales=c["max_scales"], progress=c["progress"],
         )
-    except ValueError as err:  # CheckpointError and ImageReadError are ValueErrors too
-        log.error("%s", err)
-        return 2
+        record["exit_code"] = summary.exit_code
     print(f"synthesis summary: {summary.line()}", flush=True)
     if summary.failures:
         print(f"failed files are listed in {summary.failed_file}", flush=True)
-    return summary.exit_code
-
-
-def cli(argv: list[str]) -> int:
-    """Run ``synthesize.py`` with ``argv`` (``sys.argv`` layout); returns the process exit code:
-    the largest code of the jobs run here, or 2 when Hydra refused the command line before
-    any job started."""
-    started: list[bool] = []   # a job that crashed started but left no code
-    codes: list[int] = []
-
-    @hydra.main(version_base="1.3", config_path="conf", config_name="synthesize")
-    def main(cfg: DictConfig) -> int:
-        started.append(True)
-        codes.append(run(cfg))
-        return codes[-1]  # the job's return value (what a SLURM launcher records per job)
-
-    sys.argv = argv[:1] + _list_overrides(argv[1:])
-    try:
-        main()
-    except SystemExit as exit_:
-        # Hydra exits 1 on errors before our job ran (bad override, unknown key): usage errors.
-        if exit_.code not in (0, None) and not started:
-            return 2
-        raise
-    return max(codes, default=0)
+    return summary.exit_code  # the job's return value (what a SLURM launcher records per job)
 
 
 if __name__ == "__main__":
     logging.captureWarnings(True)
-    sys.exit(cli(sys.argv))
+    sys.argv = hoist_multirun_flag(sys.argv[:1] + _list_overrides(sys.argv[1:]))
+    run_cli(main, "synthesize", exit_status=int)

@@ -21,13 +21,17 @@ register_resolvers()
 
 
 def main(cfg: DictConfig) -> float | None:
+    from degflow.cluster import job_record, set_threads
     from degflow.training import TrainingStopped, train
 
     hydra_cfg = HydraConfig.get()
-    try:
-        metrics = train(to_plain(cfg), hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
-    except TrainingStopped as stopped:
-        raise SystemExit(stopped.exit_code) from None
+    config, overrides = to_plain(cfg), list(hydra_cfg.overrides.task)
+    threads = set_threads(config["threads"])
+    with job_record(hydra_cfg.runtime.output_dir, overrides, threads):
+        try:
+            metrics = train(config, hydra_cfg.runtime.output_dir, overrides)
+        except TrainingStopped as stopped:
+            raise SystemExit(stopped.exit_code) from None
     return metrics.get("objective")
 
 

@@ -25,7 +25,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 # Overrides that never name a run: where and how it runs, is tracked or checkpointed, not what
 # it trains (changing the checkpoint cadence of a running job must not restart it elsewhere).
-RUN_NAME_IGNORED = ("stage", "resume", "device", "num_workers", "output_root", "rae_ckpt",
+RUN_NAME_IGNORED = ("stage", "resume", "device", "num_workers", "threads", "output_root", "rae_ckpt",
                     "stage.ckpt_every", "stage.ckpt_minutes", "stage.keep_every", "stage.log_every")
 RUN_NAME_IGNORED_NODES = ("logger", "hydra")
 # Config nodes a stage never reads: changing one must not start a new run of that stage
@@ -117,7 +117,8 @@ EXIT_USAGE = 2
 USAGE_ERRORS = (ValueError, OSError, ImportError, HydraException, OmegaConfBaseException)
 
 
-def run_cli(task: Callable[[DictConfig], Any], config_name: str) -> None:
+def run_cli(task: Callable[[DictConfig], Any], config_name: str, *,
+            exit_status: Callable[[Any], int] | None = None) -> None:
     """Run ``task`` as the Hydra app of ``conf/{config_name}.yaml`` with the documented exit codes.
 
     - a usage or environment error (:data:`USAGE_ERRORS`: anything Hydra refuses before the
@@ -126,21 +127,35 @@ def run_cli(task: Callable[[DictConfig], Any], config_name: str) -> None:
     - anything else is a crash: Python's traceback and exit status 1;
     - ``task`` may end the process with its own status (``SystemExit``).
 
+    ``exit_status`` is for batch jobs whose result says how they went (``synthesize.py``:
+    0 all images written, 1 some failed): it maps a job's return value to its exit status.
+    Then every job of an in-process multirun (``-m``) runs even when one of them hits a
+    usage error (reported as above, status 2), and the process exits with the largest
+    status of its jobs.
+
     ``HYDRA_FULL_ERROR=1`` shows the traceback of usage errors too.
     """
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     started = False
+    statuses: list[int] = []
 
     @functools.wraps(task)  # Hydra unwraps it: job name and paths follow the entry point's file
     def guarded(cfg: DictConfig) -> Any:
         nonlocal started
         started = True
         try:
-            return task(cfg)
+            result = task(cfg)
         except USAGE_ERRORS as err:
             if full_error:
                 raise
-            _usage_error(err)
+            if exit_status is None:
+                _usage_error(err)
+            _print_usage_error(err)
+            statuses.append(EXIT_USAGE)
+            return None
+        if exit_status is not None:
+            statuses.append(int(exit_status(result)))
+        return result
 
     app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(guarded)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing; reported here
@@ -153,13 +168,22 @@ def run_cli(task: Callable[[DictConfig], Any], config_name: str) -> None:
     finally:
         if not full_error:
             os.environ.pop("HYDRA_FULL_ERROR", None)
+    if max(statuses, default=0):
+        raise SystemExit(max(statuses))
 
 
-def _usage_error(err: BaseException) -> None:
+def _print_usage_error(err: BaseException) -> None:
     message = str(err).strip() or type(err).__name__
+    cause = str(err.__cause__ or "").strip().splitlines()
+    if cause and cause[0] not in message:  # Hydra: "Could not override 'k'" caused by "Key 'k' not in ..."
+        message = f"{message}\n{cause[0]}"
     if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
         message = f"{type(err).__name__}: {message}"
     if getattr(err, "override", None):  # Hydra's parser names the override apart from its message
         message = f"cannot parse the override {err.override!r} (quote a value holding '=' or ','): {message}"
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def _usage_error(err: BaseException) -> None:
+    _print_usage_error(err)
     raise SystemExit(EXIT_USAGE) from None

@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import time
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +46,7 @@ from degflow.generation import Synthesizer
 from degflow.metrics import psnr_y, ssim_y
 from degflow.noise_metrics import akld, histogram_kl
 from degflow.perceptual import load_lpips
-from degflow.procedural import degrade
+from degflow.procedural import degrade, procedural_seed
 from degflow.resize import bicubic_baseline, upsample_to
 from degflow.runtime import resolve_device
 from degflow.scales import scale_label
@@ -277,12 +276,6 @@ class _Scorer:
         else:
             out["lpips"] = None
         return out
-
-
-def procedural_seed(base: int, image: str, scale: float) -> int:
-    """Seed of the procedural baseline for one (image, scale): independent of the order of
-    evaluation and of the other images, stable across processes."""
-    return zlib.crc32(f"{base}:{image}:{scale_label(scale)}".encode()) & 0x7FFFFFFF
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:

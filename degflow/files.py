@@ -16,7 +16,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "append_lines", "file_sha256"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "append_lines", "file_sha256", "temp_target"]
+
+#: Temporary files of :func:`atomic_write_bytes` are ``.{name}.{random}.tmp`` beside ``name``
+#: (``random``: the dot-free part :func:`tempfile.mkstemp` draws).
+TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"
 
 
 def _current_umask() -> int:
@@ -42,7 +46,7 @@ def atomic_write_bytes(path: str | Path, write: Callable[[BinaryIO], object]) ->
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb") as f:
@@ -54,6 +58,18 @@ def atomic_write_bytes(path: str | Path, write: Callable[[BinaryIO], object]) ->
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def temp_target(path: str | Path) -> Path | None:
+    """The file that the temporary file ``path`` of :func:`atomic_write_bytes` was to become
+    (``dir/.a.png.k3x9_q2z.tmp`` -> ``dir/a.png``), or None when ``path`` is not named like one.
+    A temp file still there after the writer ended is a leftover of a kill."""
+    path = Path(path)
+    name = path.name
+    if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
+        return None
+    target, dot, _random = name[len(TEMP_PREFIX):-len(TEMP_SUFFIX)].rpartition(".")
+    return path.parent / target if dot and target else None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -2,7 +2,8 @@
 
 :func:`write_lr_dataset` drives a :class:`~degflow.generation.Synthesizer` over a folder (the
 ``synthesize.py`` CLI is a thin wiring of it): output layout, ``manifest.jsonl``, resume,
-shards, comparison baselines (``bicubic`` and the ``ae_interp`` oracle), failure records.
+shards, comparison baselines (``bicubic``, ``procedural`` Real-ESRGAN and the ``ae_interp``
+oracle), failure records. An image gets all its outputs and manifest lines or none.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,19 +29,23 @@ from degflow.data.images import (
     read_image_size,
     write_image,
 )
-from degflow.files import append_lines, atomic_write_text
+from degflow.files import append_lines, atomic_write_text, temp_target
 from degflow.generation import SynthesisResult, Synthesizer
-from degflow.resize import bicubic_baseline, resize_to_lr, upsample_to
+from degflow import procedural
+from degflow.resize import bicubic_baseline, lr_size, resize_to_lr, upsample_to
 from degflow.scales import scale_key, scale_label
 
-__all__ = ["BASELINES", "OUTPUT_SIZES", "FolderSummary", "write_lr_dataset"]
+__all__ = ["BASELINES", "MAX_SCALES", "OUTPUT_SIZES", "FolderSummary", "write_lr_dataset"]
 
 log = logging.getLogger(__name__)
 
 #: Values of ``size`` (config key ``size``): true LR size, HR size (RealSR convention), both.
 OUTPUT_SIZES: tuple[str, ...] = ("lr", "hr", "both")
 #: Comparison baselines (config key ``baseline``).
-BASELINES: tuple[str, ...] = ("bicubic", "ae_interp")
+BASELINES: tuple[str, ...] = ("bicubic", "procedural", "ae_interp")
+#: Scale counts above this need ``max_scales`` raised explicitly (config key ``max_scales``):
+#: every scale is one more file per image and output folder.
+MAX_SCALES = 100
 
 
 @dataclass
@@ -69,7 +74,7 @@ class FolderSummary:
 
 @dataclass
 class _Output:
-    kind: str           # "hr" | "degflow" | "bicubic" | "ae_interp"
+    kind: str           # "hr" | "degflow" | "bicubic" | "procedural" | "ae_interp"
     size: str           # "lr" | "hr"
     scale: float
     rel: str            # path relative to out, posix
@@ -175,14 +180,16 @@ def _check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
         except ValueError:
             old = None
         if isinstance(old, dict):
-            diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+            diff = {k: (old[k], v) for k, v in settings.items() if k in old and old[k] != v}
             if diff:
                 raise ValueError(
                     f"out={str(out_dir)!r} holds outputs generated with other settings "
                     f"({'; '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
                     f"resuming would mix them. Use a new out folder (or delete {path} to force it)"
                 )
-            return
+            if all(k in old for k in settings):
+                return
+            settings = {**old, **settings}      # a setting used for the first time (a new baseline)
     atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
@@ -199,6 +206,8 @@ def write_lr_dataset(
     num_shards: int = 1,
     baselines: Sequence[str] = (),
     baseline_lr_root: str | Path | None = None,
+    procedural_seed: int = 0,
+    max_scales: int | None = MAX_SCALES,
     progress: bool = True,
     after_image: Callable[[str], None] | None = None,
 ) -> FolderSummary:
@@ -211,7 +220,7 @@ def write_lr_dataset(
         LR/x{label}/name.png               size=lr|both: true LR size round(H/s) x round(W/s)
                                            size=hr: HR pixel size (RealSR convention)
         LR_hrsize/x{label}/name.png        size=both: HR pixel size
-        baselines/{bicubic|ae_interp}/LR[/_hrsize]/x{label}/name.png   same layout
+        baselines/{bicubic|procedural|ae_interp}/LR[_hrsize]/x{label}/name.png   same layout
         manifest.jsonl                     one JSON line per output file
         failed.jsonl                       {"file", "error"} per failure of this run
         synthesis.json                     generation settings (checkpoint, solver, tiling)
@@ -219,22 +228,41 @@ def write_lr_dataset(
     With ``num_shards > 1`` the manifest and failure files are ``manifest.shard{i}-of-{n}.jsonl``
     and ``failed.shard{i}-of-{n}.jsonl``; a source belongs to shard ``sha256(name) % n``.
 
+    All or nothing per image: everything that can be checked (the file decodes, every
+    requested scale leaves an LR image of at least 1x1 pixel, ``ae_interp`` finds its real LR
+    images) is checked and every output is generated before the first file of the image is
+    written; a write that fails (or is interrupted) removes the files of the image written
+    so far. An image thus has all its outputs and their manifest lines, or none.
+
     Resumable: every file is written to a temporary name and renamed; the manifest gets the
     lines of an image in one append after its files. An output counts as done when its file
     exists and a manifest line records it; an image whose outputs are all done is skipped.
-    Stale manifest lines (file deleted) and duplicates are dropped at start.
+    At start, stale manifest lines (file deleted), duplicates and a partial last line are
+    dropped; output files of this shard without a manifest line (an image cut short by a
+    SIGKILL) and temporary files of killed writes (``.*.tmp``) are removed.
 
     One bad image never stops the run: errors are recorded in the summary and the failure
     file. Configuration errors (no images, out inside input, scales outside the trained range
-    without ``allow_extrapolation``, ...) raise ``ValueError``.
+    without ``allow_extrapolation``, more than ``max_scales`` scales, ...) raise ``ValueError``;
+    an out folder that cannot be created or written raises ``OSError``.
 
     Args:
         synth: the model (its tiling, solver and precision are used as they are).
         scales: requested scales (exact, >= 1).
         size: ``"lr"``, ``"hr"`` or ``"both"`` (config key ``size``).
         batch_size: images of the same size generated together.
-        baselines: any of ``"bicubic"`` and ``"ae_interp"`` (needs ``baseline_lr_root``
-            holding real LR images ``x{label}/name.*`` at every training scale).
+        baselines: any of ``"bicubic"`` (down by s, and back up for HR-size folders),
+            ``"procedural"`` (:func:`degflow.procedural.degrade`, the Real-ESRGAN second-order
+            pipeline, seeded per image and scale with
+            :func:`degflow.procedural.procedural_seed` of (``procedural_seed``, name without
+            ``.png``, s): deterministic,
+            independent of the order, the batch and the other scales; its HR-size images are
+            the LR image bicubically upsampled, as ``degrade(size="hr")`` does) and
+            ``"ae_interp"`` (needs ``baseline_lr_root`` holding real LR images
+            ``x{label}/name.*`` at every training scale).
+        procedural_seed: base seed of the ``procedural`` baseline (config key ``procedural_seed``).
+        max_scales: more scales than this are refused (``None``: no limit); a confirmation
+            that a large scale count (``scales.step=0.0001``: 30,001 scales) is intended.
         after_image: called with the source name after each image is complete (tests use it
             to simulate a kill).
     """
@@ -246,6 +274,9 @@ def write_lr_dataset(
         raise ValueError(f"size={size!r} is not one of {list(OUTPUT_SIZES)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    for key, val in (("allow_extrapolation", allow_extrapolation), ("progress", progress)):
+        if not isinstance(val, bool):
+            raise ValueError(f"{key} must be true or false, got {val!r}")
     for key, val in (("shard", shard), ("num_shards", num_shards)):
         if isinstance(val, bool) or not isinstance(val, int):
             raise ValueError(f"{key} must be an integer, got {val!r}")
@@ -262,9 +293,17 @@ def write_lr_dataset(
                              f"x{{scale}}/name.png, got {baseline_lr_root!r}")
         if synth.train_scales is None:
             raise ValueError("baseline=ae_interp needs a Synthesizer that knows its training scales (from_checkpoint)")
+        absent = [scale_key(s) for s in synth.train_scales[1:] if not (lr_root / scale_key(s)).is_dir()]
+        if absent:
+            raise ValueError(f"baseline=ae_interp needs the real LR images of every training scale, but "
+                             f"baseline_lr_root={str(lr_root)!r} has no folder {', '.join(absent)} "
+                             f"(layout: x{{scale}}/name.png)")
     scales = [float(s) for s in scales]
     if not scales:
         raise ValueError("scales: no scales requested")
+    _check_scale_count(scales, max_scales)
+    if isinstance(procedural_seed, bool) or not isinstance(procedural_seed, int):
+        raise ValueError(f"procedural_seed must be an integer, got {procedural_seed!r}")
     times = synth.scale_times(scales, allow_extrapolation)       # refuses out-of-range scales now
     _check_folders(input_dir, out_dir)
     sources = find_images(input_dir)
@@ -278,6 +317,8 @@ def write_lr_dataset(
         "tile_size": synth.tile_size, "tile_overlap": synth.tile_overlap,
         "LR_folder": "HR pixel size" if size == "hr" else "true LR size",
     }
+    if "procedural" in baselines:
+        settings["procedural_seed"] = procedural_seed
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_settings(out_dir, settings)
     suffix = "" if num_shards == 1 else f".shard{shard}-of-{num_shards}"
@@ -286,6 +327,7 @@ def write_lr_dataset(
 
     sizes = {"lr": ("lr",), "hr": ("hr",), "both": ("lr", "hr")}[size]
     items: list[_Item] = []
+    own = {manifest, failed_file} | ({out_dir / _SETTINGS_FILE} if num_shards == 1 else set())
     for path in sources:
         source = path.relative_to(input_dir).as_posix()
         if not _in_shard(source, shard, num_shards):
@@ -298,15 +340,17 @@ def write_lr_dataset(
                 for sz in sizes:
                     folder = "LR" if sz == "lr" or size == "hr" else "LR_hrsize"
                     outputs.append(_Output(kind, sz, s, f"{prefix}{folder}/{scale_key(s)}/{name}"))
+        own.update(out_dir / o.rel for o in outputs)
         items.append(_Item(path, source, name,
                            [o for o in outputs if not (o.rel in recorded and (out_dir / o.rel).is_file())]))
+    _remove_leftovers(out_dir, items, None if num_shards == 1 else own)
     if not items:
         log.info("shard %d of %d holds none of the %d input images", shard, num_shards, len(sources))
     todo = [it for it in items if it.pending]
 
     bar = progress_bar(requested=progress, total=len(todo), unit="img", desc="synthesize")
-    job = _FolderJob(synth, out_dir, scales, times, allow_extrapolation, baselines, lr_root, manifest,
-                     failed_file, bar, after_image)
+    job = _FolderJob(synth, out_dir, scales, times, allow_extrapolation, baselines, lr_root, procedural_seed,
+                     manifest, failed_file, bar, after_image)
     groups: dict[tuple[int, int], list[_Item]] = {}
     for item in todo:                           # batches of equal size, sized from the file headers
         try:
@@ -340,6 +384,44 @@ def write_lr_dataset(
     return summary
 
 
+def _check_scale_count(scales: Sequence[float], max_scales: int | None) -> None:
+    if max_scales is None:
+        return
+    if isinstance(max_scales, bool) or not isinstance(max_scales, int) or max_scales < 1:
+        raise ValueError(f"max_scales must be an integer >= 1 or null (no limit), got {max_scales!r}")
+    count = len(set(scales))
+    if count > max_scales:
+        raise ValueError(
+            f"scales: {count} scales requested ({scale_label(min(scales))} to {scale_label(max(scales))}), "
+            f"more than max_scales={max_scales}; every scale is one more LR file per image and output folder "
+            f"({count} per image here). If that is intended, confirm it with max_scales={count} (or "
+            f"max_scales=null); otherwise request fewer scales (a larger scales.step)"
+        )
+
+
+def _remove_leftovers(out_dir: Path, items: list[_Item], own: set[Path] | None) -> None:
+    """Remove what killed runs left behind: temporary files of interrupted writes and the
+    output files of images cut short between their first file and their manifest lines
+    (pending outputs whose file exists). ``own``: the files this job may touch (its shard's
+    outputs and files); None: everything under ``out_dir`` is this job's (one shard)."""
+    temps = [p for p in out_dir.glob(".*.tmp") if p.is_file()]
+    for sub in _MANAGED:
+        if (out_dir / sub).is_dir():
+            temps += [p for p in (out_dir / sub).rglob(".*.tmp") if p.is_file()]
+    removed_temps = 0
+    for tmp in temps:
+        target = temp_target(tmp)
+        if target is not None and (own is None or target in own):
+            tmp.unlink(missing_ok=True)
+            removed_temps += 1
+    orphans = [out_dir / o.rel for item in items for o in item.pending if (out_dir / o.rel).is_file()]
+    for path in orphans:
+        path.unlink(missing_ok=True)
+    if removed_temps or orphans:
+        log.info("removed %d temporary files of interrupted writes and %d outputs without a manifest line "
+                 "(images cut short by a kill; they are generated again)", removed_temps, len(orphans))
+
+
 def _recorded_outputs(out_dir: Path, manifest: Path) -> set[str]:
     """Outputs recorded in any manifest of ``out_dir``. This job's own manifest is cleaned
     first: lines of deleted files, duplicates and a partial last line (a kill mid-append)
@@ -363,10 +445,10 @@ class _FolderJob:
     """The generating and writing half of :func:`write_lr_dataset` (one per run)."""
 
     def __init__(self, synth: Synthesizer, out_dir: Path, scales: list[float], times: dict[float, float],
-                 allow_extrapolation: bool, baselines: tuple[str, ...], lr_root: Path | None, manifest: Path,
-                 failed_file: Path, bar, after_image: Callable[[str], None] | None):
+                 allow_extrapolation: bool, baselines: tuple[str, ...], lr_root: Path | None, seed: int,
+                 manifest: Path, failed_file: Path, bar, after_image: Callable[[str], None] | None):
         self.synth, self.out_dir, self.scales, self.times = synth, out_dir, scales, times
-        self.allow_extrapolation, self.baselines, self.lr_root = allow_extrapolation, baselines, lr_root
+        self.allow_extrapolation, self.baselines, self.lr_root, self.seed = allow_extrapolation, baselines, lr_root, seed
         self.manifest, self.failed_file, self.bar, self.after_image = manifest, failed_file, bar, after_image
         self.solver = asdict(synth.solver)
         self.failures: list[dict[str, str]] = []
@@ -383,10 +465,25 @@ class _FolderJob:
             self.bar.update(1)
 
     def run(self, batch: list[_Item], hr: torch.Tensor) -> None:
-        """Generate and write a same-size batch ``hr [B, 3, H, W]``; on an error, retry image
-        by image, so one bad image fails alone."""
+        """Check, generate and write a same-size batch ``hr [B, 3, H, W]``. An image that fails a
+        check or its writes gets no output; a failed generation is retried image by image, so
+        one bad image fails alone."""
+        checked: list[int] = []
+        real: dict[int, dict[float, torch.Tensor]] = {}
+        for b, item in enumerate(batch):
+            try:
+                found = self._check(item, hr[b])
+            except (ImageReadError, ValueError, OSError) as err:
+                self.fail(item, err, count=True)
+                continue
+            if found is not None:
+                real[len(checked)] = found
+            checked.append(b)
+        if not checked:
+            return
+        batch, hr = [batch[b] for b in checked], hr[checked]
         try:
-            self._generate_and_write(batch, hr)
+            results = self._generate(batch, hr, real)
         except Exception as err:  # noqa: BLE001 - one bad image must not stop the run
             if len(batch) == 1:
                 self.fail(batch[0], err, count=True)
@@ -395,37 +492,53 @@ class _FolderJob:
             for i, item in enumerate(batch):
                 self.run([item], hr[i:i + 1])
             return
-        for item in batch:
+        for b, item in enumerate(batch):
+            try:
+                self._commit(item, self._render(item, hr, b, results))
+            except Exception as err:  # noqa: BLE001 - the image's files are removed, the run goes on
+                self.fail(item, err, count=True)
+                continue
             self.processed += 1
             self.bar.update(1)
             self.bar.set_postfix(written=self.written, failed=len(self.failures), refresh=False)
             if self.after_image is not None:
                 self.after_image(item.source)
 
-    def _generate_and_write(self, batch: list[_Item], hr: torch.Tensor) -> None:
-        synth = self.synth
-        needed = sorted({o.scale for it in batch for o in it.pending if o.kind == "degflow"})
-        results: dict[str, SynthesisResult | None] = {}
-        if needed:
-            results["degflow"] = synth.generate(hr, self.scales, self.allow_extrapolation, decode=needed)
-        if any(o.kind == "ae_interp" for it in batch for o in it.pending):
-            train = synth.train_scales[1:]
-            try:
-                real = [_load_real_lr(self.lr_root, it, train, hr[i]) for i, it in enumerate(batch)]
-                stacked = {s: torch.stack([r[s] for r in real]) for s in train}
-                results["ae_interp"] = synth.interpolate_real(hr, stacked, self.scales, self.allow_extrapolation)
-            except (ImageReadError, ValueError, OSError) as err:
-                if len(batch) > 1:
-                    raise                                   # retried image by image
-                self.fail(batch[0], err)                    # the image's other outputs are still written
-                results["ae_interp"] = None
-        for b, item in enumerate(batch):
-            self._write(item, hr, b, len(batch), results)
+    def _check(self, item: _Item, hr: torch.Tensor) -> dict[float, torch.Tensor] | None:
+        """Everything about image ``hr [3, H, W]`` that can fail before generation: an LR image
+        of at least 1x1 pixel at every requested scale, and the real LR images of ``ae_interp``
+        (returned, or None when no ``ae_interp`` output is pending). Raises ValueError."""
+        h, w = hr.shape[-2:]
+        for s in self.scales:
+            lr_size(h, w, s)
+        if any(o.kind == "ae_interp" for o in item.pending):
+            return _load_real_lr(self.lr_root, item, self.synth.train_scales[1:], hr)
+        return None
 
-    def _write(self, item: _Item, hr: torch.Tensor, b: int, batch: int,
-               results: dict[str, SynthesisResult | None]) -> None:
-        """Write the pending outputs of image ``b``, then append their manifest lines at once."""
-        lines, written = [], set()
+    def _generate(self, batch: list[_Item], hr: torch.Tensor, real: dict[int, dict[float, torch.Tensor]]
+                  ) -> dict[str, tuple[SynthesisResult, dict[int, int]]]:
+        """The model outputs of a checked batch: ``{kind: (result, {image index: row of the result})}``."""
+        synth = self.synth
+        results: dict[str, tuple[SynthesisResult, dict[int, int]]] = {}
+        needed = sorted({o.scale for it in batch for o in it.pending if o.kind == "degflow"})
+        if needed:
+            result = synth.generate(hr, self.scales, self.allow_extrapolation, decode=needed)
+            results["degflow"] = (result, {b: b for b in range(len(batch))})
+        if real:
+            rows = sorted(real)
+            stacked = {s: torch.stack([real[b][s] for b in rows]) for s in synth.train_scales[1:]}
+            result = synth.interpolate_real(hr[rows], stacked, self.scales, self.allow_extrapolation)
+            results["ae_interp"] = (result, {b: i for i, b in enumerate(rows)})
+        return results
+
+    def _render(self, item: _Item, hr: torch.Tensor, b: int,
+                results: dict[str, tuple[SynthesisResult, dict[int, int]]]
+                ) -> Iterator[tuple[_Output, torch.Tensor, dict[str, Any]]]:
+        """Every pending output of image ``b`` as ``(output, image [3, h, w], manifest entry)``,
+        one at a time (a paper-size image at 30 scales would not fit in memory three times over);
+        anything that can fail for a reason known in advance was checked by :meth:`_check`."""
+        degraded: dict[float, tuple[torch.Tensor, int, float]] = {}     # procedural: scale -> (LR, seed, s)
+        height, width = hr.shape[-2:]
         for out in item.pending:
             entry: dict[str, Any] = {"source": item.source, "output": out.rel, "kind": out.kind, "size": out.size,
                                      "scale": out.scale, "t": self.times.get(out.scale), "solver": None, "nfe": 0,
@@ -434,23 +547,43 @@ class _FolderJob:
                 image = hr[b]
                 entry["t"] = 0.0
             elif out.kind == "bicubic":
-                image = hr[b] if out.size == "lr" else bicubic_baseline(hr[b:b + 1], out.scale)[0]
+                image = resize_to_lr(hr[b], out.scale) if out.size == "lr" else bicubic_baseline(hr[b], out.scale)
                 entry["t"] = None
+            elif out.kind == "procedural":
+                if out.scale not in degraded:
+                    seed = procedural.procedural_seed(self.seed, item.name[: -len(".png")], out.scale)
+                    start = time.perf_counter()
+                    lr = procedural.degrade(hr[b], out.scale, seed=seed, size="lr")
+                    degraded[out.scale] = (lr, seed, time.perf_counter() - start)
+                lr, seed, seconds = degraded[out.scale]
+                image = lr if out.size == "lr" else upsample_to(lr, height, width)   # = degrade(size="hr")
+                entry.update(t=None, seed=seed, seconds=seconds)
             else:
-                result = results[out.kind]
-                if result is None:
-                    continue                                # its failure is recorded already
-                image = result.images[out.scale][b]
-                entry.update(nfe=result.nfe, tiles=result.tiles, seconds=result.seconds / batch)
+                result, rows = results[out.kind]
+                image = result.images[out.scale][rows[b]]
+                entry.update(nfe=result.nfe, tiles=result.tiles, seconds=result.seconds / len(rows))
                 if out.kind == "degflow":
                     entry["solver"] = self.solver
-            if out.size == "lr" and out.kind != "hr":
-                image = resize_to_lr(image, out.scale)
-            write_image(self.out_dir / out.rel, image)
+                if out.size == "lr":
+                    image = resize_to_lr(image, out.scale)
             entry.update(height=int(image.shape[-2]), width=int(image.shape[-1]),
                          checkpoint_sha256=self.synth.checkpoint_sha256, degflow_version=__version__)
-            lines.append(json.dumps(entry))
-            written.add(out.rel)
-        append_lines(self.manifest, lines)
-        item.pending = [o for o in item.pending if o.rel not in written]
+            yield out, image, entry
+
+    def _commit(self, item: _Item, rendered: Iterable[tuple[_Output, torch.Tensor, dict[str, Any]]]) -> None:
+        """Write the files of one image, then append their manifest lines at once. A failure or
+        an interruption before the lines are appended removes the files written so far."""
+        written: list[Path] = []
+        lines: list[str] = []
+        try:
+            for out, image, entry in rendered:
+                write_image(self.out_dir / out.rel, image)
+                written.append(self.out_dir / out.rel)
+                lines.append(json.dumps(entry))
+            append_lines(self.manifest, lines)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        item.pending = []
         self.written += len(lines)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import io
 import math
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +49,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
+
+from degflow.scales import scale_label
 
 __all__ = [
     "KERNEL_KINDS",
@@ -64,6 +67,7 @@ __all__ = [
     "add_poisson_noise",
     "jpeg_compress",
     "degrade",
+    "procedural_seed",
 ]
 
 #: Blur kernel families, in the order of ``DegradationOrder.kernel_prob``.
@@ -420,3 +424,16 @@ def degrade(hr: Tensor, scale: float, *, seed: int | None = None, generator: tor
         lr = F.interpolate(lr, size=tuple(hb.shape[-2:]), mode="bicubic", align_corners=False).clamp(-1.0, 1.0)
     lr = lr.to(hr.dtype)
     return lr[0] if single else lr
+
+
+def procedural_seed(base: int, image: str, scale: float) -> int:
+    """The seed of :func:`degrade` for one (image, scale) of a baseline set: independent of
+    the order of the images and of the other images and scales, stable across processes and
+    machines (``crc32("{base}:{image}:{scale label}") & 0x7FFFFFFF``).
+
+    ``image`` is the image's name without suffix, subfolders kept (``"sub/0001"``), as
+    ``python -m degflow.evaluate`` and ``synthesize.py baseline=procedural`` both name it, so
+    the two draw the same degradation for the same image, scale and ``base``
+    (config key ``procedural_seed``).
+    """
+    return zlib.crc32(f"{base}:{image}:{scale_label(scale)}".encode()) & 0x7FFFFFFF

@@ -27,11 +27,12 @@ LAYERS: dict[str, int] = {
     "degflow.files": 0, "degflow.scales": 0, "degflow.runtime": 0, "degflow.resize": 0,
     "degflow.timemap": 0, "degflow.spline": 0, "degflow.solvers": 0, "degflow.losses": 0,
     "degflow.metrics": 0, "degflow.perceptual": 0, "degflow.visualize": 0, "degflow.config": 0,
-    "degflow.noise_metrics": 0, "degflow.procedural": 0, "degflow.plots": 0,
+    "degflow.noise_metrics": 0, "degflow.procedural": 0, "degflow.plots": 0, "degflow.cluster": 0,
     "degflow.models": 1, "degflow.data": 1, "degflow.checkpoint": 1, "degflow.loggers": 1,
     "degflow.generation": 2,
     "degflow.training": 3, "degflow.lr_dataset": 3, "degflow.evaluation": 3,
-    "degflow.evaluate": 4, "degflow.convert_official": 4, "degflow.quickstart": 4, "degflow.console": 0,
+    "degflow.evaluate": 4, "degflow.convert_official": 4, "degflow.report": 4, "degflow.merge_shards": 4,
+    "degflow.quickstart": 4, "degflow.console": 0,
 }
 #: jobs of the same layer that must stay independent of each other.
 SEPARATE_JOBS = ("degflow.training", "degflow.lr_dataset", "degflow.evaluation")

@@ -149,12 +149,13 @@ def _load_cli_module():
 
 
 def _run_in_process(overrides: list[str]) -> int:
+    """The CLI's job in this process: its exit status (0 or 1); usage errors raise."""
     from hydra import compose, initialize_config_dir
 
     cli = _load_cli_module()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("synthesize", overrides=cli._list_overrides(overrides))
-    return cli.run(cfg)
+    return cli.main(cfg)
 
 
 # --------------------------------------------------------------------------- API
@@ -435,6 +436,13 @@ def test_folder_usage_errors_raise_value_errors(ckpt, synth, tmp_path):
         write_lr_dataset(synth, src, tmp_path / "o2", [5.0], progress=False)
     with pytest.raises(ValueError, match="size"):
         write_lr_dataset(synth, src, tmp_path / "o3", SCALES, size="medium", progress=False)
+    with pytest.raises(ValueError, match="allow_extrapolation must be true or false, got 'maybe'"):
+        write_lr_dataset(synth, src, tmp_path / "o3", SCALES, allow_extrapolation="maybe", progress=False)
+    (tmp_path / "real" / "x2").mkdir(parents=True)
+    with pytest.raises(ValueError, match="has no folder x4"):
+        write_lr_dataset(synth, src, tmp_path / "o3", SCALES, baselines=["ae_interp"],
+                         baseline_lr_root=tmp_path / "real", progress=False)
+    assert not (tmp_path / "o3").exists()
     other = Synthesizer.from_checkpoint(ckpt, solver=SolverSpec.create("euler", steps=3))
     write_lr_dataset(synth, src, tmp_path / "o4", SCALES, progress=False)
     with pytest.raises(ValueError, match="other settings"):
@@ -458,12 +466,187 @@ def test_ae_interp_baseline_decodes_the_real_latents_at_training_scales(synth, t
     assert np.abs(got.astype(int) - _quantize(expected).astype(int)).max() <= 1
     bicubic = _png(out / "baselines" / "bicubic" / "LR" / "x3" / "p" / "a.png")
     assert bicubic.shape == (32, 48, 3)
-    # missing real LR: the baseline of that image fails, its degflow outputs are still written
+    # missing real LR: checked before anything is written, so that image gets no output at all
     _save(src / "b.png", _image(32, 48, 3))
     summary = write_lr_dataset(synth, src, out, [2.0, 3.0], size="hr", baselines=["ae_interp"],
                                 baseline_lr_root=real, progress=False)
     assert summary.failed == 1 and "no real LR" in summary.failures[0]["error"]
-    assert (out / "LR" / "x3" / "b.png").is_file()
+    assert not [p for p in out.rglob("b.png")]
+    assert "b.png" not in {e["source"] for e in _manifest(out / "manifest.jsonl")}
+
+
+def _files(root: Path) -> set[str]:
+    """Every file under ``root`` (hidden ones included), relative, except Hydra's logs."""
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and "logs" not in p.parts}
+
+
+def test_an_image_too_small_for_a_scale_gets_no_output_and_no_manifest_line(synth, tmp_path):
+    """A 1-pixel-high image has an LR image at x1.5 (round(1/1.5) = 1) but none at x3: it is
+    refused before its HR copy or its x1.5 image is written, on every run."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    _save(src / "ok.png", _image(16, 16, 0))
+    _save(src / "flat.png", _image(1, 40, 1))
+    for _ in range(2):
+        summary = write_lr_dataset(synth, src, out, [1.5, 3.0], progress=False)
+        assert summary.failed == 1 and summary.failures[0]["file"] == "flat.png"
+        assert "scale=3.0 is too large for a 1x40 image" in summary.failures[0]["error"]
+        assert not [p for p in out.rglob("flat.png")]
+        assert {e["source"] for e in _manifest(out / "manifest.jsonl")} == {"ok.png"}
+    assert summary.skipped == 1 and summary.outputs_written == 0
+
+
+def test_a_write_cut_short_removes_the_files_of_that_image(synth, tmp_path, monkeypatch):
+    """Failing (disk full) or interrupted (Ctrl-C) between the first and the last file of an
+    image: the image keeps no file and no manifest line; the next run writes it whole."""
+    import degflow.lr_dataset as lr_dataset
+
+    src, out = _folder(tmp_path / "in", 2, h=16, w=16), tmp_path / "out"
+    real_write, calls = lr_dataset.write_image, []
+
+    def flaky(path, image, error):
+        calls.append(path)
+        if len(calls) == 3:                                  # the third file of the first image
+            raise error
+        real_write(path, image)
+
+    monkeypatch.setattr(lr_dataset, "write_image", lambda p, x: flaky(p, x, OSError(28, "No space left on device")))
+    summary = write_lr_dataset(synth, src, out, SCALES, progress=False)
+    first = calls[0].name
+    assert summary.failed == 1 and "No space left" in summary.failures[0]["error"]
+    assert not [p for p in out.rglob(first)] and len(list(out.rglob("*.png"))) == 1 + len(SCALES)
+
+    calls.clear()
+    monkeypatch.setattr(lr_dataset, "write_image", lambda p, x: flaky(p, x, KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        write_lr_dataset(synth, src, out, SCALES, progress=False)
+    assert not [p for p in out.rglob(first)]
+
+    monkeypatch.undo()
+    summary = write_lr_dataset(synth, src, out, SCALES, progress=False)
+    assert (summary.failed, summary.processed, summary.skipped) == (0, 1, 1)
+    entries = _manifest(out / "manifest.jsonl")
+    assert len(entries) == len({e["output"] for e in entries}) == 2 * (1 + len(SCALES))
+    assert {e["output"] for e in entries} == {f for f in _files(out) if f.endswith(".png")}
+
+
+def test_leftovers_of_a_killed_run_are_removed_on_start(synth, tmp_path):
+    """SIGKILL leaves temp files of atomic writes and files of an image without manifest lines;
+    the next run removes them, also for an image that now fails its checks. A shard never
+    touches the temp files of another shard's outputs (it may be writing them right now)."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    _save(src / "ok.png", _image(16, 16, 0))
+    _save(src / "flat.png", _image(1, 40, 1))
+    write_lr_dataset(synth, src, out, [1.5, 3.0], progress=False)
+    before = _files(out)
+    leftovers = ["HR/flat.png", "LR/x1.5/flat.png",                       # an image cut short by a kill
+                 "LR/x3/.ok.png.k3x9_q2z.tmp", "HR/.flat.png.abcdefgh.tmp", ".manifest.jsonl.a1b2c3d4.tmp",
+                 ".synthesis.json.zzzzzzzz.tmp"]
+    for rel in leftovers:
+        (out / rel).write_bytes(b"partial")
+    summary = write_lr_dataset(synth, src, out, [1.5, 3.0], progress=False)
+    assert summary.failed == 1 and summary.skipped == 1
+    assert _files(out) == before
+
+    # shards: each removes its own leftovers only
+    sharded = tmp_path / "sharded"
+    src2 = _folder(tmp_path / "in2", 6, h=16, w=16)
+    write_lr_dataset(synth, src2, sharded, [2.0], shard=0, num_shards=2, progress=False)
+    write_lr_dataset(synth, src2, sharded, [2.0], shard=1, num_shards=2, progress=False)
+    names = {i: {e["output"] for e in _manifest(sharded / f"manifest.shard{i}-of-2.jsonl")} for i in range(2)}
+    mine, theirs = sorted(names[0])[0], sorted(names[1])[0]
+    temp = {rel: sharded / Path(rel).parent / f".{Path(rel).name}.q1w2e3r4.tmp" for rel in (mine, theirs)}
+    for path in temp.values():
+        path.write_bytes(b"partial")
+    (sharded / ".manifest.shard1-of-2.jsonl.q1w2e3r4.tmp").write_bytes(b"partial")
+    write_lr_dataset(synth, src2, sharded, [2.0], shard=0, num_shards=2, progress=False)
+    assert not temp[mine].exists() and temp[theirs].exists()
+    assert (sharded / ".manifest.shard1-of-2.jsonl.q1w2e3r4.tmp").exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_dataset_files_get_the_permissions_of_the_umask(synth, tmp_path, umask):
+    """A dataset written for a group is readable by it: files 0o666 & ~umask, folders 0o777 & ~umask."""
+    src, out = _folder(tmp_path / "in", 2, h=16, w=16), tmp_path / "out"
+    _save(src / "flat.png", _image(1, 40, 1))                           # a failure: failed.jsonl is kept
+    old = os.umask(umask)
+    try:
+        summary = write_lr_dataset(synth, src, out, [1.5, 3.0], baselines=["bicubic"],
+                                   progress=False)
+    finally:
+        os.umask(old)
+    assert summary.failed == 1
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert {"manifest.jsonl", "failed.jsonl", "synthesis.json"} <= {p.name for p in files}
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o666 & ~umask)}
+    assert {oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_dir()} == {oct(0o777 & ~umask)}
+
+
+def test_more_scales_than_max_scales_must_be_confirmed(synth, tmp_path):
+    src = _folder(tmp_path / "in", 1, h=16, w=16)
+    many = [1.0 + i / 1000 for i in range(101)]
+    with pytest.raises(ValueError, match="101 scales requested .* confirm it with max_scales=101"):
+        write_lr_dataset(synth, src, tmp_path / "o", many, progress=False)
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ValueError, match="max_scales=2"):
+        write_lr_dataset(synth, src, tmp_path / "o", SCALES, max_scales=2, progress=False)
+    with pytest.raises(ValueError, match="max_scales must be an integer >= 1 or null"):
+        write_lr_dataset(synth, src, tmp_path / "o", SCALES, max_scales=0, progress=False)
+    summary = write_lr_dataset(synth, src, tmp_path / "o", SCALES, max_scales=3, progress=False)
+    assert summary.outputs_written == 1 + len(SCALES)
+
+
+def test_tile_size_below_the_models_minimum_is_refused_naming_tile_size(ckpt, synth):
+    m = synth.pad_multiple
+    for tile_size in (0, m - 1):
+        with pytest.raises(ValueError, match=f"tile_size={tile_size} is below the smallest tile of this model, "
+                                             f"{m} HR pixels") as caught:
+            Synthesizer.from_checkpoint(ckpt, tile_size=tile_size, tile_overlap=0)
+        assert "tile_overlap" not in str(caught.value).split(";")[0]
+    assert Synthesizer.from_checkpoint(ckpt, tile_size=m, tile_overlap=0).tile_size == m
+    with pytest.raises(ValueError, match="at most half of tile_size"):
+        Synthesizer.from_checkpoint(ckpt, tile_size=2 * m, tile_overlap=2 * m)
+
+
+def test_procedural_baseline_is_the_seeded_real_esrgan_pipeline_in_the_baseline_layout(synth, tmp_path):
+    from degflow.procedural import degrade, procedural_seed
+
+    src = tmp_path / "in"
+    for i, rel in enumerate(["a.png", "sub/b.png", "c.png"]):
+        _save(src / rel, _image(24, 30, i))
+    out = tmp_path / "out"
+    summary = write_lr_dataset(synth, src, out, [1.5, 2.5], size="both", baselines=["procedural"], progress=False)
+    assert summary.failed == 0
+    entries = {e["output"]: e for e in _manifest(out / "manifest.jsonl")}
+    for name in ("a", "sub/b", "c"):
+        hr = read_image(src / f"{name}.png")
+        for s in (1.5, 2.5):
+            seed = procedural_seed(0, name, s)
+            lr_rel = f"baselines/procedural/LR/x{scale_label(s)}/{name}.png"
+            hr_rel = f"baselines/procedural/LR_hrsize/x{scale_label(s)}/{name}.png"
+            # exact: the pipeline ends on 8-bit values; HR-size = degrade(size="hr"), as degflow.evaluate computes it
+            np.testing.assert_array_equal(_png(out / lr_rel), _quantize(degrade(hr, s, seed=seed, size="lr")))
+            np.testing.assert_array_equal(_png(out / hr_rel), _quantize(degrade(hr, s, seed=seed, size="hr")))
+            assert _png(out / lr_rel).shape == (round(24 / s), round(30 / s), 3)
+            for rel in (lr_rel, hr_rel):
+                assert entries[rel]["kind"] == "procedural" and entries[rel]["seed"] == seed
+                assert entries[rel]["scale"] == s and entries[rel]["t"] is None
+    assert json.loads((out / "synthesis.json").read_text())["procedural_seed"] == 0
+
+    # deterministic: independent of batching, shards and order
+    again = tmp_path / "again"
+    for shard in range(2):
+        write_lr_dataset(synth, src, again, [2.5, 1.5], size="both", batch_size=2, baselines=["procedural"],
+                         shard=shard, num_shards=2, progress=False)
+    for rel in (f for f in _files(out) if f.startswith("baselines/")):
+        assert (again / rel).read_bytes() == (out / rel).read_bytes()
+    # another seed: other images, and never mixed into a folder made with the first one
+    other = tmp_path / "other"
+    write_lr_dataset(synth, src, other, [1.5], baselines=["procedural"], procedural_seed=7, progress=False)
+    assert not np.array_equal(_png(other / "baselines/procedural/LR/x1.5/a.png"),
+                              _png(out / "baselines/procedural/LR/x1.5/a.png"))
+    with pytest.raises(ValueError, match="procedural_seed: 0 there, 7 now"):
+        write_lr_dataset(synth, src, out, [1.5], size="both", baselines=["procedural"], procedural_seed=7,
+                         progress=False)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -565,7 +748,7 @@ def test_cli_usage_errors_exit_2(ckpt, tmp_path):
     assert "no_such_key" in proc.stderr
 
 
-def test_cli_config_errors_return_2_with_a_clear_message(ckpt, tmp_path, caplog):
+def test_cli_config_errors_raise_usage_errors_with_a_clear_message(ckpt, tmp_path):
     src = _folder(tmp_path / "in", 1)
     rae, _ = _tiny_models()
     from degflow.checkpoint import model_entry
@@ -581,15 +764,70 @@ def test_cli_config_errors_return_2_with_a_clear_message(ckpt, tmp_path, caplog)
         "allow_extrapolation": [f"ckpt={ckpt}", f"input={src}", f"out={tmp_path / 'o'}", "scales=[2,4.5]"],
         "missing required": [f"ckpt={ckpt}", f"input={src}"],
         "scales.step": [f"ckpt={ckpt}", f"input={src}", f"out={tmp_path / 'o'}", "scales.step=-1"],
+        "confirm it with max_scales=30001": [f"ckpt={ckpt}", f"input={src}", f"out={tmp_path / 'o'}",
+                                             "scales.start=1", "scales.stop=4", "scales.step=0.0001"],
+        "tile_size=0 is below the smallest tile": [f"ckpt={ckpt}", f"input={src}", f"out={tmp_path / 'o'}",
+                                                   "tile_size=0"],
+        "procedural_seed must be an integer": [f"ckpt={ckpt}", f"input={src}", f"out={tmp_path / 'o'}",
+                                               "baseline=procedural", "procedural_seed=abc"],
     }
     for message, overrides in cases.items():
-        caplog.clear()
-        with caplog.at_level("ERROR", logger="synthesize"):
-            assert _run_in_process(overrides) == 2, message
-        assert message in caplog.text
+        with pytest.raises(ValueError) as caught:
+            _run_in_process(overrides)
+        assert message in str(caught.value), (message, str(caught.value))
         if message in ("stage-'rae'", "corrupt"):
-            assert "ckpt=" in caplog.text
+            assert "ckpt=" in str(caught.value)
+    assert not (tmp_path / "o").exists()          # refused before anything was written
     # and allowed extrapolation runs (exit 0)
     assert _run_in_process([f"ckpt={ckpt}", f"input={src}", f"out={tmp_path / 'ok'}", "scales=[2,4.5]",
                             "allow_extrapolation=true", "progress=false", "solver.steps=2"]) == 0
     assert (tmp_path / "ok" / "LR" / "x4.5" / "d0" / "img0.png").is_file()
+
+
+def test_cli_environment_errors_exit_2_with_one_line_and_no_traceback(ckpt, tmp_path):
+    """An output folder that cannot be created (a file in its path: the same error path as a
+    folder without write permission, which root, running these tests, would not get), a
+    missing checkpoint, an unknown key: one ``error:`` line, exit 2."""
+    src = _folder(tmp_path / "in", 1, h=16, w=16)
+    (tmp_path / "file.txt").write_text("not a folder")
+    cases = {
+        "NotADirectoryError": [f"ckpt={ckpt}", f"input={src}", f"out={tmp_path / 'file.txt' / 'dataset'}"],
+        "ckpt=": [f"ckpt={tmp_path / 'missing.pt'}", f"input={src}", f"out={tmp_path / 'o'}"],
+        "max_scales=30001": [f"ckpt={ckpt}", f"input={src}", f"out={tmp_path / 'o'}", "scales.start=1",
+                             "scales.stop=4", "scales.step=0.0001"],
+    }
+    for message, args in cases.items():
+        proc = _cli(*args)
+        assert proc.returncode == 2, (message, proc.stderr[-2000:])
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], (message, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
+
+
+def test_cli_multirun_runs_every_job_and_exits_with_the_largest_status(ckpt, tmp_path):
+    """Job 0 has a usage error (tile_size=0), job 1 runs (with a list of baselines) and
+    writes its dataset; the process exits 2 after both."""
+    src, out = _folder(tmp_path / "in", 2, h=16, w=16), tmp_path / "out"
+    proc = _cli("-m", f"ckpt={ckpt}", f"input={src}", f"out={out}", "scales=[2]", "tile_size=0,64",
+                "tile_overlap=0", "baseline=[bicubic,procedural]", "solver.steps=2", "progress=false")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "error: tile_size=0 is below the smallest tile" in proc.stderr
+    kinds = {e["kind"] for e in _manifest(out / "manifest.jsonl")}
+    assert kinds == {"hr", "degflow", "bicubic", "procedural"}
+    assert len(list((out / "baselines" / "procedural" / "LR" / "x2").rglob("*.png"))) == 2
+
+
+def test_cli_help_explains_the_synthesis_settings_with_examples():
+    proc = _cli("--help")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout
+    assert "python synthesize.py ckpt=" in text and "Examples:" in text and "Exit status" in text
+    explained = text.split("== Settings")[1].split("== Defaults")[0]
+    from omegaconf import OmegaConf
+
+    for key in OmegaConf.load(REPO / "conf" / "synthesize.yaml"):
+        if key not in ("defaults", "hydra"):
+            assert key in explained, key
+    assert "solver" in explained
+    for training_group in ("stage:", "model/rae", "logger:", "experiment:"):   # not the training config
+        assert training_group not in text

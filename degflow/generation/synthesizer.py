@@ -82,7 +82,8 @@ class Synthesizer:
 
     Args (beyond the models): ``tile_size`` / ``tile_overlap`` in HR pixels (images with a
     side above ``tile_size`` are tiled; ``None`` never tiles). Both are rounded to multiples
-    of :attr:`pad_multiple` (tile down, overlap up); the overlap must be at most half a tile.
+    of :attr:`pad_multiple` (tile down, overlap up); a tile is at least one pad multiple and
+    the overlap at most half a tile (ValueError naming the key otherwise).
     ``train_scales`` and ``spline_path`` are needed only by :meth:`interpolate_real`.
     """
 
@@ -118,7 +119,13 @@ class Synthesizer:
             if isinstance(val, bool) or not isinstance(val, int) or val < 0:
                 raise ValueError(f"{key}: expected an integer >= 0 (HR pixels), got {val!r}")
         m = self.pad_multiple
-        tile = max(m, tile_size // m * m)
+        if tile_size < m:
+            raise ValueError(
+                f"tile_size={tile_size} is below the smallest tile of this model, {m} HR pixels (its "
+                f"pad multiple: tiles are whole multiples of it); use tile_size >= {m} (with "
+                f"tile_overlap at most half of it), or tile_size=null to never tile"
+            )
+        tile = tile_size // m * m
         overlap = -(-tile_overlap // m) * m
         if 2 * overlap > tile:
             raise ValueError(

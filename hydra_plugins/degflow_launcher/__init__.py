@@ -1,0 +1,1 @@
+"""degflow's Hydra launchers (found by Hydra's plugin discovery): see degflow_launcher.py."""
