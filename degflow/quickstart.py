@@ -190,7 +190,10 @@ def quickstart(out: str | Path, budget: str = "demo", scales: Sequence[float] = 
 
 
 def main(cfg: DictConfig) -> None:
+    from degflow.cluster import set_threads
+
     c = to_plain(cfg)
+    set_threads(c["threads"])
     quickstart(HydraConfig.get().runtime.output_dir, c["budget"], c["scales"], c["photos"], c["device"],
                c["lpips_backbone_weights"])
 
