@@ -13,11 +13,22 @@ continue.
 import sys
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from degflow.config import hoist_multirun_flag, register_resolvers, run_cli, to_plain
 
 register_resolvers()
+
+
+def _on_main_process(value):
+    """``${main_process_only:value}``: ``value`` in rank 0 of a data-parallel job (or a plain run),
+    null in the other ranks (conf/config.yaml: only rank 0 writes the run's ``.hydra`` folder)."""
+    from degflow.training.distributed import detect_environment
+
+    return value if detect_environment().is_main else None
+
+
+OmegaConf.register_new_resolver("main_process_only", _on_main_process)
 
 
 def main(cfg: DictConfig) -> float | None:

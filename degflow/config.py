@@ -26,7 +26,8 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Overrides that never name a run: where and how it runs, is tracked or checkpointed, not what
 # it trains (changing the checkpoint cadence of a running job must not restart it elsewhere).
 RUN_NAME_IGNORED = ("stage", "resume", "device", "num_workers", "threads", "output_root", "rae_ckpt",
-                    "stage.ckpt_every", "stage.ckpt_minutes", "stage.keep_every", "stage.log_every")
+                    "stage.ckpt_every", "stage.ckpt_minutes", "stage.keep_every", "stage.log_every",
+                    "data_memory_gib", "channels_last", "compile", "stage.latent_cache_dir")
 RUN_NAME_IGNORED_NODES = ("logger", "hydra")
 # Config nodes a stage never reads: changing one must not start a new run of that stage
 # (``stage=rae loss.lpips_weight=0`` resumes the RAE run; the RAE of stage 2 comes from its checkpoint).

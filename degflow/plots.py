@@ -3,6 +3,8 @@
 - :func:`plot_metric_vs_scale`: one panel per metric, one line per method, held-out
   scales shaded;
 - :func:`plot_psnr_vs_nfe`: the accuracy / speed frontier of solver settings;
+- :func:`plot_method_bars`: one metric per panel, methods as bars grouped by test set,
+  error bars = spread over seeds;
 - :func:`plot_crops`: a labelled strip of zoomed crops, one column per scale, one row per
   image source (real LR, the model, the baselines);
 - :func:`plot_loss_curve`: a training run's losses (and validation Y-PSNR) vs step, from
@@ -30,7 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 from degflow.files import atomic_write_bytes  # noqa: E402
 from degflow.scales import parse_scale  # noqa: E402
 
-__all__ = ["plot_metric_vs_scale", "plot_psnr_vs_nfe", "plot_crops", "plot_loss_curve"]
+__all__ = ["plot_metric_vs_scale", "plot_psnr_vs_nfe", "plot_method_bars", "plot_crops", "plot_loss_curve"]
 
 _LABELS = {
     "psnr_y": "PSNR-Y (dB) ↑",
@@ -103,6 +105,38 @@ def plot_psnr_vs_nfe(points: Sequence[Mapping[str, object]], path: str | Path, m
     ax.set_xlabel("NFE (velocity evaluations per image)")
     ax.set_ylabel(_LABELS.get(metric, metric) + " held-out")
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_method_bars(values: Mapping[str, Mapping[str, Mapping[str, tuple[float | None, float | None]]]],
+                     path: str | Path) -> Path:
+    """Grouped bars: ``values[metric][group][method] = (mean, sd)`` (sd None: no error bar).
+
+    One panel per metric, one bar group per ``group`` (e.g. a test set), one bar colour per
+    method; the error bars show ``sd`` (e.g. the spread over training seeds).
+    """
+    metrics = list(values)
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(4.2 * max(1, len(metrics)), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        groups = list(values[metric])
+        methods = list(dict.fromkeys(m for g in groups for m in values[metric][g]))
+        width = 0.8 / max(1, len(methods))
+        for k, method in enumerate(methods):
+            xs, ys, errs = [], [], []
+            for i, g in enumerate(groups):
+                mean, sd = values[metric][g].get(method, (None, None))
+                if mean is not None:
+                    xs.append(i + (k - (len(methods) - 1) / 2) * width)
+                    ys.append(mean)
+                    errs.append(sd or 0.0)
+            ax.bar(xs, ys, width=width, yerr=errs, capsize=3, label=method)
+        ax.set_xticks(range(len(groups)), groups, fontsize=8)
+        ax.set_title(_LABELS.get(metric, metric))
+        ax.grid(alpha=0.3, axis="y")
+        finite = [v[0] for g in groups for v in values[metric][g].values() if v[0] is not None]
+        if finite and metric == "psnr_y":  # PSNR bars start near the data, not at 0 dB
+            ax.set_ylim(min(finite) - 2.0, max(finite) + 1.0)
+    axes[0][0].legend(fontsize=8)
     return _save(fig, path)
 
 

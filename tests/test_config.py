@@ -14,7 +14,7 @@ from degflow.loggers import NullLogger, build_logger
 from degflow.losses import LossSettings
 from degflow.solvers import SolverSpec
 from degflow.training.lfm import SplineSettings
-from degflow.training.loop import TrainSettings
+from degflow.training import train_settings
 
 register_resolvers()
 
@@ -47,7 +47,7 @@ def test_default_config_is_the_demo_rae_run_with_offline_wandb():
 
 @pytest.mark.parametrize("stage", options("stage"))
 def test_every_stage_option_builds_train_settings(stage):
-    settings = TrainSettings(**to_plain(compose_config([f"stage={stage}"]))["stage"])
+    settings = train_settings(to_plain(compose_config([f"stage={stage}"]))["stage"])
     assert settings.name == stage and settings.steps > 0
 
 
@@ -99,7 +99,7 @@ def test_every_experiment_preset_composes_and_validates(experiment):
     cfg = compose_config([f"+experiment={experiment}", "data.root=/data", "data=realsr"]
                          if "paper" in experiment else [f"+experiment={experiment}"])
     plain = to_plain(cfg)
-    TrainSettings(**plain["stage"])
+    train_settings(plain["stage"])
     LossSettings(**plain["loss"])
     SolverSpec.create(**plain["solver"])
     spline = SplineSettings(**plain["spline"])

@@ -146,7 +146,7 @@ def test_validation_is_a_held_out_band_of_each_training_photo_and_test_is_separa
 def test_train_items_are_aligned_random_crops_with_the_documented_format(bundle):
     torch.manual_seed(0)
     item = bundle.train[0]
-    assert set(item) == {"name", "hr", "lr", "scales"}
+    assert set(item) == {"name", "hr", "lr", "scales", "where"}
     assert item["hr"].shape == (3, 48, 48) and item["lr"].shape == (2, 3, 48, 48)
     assert item["scales"].dtype == torch.float32 and item["scales"].tolist() == [2.0, 4.0]
     assert item["name"] in {p.rsplit(".", 1)[0] for p in TRAIN_IMAGES}

@@ -8,8 +8,11 @@ import torch
 from degflow.data.transforms import (
     NUM_DIHEDRAL,
     aligned_random_crop,
+    crop,
     crop_to_multiple,
     dihedral,
+    dihedral_box,
+    random_crop_position,
     random_dihedral,
 )
 
@@ -54,3 +57,27 @@ def test_crop_to_multiple_and_max_size():
         crop_to_multiple(x, 0)
     with pytest.raises(ValueError, match="data.val_max_size"):
         crop_to_multiple(x, 8, max_size=4)
+
+
+def test_dihedral_box_says_where_a_crop_lands_after_each_of_the_8_transforms():
+    x = torch.rand(2, 3, 24, 40)
+    for k in range(8):
+        for top, left, size in [(0, 0, 8), (8, 16, 16), (16, 32, 8), (5, 3, 11)]:
+            t, l = dihedral_box(top, left, size, 24, 40, k)
+            assert torch.equal(dihedral(crop(x, top, left, size, size), k), crop(dihedral(x, k), t, l, size, size))
+
+
+def test_aligned_crop_positions_lie_on_the_grid_inside_the_aligned_image():
+    torch.manual_seed(0)
+    seen = {random_crop_position(30, 45, 16, align=8) for _ in range(300)}
+    assert seen == {(t, l) for t in (0, 8) for l in (0, 8, 16, 24)}   # 30 -> 24 rows, 45 -> 40 cols
+    with pytest.raises(ValueError, match="data.crop_size=12 must be a multiple of 8"):
+        random_crop_position(30, 45, 12, align=8)
+
+
+def test_unaligned_crop_positions_draw_exactly_as_before():
+    torch.manual_seed(3)
+    a = random_crop_position(30, 45, 7)
+    torch.manual_seed(3)
+    b = (int(torch.randint(0, 24, (1,))), int(torch.randint(0, 39, (1,))))
+    assert a == b

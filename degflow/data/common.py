@@ -22,9 +22,12 @@ from torch.utils.data import Dataset
 
 from degflow.data.images import ImageReadError, read_image, read_image_size
 from degflow.data.transforms import (
-    aligned_random_crop,
+    NUM_DIHEDRAL,
+    crop,
     crop_to_multiple,
-    random_dihedral,
+    dihedral,
+    dihedral_box,
+    random_crop_position,
 )
 from degflow.resize import upsample_to
 from degflow.scales import check_scales, find_scale, scale_label
@@ -281,16 +284,22 @@ class TrainCropDataset(Dataset):
     drawn from a generator seeded with ``seed``, so an item is a pure function of its key (in
     any DataLoader worker, after any resume; see ``degflow/training/sampling.py``). A plain
     ``dataset[index]`` draws them from torch's global RNG instead.
+
+    Each item also carries ``where`` = [record index, top, left, dihedral k]: the crop's
+    corner in the frame of the transformed full image ``dihedral(image, k)`` (what the
+    stage-2 latent cache looks up). ``crop_align`` (1 = any pixel) puts crop corners on a
+    grid; the LFM stage sets it to the RAE stride when it uses the latent cache.
     """
 
     def __init__(self, records: Sequence, scales: Sequence[float], crop_size: int,
-                 samples_per_epoch: int):
+                 samples_per_epoch: int, crop_align: int = 1):
         if not records:
             raise ValueError("training set is empty")
         self.records = list(records)
         self.scales = tuple(float(s) for s in scales)
         self.crop_size = int(crop_size)
         self.samples_per_epoch = int(samples_per_epoch)
+        self.crop_align = int(crop_align)
         self._scales_t = torch.tensor(self.scales, dtype=torch.float32)
 
     def __len__(self) -> int:
@@ -302,12 +311,18 @@ class TrainCropDataset(Dataset):
             generator = torch.Generator().manual_seed(int(seed))
         else:
             index, generator = key, None
-        rec = self.records[int(index) % len(self.records)]
+        i = int(index) % len(self.records)
+        rec, size = self.records[i], self.crop_size
         hr, lr = rec.load(self.scales)
-        hr, lr = aligned_random_crop(hr, lr, size=self.crop_size, generator=generator)
-        hr, lr = random_dihedral(hr, lr, generator=generator)
-        return {"name": rec.name, "hr": hr.float().contiguous(), "lr": lr.float().contiguous(),
-                "scales": self._scales_t.clone()}
+        h, w = hr.shape[-2:]
+        top, left = random_crop_position(h, w, size, generator, align=self.crop_align)
+        k = int(torch.randint(0, NUM_DIHEDRAL, (1,), generator=generator))
+        hr, lr = (dihedral(crop(x, top, left, size, size), k).contiguous() for x in (hr, lr))
+        if self.crop_align > 1:  # the latent cache encodes the aligned part of the image
+            h, w = h - h % self.crop_align, w - w % self.crop_align
+        where = torch.tensor([i, *dihedral_box(top, left, size, h, w, k), k])
+        return {"name": rec.name, "hr": hr.float(), "lr": lr.float(),
+                "scales": self._scales_t.clone(), "where": where}
 
 
 class ValImageDataset(Dataset):

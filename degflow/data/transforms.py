@@ -12,6 +12,7 @@ from torch import Tensor
 __all__ = [
     "random_crop_position",
     "crop",
+    "dihedral_box",
     "aligned_random_crop",
     "dihedral",
     "random_dihedral",
@@ -25,13 +26,26 @@ NUM_DIHEDRAL = 8
 
 
 def random_crop_position(height: int, width: int, size: int,
-                         generator: torch.Generator | None = None) -> tuple[int, int]:
-    """Top-left corner (drawn from torch's RNG) of a ``size`` x ``size`` crop."""
+                         generator: torch.Generator | None = None, align: int = 1) -> tuple[int, int]:
+    """Top-left corner (drawn from torch's RNG) of a ``size`` x ``size`` crop.
+
+    ``align > 1`` puts the corner on multiples of ``align`` inside the top-left
+    ``align``-aligned part of the image (the latent cache needs crops on the RAE's stride-8
+    grid); ``align = 1`` draws exactly as before (same RNG calls, same positions).
+    """
     if size > height or size > width:
         raise ValueError(f"crop size {size} is larger than the image ({height}x{width}); "
                          f"lower data.crop_size or use larger images")
-    top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
-    left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
+    if align == 1:
+        top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
+        left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
+        return top, left
+    if size % align:
+        raise ValueError(f"data.crop_size={size} must be a multiple of {align} for crops aligned to "
+                         f"the RAE stride (stage.latent_cache=true); use e.g. {size - size % align or align}")
+    rows, cols = (height - height % align - size) // align + 1, (width - width % align - size) // align + 1
+    top = align * int(torch.randint(0, rows, (1,), generator=generator))
+    left = align * int(torch.randint(0, cols, (1,), generator=generator))
     return top, left
 
 
@@ -72,6 +86,19 @@ def random_dihedral(*images: Tensor,
     """The same random one of the 8 flips/rotations applied to every image."""
     k = int(torch.randint(0, NUM_DIHEDRAL, (1,), generator=generator))
     return tuple(dihedral(im, k).contiguous() for im in images)
+
+
+def dihedral_box(top: int, left: int, size: int, height: int, width: int, k: int) -> tuple[int, int]:
+    """Where a ``size`` x ``size`` box at (top, left) of an ``height`` x ``width`` image lands
+    after :func:`dihedral` ``k``: ``dihedral(crop(x, top, left), k) ==
+    crop(dihedral(x, k), *dihedral_box(...))``. Returns the new (top, left)."""
+    if not 0 <= k < NUM_DIHEDRAL:
+        raise ValueError(f"dihedral index must be in 0..7, got {k}")
+    if k & 4:                                     # horizontal flip: column j -> width - 1 - j
+        left = width - left - size
+    for _ in range(k & 3):                        # rot90 CCW: out[i, j] = in[j, width - 1 - i]
+        top, left, height, width = width - left - size, top, width, height
+    return top, left
 
 
 def center_crop(x: Tensor, height: int, width: int) -> Tensor:

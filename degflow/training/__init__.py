@@ -10,9 +10,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 
 from degflow.console import log_to_file
+from degflow.data.memory import in_memory_training_set
 from degflow.loggers import build_logger
 from degflow.metrics import eval_protocol
 from degflow.runtime import resolve_device, seed_everything
+from degflow.training.accel import accelerate
+from degflow.training.distributed import detect_environment, local_batch_size, log_on_main_only, process_device, \
+    process_group
 from degflow.training.loop import RunContext, TrainSettings, fit
 from degflow.training.run_report import LOG_FILE, announce_outputs
 from degflow.training.stop import TrainingStopped
@@ -20,6 +24,15 @@ from degflow.training.stop import TrainingStopped
 log = logging.getLogger(__name__)
 
 STAGES = ("rae", "lfm")
+# keys of the ``stage`` node read by a stage's builder rather than by the loop's TrainSettings
+STAGE_OPTIONS = {"lfm": ("latent_cache", "latent_cache_dir")}
+
+
+def train_settings(stage: dict[str, Any]) -> TrainSettings:
+    """The loop's :class:`TrainSettings` from a plain ``stage`` node (without the keys in
+    :data:`STAGE_OPTIONS`, which the stage's builder reads)."""
+    options = STAGE_OPTIONS.get(stage["name"], ())
+    return TrainSettings(**{k: v for k, v in stage.items() if k not in options})
 
 
 def instantiate(node: dict[str, Any]):
@@ -38,8 +51,11 @@ def build_stage(config: dict[str, Any], data, device):
     if name == "rae":
         from degflow.training.rae import RAEStage
 
+        rae = instantiate(config["model"]["rae"])
+        for part in (rae.encoder, rae.decoder):
+            accelerate(part, config["channels_last"], config["compile"])
         return RAEStage(
-            instantiate(config["model"]["rae"]), data.train_scales, data.val, data.val_scales, device,
+            rae, data.train_scales, data.val, data.val_scales, device,
             data_description=data.description, max_val_images=config["eval"]["max_images"],
             strip_images=config["eval"]["strip_images"], protocol=eval_protocol(config["eval"]["protocol"]),
         )
@@ -57,9 +73,13 @@ def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()
     Log lines go to ``{run_dir}/train.log`` (Hydra's file when run by train.py); at the end the
     run says where its results, checkpoints and pictures are.
     Returns the final validation metrics; raises :class:`TrainingStopped` after a stop signal
-    (``last.pt`` then holds the step it stopped at).
+    (``last.pt`` then holds the step it stopped at). In a job of several processes (torchrun,
+    submitit tasks) every process calls this: they train one model data-parallel, and only
+    rank 0 has a logger (see :mod:`degflow.training.distributed`).
     """
     run_dir = Path(run_dir)
+    if not detect_environment().is_main:  # rank 0 alone writes train.log and tells where things are
+        return _train(config, run_dir, overrides)
     with log_to_file(run_dir / LOG_FILE):
         metrics = _train(config, run_dir, overrides)
         announce_outputs(run_dir, config["stage"]["name"])
@@ -70,23 +90,33 @@ def _train(config: dict[str, Any], run_dir: Path, overrides: list[str]) -> dict[
     # before anything draws random numbers: the networks' initial weights depend on the seed
     # (a resumed run then replaces them, and its RNG state, from its checkpoint)
     seed_everything(config["seed"])
-    settings = TrainSettings(**config["stage"])
-    device = resolve_device(config["device"])
-    data = instantiate(config["data"])
-    log.info("data: %s", data.description)
-    stage = build_stage(config, data, device)
-    logger_cfg = dict(config["logger"])
-    logger = build_logger(logger_cfg.pop("kind"), run_dir, config, **logger_cfg)
-    ctx = RunContext(run_dir=run_dir, device=device, precision=config["precision"], logger=logger,
-                     config=config, overrides=list(overrides), resume=config["resume"], seed=config["seed"],
-                     num_workers=config["num_workers"])
-    try:
-        metrics = fit(stage, data.train, settings, ctx)
-    except TrainingStopped as stopped:
-        logger.finish(exit_code=stopped.exit_code)
-        raise
-    except BaseException:
-        logger.finish(exit_code=1)
-        raise
-    logger.finish(exit_code=0)
-    return metrics
+    settings = train_settings(config["stage"])
+    dist_env = detect_environment()
+    local_batch_size(settings.batch_size, dist_env.world_size)  # a bad batch is refused before anyone waits
+    log_on_main_only(dist_env)
+    device = process_device(resolve_device(config["device"]), dist_env)
+    with process_group(dist_env, device):
+        data = instantiate(config["data"])
+        log.info("data: %s", data.description)
+        data.train = in_memory_training_set(data.train, config["data_memory_gib"])
+        stage = build_stage(config, data, device)
+        logger = None
+        if dist_env.is_main:
+            logger_cfg = dict(config["logger"])
+            logger = build_logger(logger_cfg.pop("kind"), run_dir, config, **logger_cfg)
+        ctx = RunContext(run_dir=run_dir, device=device, precision=config["precision"], logger=logger,
+                         config=config, overrides=list(overrides), resume=config["resume"], seed=config["seed"],
+                         num_workers=config["num_workers"], dist=dist_env)
+        try:
+            metrics = fit(stage, stage.training_set(data.train), settings, ctx)
+        except TrainingStopped as stopped:
+            if logger is not None:
+                logger.finish(exit_code=stopped.exit_code)
+            raise
+        except BaseException:
+            if logger is not None:
+                logger.finish(exit_code=1)
+            raise
+        if logger is not None:
+            logger.finish(exit_code=0)
+        return metrics

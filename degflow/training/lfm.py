@@ -1,7 +1,9 @@
 """Stage 2: latent flow matching (LFM) with the RAE frozen.
 
-Per step: encode the aligned training-scale images (HR, x2, x4 by default; held-out scales
-are never loaded) under no_grad, draw t ~ U(0, 1) per sample, evaluate the path (natural cubic
+Per step: take the knot latents of the aligned training-scale images (HR, x2, x4 by default;
+held-out scales are never loaded) from the latent cache (``stage.latent_cache=true``, see
+:mod:`degflow.training.latent_cache`; only the HR crop's skip features are computed) or encode
+them under no_grad (``false``), draw t ~ U(0, 1) per sample, evaluate the path (natural cubic
 spline or piecewise-linear) through the knot latents, regress the velocity network onto the
 path derivative, and add lambda * LPIPS on the decoded Taylor extrapolation to the segment's
 right knot (see :mod:`degflow.losses`). Validation generates every validation scale from the
@@ -11,6 +13,7 @@ HR latent with the configured solver through :class:`degflow.generation.Synthesi
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +32,8 @@ from degflow.scales import scale_key
 from degflow.solvers import SolverSpec
 from degflow.spline import PATH_KINDS, evaluate_path
 from degflow.timemap import TimeMap, build_time_map
+from degflow.training.accel import accelerate
+from degflow.training.latent_cache import LatentCache, load_or_build_latent_cache
 from degflow.training.loop import Stage
 from degflow.training.validation import ScaleAverages, validation_items
 from degflow.visualize import labelled_strip
@@ -136,7 +141,8 @@ class LFMStage(Stage):
                  val_scales: tuple[float, ...], device: torch.device, rae_source: dict[str, Any],
                  lpips_loss: torch.nn.Module | None, lpips_metric: torch.nn.Module | None,
                  max_val_images: int | None = None, strip_images: int = 1, precision: str = "fp32",
-                 protocol: EvalProtocol = EVAL_PROTOCOLS["ours"]):
+                 protocol: EvalProtocol = EVAL_PROTOCOLS["ours"],
+                 latent_cache: LatentCache | None = None):
         self.train_scales = tuple(float(s) for s in train_scales)
         if len(self.train_scales) < 2 or self.train_scales[0] != 1.0:
             raise ValueError(f"data.train_scales must start with 1 (the HR knot) and have at least two knots, "
@@ -151,6 +157,7 @@ class LFMStage(Stage):
         self.rae_source = rae_source
         self.lpips_loss, self.lpips_metric = lpips_loss, lpips_metric
         self.max_val_images, self.strip_images = max_val_images, strip_images
+        self.latent_cache = latent_cache   # knot latents of the training images (stage.latent_cache)
         self.protocol = protocol
 
     # -- the time map as trained so far (learned interior knots included) --------------------
@@ -186,13 +193,25 @@ class LFMStage(Stage):
         hr_feats = [f.view(b, k, *f.shape[1:])[:, 0] for f in feats]
         return z.view(b, k, *z.shape[1:]).float(), hr_feats
 
+    def training_set(self, dataset):
+        """With the latent cache, crops on the RAE's stride grid (the cache's latent pixels)."""
+        if self.latent_cache is None:
+            return dataset
+        return aligned_training_set(dataset, self.latent_cache.stride)
+
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         hr, lr = batch["hr"], batch["lr"]                                    # [B,3,H,W], [B,K-1,3,H,W]
         images = torch.cat([hr[:, None], lr], dim=1)                         # [B,K,3,H,W]
-        knots, hr_feats = self.encode_knots(images)
+        if self.latent_cache is None:
+            knots, hr_feats = self.encode_knots(images)
+        else:  # knots from the cache; the decoder still needs this crop's HR skip features
+            knots = self.latent_cache.crops(batch["where"], hr.shape[-1]).to(hr.device)   # [B,K,C,h,w]
+            with torch.no_grad():
+                hr_feats = self.rae.features(hr) if self.loss_settings.lpips_weight > 0 else None
         knot_times = self.knots()                                            # [K]
         b = hr.shape[0]
-        t = knot_times[0].detach() + torch.rand(b, device=hr.device) * (knot_times[-1] - knot_times[0]).detach()
+        u = batch["draws"].rand(b, hr.device)                                # [B] (data parallel: see RowDraws)
+        t = knot_times[0].detach() + u * (knot_times[-1] - knot_times[0]).detach()
         point = evaluate_path(self.spline.path, knot_times, knots, t)
         v = self.velocity(point.value, t)                                    # [B,C,h,w]
         fm = flow_matching_loss(v, point.d1)                                 # [B]
@@ -321,6 +340,20 @@ class LFMStage(Stage):
         self.knots.load_state_dict(ckpt["knot_state"])
 
 
+def aligned_training_set(dataset, stride: int):
+    """A copy of a training-crop dataset whose crop corners lie on the ``stride`` grid."""
+    if not hasattr(dataset, "crop_align") or not hasattr(dataset, "records"):
+        raise ValueError(f"stage.latent_cache=true needs a training set of aligned random crops "
+                         f"(degflow.data.common.TrainCropDataset), got {type(dataset).__name__}; "
+                         f"set stage.latent_cache=false")
+    if dataset.crop_size % stride:
+        raise ValueError(f"stage.latent_cache=true needs data.crop_size to be a multiple of the RAE stride "
+                         f"{stride}, got {dataset.crop_size}")
+    aligned = copy.copy(dataset)
+    aligned.crop_align = stride
+    return aligned
+
+
 def build_lfm_stage(config: dict[str, Any], data, device: torch.device) -> LFMStage:
     """Wire stage 2 from a plain config: frozen RAE from its checkpoint, velocity net, losses, solver."""
     from degflow.training import instantiate
@@ -334,17 +367,28 @@ def build_lfm_stage(config: dict[str, Any], data, device: torch.device) -> LFMSt
     if [float(s) for s in rae_ckpt["train_scales"]] != [float(s) for s in data.train_scales]:
         log.warning("the RAE was trained on scales %s, the LFM trains on %s", rae_ckpt["train_scales"],
                     list(data.train_scales))
+    rae_sha256 = file_sha256(rae_path)
+    cache = None
+    if config["stage"]["latent_cache"]:
+        if rae.config.get("norm") != "layer":
+            log.warning("stage.latent_cache with an RAE using norm=%r: its encoder is not local, so cached "
+                        "latents differ from the latents of crops more than with norm=layer", rae.config.get("norm"))
+        aligned_training_set(data.train, rae.stride)        # refuse a bad crop size before encoding
+        cache = load_or_build_latent_cache(rae.to(device), data.train.records, data.train.scales, rae_sha256,
+                                           device, config["stage"]["latent_cache_dir"])
     velocity = instantiate(config["model"]["lfm"])
+    for module in (velocity, rae.encoder, rae.decoder):
+        accelerate(module, config["channels_last"], config["compile"])
     lpips_loss = lpips_metric = None
     if loss.lpips_weight > 0:
-        lpips_loss = load_lpips(loss.lpips_net, loss.lpips_backbone_weights, device=device,
-                                pooling=loss.lpips_pooling)
+        lpips_loss = accelerate(load_lpips(loss.lpips_net, loss.lpips_backbone_weights, device=device,
+                                           pooling=loss.lpips_pooling), config["channels_last"], config["compile"])
     if config["eval"]["lpips"]:
         lpips_metric = load_lpips("alex", config["eval"]["lpips_backbone_weights"], device=device)
     return LFMStage(
         rae, velocity, data.train_scales, spline, loss, solver, data.val, data.val_scales, device,
-        rae_source={"path": str(rae_path), "sha256": file_sha256(rae_path), "step": int(rae_ckpt["step"])},
+        rae_source={"path": str(rae_path), "sha256": rae_sha256, "step": int(rae_ckpt["step"])},
         lpips_loss=lpips_loss, lpips_metric=lpips_metric, max_val_images=config["eval"]["max_images"],
         strip_images=config["eval"]["strip_images"], precision=config["precision"],
-        protocol=eval_protocol(config["eval"]["protocol"]),
+        protocol=eval_protocol(config["eval"]["protocol"]), latent_cache=cache,
     )

@@ -13,7 +13,11 @@ module owns everything else, identically for both stages:
 - atomic checkpoints: ``last.pt`` every ``ckpt_every`` steps, every ``ckpt_minutes`` minutes,
   at every validation, at the end and on a stop signal (``stop.py``); a kept
   ``step_XXXXXXX.pt`` copy every ``keep_every`` steps when set;
-- validation every ``val_every`` steps and at the end, a one-line summary, ``metrics.json``.
+- validation every ``val_every`` steps and at the end, a one-line summary, ``metrics.json``;
+- data parallel when the job has several processes (``distributed.py``): each takes its rows of
+  the same global batch, DDP averages the gradients, rank 0 alone logs, validates and writes
+  files while the others wait at a barrier, and every decision that must match across ranks
+  (stop, non-finite loss, an overdue checkpoint) is agreed on by all of them.
 
 What the run tells its user (loss and validation lines in ``train.log``, ``loss_curve.png``,
 progress bars only on a terminal) lives in ``run_report.py`` and ``degflow/console.py``.
@@ -37,8 +41,10 @@ from degflow.console import bar_safe_logging, progress_bar
 from degflow.files import atomic_write_text
 from degflow.loggers import json_safe
 from degflow.runtime import autocast
+from degflow.training.distributed import (SINGLE, DistEnv, agree, barrier, data_parallel_loss, from_main,
+                                          local_batch_size, mean_over_ranks)
 from degflow.training.run_report import after_validation, log_losses
-from degflow.training.sampling import train_batches
+from degflow.training.sampling import RowDraws, step_seed, train_batches
 from degflow.training.stop import StopSignals
 
 log = logging.getLogger(__name__)
@@ -93,6 +99,7 @@ class RunContext:
     seed: int = 0
     num_workers: int = 0
     progress: bool = True
+    dist: DistEnv = SINGLE  # this process's rank in a data-parallel job (one process: SINGLE)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -116,12 +123,17 @@ class Stage:
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         raise NotImplementedError
 
+    def training_set(self, dataset):
+        """The dataset batches are drawn from (default: the data option's training set)."""
+        return dataset
+
     def train_modules(self) -> list[torch.nn.Module]:
         """Modules switched to train() mode during steps (and back to eval() for validation)."""
         raise NotImplementedError
 
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss of one batch and scalars to log."""
+        """Loss of one batch (this process's rows) and scalars to log; per-row random numbers
+        come from ``batch["draws"]`` (a :class:`~degflow.training.sampling.RowDraws`)."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -146,8 +158,12 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
     ``last.pt`` holds the step it stopped at.
     """
     params = stage.trainable_parameters()
-    stage.progress = ctx.progress
-    optimizer = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas)
+    dp = ctx.dist  # data parallel: rank 0 of 1 in a plain run (every helper below is then a no-op)
+    stage.progress = ctx.progress and dp.is_main  # validation's bar (run_report / console)
+    local_batch_size(settings.batch_size, dp.world_size)  # refuses a global batch the ranks cannot share
+    # fused: one kernel for all parameters (same update; ~4x faster than the per-tensor loop on CPU)
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    optimizer = torch.optim.Adam(params, lr=settings.lr, betas=settings.betas, fused=fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: warmup_cosine(step, settings.steps, settings.warmup_steps, settings.lr, settings.min_lr)
@@ -155,7 +171,8 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
     )
     step = 0
     last = ctx.ckpt_dir / "last.pt"
-    for stale in [*ctx.run_dir.glob(".*.tmp"), *ctx.ckpt_dir.glob(".*.tmp")]:  # temp files of a killed write
+    stale_files = [*ctx.run_dir.glob(".*.tmp"), *ctx.ckpt_dir.glob(".*.tmp")] if dp.is_main else []
+    for stale in stale_files:  # temp files of a killed write
         log.info("removing %s, left by an interrupted write", stale)
         stale.unlink(missing_ok=True)
     if ctx.resume and last.exists():
@@ -175,14 +192,20 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
 
     def save(path: Path) -> None:
         nonlocal saved_at
-        save_checkpoint(path, {
-            "kind": stage.kind, "step": step, "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": capture_rng_state(), "config": ctx.config,
-            "overrides": list(ctx.overrides), **stage.state(),
-        })
+        if dp.is_main:
+            save_checkpoint(path, {
+                "kind": stage.kind, "step": step, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": capture_rng_state(), "config": ctx.config,
+                "overrides": list(ctx.overrides), **stage.state(),
+            })
+        barrier(dp)  # no rank goes on (or exits) before the checkpoint is on disk
         saved_at = time.monotonic()
 
-    def validate() -> dict[str, Any]:
+    def validate() -> dict[str, Any] | None:
+        """Rank 0 validates and writes metrics.json; the other ranks wait and get None."""
+        if not dp.is_main:
+            barrier(dp)
+            return None
         for m in stage.train_modules():
             m.eval()
         t0 = time.perf_counter()
@@ -201,6 +224,7 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
         after_validation(ctx.run_dir, stage.kind, step, settings.steps, metrics["summary"])
         for m in stage.train_modules():
             m.train()
+        barrier(dp)
         return metrics
 
     metrics: dict[str, Any] | None = None
@@ -210,22 +234,27 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
             log.info("run already finished (%d/%d steps); its final metrics are in %s", step, settings.steps, final)
             return json.loads(final.read_text())
         log.info("run already finished (%d/%d steps); validating the final weights", step, settings.steps)
-        return validate()
+        return from_main(validate(), dp)
 
-    batches = train_batches(train_set, ctx.seed, step, settings.batch_size, ctx.num_workers, ctx.device)
+    batches = train_batches(train_set, ctx.seed, step, settings.batch_size, ctx.num_workers, ctx.device,
+                            dp.rank, dp.world_size)
+    step_loss = data_parallel_loss(stage.loss, params, ctx.device, dp)  # stage.loss itself for one process
     for m in stage.train_modules():
         m.train()
-    bar = progress_bar(requested=ctx.progress, total=settings.steps, initial=step, desc=f"{stage.kind}",
-                       mininterval=1.0)
+    bar = progress_bar(requested=ctx.progress and dp.is_main, total=settings.steps, initial=step,
+                       desc=f"{stage.kind}", mininterval=1.0)
     t_last = time.perf_counter()
     with StopSignals() as stop, contextlib.closing(bar), contextlib.closing(batches), \
             bar_safe_logging(bar):  # closing: workers end
         while step < settings.steps:
             batch = next(batches)
+            batch["draws"] = RowDraws(ctx.seed, step, dp.rank, dp.world_size)  # the loss's per-row draws
+            torch.manual_seed(step_seed(ctx.seed, step, dp.rank))  # draws inside the networks (dropout)
             with autocast(ctx.device, ctx.precision):
-                loss, scalars = stage.loss(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}; last good checkpoint: {last}")
+                loss, scalars = step_loss(batch)
+            if agree([int(not torch.isfinite(loss))], dp)[0]:  # on any rank: all stop here
+                raise FloatingPointError(f"non-finite loss (here {loss.item()}) at step {step}; "
+                                         f"last good checkpoint: {last}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip is not None:
@@ -235,28 +264,35 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
             step += 1
             bar.update(1)
             if step % settings.log_every == 0 or step == settings.steps:
+                scalars = mean_over_ranks({**scalars, "loss": float(loss.detach())}, dp)  # of the global batch
                 now = time.perf_counter()
-                scalars.update(loss=float(loss.detach()), lr=scheduler.get_last_lr()[0],
+                scalars.update(lr=scheduler.get_last_lr()[0],
                                steps_per_s=settings.log_every / max(now - t_last, 1e-9))
                 t_last = now
-                bar.set_postfix(loss=f"{float(loss.detach()):.4g}")
+                bar.set_postfix(loss=f"{scalars['loss']:.4g}")
                 if ctx.logger is not None:
                     ctx.logger.log({f"train/{k}": v for k, v in scalars.items()}, step)
-                log_losses(stage.kind, step, settings.steps, scalars)
+                if dp.is_main:
+                    log_losses(stage.kind, step, settings.steps, scalars)
             validating = step % settings.val_every == 0 or step == settings.steps
             if validating:
                 metrics = validate()
             keep = settings.keep_every is not None and step % settings.keep_every == 0
             overdue = settings.ckpt_minutes is not None and time.monotonic() - saved_at >= 60 * settings.ckpt_minutes
+            # a signal any rank got, and rank 0's clock, decide for all ranks (the same saves, the same stop)
+            signum, overdue = agree([stop.signum or 0, int(overdue and dp.is_main)], dp)
+            if signum:
+                stop.request(signum)
             if keep:
                 save(ctx.ckpt_dir / f"step_{step:07d}.pt")
-            if validating or overdue or keep or stop.requested or step % settings.ckpt_every == 0:
+            if validating or overdue or keep or signum or step % settings.ckpt_every == 0:
                 save(last)
-            if stop.requested and step < settings.steps:
+            if signum and step < settings.steps:
                 bar.clear()
                 # raises TrainingStopped, or hands the signal to the launcher's own handler
-                stop.after_checkpoint(step, settings.steps, last)
+                stop.after_checkpoint(step, settings.steps, last, chain=dp.is_main, may_continue=not dp.enabled)
         if stop.requested:
             log.warning("a stop signal arrived as training finished: the run is complete (%s)", last)
+    metrics = from_main(metrics, dp)
     assert metrics is not None
     return metrics

@@ -52,7 +52,7 @@ class RAEStage(Stage):
     def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         hr, lr = batch["hr"], batch["lr"]                                # [B,3,h,w], [B,S,3,h,w]
         images = torch.cat([hr[:, None], lr], dim=1)                     # [B,S+1,3,h,w]; index 0 = scale 1
-        pick = torch.randint(images.shape[1], (hr.shape[0],), device=hr.device)
+        pick = batch["draws"].randint(images.shape[1], hr.shape[0], hr.device)   # [B] (data parallel: see RowDraws)
         target = images[torch.arange(hr.shape[0], device=hr.device), pick]   # [B,3,h,w]
         _, hr_feats = self.rae.encode(hr)
         z, _ = self.rae.encode(target)

@@ -10,7 +10,11 @@ the data the uninterrupted run saw:
   training-crop dataset draws its crop and flip/rotation from a generator seeded with it.
 
 Data-parallel training takes rows ``rank::world_size`` of the same global batch
-(:func:`batch_keys`), so the samples, crops included, do not depend on the world size.
+(:func:`batch_keys`), so the samples, crops included, do not depend on the world size. The
+loss's own per-row draws (a time t per row, a scale per row) come from :class:`RowDraws`, which
+draws for the whole global batch and keeps this process's rows, so they do not depend on it
+either; every other random draw of a step (dropout) comes from the global RNGs, seeded at the
+start of the step from ``(seed, step, rank)`` (:func:`step_seed`).
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import torch
 
 from degflow.training.stop import ignore_stop_signals
 
-# domain tags: the permutation of an epoch and the seed of one sample never share a stream
-_EPOCH, _SAMPLE = 0, 1
+# domain tags: the permutation of an epoch, the seed of one sample, the loss's row draws and a
+# process's RNG during a step never share a stream
+_EPOCH, _SAMPLE, _ROWS, _PROCESS = 0, 1, 2, 3
 
 
 def derive_seeds(seed: int, tag: int, a: int, n: int = 1) -> list[int]:
@@ -70,6 +75,41 @@ def batch_keys(seed: int, step: int, dataset_len: int, batch_size: int, rank: in
     indices = batch_indices(seed, step, dataset_len, batch_size)
     seeds = derive_seeds(seed, _SAMPLE, step, batch_size)  # seeds[row] == sample_seed(seed, step, row)
     return [(indices[row], seeds[row]) for row in range(rank, batch_size, world_size)]
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """Seed of the global RNGs of process ``rank`` during step ``step`` (0-based): the draws
+    inside the networks (dropout) are then a pure function of ``(seed, step, rank)``, and the
+    processes of a data-parallel job draw independent masks for their rows."""
+    return derive_seeds(seed, _PROCESS, step, rank + 1)[rank]
+
+
+class RowDraws:
+    """The loss's random numbers per row of step ``step``'s global batch, this process's rows.
+
+    Each call draws for all ``rows * world_size`` rows of the global batch from one generator
+    seeded by ``(seed, step)`` and keeps rows ``rank::world_size`` (the rows
+    :func:`batch_keys` gives this process), so a row gets the same number whatever the number
+    of processes, and every process advances the generator alike. Draws are made on the CPU
+    and moved to ``device``.
+    """
+
+    def __init__(self, seed: int, step: int, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.rank, self.world_size = rank, world_size
+        self._generator = torch.Generator().manual_seed(derive_seeds(seed, _ROWS, step)[0])
+
+    def _mine(self, draws: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+        return draws[self.rank::self.world_size].to(device)
+
+    def rand(self, rows: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``[rows]`` uniform numbers in [0, 1) for this process's ``rows`` rows."""
+        return self._mine(torch.rand(rows * self.world_size, generator=self._generator), device)
+
+    def randint(self, high: int, rows: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``[rows]`` integers uniform in [0, high) for this process's ``rows`` rows."""
+        return self._mine(torch.randint(high, (rows * self.world_size,), generator=self._generator), device)
 
 
 class StepBatchSampler(torch.utils.data.Sampler):

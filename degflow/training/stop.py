@@ -8,7 +8,7 @@ history is already on disk), and then:
 - if a Python handler was installed for that signal before training started (submitit
   installs one for SIGUSR2 that requeues the job, and one for SIGTERM that only logs), it is
   called, so the launcher does what it would have done without degflow; if it returns,
-  training continues;
+  training continues (in a data-parallel job only rank 0 calls it, and every rank stops);
 - otherwise :class:`TrainingStopped` is raised and ``train.py`` exits with status
   ``128 + signal number`` (SIGINT 130, SIGTERM 143, SIGUSR1 138, SIGUSR2 140 on Linux), the
   shell's "ended by that signal" convention.
@@ -17,7 +17,8 @@ A second signal while the first is pending stops at once, as it would have witho
 (the checkpoint on disk is then the previous one). Signals the launcher set to be ignored
 stay ignored. DataLoader workers ignore these signals (:func:`ignore_stop_signals`): the main
 process decides when to stop, so a signal sent to the whole process group does not kill the
-workers in the middle of a step.
+workers in the middle of a step. In a data-parallel job a signal any rank got stops every rank
+at the same step (:meth:`StopSignals.request`, agreed in ``loop.py``).
 """
 
 from __future__ import annotations
@@ -107,19 +108,33 @@ class StopSignals:
         log.warning("received %s: finishing the current step, then writing a checkpoint "
                     "(send it again to stop at once)", name)
 
-    def after_checkpoint(self, step: int, total: int, checkpoint: Path) -> None:
-        """The checkpoint of ``step`` is written: hand the signal on, or raise :class:`TrainingStopped`."""
+    def request(self, signum: int) -> None:
+        """Stop as if ``signum`` had arrived here (another process of a data-parallel job got it),
+        unless a stop is already pending."""
+        if self.signum is None:
+            self.signum = int(signum)
+
+    def after_checkpoint(self, step: int, total: int, checkpoint: Path, *, chain: bool = True,
+                         may_continue: bool = True) -> None:
+        """The checkpoint of ``step`` is written: hand the signal on, or raise :class:`TrainingStopped`.
+
+        ``chain=False`` skips the launcher's handler; ``may_continue=False`` raises even when that
+        handler returns. A data-parallel job passes both as False on ranks other than 0, and
+        ``may_continue=False`` on rank 0: its ranks cannot go on with some of them stopped
+        (submitit's handlers only act in task 0 anyway).
+        """
         signum, self.signum = self.signum, None
         assert signum is not None, "after_checkpoint called without a stop request"
         name = signal.Signals(signum).name
         previous = self._previous.get(signum)
-        if _is_chainable(previous):
+        if chain and _is_chainable(previous):
             log.warning("%s: checkpoint of step %d/%d written to %s; passing the signal to the handler "
                         "installed before training (%s)", name, step, total, checkpoint,
                         getattr(previous, "__qualname__", previous))
             previous(signum, None)
-            log.warning("that handler returned: training continues")
-            return
+            if may_continue:
+                log.warning("that handler returned: training continues")
+                return
         stopped = TrainingStopped(signum, step, total, checkpoint)
         log.warning("%s", stopped)
         raise stopped

@@ -1,0 +1,105 @@
+"""Helpers shared by the experiment scripts (``experiments/*.py``): running the project's
+own entry points as subprocesses, skipping finished work, and seed statistics.
+
+The scripts only orchestrate ``python train.py`` and ``python -m degflow.evaluate``, so every
+number they report comes from the same code path a user runs by hand; every command they
+run is logged and recorded in their results JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from degflow.files import atomic_write_text  # noqa: E402
+
+#: Metrics of ``eval.json`` summaries, in table order (degflow.evaluation.METRICS).
+METRIC_KEYS = ("psnr_y", "ssim_y", "lpips", "kl", "akld")
+
+
+class Runner:
+    """Runs commands from the repository root, logs them, and remembers them."""
+
+    def __init__(self, env: dict[str, str] | None = None):
+        self.env = {**os.environ, **(env or {})}
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), self.env.get("PYTHONPATH", "")) if p)
+        self.commands: list[str] = []
+
+    def __call__(self, args: Sequence[str], what: str) -> None:
+        cmd = [sys.executable, *args]
+        line = shlex.join(["python", *args])
+        self.commands.append(line)
+        print(f"\n== {what}\n$ {line}", flush=True)
+        start = time.perf_counter()
+        done = subprocess.run(cmd, cwd=REPO, env=self.env)
+        if done.returncode != 0:
+            raise SystemExit(f"error: {what} failed with exit code {done.returncode}: {line}")
+        print(f"-- {what}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def train_commands(run_root: Path, overrides: Sequence[str], rae_steps: int | None,
+                   lfm_steps: int | None) -> list[tuple[str, list[str], Path]]:
+    """``(stage, train.py arguments, checkpoint)`` of both stages, each in a fixed run folder
+    (``run_root/rae``, ``run_root/lfm``) so re-running the same command resumes or, when the
+    stage finished, returns at once (train.py's exact resume)."""
+    rae_dir, lfm_dir = run_root / "rae", run_root / "lfm"
+    rae_ckpt, lfm_ckpt = rae_dir / "checkpoints" / "last.pt", lfm_dir / "checkpoints" / "last.pt"
+    common = [*overrides, f"output_root={run_root}"]
+    rae = ["train.py", "stage=rae", *common, *([f"stage.steps={rae_steps}"] if rae_steps else []),
+           f"hydra.run.dir={rae_dir}"]
+    lfm = ["train.py", "stage=lfm", *common, *([f"stage.steps={lfm_steps}"] if lfm_steps else []),
+           f"rae_ckpt={rae_ckpt}", f"hydra.run.dir={lfm_dir}"]
+    return [("rae", rae, rae_ckpt), ("lfm", lfm, lfm_ckpt)]
+
+
+def evaluate(runner: Runner, out_dir: Path, overrides: Sequence[str], what: str) -> dict[str, Any]:
+    """``python -m degflow.evaluate <overrides>`` into ``out_dir`` (Hydra's run folder), unless
+    ``out_dir/eval.json`` exists (written atomically last-but-plots: a finished evaluation);
+    returns the parsed eval.json."""
+    result = out_dir / "eval.json"
+    if result.is_file():
+        print(f"\n== {what}: finished before, kept ({result})", flush=True)
+    else:
+        runner(["-m", "degflow.evaluate", *overrides, f"hydra.run.dir={out_dir}"], what)
+    return json.loads(result.read_text(encoding="utf-8"))
+
+
+def list_arg(values: Sequence[object]) -> str:
+    """A Hydra list override value: ``[1,4]``."""
+    return "[" + ",".join(str(v) for v in values) + "]"
+
+
+def mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
+    """Mean, sample standard deviation (None for one value) and count of the finite values."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return None, None, 0
+    mean = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
+    return mean, sd, len(vals)
+
+
+def fmt(mean: float | None, sd: float | None, metric: str) -> str:
+    """``31.25 ± 0.40`` (PSNR 2 decimals, others 4; no spread for one seed)."""
+    if mean is None:
+        return "–"
+    digits = 2 if metric in ("psnr_y", "nfe", "seconds") else 4
+    if metric == "nfe":
+        digits = 0
+    text = f"{mean:.{digits}f}"
+    return text if sd is None else f"{text} ± {sd:.{digits}f}"
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")

@@ -1,0 +1,321 @@
+"""Benchmark training throughput: steps/s and a per-part breakdown of both stages, and the
+stage-2 step against a reference step that does what the authors' loop does.
+
+    python experiments/bench_training.py                       # CPU: small + paper presets
+    python experiments/bench_training.py --device cuda --channels-last --compile
+
+Writes ``experiments/results/bench_training.json`` (``--out``; one entry per device kind) and
+prints markdown tables. Not a test: timings depend on the machine.
+
+What runs (randomly initialised networks of ``conf/model/{rae,lfm}/{small,paper}.yaml``; the
+cost of a step does not depend on the weights), on the demo photos downscaled to
+``--max-side`` and held in memory:
+
+- **RAE step** (stage 1, as :class:`degflow.training.rae.RAEStage`): data, encoder forward
+  (HR + the picked target), decoder forward, backward, optimizer.
+- **LFM step, ours** (:class:`degflow.training.lfm.LFMStage` with ``stage.latent_cache``):
+  knot latents from the latent cache, one HR pass for the decoder's skip features
+  (``RAE.features``), velocity forward, Taylor extrapolation, decoder + LPIPS (VGG) forward,
+  their backward, velocity backward, fused Adam (as ``fit`` builds it); once in fp32 and once
+  under bf16 autocast (``--ours-precisions``); ``--channels-last`` / ``--compile`` apply to
+  ours only (velocity network, RAE).
+- **LFM step, reference**: what the authors' ``training_step`` does: every image of the
+  crop tuple (HR, x2, x3, x4; x3 is encoded and then dropped) through the full encoder at
+  every step, fp32, no cache, unaligned crops, torch's default (unfused) Adam; the rest is the
+  same computation.
+
+The backward pass is split exactly: first the perceptual term back to the extrapolated
+latent (decoder + LPIPS backward), then that gradient and the flow-matching loss through the
+velocity network (velocity backward); the summed gradients equal ``loss.backward()``.
+Configurations are interleaved round by round (``--rounds`` x ``--steps`` steps each, after
+``--warmup`` steps) so load from other processes hits all of them alike; the tables report
+medians over rounds and, for ours vs reference, the median of the per-round ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from degflow.data.demo import demo_data  # noqa: E402
+from degflow.losses import LossSettings, flow_matching_loss, taylor_extrapolate  # noqa: E402
+from degflow.models.rae import RAE  # noqa: E402
+from degflow.models.unet import VelocityUNet  # noqa: E402
+from degflow.perceptual import load_lpips  # noqa: E402
+from degflow.solvers import SolverSpec  # noqa: E402
+from degflow.spline import evaluate_path  # noqa: E402
+from degflow.training.accel import accelerate  # noqa: E402
+from degflow.training.latent_cache import load_or_build_latent_cache  # noqa: E402
+from degflow.training.lfm import LFMStage, SplineSettings, aligned_training_set  # noqa: E402
+from degflow.runtime import autocast, resolve_device  # noqa: E402
+from degflow.training.sampling import train_batches  # noqa: E402
+
+WEIGHTS = REPO.parent / "shared" / "weights" / "vgg16_features.pth"
+
+
+def preset(kind: str, name: str) -> dict:
+    cfg = yaml.safe_load((REPO / "conf" / "model" / kind / f"{name}.yaml").read_text())
+    cfg.pop("_target_")
+    return cfg
+
+
+class Clock:
+    """Per-part wall time of one step; synchronises CUDA before every reading."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.parts = device, {}
+        self.last = self.now()
+
+    def now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def mark(self, part: str) -> None:
+        t = self.now()
+        self.parts[part] = self.parts.get(part, 0.0) + t - self.last
+        self.last = t
+
+
+# ---------------------------------------------------------------------------- stage 1
+def rae_step(rae, batches, optimizer, clock: Clock, precision: str) -> None:
+    batch = next(batches)
+    clock.mark("data")
+    hr, lr = batch["hr"], batch["lr"]
+    with autocast(clock.device, precision):
+        images = torch.cat([hr[:, None], lr], dim=1)
+        pick = torch.randint(images.shape[1], (hr.shape[0],), device=hr.device)
+        target = images[torch.arange(hr.shape[0], device=hr.device), pick]
+        _, hr_feats = rae.encode(hr)
+        z, _ = rae.encode(target)
+        clock.mark("encoder fwd")
+        recon = rae.decode(z, hr_feats)
+        loss = torch.nn.functional.mse_loss(recon.float(), target.float())
+        clock.mark("decoder fwd")
+    loss.backward()
+    clock.mark("backward (enc+dec)")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    clock.mark("optimizer")
+
+
+# ---------------------------------------------------------------------------- stage 2
+def lfm_step(stage: LFMStage, batches, optimizer, clock: Clock, precision: str, reference: bool) -> None:
+    batch = next(batches)
+    clock.mark("data")
+    hr, lr = batch["hr"], batch["lr"]
+    b = hr.shape[0]
+    with autocast(clock.device, precision):
+        with torch.no_grad():
+            images = torch.cat([hr[:, None], lr], dim=1)                      # [B,K',3,H,W]
+            if reference:  # HR, x2, x3, x4 all encoded; x3 dropped (authors' training_step)
+                latents, hr_feats = stage.encode_knots(images)
+                keep = [0, 1, 3]
+                knots, images = latents[:, keep], images[:, keep]
+            else:
+                knots = stage.latent_cache.crops(batch["where"], hr.shape[-1]).to(hr.device)
+                hr_feats = stage.rae.features(hr)
+        clock.mark("encoder (knots + HR skips)")
+        knot_times = stage.knots()
+        t = knot_times[0] + torch.rand(b, device=hr.device) * (knot_times[-1] - knot_times[0])
+        point = evaluate_path(stage.spline.path, knot_times, knots, t)
+        v = stage.velocity(point.value, t)
+        fm = flow_matching_loss(v, point.d1).mean()
+        z_hat = taylor_extrapolate(point, v.float(), point.right_time - t, stage.loss_settings.taylor_order)
+        clock.mark("velocity fwd")
+        z_leaf = z_hat.detach().requires_grad_()
+        x_hat = stage.rae.decode(z_leaf, hr_feats)
+        target = images[torch.arange(b, device=hr.device), point.segment + 1]
+        perceptual = stage.lpips_loss(x_hat.float(), target.float()).mean()
+        clock.mark("decoder+LPIPS fwd")
+    (stage.loss_settings.lpips_weight * perceptual).backward()
+    clock.mark("decoder+LPIPS bwd")
+    torch.autograd.backward([fm, z_hat], [torch.ones_like(fm), z_leaf.grad])
+    clock.mark("velocity bwd")
+    torch.nn.utils.clip_grad_norm_(stage.trainable_parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    clock.mark("optimizer")
+
+
+# ------------------------------------------------------------------------------ setup
+def build(args, device: torch.device) -> tuple[dict, dict]:
+    """Runnable configurations ``{name: step()}`` and one-time costs (cache builds)."""
+    demo = yaml.safe_load((REPO / "conf" / "data" / "demo.yaml").read_text())
+    demo.pop("_target_")
+    demo.update(crop_size=args.crop, samples_per_epoch=10**6, max_side=args.max_side, val_max_size=64)
+    data3 = demo_data(**{**demo, "train_scales": [1, 2, 3, 4], "val_scales": [1, 2, 3, 4]})
+    data2 = demo_data(**{**demo, "train_scales": [1, 2, 4], "val_scales": [1, 2, 4]})
+    if args.records:
+        for d in (data3, data2):
+            d.train.records = d.train.records[:args.records]
+    lpips = load_lpips("vgg", str(WEIGHTS) if WEIGHTS.is_file() else None, device=device,
+                       pooling=LossSettings().lpips_pooling)
+    steps, once = {}, {}
+    for name in args.presets:
+        torch.manual_seed(0)
+        batch = args.batch[name]
+        # stage 1
+        rae = accelerate(RAE(**preset("rae", name)).to(device), args.channels_last, args.compile)
+        opt = torch.optim.Adam(rae.parameters(), lr=1e-4, betas=(0.5, 0.9), fused=True)
+        batches = train_batches(data2.train, 0, 0, batch, 0, device)
+        steps[f"rae {name}"] = (lambda r=rae, bt=batches, o=opt: lambda c: rae_step(r, bt, o, c, "fp32"))()
+        # stage 2: the frozen RAE, one velocity network per configuration
+        frozen = RAE(**preset("rae", name)).to(device).eval().requires_grad_(False)
+        t0 = time.perf_counter()
+        before = set(args.cache_dir.glob("*.pt")) if args.cache_dir and args.cache_dir.is_dir() else set()
+        cache = load_or_build_latent_cache(frozen, data2.train.records, data2.train.scales, f"bench-{name}", device,
+                                           args.cache_dir)
+        loaded = args.cache_dir is not None and not (set(args.cache_dir.glob("*.pt")) - before)
+        once[f"latent cache {'load' if loaded else 'build'} {name}"] = {
+            "seconds": round(time.perf_counter() - t0, 2), "mib": round(cache.nbytes / 2**20, 2),
+            "images": f"{len(data2.train.records)} records x 8 transforms x 3 knots, max side {args.max_side}",
+            "loadavg_1min": round(os.getloadavg()[0], 2)}
+        variants = [(f"ours {p}", p) for p in args.ours_precisions] + [("reference", None)]
+        for label, precision in variants:
+            reference = precision is None
+            torch.manual_seed(1)
+            velocity = VelocityUNet(**preset("lfm", name)).to(device)
+            rae_used = frozen
+            if not reference:
+                velocity = accelerate(velocity, args.channels_last, args.compile)
+                if args.channels_last or args.compile:
+                    rae_used = copy.deepcopy(frozen)
+                    for part in (rae_used.encoder, rae_used.decoder):
+                        accelerate(part, args.channels_last, args.compile)
+            stage = LFMStage(rae_used, velocity, (1.0, 2.0, 4.0), SplineSettings(), LossSettings(),
+                             SolverSpec.create(method="euler", steps=2), None, (1.0, 2.0, 4.0), device,
+                             rae_source={}, lpips_loss=lpips, lpips_metric=None,
+                             latent_cache=None if reference else cache)
+            dataset = data3.train if reference else aligned_training_set(data2.train, frozen.stride)
+            # ours: Adam fused as in degflow.training.loop.fit; reference: torch's default Adam
+            opt = torch.optim.Adam(stage.trainable_parameters(), lr=2e-4, fused=None if reference else True)
+            batches = train_batches(dataset, 0, 0, batch, 0, device)
+            steps[f"lfm {name} {label}"] = (lambda s=stage, bt=batches, o=opt, p=precision or "fp32", r=reference:
+                                            lambda c: lfm_step(s, bt, o, c, p, r))()
+            stage.velocity.train()
+    return steps, once
+
+
+def machine_load() -> dict:
+    """Load average and the other busy processes (what else loaded the machine)."""
+    out = subprocess.run(["ps", "-eo", "pcpu,args", "--sort=-pcpu"], capture_output=True, text=True).stdout
+    busy = []
+    for line in out.splitlines()[1:]:
+        pcpu, _, cmd = line.strip().partition(" ")
+        if float(pcpu) >= 10 and str(os.getpid()) not in cmd:
+            busy.append(f"{pcpu}% {cmd.strip()[:90]}")
+    return {"loadavg": [round(x, 2) for x in os.getloadavg()], "busy_processes": busy[:12]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--ours-precisions", default="fp32,bf16",
+                        help="precisions of 'ours' LFM steps (bf16 = autocast, CUDA or CPU); the reference is fp32")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="keep the latent caches here between runs")
+    parser.add_argument("--channels-last", action="store_true", help="ours only")
+    parser.add_argument("--compile", action="store_true", help="torch.compile, ours only")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--presets", default="small,paper")
+    parser.add_argument("--crop", type=int, default=64, help="training crop side, pixels")
+    parser.add_argument("--batch", default="small=8,paper=2", help="batch size per preset")
+    parser.add_argument("--max-side", type=int, default=128, help="demo photos downscaled to this side")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per configuration per round")
+    parser.add_argument("--only", default=None, help="comma-separated configuration names (default: all)")
+    parser.add_argument("--records", type=int, default=None, help="use only the first N demo training photos")
+    parser.add_argument("--tag", default="", help="results key suffix: '<device type>-<tag>'")
+    parser.add_argument("--out", type=Path, default=REPO / "experiments/results/bench_training.json")
+    args = parser.parse_args()
+    args.presets = args.presets.split(",")
+    args.ours_precisions = args.ours_precisions.split(",")
+    args.batch = {k: int(v) for k, v in (kv.split("=") for kv in args.batch.split(","))}
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    print(f"device {device}, torch.get_num_threads()={torch.get_num_threads()}, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, crop {args.crop}, batch {args.batch}, "
+          f"ours precisions={args.ours_precisions}, channels_last={args.channels_last}, compile={args.compile}", flush=True)
+    load_before = machine_load()
+    steps, once = build(args, device)
+    if args.only:
+        steps = {k: v for k, v in steps.items() if k in args.only.split(",")}
+    for name, step in steps.items():
+        for _ in range(args.warmup):
+            step(Clock(device))
+        print(f"warmed up {name}", flush=True)
+    rounds: dict[str, list[dict]] = {k: [] for k in steps}
+    for r in range(args.rounds):
+        for name, step in steps.items():
+            clock = Clock(device)
+            for _ in range(args.steps):
+                step(clock)
+            rounds[name].append({k: v / args.steps for k, v in clock.parts.items()})
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+            f"{k} {sum(rounds[k][-1].values()):.3f}s" for k in steps), flush=True)
+    results = {}
+    for name, rows in rounds.items():
+        totals = [sum(row.values()) for row in rows]
+        results[name] = {"seconds_per_step": statistics.median(totals), "steps_per_s": 1 / statistics.median(totals),
+                         "parts": {k: statistics.median(row[k] for row in rows) for k in rows[0]},
+                         "round_seconds": totals}
+    ratios = {}
+    for name in args.presets:
+        ref = rounds.get(f"lfm {name} reference")
+        for p in args.ours_precisions:
+            ours = rounds.get(f"lfm {name} ours {p}")
+            if ours and ref:
+                per_round = [sum(b.values()) / sum(a.values()) for a, b in zip(ours, ref)]
+                ratios[f"{name} ours {p}"] = {"median": statistics.median(per_round), "per_round": per_round}
+    entry = {
+        "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch": torch.__version__, "platform": platform.platform(), "args": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "load_before": load_before, "load_after": machine_load(), "one_time": once,
+        "results": results, "lfm_speedup_reference_over_ours": ratios,
+    }
+    report = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    report[device.type + (f"-{args.tag}" if args.tag else "")] = entry
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print_tables(entry)
+
+
+def print_tables(entry: dict) -> None:
+    res = entry["results"]
+    parts = []
+    for row in res.values():
+        parts += [p for p in row["parts"] if p not in parts]
+    print(f"\n{entry['device']} ({entry['device_name']}), {entry['torch_threads']} torch thread(s); "
+          f"load {entry['load_before']['loadavg']} -> {entry['load_after']['loadavg']}\n")
+    print("| configuration | steps/s | s/step | " + " | ".join(parts) + " |")
+    print("|---|---:|---:|" + "---:|" * len(parts))
+    for name, row in res.items():
+        cells = [f"{row['parts'][p] * 1000:.0f} ms" if p in row["parts"] else "" for p in parts]
+        print(f"| {name} | {row['steps_per_s']:.2f} | {row['seconds_per_step']:.3f} | " + " | ".join(cells) + " |")
+    for name, r in entry["lfm_speedup_reference_over_ours"].items():
+        print(f"\nLFM {name}: reference / ours = {r['median']:.2f}x (median of per-round ratios "
+              f"{', '.join(f'{x:.2f}' for x in r['per_round'])})")
+    for name, o in entry["one_time"].items():
+        print(f"{name}: {o['seconds']} s, {o['mib']} MiB ({o['images']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The experiment scripts behind the README "Results" section, end to end at a tiny budget.
+
+A ``sitecustomize`` audit hook (Python's ``open`` / ``os.listdir`` / ``os.scandir`` audit
+events) records every path each subprocess opens or lists, so the tests can prove what
+training read and what it never read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_TRAIN = [
+    "stage.batch_size=2", "stage.warmup_steps=1", "stage.val_every=2", "stage.log_every=1",
+    "data.samples_per_epoch=8", "eval.max_images=1",
+    "model.rae.widths=[8,8,16,16]", "model.lfm.nf=16", "model.lfm.ch_mult=[1,2]", "model.lfm.image_size=4",
+    "solver.steps=2", "loss.lpips_weight=0", "eval.lpips=false",
+]
+TINY_EVAL = ["solver.steps=2", "eval.lpips=false"]
+
+AUDIT_HOOK = '''
+import os, sys
+_LOG = os.environ.get("DEGFLOW_TEST_OPEN_LOG")
+_busy = [False]
+
+def _hook(event, args):
+    if _LOG is None or _busy[0] or event not in ("open", "os.listdir", "os.scandir"):
+        return
+    path = args[0] if args else None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, (str, os.PathLike)):
+        return
+    _busy[0] = True
+    try:
+        with open(_LOG, "a", encoding="utf-8") as f:
+            f.write(f"{os.getpid()}\\t{' '.join(sys.argv)}\\t{os.path.realpath(path)}\\n")
+    finally:
+        _busy[0] = False
+
+sys.addaudithook(_hook)
+'''
+
+
+def run_script(tmp_path: Path, args: list[str]) -> tuple[subprocess.CompletedProcess, list[tuple[str, str, str]]]:
+    """Run ``python <args>`` with the audit hook; returns the process and ``(pid, argv, real path)`` rows."""
+    hook_dir = tmp_path / "hook"
+    hook_dir.mkdir(exist_ok=True)
+    (hook_dir / "sitecustomize.py").write_text(AUDIT_HOOK, encoding="utf-8")
+    log = tmp_path / "opens.tsv"
+    log.unlink(missing_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook_dir), str(REPO)]),
+           "DEGFLOW_TEST_OPEN_LOG": str(log), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [tuple(line.split("\t", 2)) for line in log.read_text(encoding="utf-8").splitlines()]
+    return done, rows
+
+
+def small_pairs(src: Path, dst: Path, names: list[str], hr_side: int = 96) -> list[str]:
+    """``dst/{HR,x4}/name.png``: the top-left ``hr_side`` square of each HR image and the
+    aligned ``hr_side / 4`` square of its real x4 image (a small, still aligned pair)."""
+    for name in names:
+        for sub, side in (("HR", hr_side), ("x4", hr_side // 4)):
+            img = np.asarray(Image.open(src / sub / f"{name}.png").convert("RGB"))[:side, :side]
+            (dst / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(dst / sub / f"{name}.png")
+    return names
+
+
+def test_split_rule_is_fixed_and_documented():
+    sys.path.insert(0, str(REPO / "experiments"))
+    from realsr_x4 import split_of
+
+    split = split_of([f"Canon_{i:03d}" for i in range(50, 0, -1)])  # order of the input does not matter
+    assert [len(split[k]) for k in ("train", "val", "test")] == [35, 5, 10]
+    assert split["test"] == [f"Canon_{i:03d}" for i in range(5, 51, 5)]
+    assert split["val"] == ["Canon_003", "Canon_013", "Canon_023", "Canon_033", "Canon_043"]
+    assert not set(split["train"]) & (set(split["val"]) | set(split["test"]))
+    with pytest.raises(ValueError, match="at least 5"):
+        split_of(["a", "b", "c", "d"])
+
+
+@pytest.mark.slow  # two stages, two evaluations and a re-run, each a subprocess
+def test_realsr_x4_script_trains_on_canon_and_never_reads_nikon_or_canon_test_while_training(tmp_path, shared_dir):
+    canon_src, nikon_src = shared_dir / "data" / "realsr_x4", shared_dir / "data" / "realsr_x4_eval"
+    if not (canon_src / "HR").is_dir() or not (nikon_src / "HR").is_dir():
+        pytest.skip(f"RealSR x4 pairs not found under {shared_dir / 'data'} (realsr_x4/, realsr_x4_eval/)")
+    canon = tmp_path / "canon"
+    nikon = tmp_path / "nikon"
+    small_pairs(canon_src, canon, [f"Canon_{i:03d}" for i in range(1, 7)])   # train 4, val 1 (003), test 1 (005)
+    small_pairs(nikon_src, nikon, ["Nikon_001", "Nikon_002"])
+    out = tmp_path / "out"
+    args = ["experiments/realsr_x4.py", "--canon", str(canon), "--nikon", str(nikon), "--out", str(out),
+            "--seeds", "3", "--rae-steps", "2", "--lfm-steps", "2", "--crop", "32", "--val-max-size", "64",
+            "--device", "cpu",
+            *(f"--train-override={o}" for o in TINY_TRAIN), *(f"--eval-override={o}" for o in TINY_EVAL)]
+    done, rows = run_script(tmp_path, args)
+
+    # promised files and table rows
+    for name in ("results.md", "results.json", "results.png", "split/split.json"):
+        assert (out / name).is_file(), name
+    for ev in ("eval_canon_test", "eval_nikon"):
+        assert (out / "seed-3" / ev / "eval.json").is_file()
+    table = (out / "results.md").read_text(encoding="utf-8")
+    for label in ("Canon held-out test (1 img)", "Nikon (unseen camera, eval only) (2 img)"):
+        for method in ("degflow", "bicubic", "procedural", "ae_interp"):
+            assert f"| {label} | {method} |" in table
+    assert "seed 3" in table
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert results["split"]["test"] == ["Canon_005"] and results["split"]["val"] == ["Canon_003"]
+    assert results["images"] == {"canon_test": 1, "nikon": 2}
+    assert str(out / "results.md") in done.stdout
+
+    # what each process read
+    nikon_real = os.path.realpath(nikon)
+    canon_test = {os.path.realpath(canon / sub / "Canon_005.png") for sub in ("HR", "x4")}
+    canon_train = {os.path.realpath(canon / "HR" / f"Canon_{i:03d}.png") for i in (1, 2, 4, 6)}
+    training = [r for r in rows if "train.py" in r[1]]
+    evaluation = [r for r in rows if "degflow/evaluate" in r[1] or "degflow.evaluate" in r[1]]
+    assert len({r[0] for r in training}) == 2  # two stages
+    assert not [r for r in training if r[2] == nikon_real or r[2].startswith(nikon_real + os.sep)]
+    assert not [r for r in training if r[2] in canon_test]
+    assert canon_train <= {r[2] for r in training}  # the hook saw training read its images
+    assert {os.path.realpath(nikon / "x4" / "Nikon_002.png")} <= {r[2] for r in evaluation}
+    assert canon_test <= {r[2] for r in evaluation}
+
+    # re-running continues: both stages finished, every evaluation is kept
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("seed-*/eval_*/eval.json")}
+    again, _ = run_script(tmp_path, args)
+    assert again.stdout.count("finished before, kept") == 2
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+@pytest.mark.slow  # training, evaluation and an 8-job sweep, each a subprocess
+def test_demo_results_script_writes_scale_table_sweep_frontier_and_readme_block(tmp_path):
+    out = tmp_path / "demo"
+    args = ["experiments/demo_results.py", "--out", str(out), "--rae-steps", "2", "--lfm-steps", "2",
+            "--max-images", "1", "--device", "cpu", "--sweep-solvers", "euler", "rk4", "--sweep-steps", "2",
+            "--sweep-modes", "grid", "cubic",
+            *(f"--data-override={o}" for o in ("data.max_side=160", "data.crop_size=32", "data.val_max_size=64")),
+            *(f"--train-override={o}" for o in TINY_TRAIN), *(f"--eval-override={o}" for o in TINY_EVAL)]
+    done, rows = run_script(tmp_path, args)
+    for name in ("scales/eval.json", "scales/metric_vs_scale.png", "solver_sweep/sweep.md",
+                 "solver_sweep/psnr_vs_nfe.png", "README_block.md", "results.json"):
+        assert (out / name).is_file(), name
+    evaluated = json.loads((out / "scales" / "eval.json").read_text(encoding="utf-8"))
+    assert evaluated["scales"] == ["1.5", "2", "2.5", "3", "3.5", "4"]
+    assert set(evaluated["per_scale"]) == {"degflow", "bicubic", "procedural", "ae_interp"}
+    block = (out / "README_block.md").read_text(encoding="utf-8")
+    assert "x2.5*" in block and "x2 |" in block  # held-out scales marked, seen ones not
+    for method in ("degflow", "bicubic", "procedural", "ae_interp"):
+        assert f"| {method} |" in block
+    for label in ("euler/2 ", "euler/2/cubic", "rk4/2 ", "rk4/2/cubic"):
+        assert f"| {label}" in block
+    assert block in done.stdout
+
+
+def test_seed_spread_is_the_sample_standard_deviation_of_the_finite_values():
+    import statistics
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    from _runner import fmt, mean_sd
+
+    values = [31.2, 30.4, 32.9]
+    mean, sd, n = mean_sd([*values, None, float("nan")])
+    assert n == 3 and mean == pytest.approx(statistics.mean(values)) and sd == pytest.approx(statistics.stdev(values))
+    assert mean_sd([28.0]) == (28.0, None, 1)
+    assert mean_sd([None]) == (None, None, 0)
+    assert fmt(31.5, 0.25, "psnr_y") == "31.50 ± 0.25" and fmt(0.1234567, None, "lpips") == "0.1235"
+
+
+def test_method_bars_plot_is_a_png_with_one_panel_per_metric(tmp_path):
+    from degflow.plots import plot_method_bars
+
+    values = {metric: {"Canon": {"degflow": (30.0, 0.5), "bicubic": (28.0, None)},
+                       "Nikon": {"degflow": (29.0, 0.4), "bicubic": (None, None)}}
+              for metric in ("psnr_y", "lpips")}
+    path = plot_method_bars(values, tmp_path / "bars.png")
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.width > img.height  # two panels side by side
+
+
+def test_two_seeds_are_reported_as_mean_and_spread_per_test_set_and_method():
+    import statistics
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    from realsr_x4 import aggregate, markdown
+
+    def summary(psnr: float, lpips: float) -> dict:
+        return {"all": {"psnr_y": psnr, "ssim_y": 0.9, "lpips": lpips, "kl": 0.1, "akld": 0.2},
+                "nfe": 64.0, "seconds_per_image": 1.0}
+
+    evals = {s: {key: {"summary": {"degflow": summary(30.0 + s, 0.2), "bicubic": summary(29.0, 0.3)}, "images": 2}
+                 for key in ("canon_test", "nikon")} for s in (0, 1)}
+    agg = aggregate(evals)
+    mean, sd, n = agg["nikon"]["degflow"]["psnr_y"]
+    assert (mean, n) == (30.5, 2) and sd == pytest.approx(statistics.stdev([30.0, 31.0]))
+    assert agg["nikon"]["bicubic"]["psnr_y"][:2] == [29.0, 0.0]
+    split = {"train": ["a"] * 35, "val": ["b"] * 5, "test": ["c"] * 10}
+    table = markdown(agg, [0, 1], {"canon_test": 10, "nikon": 50}, split)
+    assert "| Nikon (unseen camera, eval only) (50 img) | degflow | **30.50 ± 0.71** |" in table
+    assert "- Nikon (unseen camera, eval only): degflow beats bicubic in PSNR-Y (+1.50 dB); LPIPS -0.1000 (better)." \
+        in table
