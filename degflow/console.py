@@ -90,6 +90,14 @@ def _writes_to(logger: logging.Logger, path: Path) -> bool:
     return False
 
 
+class _RunLogHandler(logging.FileHandler):
+    """A file handler that creates the file (and its folder) only when the first line arrives."""
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
 @contextlib.contextmanager
 def log_to_file(path: str | Path, name: str = "degflow") -> Iterator[Path]:
     """Within the block, INFO lines of the ``name`` logger (and its children) also go to ``path``.
@@ -101,8 +109,7 @@ def log_to_file(path: str | Path, name: str = "degflow") -> Iterator[Path]:
     logger = logging.getLogger(name)
     handler = None
     if not _writes_to(logger, path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, encoding="utf-8")
+        handler = _RunLogHandler(path, encoding="utf-8", delay=True)   # nothing on disk before a line
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         handler.setLevel(logging.INFO)
         logger.addHandler(handler)
