@@ -59,10 +59,10 @@ def _baselines(value) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def main(cfg: DictConfig) -> int:
+def _synthesize(cfg: DictConfig) -> int:
     """One synthesis job; returns its exit status (0 or 1). Usage and environment errors
     raise (``ValueError``, ``OSError``): :func:`degflow.config.run_cli` turns them into 2."""
-    from degflow.cluster import job_record, set_threads
+    from degflow.cluster import set_threads
     from degflow.generation import Synthesizer
     from degflow.lr_dataset import write_lr_dataset
     from degflow.scales import expand_scales
@@ -81,19 +81,29 @@ def main(cfg: DictConfig) -> int:
                                         tile_size=c["tile_size"], tile_overlap=c["tile_overlap"])
     log.info("checkpoint %s (sha256 %s), device %s, solver %s, %d scales %s..%s",
              c["ckpt"], synth.checkpoint_sha256[:12], synth.device, solver, len(scales), scales[0], scales[-1])
-    hydra_cfg = HydraConfig.get()
-    with job_record(hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)) as record:
-        summary = write_lr_dataset(
-            synth, c["input"], c["out"], scales, size=c["size"], batch_size=c["batch_size"],
-            allow_extrapolation=c["allow_extrapolation"], shard=c["shard"], num_shards=c["num_shards"],
-            baselines=_baselines(c["baseline"]), baseline_lr_root=c["baseline_lr_root"],
-            procedural_seed=c["procedural_seed"], max_scales=c["max_scales"], progress=c["progress"],
-        )
-        record["exit_code"] = summary.exit_code
+    summary = write_lr_dataset(
+        synth, c["input"], c["out"], scales, size=c["size"], batch_size=c["batch_size"],
+        allow_extrapolation=c["allow_extrapolation"], shard=c["shard"], num_shards=c["num_shards"],
+        baselines=_baselines(c["baseline"]), baseline_lr_root=c["baseline_lr_root"],
+        procedural_seed=c["procedural_seed"], max_scales=c["max_scales"], progress=c["progress"],
+    )
     print(f"synthesis summary: {summary.line()}", flush=True)
     if summary.failures:
         print(f"failed files are listed in {summary.failed_file}", flush=True)
     return summary.exit_code  # the job's return value (what a SLURM launcher records per job)
+
+
+def main(cfg: DictConfig) -> int:
+    """One synthesis job (see :func:`_synthesize`), recorded in the job folder's ``job.json``
+    (``error.txt`` on failure) when it runs as a Hydra job (CLI, sweeps, SLURM arrays)."""
+    from degflow.cluster import job_record
+
+    if not HydraConfig.initialized():
+        return _synthesize(cfg)
+    hydra_cfg = HydraConfig.get()
+    with job_record(hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)) as record:
+        record["exit_code"] = _synthesize(cfg)
+    return record["exit_code"]
 
 
 if __name__ == "__main__":
