@@ -266,7 +266,7 @@ def write_lr_dataset(
         after_image: called with the source name after each image is complete (tests use it
             to simulate a kill).
     """
-    from tqdm.auto import tqdm
+    from degflow.console import progress_bar
 
     started = time.perf_counter()
     input_dir, out_dir = Path(input_dir), Path(out_dir)
@@ -348,7 +348,7 @@ def write_lr_dataset(
         log.info("shard %d of %d holds none of the %d input images", shard, num_shards, len(sources))
     todo = [it for it in items if it.pending]
 
-    bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="synthesize", dynamic_ncols=True)
+    bar = progress_bar(requested=progress, total=len(todo), unit="img", desc="synthesize")
     job = _FolderJob(synth, out_dir, scales, times, allow_extrapolation, baselines, lr_root, procedural_seed,
                      manifest, failed_file, bar, after_image)
     groups: dict[tuple[int, int], list[_Item]] = {}

@@ -6,7 +6,9 @@
 - :func:`plot_method_bars`: one metric per panel, methods as bars grouped by test set,
   error bars = spread over seeds;
 - :func:`plot_crops`: a labelled strip of zoomed crops, one column per scale, one row per
-  image source (real LR, the model, the baselines).
+  image source (real LR, the model, the baselines);
+- :func:`plot_loss_curve`: a training run's losses (and validation Y-PSNR) vs step, from
+  the rows of its ``history.jsonl``.
 
 Inputs are the plain structures of :class:`degflow.evaluation.EvalResult` (per-scale means,
 crops), so the functions also serve results read back from ``eval.json``.
@@ -28,8 +30,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from degflow.files import atomic_write_bytes  # noqa: E402
+from degflow.scales import parse_scale  # noqa: E402
 
-__all__ = ["plot_metric_vs_scale", "plot_psnr_vs_nfe", "plot_method_bars", "plot_crops"]
+__all__ = ["plot_metric_vs_scale", "plot_psnr_vs_nfe", "plot_method_bars", "plot_crops", "plot_loss_curve"]
 
 _LABELS = {
     "psnr_y": "PSNR-Y (dB) ↑",
@@ -169,6 +172,56 @@ def plot_crops(crops: Mapping[str, Mapping[float, torch.Tensor]], path: str | Pa
                 ax.set_title(f"x{s:g}{mark}", fontsize=9)
             if j == 0:
                 ax.set_ylabel("real LR" if row == "real" else row, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+#: history keys that are not losses (drawn nowhere, or in their own panel)
+_NOT_LOSSES = ("train/lr", "train/steps_per_s", "train/grad_norm")
+
+
+def plot_loss_curve(history: Sequence[Mapping[str, object]], path: str | Path, title: str = "") -> Path | None:
+    """Training losses vs step (log y), and validation Y-PSNR per scale vs step when logged.
+
+    ``history``: rows of ``history.jsonl``, ``{"step": int, "train/<name>": float, ...,
+    "val/<scale>/psnr_y": float, ...}``. Returns None (nothing written) when no row holds a loss.
+    """
+    losses = sorted({k for row in history for k in row if k.startswith("train/") and k not in _NOT_LOSSES
+                     and not k.startswith("train/knot_t")}, key=lambda k: (k != "train/loss", k))
+    val = sorted({k for row in history for k in row if k.startswith("val/") and k.endswith("/psnr_y")},
+                 key=lambda k: parse_scale(k.split("/")[1].removeprefix("x")) or 0.0)
+
+    def series(key: str) -> tuple[list[int], list[float]]:
+        pts = [(int(row["step"]), float(row[key])) for row in history
+               if isinstance(row.get(key), (int, float)) and row.get("step") is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    if not any(series(k)[0] for k in losses):
+        return None
+    panels = 2 if val else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 3.6), squeeze=False)
+    ax = axes[0][0]
+    for k, key in enumerate(losses):
+        steps, values = series(key)
+        if steps and all(v > 0 for v in values):
+            ax.plot(steps, values, linestyle=_DASHES[k % len(_DASHES)], label=key.removeprefix("train/"))
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title("training losses")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if val:
+        ax = axes[0][1]
+        for k, key in enumerate(val):
+            steps, values = series(key)
+            ax.plot(steps, values, marker=_MARKERS[k % len(_MARKERS)], linestyle=_DASHES[k % len(_DASHES)],
+                    label=key.split("/")[1])
+        ax.set_xlabel("step")
+        ax.set_title("validation " + _LABELS["psnr_y"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

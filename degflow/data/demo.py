@@ -58,7 +58,7 @@ from degflow.data.common import (
 from degflow.scales import check_scale, format_scales
 from degflow.data.images import read_image
 
-__all__ = ["degrade", "demo_data", "demo_image_paths", "scan_demo", "TRAIN_IMAGES",
+__all__ = ["degrade", "demo_data", "demo_image_paths", "scan_demo", "skimage_data_dir", "TRAIN_IMAGES",
            "TEST_IMAGES", "jpeg_quality"]
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ def degrade(hr: Tensor, scale: float, seed: int = 0) -> Tensor:
 # ------------------------------------------------------------------------- data
 
 
-def _skimage_data_dir() -> Path:
+def skimage_data_dir() -> Path:
     try:
         import skimage
     except ImportError:  # pragma: no cover - skimage is a dependency
@@ -245,7 +245,7 @@ def demo_image_paths() -> tuple[list[Path], list[Path]]:
     """(train, test) photo paths inside the installed scikit-image package (validation is a
     held-out band of the training photos); ValueError listing the missing ones if the wheel
     does not ship them."""
-    d = _skimage_data_dir()
+    d = skimage_data_dir()
     train = [d / n for n in TRAIN_IMAGES]
     test = [d / n for n in TEST_IMAGES]
     missing = [str(p) for p in train + test if not p.is_file()]

@@ -9,6 +9,7 @@ from typing import Any
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 
+from degflow.console import log_to_file
 from degflow.data.memory import in_memory_training_set
 from degflow.loggers import build_logger
 from degflow.metrics import eval_protocol
@@ -17,6 +18,7 @@ from degflow.training.accel import accelerate
 from degflow.training.distributed import detect_environment, local_batch_size, log_on_main_only, process_device, \
     process_group
 from degflow.training.loop import RunContext, TrainSettings, fit
+from degflow.training.run_report import LOG_FILE, announce_outputs
 from degflow.training.stop import TrainingStopped
 
 log = logging.getLogger(__name__)
@@ -68,12 +70,23 @@ def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()
     """Run one training job described by a resolved, plain ``config`` in ``run_dir``.
 
     Builds data, stage and logger, trains with resume-by-default, always finishes the logger.
+    Log lines go to ``{run_dir}/train.log`` (Hydra's file when run by train.py); at the end the
+    run says where its results, checkpoints and pictures are.
     Returns the final validation metrics; raises :class:`TrainingStopped` after a stop signal
     (``last.pt`` then holds the step it stopped at). In a job of several processes (torchrun,
     submitit tasks) every process calls this: they train one model data-parallel, and only
     rank 0 has a logger (see :mod:`degflow.training.distributed`).
     """
     run_dir = Path(run_dir)
+    if not detect_environment().is_main:  # rank 0 alone writes train.log and tells where things are
+        return _train(config, run_dir, overrides)
+    with log_to_file(run_dir / LOG_FILE):
+        metrics = _train(config, run_dir, overrides)
+        announce_outputs(run_dir, config["stage"]["name"])
+    return metrics
+
+
+def _train(config: dict[str, Any], run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     # before anything draws random numbers: the networks' initial weights depend on the seed
     # (a resumed run then replaces them, and its RNG state, from its checkpoint)
     seed_everything(config["seed"])

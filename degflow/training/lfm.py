@@ -36,7 +36,7 @@ from degflow.training.accel import accelerate
 from degflow.training.latent_cache import LatentCache, load_or_build_latent_cache
 from degflow.training.loop import Stage
 from degflow.training.validation import ScaleAverages, validation_items
-from degflow.visualize import image_strip
+from degflow.visualize import labelled_strip
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ class LFMStage(Stage):
         names = ("psnr_y", "ssim_y", "psnr_y_bicubic", "psnr_y_ae_interp") + (("lpips",) if self.lpips_metric else ())
         averages = ScaleAverages(self.val_scales, names)
         nfe, seconds, strip_rows = 0, 0.0, []
-        for item in validation_items(self.val_set, self.max_val_images, self.device, self.protocol):
+        for item in validation_items(self.val_set, self.max_val_images, self.device, self.protocol, self.progress):
             hr = item["hr"]                                                  # [1,3,H,W]
             real = {1.0: hr, **{float(s): item["lr"][:, j] for j, s in enumerate(item["scales"][0].tolist())}}
             result = synth.generate(hr, self.val_scales, allow_extrapolation=allow)
@@ -256,18 +256,20 @@ class LFMStage(Stage):
             # the ae_interp oracle: the path through the REAL encoded training-scale latents
             oracle = synth.interpolate_real(hr, {s: real[s] for s in self.train_scales[1:]}, self.val_scales,
                                             allow_extrapolation=allow)
+            bicubic = {s: bicubic_baseline(hr, s) if s != 1.0 else hr for s in self.val_scales}
             for s in self.val_scales:
                 fake, target = result.images[s], real[s]
                 averages.add(s, psnr_y=self.protocol.psnr_y(fake, target).mean(),
                              ssim_y=self.protocol.ssim_y(fake, target).mean(),
                              psnr_y_ae_interp=self.protocol.psnr_y(oracle.images[s], target).mean())
                 if s != 1.0:                     # at x1 the "baseline" is the HR image itself
-                    averages.add(s, psnr_y_bicubic=self.protocol.psnr_y(bicubic_baseline(hr, s), target).mean())
+                    averages.add(s, psnr_y_bicubic=self.protocol.psnr_y(bicubic[s], target).mean())
                 if self.lpips_metric is not None:
                     averages.add(s, lpips=self.lpips_metric(fake, target).mean())
             if averages.images < self.strip_images:
-                strip_rows.append(([real[s][0] for s in self.val_scales],
-                                   [result.images[s][0] for s in self.val_scales]))
+                strip_rows.append({"real": [real[s][0] for s in self.val_scales],
+                                   "generated": [result.images[s][0] for s in self.val_scales],
+                                   "bicubic": [bicubic[s][0] for s in self.val_scales]})
             averages.image_done()
         scales = averages.table(self.train_scales)
         count = averages.images
@@ -279,9 +281,13 @@ class LFMStage(Stage):
             f"{scale_key(s)}{'*' if scales[scale_key(s)]['heldout'] else ''}:{scales[scale_key(s)]['psnr_y']:.2f}"
             f"(bic {scales[scale_key(s)]['psnr_y_bicubic']:.2f})" for s in self.val_scales if s != 1.0
         )
-        images = {f"val/strip{i}": (image_strip([a, b]), "top: real per scale; bottom: generated "
-                                    f"({', '.join(scale_key(s) for s in self.val_scales)})")
-                  for i, (a, b) in enumerate(strip_rows)}
+        columns = [f"{scale_key(s)}{'*' if scales[scale_key(s)]['heldout'] else ''}\n"
+                   f"t={scales[scale_key(s)]['t']:.2f}" for s in self.val_scales]
+        caption = ("rows: real LR, generated from HR only, bicubic (HR down and back up); columns: scale "
+                   "and trajectory time t (* held out)")
+        images = {f"val/strip{i}": (labelled_strip(rows, columns, title=f"{self.kind} step {step}: * held-out scale"),
+                                    caption)
+                  for i, rows in enumerate(strip_rows)}
         return {
             "scales": scales, "objective": objective,
             "objective_name": "mean Y-PSNR over held-out scales on the validation split",

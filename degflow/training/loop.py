@@ -18,6 +18,9 @@ module owns everything else, identically for both stages:
   the same global batch, DDP averages the gradients, rank 0 alone logs, validates and writes
   files while the others wait at a barrier, and every decision that must match across ranks
   (stop, non-finite loss, an overdue checkpoint) is agreed on by all of them.
+
+What the run tells its user (loss and validation lines in ``train.log``, ``loss_curve.png``,
+progress bars only on a terminal) lives in ``run_report.py`` and ``degflow/console.py``.
 """
 
 from __future__ import annotations
@@ -32,14 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from degflow.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from degflow.console import bar_safe_logging, progress_bar
 from degflow.files import atomic_write_text
 from degflow.loggers import json_safe
 from degflow.runtime import autocast
 from degflow.training.distributed import (SINGLE, DistEnv, agree, barrier, data_parallel_loss, from_main,
                                           local_batch_size, mean_over_ranks)
+from degflow.training.run_report import after_validation, log_losses
 from degflow.training.sampling import RowDraws, step_seed, train_batches
 from degflow.training.stop import StopSignals
 
@@ -114,6 +118,7 @@ class Stage:
     """One training stage. Subclasses set ``kind`` and implement the hooks below."""
 
     kind: str = ""
+    progress: bool = True  # draw validation's progress bar (set by fit from RunContext.progress)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         raise NotImplementedError
@@ -154,6 +159,7 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
     """
     params = stage.trainable_parameters()
     dp = ctx.dist  # data parallel: rank 0 of 1 in a plain run (every helper below is then a no-op)
+    stage.progress = ctx.progress and dp.is_main  # validation's bar (run_report / console)
     local_batch_size(settings.batch_size, dp.world_size)  # refuses a global batch the ranks cannot share
     # fused: one kernel for all parameters (same update; ~4x faster than the per-tensor loop on CPU)
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
@@ -215,7 +221,7 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
             ctx.logger.log(flat, step)
             for key, (image, caption) in images.items():
                 ctx.logger.log_image(key, image, step, caption)
-        tqdm.write(f"[{stage.kind} step {step}/{settings.steps}] {metrics['summary']}")
+        after_validation(ctx.run_dir, stage.kind, step, settings.steps, metrics["summary"])
         for m in stage.train_modules():
             m.train()
         barrier(dp)
@@ -235,10 +241,11 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
     step_loss = data_parallel_loss(stage.loss, params, ctx.device, dp)  # stage.loss itself for one process
     for m in stage.train_modules():
         m.train()
-    bar = tqdm(total=settings.steps, initial=step, desc=f"{stage.kind}", dynamic_ncols=True,
-               disable=not ctx.progress or not dp.is_main, mininterval=1.0)
+    bar = progress_bar(requested=ctx.progress and dp.is_main, total=settings.steps, initial=step,
+                       desc=f"{stage.kind}", mininterval=1.0)
     t_last = time.perf_counter()
-    with StopSignals() as stop, contextlib.closing(bar), contextlib.closing(batches):  # closing: workers end
+    with StopSignals() as stop, contextlib.closing(bar), contextlib.closing(batches), \
+            bar_safe_logging(bar):  # closing: workers end
         while step < settings.steps:
             batch = next(batches)
             batch["draws"] = RowDraws(ctx.seed, step, dp.rank, dp.world_size)  # the loss's per-row draws
@@ -265,6 +272,8 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
                 bar.set_postfix(loss=f"{scalars['loss']:.4g}")
                 if ctx.logger is not None:
                     ctx.logger.log({f"train/{k}": v for k, v in scalars.items()}, step)
+                if dp.is_main:
+                    log_losses(stage.kind, step, settings.steps, scalars)
             validating = step % settings.val_every == 0 or step == settings.steps
             if validating:
                 metrics = validate()

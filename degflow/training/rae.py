@@ -19,7 +19,7 @@ from degflow.timemap import TimeMap
 from degflow.scales import scale_key
 from degflow.training.loop import Stage
 from degflow.training.validation import ScaleAverages, validation_items
-from degflow.visualize import image_strip
+from degflow.visualize import labelled_strip
 
 
 class RAEStage(Stage):
@@ -64,7 +64,8 @@ class RAEStage(Stage):
     def validate(self, step: int) -> dict[str, Any]:
         averages = ScaleAverages(self.val_scales, ("psnr_y", "psnr_y_copy_hr"))
         strip_rows = []
-        for item in validation_items(self.val_set, self.max_val_images, self.device, self.protocol):
+        for item in validation_items(self.val_set, self.max_val_images, self.device, self.protocol,
+                                     self.progress):
             hr = item["hr"]                                              # [1,3,H,W]
             targets = {1.0: hr, **{float(s): item["lr"][:, j] for j, s in enumerate(item["scales"][0].tolist())}}
             _, hr_feats = self.rae.encode(hr)
@@ -86,11 +87,12 @@ class RAEStage(Stage):
             + ("" if s == 1.0 else f"(copy-HR {scales[scale_key(s)]['psnr_y_copy_hr']:.2f})")
             for s in self.val_scales
         )
+        columns = [f"{scale_key(s)}{'*' if s not in self.train_scales else ''}" for s in self.val_scales]
         images = {}
         for i, (real, recon) in enumerate(strip_rows):
-            images[f"val/strip{i}"] = (image_strip([real, recon]),
-                                       "top: real image per scale; bottom: RAE reconstruction "
-                                       f"({', '.join(scale_key(s) for s in self.val_scales)})")
+            images[f"val/strip{i}"] = (labelled_strip({"real": real, "RAE reconstruction": recon}, columns,
+                                                      title=f"{self.kind} step {step}: * held-out scale"),
+                                       "rows: real image per scale, its RAE reconstruction (HR skips); * held out")
         return {"scales": scales, "images_evaluated": count, "protocol": self.protocol.to_dict(), "summary": "recon Y-PSNR " + summary + " (*held out)",
                 "images": images}
 

@@ -2,25 +2,39 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 
+from degflow.console import progress_bar
 from degflow.data.transforms import crop_to_multiple
 from degflow.metrics import EvalProtocol
 from degflow.scales import scale_key
 
 __all__ = ["ScaleAverages", "validation_items"]
 
+log = logging.getLogger(__name__)
+
 
 def validation_items(dataset, max_images: int | None, device: torch.device,
-                     protocol: EvalProtocol) -> Iterator[dict[str, Any]]:
+                     protocol: EvalProtocol, progress: bool = True) -> Iterator[dict[str, Any]]:
     """Validation items one at a time (full images differ in size), moved to ``device``,
     each tensor with a leading batch axis of 1; the images are cropped as ``protocol`` says
-    (``eval.protocol``) before anything is generated."""
+    (``eval.protocol``) before anything is generated.
+
+    Shows a progress bar on a terminal (``progress`` and :func:`degflow.console.interactive`);
+    elsewhere logs a line when it starts and about every tenth of the images, so a long
+    validation never looks hung in a log file.
+    """
     count = len(dataset) if max_images is None else min(len(dataset), max_images)
-    for i in range(count):
+    log.info("validating on %d image(s)", count)
+    bar = progress_bar(requested=progress, iterable=range(count), desc="validation", unit="img", leave=False)
+    every = max(1, count // 10)
+    for i in bar:
+        if bar.disable and i > 0 and i % every == 0:
+            log.info("validation: %d/%d images done", i, count)
         item = dict(dataset[i])
         for key in ("hr", "lr"):
             item[key] = crop_to_multiple(item[key], protocol.multiple_of, anchor=protocol.crop)
