@@ -32,11 +32,10 @@ from typing import Any
 
 import yaml
 
-from degflow.files import atomic_write_bytes, atomic_write_text
+from degflow.files import atomic_write_text
 from degflow.cluster import ERROR_FILE, JOB_FILE, read_job_record
 
 METRICS = ("psnr_y", "ssim_y", "lpips")
-METRIC_TITLES = {"psnr_y": "Y-PSNR (dB)", "ssim_y": "SSIM (Y)", "lpips": "LPIPS"}
 SUBMITIT_DIR = ".submitit"
 
 
@@ -264,68 +263,35 @@ def _label(job: Job, keys: list[str]) -> str:
     return ", ".join(f"{k}={pairs.get(k)}" for k in keys) or "default"
 
 
-def _save(fig, path: Path) -> None:
-    atomic_write_bytes(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
-
-
 def plot_psnr_vs_nfe(jobs: list[Job], path: Path) -> bool:
-    """Mean held-out Y-PSNR against NFE, one line per solver (and per other swept setting)."""
-    import matplotlib.pyplot as plt
+    """Mean held-out Y-PSNR against NFE, one line per solver (and per other swept setting),
+    drawn by :func:`degflow.plots.plot_psnr_vs_nfe`."""
+    from degflow.plots import plot_psnr_vs_nfe as draw
 
     done = [j for j in jobs if j.metrics.get("nfe") is not None and j.metrics.get("objective") is not None]
     if not done:
         return False
     others = [k for k in swept_keys(jobs) if k not in ("solver", "solver.method", "solver.steps")]
-    series: dict[str, list[tuple[float, float]]] = {}
-    for job in done:
-        name = " ".join(filter(None, [job.solver or job.value("solver"), _label(job, others) if others else ""]))
-        series.setdefault(name or "default", []).append((job.metrics["nfe"], job.metrics["objective"]))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, points in sorted(series.items()):
-        points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    values = [v for points in series.values() for _, v in points]
-    if max(values) - min(values) < 0.1:   # keep differences far below 0.1 dB from looking large
-        middle = (max(values) + min(values)) / 2
-        ax.set_ylim(middle - 0.05, middle + 0.05)
-    ax.ticklabel_format(axis="y", useOffset=False)
-    ax.set_xlabel("NFE (velocity evaluations per image, all scales)")
-    ax.set_ylabel("mean held-out-scale Y-PSNR (dB)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    _save(fig, path)
-    plt.close(fig)
+    points = [{"label": str(job.value("solver.steps") or ""),
+               "group": " ".join(filter(None, [job.solver or job.value("solver"),
+                                               _label(job, others) if others else ""])) or "default",
+               "nfe": job.metrics["nfe"], "psnr_y": job.metrics["objective"]} for job in done]
+    draw(points, path, metric="psnr_y")
     return True
 
 
 def plot_metric_vs_scale(jobs: list[Job], path: Path) -> bool:
-    """Each metric against the scale, one line per job setting; held-out scales as open markers."""
-    import matplotlib.pyplot as plt
+    """Each metric against the scale, one line per job setting, held-out scales marked, drawn
+    by :func:`degflow.plots.plot_metric_vs_scale`."""
+    from degflow.plots import plot_metric_vs_scale as draw
 
     done = [j for j in jobs if j.metrics.get("scales")]
     if not done:
         return False
-    metrics = [m for m in METRICS if any(m in row and row[m] is not None for j in done for row in j.metrics["scales"].values())]
     keys = swept_keys(jobs)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for job in done:
-            rows = sorted(((_scale_value(k), r) for k, r in job.metrics["scales"].items()
-                           if r.get(metric) is not None and _scale_value(k) > 1), key=lambda kv: kv[0])
-            if not rows:
-                continue
-            (line,) = ax.plot([s for s, _ in rows], [r[metric] for _, r in rows], label=_label(job, keys))
-            held = [(s, r[metric]) for s, r in rows if r.get("heldout")]
-            seen = [(s, r[metric]) for s, r in rows if not r.get("heldout")]
-            ax.plot([s for s, _ in seen], [v for _, v in seen], "o", color=line.get_color())
-            ax.plot([s for s, _ in held], [v for _, v in held], "o", mfc="white", color=line.get_color())
-        ax.set_xlabel("scale (open markers: held out from training)")
-        ax.set_ylabel(METRIC_TITLES[metric])
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    _save(fig, path)
-    plt.close(fig)
+    per_scale = {_label(job, keys): {str(_scale_value(k)): row for k, row in job.metrics["scales"].items()
+                                     if _scale_value(k) > 1} for job in done}
+    draw(per_scale, path, metrics=METRICS)
     return True
 
 
