@@ -48,6 +48,17 @@ class Runner:
         print(f"-- {what}: {time.perf_counter() - start:.0f} s", flush=True)
 
 
+def add_shared_arguments(parser) -> None:
+    """The options both results scripts take: LPIPS weights, device, extra overrides."""
+    parser.add_argument("--lpips-weights", default=os.environ.get("DEGFLOW_LPIPS_WEIGHTS"),
+                        help="folder with vgg16_features.pth / alexnet_features.pth (default $DEGFLOW_LPIPS_WEIGHTS)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default %(default)s)")
+    parser.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra train.py override for both stages (repeatable), e.g. model.rae.widths=[8,8,16,16]")
+    parser.add_argument("--eval-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra degflow.evaluate override for every evaluation (repeatable), e.g. eval.lpips=false")
+
+
 def train_commands(run_root: Path, overrides: Sequence[str], rae_steps: int | None,
                    lfm_steps: int | None) -> list[tuple[str, list[str], Path]]:
     """``(stage, train.py arguments, checkpoint)`` of both stages, each in a fixed run folder

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _runner import REPO, Runner, evaluate, list_arg, train_commands, write_json  # noqa: E402
+from _runner import REPO, Runner, add_shared_arguments, evaluate, list_arg, train_commands, write_json  # noqa: E402
 
 from degflow.files import atomic_write_text  # noqa: E402
 
@@ -87,15 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep-modes", nargs="+", default=["grid", "cubic"], choices=["grid", "cubic"],
                    help="solver.output_mode values swept")
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N test images (smoke tests)")
-    p.add_argument("--lpips-weights", default=os.environ.get("DEGFLOW_LPIPS_WEIGHTS"),
-                   help="folder with vgg16_features.pth / alexnet_features.pth (default $DEGFLOW_LPIPS_WEIGHTS)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default %(default)s)")
     p.add_argument("--data-override", action="append", default=[], metavar="KEY=VALUE",
                    help="extra data.* override for training and evaluation (repeatable), e.g. data.max_side=160")
-    p.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra train.py override for both stages (repeatable)")
-    p.add_argument("--eval-override", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra degflow.evaluate override for every evaluation (repeatable), e.g. eval.lpips=false")
+    add_shared_arguments(p)
     args = p.parse_args(argv)
 
     out = args.out.resolve()

@@ -40,7 +40,6 @@ from a 25-step calibration run, see the README "Results" section); budget knobs:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -48,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _runner import (  # noqa: E402
     METRIC_KEYS,
+    add_shared_arguments,
     Runner,
     evaluate,
     fmt,
@@ -190,13 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                         "always scores full images)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="methods evaluated")
     p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images per set (smoke tests)")
-    p.add_argument("--lpips-weights", default=os.environ.get("DEGFLOW_LPIPS_WEIGHTS"),
-                   help="folder with vgg16_features.pth / alexnet_features.pth (default $DEGFLOW_LPIPS_WEIGHTS)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default %(default)s)")
-    p.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra train.py override for both stages (repeatable), e.g. model.rae.widths=[8,8,16,16]")
-    p.add_argument("--eval-override", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra degflow.evaluate override (repeatable), e.g. solver.steps=32")
+    add_shared_arguments(p)
     args = p.parse_args(argv)
 
     out = args.out.resolve()
