@@ -332,8 +332,9 @@ def collect(out: Path) -> dict:
         raise ValueError(f"no result.json under {out / 'runs'}: run the jobs first")
     agg = aggregate(results)
     generation = {}
-    for rec in sorted(out.rglob("generation_seconds.json")):
-        generation[rec.parent.name] = json.loads(rec.read_text(encoding="utf-8"))["seconds"]
+    for cache in sorted({r["generation_cache"] for r in results if r["generation_cache"]}):
+        for rec in sorted(Path(cache).glob("*/generation_seconds.json")):
+            generation[rec.parent.name] = json.loads(rec.read_text(encoding="utf-8"))["seconds"]
     table = markdown(agg, generation)
     atomic_write_text(out / "results.md", f"# Downstream SR: {results[0]['setup']}\n\n" + table)
     write_json(out / "results.json", {"aggregate": agg, "generation_seconds": generation,

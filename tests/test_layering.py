@@ -7,7 +7,8 @@ modules of its own layer or of a lower one:
                        metrics, perceptual, visualize, config, the package itself
     1 models, data     models/, data/, checkpoint, loggers
     2 generation       generation/ (the Synthesizer and tiling)
-    3 jobs             training/, lr_dataset, evaluation (none imports another)
+    3 jobs             training/, lr_dataset, evaluation, sr/ (none imports another; sr.models and
+                       sr.pairs are layer 1)
     4 entry points     the package's ``python -m`` modules (evaluate, quickstart); train.py,
                        synthesize.py and experiments/ live outside the package
 """
@@ -33,9 +34,10 @@ LAYERS: dict[str, int] = {
     "degflow.training": 3, "degflow.lr_dataset": 3, "degflow.evaluation": 3,
     "degflow.evaluate": 4, "degflow.convert_official": 4, "degflow.report": 4, "degflow.merge_shards": 4,
     "degflow.quickstart": 4, "degflow.console": 0,
+    "degflow.sr": 3, "degflow.sr.models": 1, "degflow.sr.pairs": 1,
 }
 #: jobs of the same layer that must stay independent of each other.
-SEPARATE_JOBS = ("degflow.training", "degflow.lr_dataset", "degflow.evaluation")
+SEPARATE_JOBS = ("degflow.training", "degflow.lr_dataset", "degflow.evaluation", "degflow.sr")
 
 
 def _module_name(path: Path) -> str:

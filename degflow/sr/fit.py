@@ -38,7 +38,7 @@ __all__ = ["SRTrainSettings", "train_sr", "load_sr_checkpoint"]
 class SRTrainSettings:
     """Training settings (config node ``sr``)."""
 
-    steps: int = 800
+    steps: int = 600
     batch_size: int = 8
     lr_patch: int = 24               # LR patch side (pixels)
     lr: float = 2e-4
@@ -139,7 +139,7 @@ def train_sr(model: nn.Module, data: Sequence[tuple[Tensor, Tensor, float]], set
         loss.backward()
         optimizer.step()
         step += 1
-        running.append(float(loss))
+        running.append(loss.item())
         if step % settings.log_every == 0 or step == settings.steps:
             history.append([step, sum(running) / len(running)])
             log(f"step {step}/{settings.steps} L1 {history[-1][1]:.4f} ({time.perf_counter() - start:.0f} s)")
