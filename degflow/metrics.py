@@ -105,10 +105,17 @@ def psnr_y(pred: Tensor, target: Tensor, shave: int = 4, quantize: bool = True) 
 
 
 def _gaussian_window(size: int, sigma: float, dtype, device) -> Tensor:
+    """The normalised 1-D Gaussian ``[size]``; the 2-D window is its outer product (separable)."""
     coords = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2.0
     g = torch.exp(-(coords**2) / (2.0 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).view(1, 1, size, size)
+    return g / g.sum()
+
+
+def _filter_valid(x: Tensor, g: Tensor) -> Tensor:
+    """'valid' filtering of ``[B, 1, H, W]`` with the separable window ``g`` (rows, then columns):
+    the same as one 2-D convolution with ``g g^T``, about size/2 times fewer operations."""
+    x = F.conv2d(x, g.view(1, 1, -1, 1))
+    return F.conv2d(x, g.view(1, 1, 1, -1))
 
 
 def ssim_y(
@@ -138,11 +145,11 @@ def ssim_y(
     win = _gaussian_window(window_size, sigma, yp.dtype, yp.device)
     c1 = (0.01 * 255.0) ** 2
     c2 = (0.03 * 255.0) ** 2
-    mu_p = F.conv2d(yp, win)
-    mu_t = F.conv2d(yt, win)
-    var_p = F.conv2d(yp * yp, win) - mu_p**2
-    var_t = F.conv2d(yt * yt, win) - mu_t**2
-    cov = F.conv2d(yp * yt, win) - mu_p * mu_t
+    mu_p = _filter_valid(yp, win)
+    mu_t = _filter_valid(yt, win)
+    var_p = _filter_valid(yp * yp, win) - mu_p**2
+    var_t = _filter_valid(yt * yt, win) - mu_t**2
+    cov = _filter_valid(yp * yt, win) - mu_p * mu_t
     ssim_map = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / (
         (mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2)
     )

@@ -181,6 +181,18 @@ def _summary(rows: list[dict]) -> dict[str, dict[str, float | None]]:
     return out
 
 
+def _bicubic_reference(cache: Path, test: str, pairs: list, lpips, device) -> dict:
+    """The scores of bicubic interpolation (no network) on ``pairs``, computed once per cache."""
+    from degflow.sr.scoring import score_pairs
+
+    path = cache / "bicubic_reference" / f"{test}-{len(pairs)}-lpips{int(lpips is not None)}.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    summary = _summary(score_pairs(None, pairs, lpips, device))
+    write_json(path, summary)
+    return summary
+
+
 def run_job(cfg: dict, run_dir: Path) -> dict:
     import torch
 
@@ -219,7 +231,7 @@ def run_job(cfg: dict, run_dir: Path) -> dict:
     for test, tpairs in prep["tests"].items():
         rows = score_pairs(model, tpairs, lpips, device)
         scores[test] = {"summary": _summary(rows), "images": rows}
-        reference[test] = _summary(score_pairs(None, tpairs, lpips, device))
+        reference[test] = _bicubic_reference(Path(cfg["cache"]), test, tpairs, lpips, device)
     return {
         "setup": setup["name"], "trainset": cfg["trainset"], "network": sr["network"], "seed": cfg["seed"],
         "training_pairs": counts, "training": training, "threads": torch.get_num_threads(), "device": str(device),
