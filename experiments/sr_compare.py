@@ -353,7 +353,13 @@ def collect(out: Path) -> dict:
                                       "runs": [{k: v for k, v in r.items() if k != "scores"} | {
                                           "scores": {t: s["summary"] for t, s in r["scores"].items()}}
                                                for r in results]})
-    plot = {m: {f"{net} {c}": {t: tuple(s["cells"][c][m][:2]) for t, s in sets.items() if c in s["cells"]}
+    cells = [c for sets in agg.values() for c in next(iter(sets.values()))["cells"]]
+    one_test = len({c.rsplit(" ", 1)[0] for c in cells}) == 1      # then the scale alone labels a bar group
+
+    def group(net: str, c: str) -> str:
+        c = c.rsplit(" ", 1)[1] if one_test else c
+        return c if len(agg) == 1 else f"{net} {c}"
+    plot = {m: {group(net, c): {t: tuple(s["cells"][c][m][:2]) for t, s in sets.items() if c in s["cells"]}
                 for net, sets in agg.items() for c in next(iter(sets.values()))["cells"]} for m in METRICS}
     plot_method_bars(plot, out / "results.png")
     print(table, flush=True)
