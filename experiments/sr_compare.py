@@ -73,10 +73,16 @@ def _prepare_demo(setup: dict, root: Path) -> None:
     from degflow.scales import scale_key
 
     done = root / "prepared.json"
-    if done.is_file():
-        return
     train_scales = sorted({1.0, *map(float, setup["real_scales"]), *map(float, setup["gen_scales"]),
                            *map(float, setup["test_scales"])})
+    wanted = {"train_scales": train_scales[1:], "test_scales": [float(s) for s in setup["test_scales"]],
+              "max_side": setup["max_side"], "data_seed": setup["data_seed"]}
+    if done.is_file():
+        have = json.loads(done.read_text(encoding="utf-8"))
+        if {k: have.get(k) for k in wanted} != wanted:
+            raise ValueError(f"cache={root.parent} holds demo pairs prepared with other settings "
+                             f"({ {k: have.get(k) for k in wanted} }, now {wanted}); use another cache=")
+        return
     bundle = build_data("demo", train_scales=train_scales, val_scales=train_scales, crop_size=32,
                         samples_per_epoch=1, multiple_of=8, val_max_size=None, seed=setup["data_seed"],
                         max_side=setup["max_side"], val_fraction=setup["val_fraction"])
@@ -88,7 +94,7 @@ def _prepare_demo(setup: dict, root: Path) -> None:
                 write_image(root / part / "LR" / scale_key(s) / f"{rec.name}.png",
                             resize_to_lr(rec.lr_images[float(s)], float(s)))
     write_json(done, {"train": [r.name for r in bundle.train.records], "test": [r.name for r in bundle.test.records],
-                      "train_scales": train_scales[1:], "test_scales": setup["test_scales"]})
+                      **wanted})
 
 
 def _generate(cfg: dict, hr_dir: Path, out_dir: Path, baselines: list[str]) -> float:
