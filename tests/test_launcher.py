@@ -102,3 +102,22 @@ def test_every_knot_placement_of_the_spline_sweep_is_a_valid_spline(placement, k
     times = spline.time_map((1.0, 2.0, 4.0)).knot_times((1.0, 2.0, 4.0))
     assert times[0] == 0.0 and times[-1] == 1.0
     assert times[1] == pytest.approx(1 / 3 if knots == "nominal" else (2.1 - 1) / (3.75 - 1))
+
+
+def test_jobs_can_import_the_modules_beside_the_launched_script(tmp_path, monkeypatch):
+    """A job unpickles its task function in a new interpreter: the launched script's folder
+    (experiments/ for experiments/sr_compare.py) goes first on the PYTHONPATH it inherits, once."""
+    from hydra_plugins.degflow_launcher.degflow_launcher import script_dir_importable
+
+    script = tmp_path / "scripts" / "run.py"
+    script.parent.mkdir()
+    script.write_text("")
+    monkeypatch.setattr(sys, "argv", [str(script), "-m"])
+    env = {"PYTHONPATH": os.pathsep.join(["/a", "/b"])}
+    script_dir_importable(env)
+    script_dir_importable(env)
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(script.parent.resolve()), "/a", "/b"]
+    empty: dict[str, str] = {}
+    monkeypatch.setattr(sys, "argv", ["-c"])          # python -c / an interactive session: nothing to add
+    script_dir_importable(empty)
+    assert empty == {}

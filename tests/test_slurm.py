@@ -6,6 +6,7 @@ Every subprocess has a timeout: a hang fails the test instead of using up the CI
 """
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -256,3 +257,27 @@ def test_the_report_lists_a_sweep_that_is_still_running(rae_ckpt, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert sorted(j.status for j in collect_jobs(sweep_dir)) == ["completed", "completed"]
+
+
+def test_the_downstream_sr_comparison_runs_one_slurm_job_per_training_set_and_collects_the_table(tmp_path):
+    """experiments/sr_compare.py through the SLURM preset: one array task per training set, each
+    job's record says it ran under SLURM, and the multirun's end writes the results table."""
+    from test_sr import TINY_SR
+    from test_synthesis import _write_lfm_checkpoint
+    from degflow.solvers import SolverSpec
+
+    ckpt = _write_lfm_checkpoint(tmp_path / "lfm.pt", SolverSpec.create("rk4", steps=2))
+    out = tmp_path / "out"
+    proc = _run("experiments/sr_compare.py", "-m", "sr_setup=demo", f"ckpt={ckpt}", f"out={out}", *SLURM,
+                "trainset=bicubic,degflow", "seed=0", *TINY_SR, timeout=500)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    records = [json.loads(p.read_text()) for p in (out / "runs").rglob("job.json")]
+    assert len(records) == 2
+    assert {r["scheduler"] for r in records} == {"slurm"} and {r["status"] for r in records} == {"completed"}
+    assert len({r["array_job_id"] for r in records}) == 1                  # one array, one task per set
+    assert {o for r in records for o in r["overrides"] if o.startswith("trainset=")} == \
+        {"trainset=bicubic", "trainset=degflow"}
+    rows = json.loads((out / "results.json").read_text())["aggregate"]["liif"]
+    assert {"bicubic", "degflow"} <= set(rows)
+    assert all(math.isfinite(rows[name]["cells"]["demo_test x3"]["psnr_y"][0]) for name in ("bicubic", "degflow"))
+    assert "| degflow | 0 |" in (out / "results.md").read_text()

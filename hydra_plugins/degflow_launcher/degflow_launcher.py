@@ -22,6 +22,7 @@ at start-up (which registers the schemas), so this module imports nothing heavy 
 
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -52,6 +53,25 @@ class LocalConf(LocalQueueConf):
 
 ConfigStore.instance().store(group="hydra/launcher", name="degflow_slurm", node=SlurmConf, provider="degflow")
 ConfigStore.instance().store(group="hydra/launcher", name="degflow_local", node=LocalConf, provider="degflow")
+
+
+def script_dir_importable(environ: dict | None = None) -> None:
+    """Put the launched script's folder on ``PYTHONPATH`` (of ``environ``, default ``os.environ``).
+
+    A job unpickles its task function in a fresh interpreter started by SLURM (which passes on
+    the submitting environment) or by submitit_local; modules beside the script that the
+    function uses (``experiments/_runner.py`` for ``experiments/sr_compare.py``) must be
+    importable there as they are in the launching process, where Python put the script's
+    folder first on ``sys.path``.
+    """
+    env = os.environ if environ is None else environ
+    script = Path(sys.argv[0])
+    if script.suffix != ".py" or not script.is_file():
+        return
+    folder = str(script.resolve().parent)
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if folder not in parts:
+        env["PYTHONPATH"] = os.pathsep.join([folder, *parts])
 
 
 class _DryRun:
@@ -111,6 +131,7 @@ class SlurmLauncher(_DryRun, plugin.SlurmLauncher):
                       f"# sbatch script{' of the job array' if len(job_overrides) > 1 else ''}\n"
                       + self.sbatch_script(len(job_overrides)))
             return self._print_dry_run(job_overrides, initial_job_idx, header)
+        script_dir_importable()
         return super().launch(job_overrides, initial_job_idx)
 
 
@@ -137,6 +158,7 @@ class LocalLauncher(_DryRun, plugin.LocalLauncher):
             return self._print_dry_run(job_overrides, initial_job_idx, header)
         from degflow.cluster import CPUS_PER_JOB_ENV
 
+        script_dir_importable()
         previous = os.environ.get(CPUS_PER_JOB_ENV)
         os.environ[CPUS_PER_JOB_ENV] = str(share)   # inherited by the job processes
         try:
