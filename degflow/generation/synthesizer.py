@@ -143,6 +143,8 @@ class Synthesizer:
                         solver: SolverSpec | None = None, precision: str = "fp32", *,
                         tile_size: int | None = 1024, tile_overlap: int = 256) -> "Synthesizer":
         """Load a stage-2 checkpoint (self-contained: RAE weights, velocity net, knot times, solver).
+        The velocity net is the EMA of its weights (``models.velocity_ema``) when the checkpoint
+        has one (``stage.ema_decay``), else the trained weights.
 
         ``device="auto"`` picks CUDA when present. ``solver=None`` uses :data:`DEFAULT_SOLVER`
         (rk4, 16 steps, cubic output), the default of ``synthesize.py`` too; the solver the
@@ -153,7 +155,8 @@ class Synthesizer:
         ckpt = load_checkpoint(path, kind="lfm", key="ckpt")
         try:
             rae = build_model(ckpt["models"]["rae"])
-            velocity = build_model(ckpt["models"]["velocity"])
+            # the EMA of the velocity weights when the run kept one (stage.ema_decay)
+            velocity = build_model(ckpt["models"].get("velocity_ema", ckpt["models"]["velocity"]))
             time_map = TimeMap.from_dict(ckpt["time_map"])
             train_scales = [float(s) for s in ckpt["train_scales"]]
             spline_path = ckpt["extra"].get("spline", {}).get("path", "cubic")
