@@ -65,3 +65,4 @@ def test_an_ema_run_saves_the_average_and_validation_and_synthesis_use_it(tmp_pa
 
 def test_a_run_without_ema_keeps_one_velocity_network():
     assert config(["stage=lfm"])["stage"]["ema_decay"] is None
+
