@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 
 from degflow.spline import PathPoint
@@ -21,6 +23,10 @@ SEGMENT_WEIGHTINGS = ("none", "inverse_distance")
 #: VGG pooling of the perceptual loss (``loss.lpips_pooling``): ``avg`` is the authors' loss
 #: (piq's LPIPS with ``replace_pooling=True``), ``max`` the lpips package's own network.
 LPIPS_POOLINGS = ("avg", "max")
+#: How the training times t are drawn (``loss.time_sampling``): ``uniform`` on [t_0, t_K-1]
+#: (the paper), or ``knots``: segment by length, then more mass near both ends of the segment
+#: (:func:`sample_times`).
+TIME_SAMPLINGS = ("uniform", "knots")
 #: The authors' constant in 1 / (dt / segment_length + eps).
 INVERSE_DISTANCE_EPS = 1e-3
 
@@ -35,8 +41,16 @@ class LossSettings:
     lpips_net: str = "vgg"
     lpips_pooling: str = "avg"
     lpips_backbone_weights: str | None = None
+    time_sampling: str = "uniform"
+    knot_concentration: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"loss.time_sampling={self.time_sampling!r} is not one of {list(TIME_SAMPLINGS)} "
+                             "(uniform: t ~ U over the knot range; knots: extra mass near every knot)")
+        if isinstance(self.knot_concentration, bool) or not 0.0 <= float(self.knot_concentration) < 1.0:
+            raise ValueError(f"loss.knot_concentration must be in [0, 1) (0 = uniform), got "
+                             f"{self.knot_concentration!r}")
         if self.lpips_weight < 0:
             raise ValueError(f"loss.lpips_weight must be >= 0, got {self.lpips_weight}")
         if self.taylor_order not in (1, 2, 3):
@@ -108,3 +122,38 @@ def segment_weights(dt: torch.Tensor, segment_length: torch.Tensor, weighting: s
     if weighting == "inverse_distance":
         return 1.0 / (dt.detach() / segment_length.detach() + INVERSE_DISTANCE_EPS)
     raise ValueError(f"loss.segment_weighting={weighting!r} is not one of {list(SEGMENT_WEIGHTINGS)}")
+
+
+def knot_warp(x: torch.Tensor, concentration: float) -> torch.Tensor:
+    """Monotone map of [0, 1] onto itself: ``(1 - a) x + a (1 - cos(pi x)) / 2``, ``a = concentration``.
+
+    Applied to x ~ U(0, 1) it gives density ``1 / ((1 - a) + a pi/2 sin(pi g^-1))``: ``1 / (1 - a)``
+    at both ends and ``1 / (1 - a + a pi / 2)`` in the middle (a = 0.5: 2.0 vs 0.78).
+    """
+    return (1.0 - concentration) * x + concentration * (1.0 - torch.cos(math.pi * x)) / 2
+
+
+def sample_times(u: torch.Tensor, knot_times: torch.Tensor, kind: str = "uniform",
+                 concentration: float = 0.5) -> torch.Tensor:
+    """Training times from uniform numbers (config keys ``loss.time_sampling``, ``loss.knot_concentration``).
+
+    ``uniform``: ``t = t_0 + u (t_last - t_0)``. ``knots``: the same t picks the segment (so each
+    segment keeps its share, its length), and the position inside the segment is warped by
+    :func:`knot_warp`, which puts more mass near both of its knots (the ends of the path
+    included). A monotone function of ``u``: one draw per row.
+
+    Args:
+        u: ``[B]`` numbers in [0, 1).
+        knot_times: ``[K]`` increasing knot times.
+    Returns:
+        ``[B]`` times in [t_0, t_last].
+    """
+    t = knot_times[0] + u * (knot_times[-1] - knot_times[0])                  # [B]
+    if kind == "uniform":
+        return t
+    if kind != "knots":
+        raise ValueError(f"loss.time_sampling={kind!r} is not one of {list(TIME_SAMPLINGS)}")
+    seg = torch.searchsorted(knot_times.contiguous(), t.contiguous(), right=True).clamp(1, len(knot_times) - 1) - 1
+    left, right = knot_times[seg], knot_times[seg + 1]                         # [B]
+    x = ((t - left) / (right - left)).clamp(0.0, 1.0)
+    return left + (right - left) * knot_warp(x, concentration)

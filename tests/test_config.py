@@ -96,8 +96,9 @@ def test_data_options_with_a_root_need_it(option):
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_preset_composes_and_validates(experiment):
+    extra = {"realsr_cpu": ["data.root=/data"]}.get(experiment)   # a preset of data=paired needs its root
     cfg = compose_config([f"+experiment={experiment}", "data.root=/data", "data=realsr"]
-                         if "paper" in experiment else [f"+experiment={experiment}"])
+                         if "paper" in experiment else [f"+experiment={experiment}", *(extra or [])])
     plain = to_plain(cfg)
     train_settings(plain["stage"])
     LossSettings(**plain["loss"])

@@ -4,7 +4,7 @@ Every module of the package, its function-level (lazy) imports included, may imp
 modules of its own layer or of a lower one:
 
     0 utility / math   files, scales, runtime, resize, timemap, spline, solvers, losses,
-                       metrics, perceptual, visualize, config, the package itself
+                       metrics, perceptual, diagnostics, visualize, config, the package itself
     1 models, data     models/, data/, checkpoint, loggers
     2 generation       generation/ (the Synthesizer and tiling)
     3 jobs             training/, lr_dataset, evaluation, sr/ (none imports another; sr.models and
@@ -33,7 +33,7 @@ LAYERS: dict[str, int] = {
     "degflow.generation": 2,
     "degflow.training": 3, "degflow.lr_dataset": 3, "degflow.evaluation": 3,
     "degflow.evaluate": 4, "degflow.convert_official": 4, "degflow.report": 4, "degflow.merge_shards": 4,
-    "degflow.quickstart": 4, "degflow.console": 0,
+    "degflow.quickstart": 4, "degflow.console": 0, "degflow.diagnostics": 0,
     "degflow.sr": 3, "degflow.sr.models": 1, "degflow.sr.pairs": 1,
 }
 #: jobs of the same layer that must stay independent of each other.

@@ -174,11 +174,14 @@ def test_lfm_run_killed_at_a_random_step_resumes_to_the_uninterrupted_run_bit_fo
     rae_root = tmp_path / "stage1"
     train(config([f"output_root={rae_root}", "stage.steps=2", "stage.val_every=2"]), rae_root / "rae" / "tiny")
     rae = f"rae_ckpt={rae_root / 'rae' / 'tiny' / 'checkpoints' / 'last.pt'}"
-    reference = subprocess.run(cmd(tmp_path / "a", "stage=lfm", rae, *LFM_FAST, steps=24), cwd=REPO, env=ENV,
+    ema = "stage.ema_decay=0.9"  # the EMA of the velocity weights is part of the resumed state
+    reference = subprocess.run(cmd(tmp_path / "a", "stage=lfm", rae, ema, *LFM_FAST, steps=24), cwd=REPO, env=ENV,
                                capture_output=True, text=True, timeout=300)
     assert reference.returncode == 0, reference.stderr[-3000:]
-    run = kill_and_resume(tmp_path / "b", cmd(tmp_path / "b", "stage=lfm", rae, *LFM_FAST, steps=24), "lfm", steps=24)
-    assert_same_run(run, only_run(tmp_path / "a", "lfm"), steps=24)
+    run = kill_and_resume(tmp_path / "b", cmd(tmp_path / "b", "stage=lfm", rae, ema, *LFM_FAST, steps=24), "lfm",
+                          steps=24)
+    assert "velocity_ema" in load_checkpoint(run / "checkpoints" / "last.pt")["models"]
+    assert_same_run(run, only_run(tmp_path / "a", "lfm"), steps=24)  # every model entry, the EMA included
 
 
 @pytest.mark.slow

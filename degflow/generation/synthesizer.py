@@ -143,6 +143,8 @@ class Synthesizer:
                         solver: SolverSpec | None = None, precision: str = "fp32", *,
                         tile_size: int | None = 1024, tile_overlap: int = 256) -> "Synthesizer":
         """Load a stage-2 checkpoint (self-contained: RAE weights, velocity net, knot times, solver).
+        The velocity net is the EMA of its weights (``models.velocity_ema``) when the checkpoint
+        has one (``stage.ema_decay``), else the trained weights.
 
         ``device="auto"`` picks CUDA when present. ``solver=None`` uses :data:`DEFAULT_SOLVER`
         (rk4, 16 steps, cubic output), the default of ``synthesize.py`` too; the solver the
@@ -153,7 +155,8 @@ class Synthesizer:
         ckpt = load_checkpoint(path, kind="lfm", key="ckpt")
         try:
             rae = build_model(ckpt["models"]["rae"])
-            velocity = build_model(ckpt["models"]["velocity"])
+            # the EMA of the velocity weights when the run kept one (stage.ema_decay)
+            velocity = build_model(ckpt["models"].get("velocity_ema", ckpt["models"]["velocity"]))
             time_map = TimeMap.from_dict(ckpt["time_map"])
             train_scales = [float(s) for s in ckpt["train_scales"]]
             spline_path = ckpt["extra"].get("spline", {}).get("path", "cubic")
@@ -191,12 +194,22 @@ class Synthesizer:
             out[s] = float(self.time_map.scale_to_time(s))
         return out
 
-    def _velocity(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _velocity(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         # degflow's one extrapolation rule (degflow.spline.extrapolation_time): beyond the
         # last knot the trajectory continues with the velocity field of the last knot.
         t = extrapolation_time(t, 0.0, self.last_knot_time)
         with autocast(self.device, self.precision):
-            return self.velocity(z, t).to(z.dtype)
+            if cond is None:
+                return self.velocity(z, t).to(z.dtype)
+            return self.velocity(z, t, cond).to(z.dtype)
+
+    def field(self, z0: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The velocity field ``(z [B, C, h, w], t [B]) -> [B, C, h, w]`` of a solve that starts
+        at the HR latent ``z0 [B, C, h, w]``: conditioned on ``z0`` when the network takes a
+        condition (``model.lfm.cond_channels``), else the plain v(z, t)."""
+        if getattr(self.velocity, "cond_channels", 0):
+            return lambda z, t: self._velocity(z, t, z0)
+        return self._velocity
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -290,7 +303,7 @@ class Synthesizer:
         unique = sorted(set(times.values()))
         self._sync()
         solve_start = time.perf_counter()
-        states, nfe = integrate(self._velocity, z0, unique, solver)               # [T,B,C,h,w]
+        states, nfe = integrate(self.field(z0), z0, unique, solver)               # [T,B,C,h,w]
         self._sync()
         solve = time.perf_counter() - solve_start
         latents = {s: states[unique.index(times[s])] for s in wanted}

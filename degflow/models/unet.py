@@ -201,10 +201,14 @@ class VelocityUNet(nn.Module):
         skip_rescale: divide residual sums by sqrt(2) (authors: True).
         init_scale: variance scale of the last conv of each block, the attention output and
             the output conv; 0 means 1e-10 (authors), so the initial velocity is ~0.
+        cond_channels: channels of a conditioning latent concatenated to ``z`` at the input
+            (0: the authors' unconditional v(z, t); C: v(z, t | z_0) with the HR latent z_0,
+            config key ``model.lfm.cond_channels``).
 
     ``self.config`` holds exactly these constructor arguments as plain Python types.
     Inputs: ``z [B, C, h, w]`` with h, w divisible by ``2 ** (len(ch_mult) - 1)`` (synthesis
-    pads), ``t`` of shape ``[B]`` (or a scalar, broadcast to the batch) with values in [0, 1].
+    pads), ``t`` of shape ``[B]`` (or a scalar, broadcast to the batch) with values in [0, 1],
+    and with ``cond_channels > 0`` the conditioning latent ``cond [B, cond_channels, h, w]``.
     """
 
     def __init__(
@@ -220,6 +224,7 @@ class VelocityUNet(nn.Module):
         time_embedding_scale: float = 999.0,
         skip_rescale: bool = True,
         init_scale: float = 0.0,
+        cond_channels: int = 0,
     ) -> None:
         super().__init__()
         ch_mult = tuple(int(m) for m in ch_mult)
@@ -236,6 +241,9 @@ class VelocityUNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"VelocityUNet dropout must be in [0, 1), got {dropout} "
                              f"(config key model.lfm.dropout)")
+        if isinstance(cond_channels, bool) or not isinstance(cond_channels, int) or cond_channels < 0:
+            raise ValueError(f"VelocityUNet cond_channels must be an integer >= 0 (0 = unconditional), got "
+                             f"{cond_channels!r} (config key model.lfm.cond_channels)")
         self.config = {
             "in_channels": int(in_channels),
             "nf": int(nf),
@@ -248,7 +256,9 @@ class VelocityUNet(nn.Module):
             "time_embedding_scale": float(time_embedding_scale),
             "skip_rescale": bool(skip_rescale),
             "init_scale": float(init_scale),
+            "cond_channels": int(cond_channels),
         }
+        self.cond_channels = int(cond_channels)
         self.in_channels = int(in_channels)
         self.nf = int(nf)
         self.num_levels = len(ch_mult)
@@ -264,7 +274,7 @@ class VelocityUNet(nn.Module):
             return _SelfAttention(c, skip_rescale, init_scale)
 
         self.time_embed = nn.Sequential(_linear(nf, temb_dim), nn.SiLU(), _linear(temb_dim, temb_dim))
-        self.conv_in = _conv(in_channels, nf, 3)
+        self.conv_in = _conv(in_channels + self.cond_channels, nf, 3)
 
         skip_ch = [nf]
         ch = nf
@@ -335,9 +345,17 @@ class VelocityUNet(nn.Module):
         """``t [B] in [0, 1] -> [B, 4 nf]`` (sinusoidal features of ``scale * t``, then MLP)."""
         return self.time_embed(timestep_embedding(t * self.time_embedding_scale, self.nf))
 
-    def forward(self, z: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, t: torch.Tensor | float, cond: torch.Tensor | None = None) -> torch.Tensor:
         t = self._check_inputs(z, t)
         temb = self.time_embedding(t)
+        if self.cond_channels:
+            if cond is None or cond.shape != (z.shape[0], self.cond_channels, *z.shape[-2:]):
+                got = None if cond is None else list(cond.shape)
+                raise ValueError(f"VelocityUNet with cond_channels={self.cond_channels} expects cond of shape "
+                                 f"{[z.shape[0], self.cond_channels, *z.shape[-2:]]}, got {got}")
+            z = torch.cat([z, cond.to(z.dtype)], dim=1)                      # [B,C+Cc,h,w]
+        elif cond is not None:
+            raise ValueError("VelocityUNet with cond_channels=0 takes no cond (set model.lfm.cond_channels)")
 
         h = self.conv_in(z)
         skips = [h]

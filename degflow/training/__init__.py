@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("rae", "lfm")
 # keys of the ``stage`` node read by a stage's builder rather than by the loop's TrainSettings
-STAGE_OPTIONS = {"lfm": ("latent_cache", "latent_cache_dir")}
+STAGE_OPTIONS = {"lfm": ("latent_cache", "latent_cache_dir", "ema_decay")}
 
 
 def train_settings(stage: dict[str, Any]) -> TrainSettings:

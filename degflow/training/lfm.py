@@ -6,9 +6,11 @@ held-out scales are never loaded) from the latent cache (``stage.latent_cache=tr
 them under no_grad (``false``), draw t ~ U(0, 1) per sample, evaluate the path (natural cubic
 spline or piecewise-linear) through the knot latents, regress the velocity network onto the
 path derivative, and add lambda * LPIPS on the decoded Taylor extrapolation to the segment's
-right knot (see :mod:`degflow.losses`). Validation generates every validation scale from the
-HR latent with the configured solver through :class:`degflow.generation.Synthesizer`, and the
-``ae_interp`` oracle through the same object.
+right knot (see :mod:`degflow.losses`). With ``stage.ema_decay`` an exponential moving average
+of the velocity weights follows the training (:mod:`degflow.training.ema`); it is saved in the
+checkpoint (``models.velocity_ema``) and is what validation and synthesis use. Validation
+generates every validation scale from the HR latent with the configured solver through
+:class:`degflow.generation.Synthesizer`, and the ``ae_interp`` oracle through the same object.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from degflow.checkpoint import CheckpointError, build_model, find_latest_checkpoint, load_checkpoint, model_entry
 from degflow.files import file_sha256
 from degflow.generation import Synthesizer
-from degflow.losses import LossSettings, flow_matching_loss, segment_weights, taylor_extrapolate
+from degflow.losses import LossSettings, flow_matching_loss, sample_times, segment_weights, taylor_extrapolate
 from degflow.metrics import EVAL_PROTOCOLS, EvalProtocol, eval_protocol
 from degflow.perceptual import load_lpips
 from degflow.resize import bicubic_baseline
@@ -33,6 +35,7 @@ from degflow.solvers import SolverSpec
 from degflow.spline import PATH_KINDS, evaluate_path
 from degflow.timemap import TimeMap, build_time_map
 from degflow.training.accel import accelerate
+from degflow.training.ema import check_ema_decay, ema_decay_at, ema_update_
 from degflow.training.latent_cache import LatentCache, load_or_build_latent_cache
 from degflow.training.loop import Stage
 from degflow.training.validation import ScaleAverages, validation_items
@@ -145,13 +148,23 @@ class LFMStage(Stage):
                  lpips_loss: torch.nn.Module | None, lpips_metric: torch.nn.Module | None,
                  max_val_images: int | None = None, strip_images: int = 1, precision: str = "fp32",
                  protocol: EvalProtocol = EVAL_PROTOCOLS["ours"],
-                 latent_cache: LatentCache | None = None):
+                 latent_cache: LatentCache | None = None, ema_decay: float | None = None):
         self.train_scales = tuple(float(s) for s in train_scales)
         if len(self.train_scales) < 2 or self.train_scales[0] != 1.0:
             raise ValueError(f"data.train_scales must start with 1 (the HR knot) and have at least two knots, "
                              f"got {list(train_scales)}")
         self.rae = rae.to(device).eval().requires_grad_(False)
         self.velocity = velocity.to(device)
+        self.ema_decay = check_ema_decay(ema_decay)
+        cond_channels = int(getattr(velocity, "cond_channels", 0))
+        latent_channels = int(rae.config.get("latent_channels", velocity.config["in_channels"]))
+        if cond_channels not in (0, latent_channels):
+            raise ValueError(f"model.lfm.cond_channels={cond_channels}: the velocity is conditioned on the HR "
+                             f"latent, so it must be 0 (unconditional) or the latent channels {latent_channels}")
+        self.conditional = cond_channels > 0
+        # the EMA copy never trains (no grad, eval mode); it starts at the initial weights
+        self.ema = (copy.deepcopy(self.velocity).requires_grad_(False).eval()
+                    if self.ema_decay is not None else None)
         self.spline, self.loss_settings, self.solver = spline, loss, solver
         self.base_time_map = spline.time_map(self.train_scales)
         self.knots = KnotTimes(self.base_time_map.knot_times(self.train_scales), spline.learn_knots).to(device)
@@ -214,9 +227,11 @@ class LFMStage(Stage):
         knot_times = self.knots()                                            # [K]
         b = hr.shape[0]
         u = batch["draws"].rand(b, hr.device)                                # [B] (data parallel: see RowDraws)
-        t = knot_times[0].detach() + u * (knot_times[-1] - knot_times[0]).detach()
+        t = sample_times(u, knot_times.detach(), self.loss_settings.time_sampling,
+                         self.loss_settings.knot_concentration)              # [B]
         point = evaluate_path(self.spline.path, knot_times, knots, t)
-        v = self.velocity(point.value, t)                                    # [B,C,h,w]
+        cond = (knots[:, 0],) if self.conditional else ()                    # v(z, t | z_0): the HR latent
+        v = self.velocity(point.value, t, *cond)                             # [B,C,h,w]
         fm = flow_matching_loss(v, point.d1)                                 # [B]
         loss = fm.mean()
         scalars = {"fm": float(loss.detach())}
@@ -235,9 +250,14 @@ class LFMStage(Stage):
             scalars.update({f"knot_t{i}": float(v) for i, v in enumerate(knot_times.detach())})
         return loss, scalars
 
+    def after_step(self, updates: int) -> None:
+        if self.ema is not None:
+            ema_update_(self.ema, self.velocity, ema_decay_at(updates, self.ema_decay))
+
     def synthesizer(self) -> Synthesizer:
-        """The generation core on the live networks (what validation measures)."""
-        return Synthesizer(self.rae, self.velocity, self.time_map(), self.solver, self.device, self.precision,
+        """The generation core on the networks validation measures: the EMA velocity weights
+        when ``stage.ema_decay`` is set, else the live ones."""
+        return Synthesizer(self.rae, self.ema if self.ema is not None else self.velocity, self.time_map(), self.solver, self.device, self.precision,
                            max_trained_scale=self.train_scales[-1], train_scales=self.train_scales,
                            spline_path=self.spline.path)
 
@@ -327,7 +347,8 @@ class LFMStage(Stage):
 
     def state(self) -> dict[str, Any]:
         return {
-            "models": {"rae": model_entry(self.rae), "velocity": model_entry(self.velocity)},
+            "models": {"rae": model_entry(self.rae), "velocity": model_entry(self.velocity),
+                       **({"velocity_ema": model_entry(self.ema)} if self.ema is not None else {})},
             "train_scales": list(self.train_scales),
             "time_map": self.time_map().to_dict(),
             "knot_state": {k: v.detach().cpu() for k, v in self.knots.state_dict().items()},
@@ -340,6 +361,9 @@ class LFMStage(Stage):
         self.check_same_rae(ckpt)
         self.rae.load_state_dict(ckpt["models"]["rae"]["state_dict"])
         self.velocity.load_state_dict(ckpt["models"]["velocity"]["state_dict"])
+        if self.ema is not None:  # a run that had no EMA yet starts it at its current weights
+            source = ckpt["models"].get("velocity_ema", ckpt["models"]["velocity"])
+            self.ema.load_state_dict(source["state_dict"])
         self.knots.load_state_dict(ckpt["knot_state"])
 
 
@@ -394,4 +418,5 @@ def build_lfm_stage(config: dict[str, Any], data, device: torch.device) -> LFMSt
         lpips_loss=lpips_loss, lpips_metric=lpips_metric, max_val_images=config["eval"]["max_images"],
         strip_images=config["eval"]["strip_images"], precision=config["precision"],
         protocol=eval_protocol(config["eval"]["protocol"]), latent_cache=cache,
+        ema_decay=config["stage"].get("ema_decay"),
     )

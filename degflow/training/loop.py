@@ -141,6 +141,9 @@ class Stage:
         """Validation metrics: ``{"scales": {str(s): {metric: value}}, "summary": str, ...}``."""
         raise NotImplementedError
 
+    def after_step(self, updates: int) -> None:
+        """Called after every optimizer step (``updates`` = steps done so far), e.g. to move an EMA."""
+
     def state(self) -> dict[str, Any]:
         """Checkpoint fields beyond the loop's own (``models``, ``train_scales``, ``time_map``, ``extra``)."""
         raise NotImplementedError
@@ -262,6 +265,7 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
             optimizer.step()
             scheduler.step()
             step += 1
+            stage.after_step(step)
             bar.update(1)
             if step % settings.log_every == 0 or step == settings.steps:
                 scalars = mean_over_ranks({**scalars, "loss": float(loss.detach())}, dp)  # of the global batch
