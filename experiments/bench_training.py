@@ -31,7 +31,8 @@ latent (decoder + LPIPS backward), then that gradient and the flow-matching loss
 velocity network (velocity backward); the summed gradients equal ``loss.backward()``.
 Configurations are interleaved round by round (``--rounds`` x ``--steps`` steps each, after
 ``--warmup`` steps) so load from other processes hits all of them alike; the tables report
-medians over rounds and, for ours vs reference, the median of the per-round ratios.
+medians over rounds and, for ours vs reference, the median of the per-round ratios. ``--profile N``
+adds one step of each configuration under torch.profiler (its N costliest operators).
 """
 
 from __future__ import annotations
@@ -216,6 +217,19 @@ def build(args, device: torch.device) -> tuple[dict, dict]:
     return steps, once
 
 
+def profile_step(step, device: torch.device, top: int) -> list[dict]:
+    """One step under ``torch.profiler``: the ``top`` operators by self time (ms, calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step(Clock(device))
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_device_time_total if device.type == "cuda"
+                  else e.self_cpu_time_total, reverse=True)[:top]
+    return [{"op": e.key, "self_ms": round((e.self_device_time_total if device.type == "cuda"
+                                            else e.self_cpu_time_total) / 1000, 1), "calls": e.count} for e in rows]
+
+
 def machine_load() -> dict:
     """Load average and the other busy processes (what else loaded the machine)."""
     out = subprocess.run(["ps", "-eo", "pcpu,args", "--sort=-pcpu"], capture_output=True, text=True).stdout
@@ -243,6 +257,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per configuration per round")
+    parser.add_argument("--profile", type=int, default=0,
+                        help="after the timed rounds, one more step of each configuration under torch.profiler: "
+                             "its N most expensive operators (self time)")
     parser.add_argument("--only", default=None, help="comma-separated configuration names (default: all)")
     parser.add_argument("--records", type=int, default=None, help="use only the first N demo training photos")
     parser.add_argument("--tag", default="", help="results key suffix: '<device type>-<tag>'")
@@ -277,6 +294,7 @@ def main() -> None:
             rounds[name].append({k: v / args.steps for k, v in clock.parts.items()})
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(
             f"{k} {sum(rounds[k][-1].values()):.3f}s" for k in steps), flush=True)
+    profiles = {name: profile_step(step, device, args.profile) for name, step in steps.items()} if args.profile else {}
     results = {}
     for name, rows in rounds.items():
         totals = [sum(row.values()) for row in rows]
@@ -298,7 +316,7 @@ def main() -> None:
         "torch": torch.__version__, "platform": platform.platform(), "args": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "load_before": load_before, "load_after": machine_load(), "one_time": once,
-        "results": results, "lfm_speedup_reference_over_ours": ratios,
+        "results": results, "lfm_speedup_reference_over_ours": ratios, "profiles": profiles,
     }
     report = json.loads(args.out.read_text()) if args.out.is_file() else {}
     report[device.type + (f"-{args.tag}" if args.tag else "")] = entry
@@ -322,6 +340,10 @@ def print_tables(entry: dict) -> None:
     for name, r in entry["lfm_speedup_reference_over_ours"].items():
         print(f"\nLFM {name}: reference / ours = {r['median']:.2f}x (median of per-round ratios "
               f"{', '.join(f'{x:.2f}' for x in r['per_round'])})")
+    for name, rows in entry["profiles"].items():
+        total = sum(r["self_ms"] for r in rows)
+        print(f"\nprofile {name} (top {len(rows)} operators by self time, together {total:.0f} ms): " + ", ".join(
+            f"{r['op']} {r['self_ms']:.0f} ms/{r['calls']}" for r in rows))
     for name, o in entry["one_time"].items():
         print(f"{name}: {o['seconds']} s, {o['mib']} MiB ({o['images']})")
 
