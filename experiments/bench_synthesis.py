@@ -45,6 +45,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from degflow.files import atomic_write_text  # noqa: E402
 from degflow.metrics import psnr_y  # noqa: E402
 from degflow.solvers import SolverSpec  # noqa: E402
 from degflow.generation import Synthesizer  # noqa: E402
@@ -312,7 +313,7 @@ def write_report(args, report: dict) -> None:
             for key in ("scale_cost", "reference"):
                 if key not in report and key in old:
                     report[key] = old[key]
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
 
 
 def main() -> None:

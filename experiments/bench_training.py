@@ -55,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from degflow.data.demo import demo_data  # noqa: E402
+from degflow.files import atomic_write_text  # noqa: E402
 from degflow.losses import LossSettings, flow_matching_loss, taylor_extrapolate  # noqa: E402
 from degflow.models.rae import RAE  # noqa: E402
 from degflow.models.unet import VelocityUNet  # noqa: E402
@@ -321,7 +322,7 @@ def main() -> None:
     report = json.loads(args.out.read_text()) if args.out.is_file() else {}
     report[device.type + (f"-{args.tag}" if args.tag else "")] = entry
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
     print_tables(entry)
 
 
