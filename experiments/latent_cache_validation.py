@@ -5,10 +5,11 @@
 Each ``RUN_DIR`` is a finished ``python train.py stage=lfm ...`` run folder (its ``metrics.json``
 holds the final validation and the run's overrides). The runs are grouped by
 ``stage.latent_cache`` (default true) and listed by ``seed`` (default 0). Per validation scale
-and metric (Y-PSNR, SSIM on Y, LPIPS) it reports every seed, the mean per setting, the
-seed range per setting (max - min over seeds) and the difference of the means (cache - no
-cache); the difference is "within spread" when it is no larger than the larger of the two
-seed ranges. With 2 seeds a range is a poor estimate of the spread: read it as a rough scale.
+(and the mean over the held-out scales) and metric (Y-PSNR, SSIM on Y, LPIPS) it reports every
+seed, mean and sample standard deviation over seeds per setting, the difference of the means
+(cache - no cache) and the pooled seed SD ``sqrt((sd_cache^2 + sd_no_cache^2) / 2)``; the
+difference is "within spread" when it is no larger than the pooled SD. With 2 or 3 seeds an
+SD is a rough estimate: read the verdict with the per-seed values next to it.
 Writes ``experiments/results/latent_cache_validation.json`` (``--out``) and prints markdown.
 """
 
@@ -16,14 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from degflow.files import atomic_write_text  # noqa: E402
+from _runner import REPO, fmt, mean_sd, write_json  # noqa: E402
 
 METRICS = ("psnr_y", "ssim_y", "lpips")
 
@@ -48,39 +49,41 @@ def load_run(run_dir: Path) -> dict:
 def compare(runs: list[dict]) -> dict:
     groups = {flag: sorted((r for r in runs if r["latent_cache"] == flag), key=lambda r: r["seed"])
               for flag in (True, False)}
-    if not groups[True] or not groups[False]:
-        raise SystemExit("--runs needs at least one run with stage.latent_cache=true and one with false")
-    scales = list(groups[True][0]["scales"])
+    if len(groups[True]) < 2 or len(groups[False]) < 2:
+        raise SystemExit("--runs needs at least two seeds with stage.latent_cache=true and two with false, got "
+                         f"{len(groups[True])} and {len(groups[False])}")
     table = {}
-    for scale in scales:
+    for scale in groups[True][0]["scales"]:
         row = {"heldout": groups[True][0]["scales"][scale]["heldout"]}
         for m in METRICS:
             cell = {}
             for flag, name in ((True, "cache"), (False, "no_cache")):
                 values = [r["scales"][scale][m] for r in groups[flag]]
-                cell[name] = {"per_seed": dict(zip((r["seed"] for r in groups[flag]), values)),
-                              "mean": statistics.fmean(values), "seed_range": max(values) - min(values)}
+                mean, sd, _ = mean_sd(values)
+                cell[name] = {"per_seed": {r["seed"]: v for r, v in zip(groups[flag], values)}, "mean": mean, "sd": sd}
             diff = cell["cache"]["mean"] - cell["no_cache"]["mean"]
-            spread = max(cell["cache"]["seed_range"], cell["no_cache"]["seed_range"])
-            cell.update(mean_difference=diff, larger_seed_range=spread, within_spread=abs(diff) <= spread)
+            pooled = math.sqrt((cell["cache"]["sd"] ** 2 + cell["no_cache"]["sd"] ** 2) / 2)
+            cell.update(mean_difference=diff, pooled_seed_sd=pooled, within_spread=abs(diff) <= pooled)
             row[m] = cell
         table[scale] = row
     return {"runs": runs, "scales": table,
-            "rule": "within_spread: |mean(cache) - mean(no cache)| <= the larger seed range (max - min over seeds)"}
+            "rule": "within_spread: |mean(cache) - mean(no cache)| <= sqrt((sd_cache^2 + sd_no_cache^2) / 2), "
+                    "sd = sample standard deviation over seeds"}
 
 
 def markdown(result: dict) -> str:
     seeds = {flag: sorted({r["seed"] for r in result["runs"] if r["latent_cache"] == flag}) for flag in (True, False)}
-    lines = [f"seeds: cache {seeds[True]}, no cache {seeds[False]}; * held-out scale", "",
-             "| scale | metric | cache (per seed) | no cache (per seed) | mean diff (cache - no cache) | "
-             "larger seed range | within spread |", "|---|---|---|---|---:|---:|---|"]
-    digits = {"psnr_y": 2, "ssim_y": 4, "lpips": 4}
+    lines = [f"seeds: cache {seeds[True]}, no cache {seeds[False]}; mean ± SD over seeds; * held-out scale", "",
+             "| scale | metric | cache | no cache | per seed: cache / no cache | diff (cache - no cache) | "
+             "pooled seed SD | within spread |", "|---|---|---|---|---|---:|---:|---|"]
     for scale, row in result["scales"].items():
         for m in METRICS:
-            c, d = row[m], digits[m]
-            per = {k: " / ".join(f"{v:.{d}f}" for v in c[k]["per_seed"].values()) for k in ("cache", "no_cache")}
-            lines.append(f"| {scale}{'*' if row['heldout'] else ''} | {m} | {per['cache']} | {per['no_cache']} | "
-                         f"{c['mean_difference']:+.{d}f} | {c['larger_seed_range']:.{d}f} | "
+            c = row[m]
+            d = 2 if m == "psnr_y" else 4
+            per = "; ".join(" ".join(f"{v:.{d}f}" for v in c[k]["per_seed"].values()) for k in ("cache", "no_cache"))
+            lines.append(f"| {scale}{'*' if row['heldout'] else ''} | {m} | {fmt(c['cache']['mean'], c['cache']['sd'], m)}"
+                         f" | {fmt(c['no_cache']['mean'], c['no_cache']['sd'], m)} | {per} | "
+                         f"{c['mean_difference']:+.{d}f} | {c['pooled_seed_sd']:.{d}f} | "
                          f"{'yes' if c['within_spread'] else 'no'} |")
     return "\n".join(lines)
 
@@ -92,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     result = compare([load_run(d) for d in args.runs])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(markdown(result))
     print(f"\nwritten {args.out}")
 
