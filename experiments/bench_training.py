@@ -233,11 +233,11 @@ def profile_step(step, device: torch.device, top: int) -> list[dict]:
 
 def machine_load() -> dict:
     """Load average and the other busy processes (what else loaded the machine)."""
-    out = subprocess.run(["ps", "-eo", "pcpu,args", "--sort=-pcpu"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-eo", "pid,pcpu,args", "--sort=-pcpu"], capture_output=True, text=True).stdout
     busy = []
     for line in out.splitlines()[1:]:
-        pcpu, _, cmd = line.strip().partition(" ")
-        if float(pcpu) >= 10 and str(os.getpid()) not in cmd:
+        pid, pcpu, cmd = line.split(None, 2)
+        if float(pcpu) >= 10 and int(pid) != os.getpid():
             busy.append(f"{pcpu}% {cmd.strip()[:90]}")
     return {"loadavg": [round(x, 2) for x in os.getloadavg()], "busy_processes": busy[:12]}
 
