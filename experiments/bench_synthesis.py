@@ -4,6 +4,7 @@
     python experiments/bench_synthesis.py --ckpt path/to/lfm.pt --images path/to/hr_folder
     python experiments/bench_synthesis.py --random-small                   # smoke test, no checkpoint
     python experiments/bench_synthesis.py --memory                         # paper-size 2040x1356 peak RSS
+    python experiments/bench_synthesis.py --memory --memory-size 1356x2040,4096x4096   # side by side
 
 Writes ``experiments/results/bench_synthesis.json`` (``--out``) and prints markdown tables.
 
@@ -19,7 +20,8 @@ Writes ``experiments/results/bench_synthesis.json`` (``--out``) and prints markd
    fixed-step setting within 0.05 dB of the reference at every scale with at most a third
    of its NFE.
 3. Memory (``--memory``): a randomly initialised paper-size model (conf/model/rae/paper.yaml,
-   conf/model/lfm/paper.yaml) on a random 2040x1356 image, in a subprocess, default tiling;
+   conf/model/lfm/paper.yaml) on a random 2040x1356 image (``--memory-size``: one or more
+   HxW, each in its own subprocess, one after another), default tiling;
    peak RSS from ``resource.getrusage``.
 
 Not a test: timings depend on the machine; numbers are only comparable on the same one.
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -42,6 +45,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from degflow.files import atomic_write_text  # noqa: E402
 from degflow.metrics import psnr_y  # noqa: E402
 from degflow.solvers import SolverSpec  # noqa: E402
 from degflow.generation import Synthesizer  # noqa: E402
@@ -294,6 +298,24 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def write_report(args, report: dict) -> None:
+    """Write ``report`` to ``args.out``, keeping the sections of an earlier run that this one did not rerun."""
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if args.memory:                         # keep the other sections of an earlier run, and vice versa
+        report = {**old, "memory": {**old.get("memory", {}), **report["memory"]}}
+    else:
+        if "memory" in old:
+            report["memory"] = old["memory"]
+        if args.only is not None:                       # keep the section that was not rerun
+            if old.get("checkpoint", {}).get("sha256") != report["checkpoint"]["sha256"]:
+                sys.exit(f"--only: {args.out} holds results of another checkpoint; rerun every section")
+            for key in ("scale_cost", "reference"):
+                if key not in report and key in old:
+                    report[key] = old[key]
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, help="stage-2 (lfm) checkpoint")
@@ -306,8 +328,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", choices=("scale_cost", "reference"),
                         help="run one section and keep the other sections of the results file")
-    parser.add_argument("--memory", action="store_true", help="measure the paper-size 2040x1356 case only")
-    parser.add_argument("--memory-size", default="1356x2040", help="HxW of the memory case")
+    parser.add_argument("--memory", action="store_true", help="measure only the paper-size memory cases")
+    parser.add_argument("--memory-size", default="1356x2040",
+                        help="HxW of the memory case; comma-separated for several, one subprocess each, in order "
+                             "(e.g. 1356x2040,4096x4096)")
     parser.add_argument("--memory-scales", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "experiments/results/bench_synthesis.json")
     args = parser.parse_args()
@@ -316,8 +340,15 @@ def main() -> None:
                                 "torch": torch.__version__, "threads": torch.get_num_threads(),
                                 "device": args.device}}
     if args.memory:
-        h, w = (int(v) for v in args.memory_size.split("x"))
-        report["memory"] = {f"{h}x{w}_{args.memory_scales}_scales": memory(h, w, args.memory_scales)}
+        sizes = [tuple(int(v) for v in size.split("x")) for size in args.memory_size.split(",")]
+        report["memory"] = {}
+        for h, w in sizes:  # one child process per size; the file is rewritten after each
+            load = [round(x, 2) for x in os.getloadavg()]
+            report["memory"][f"{h}x{w}_{args.memory_scales}_scales"] = {
+                **memory(h, w, args.memory_scales), "loadavg_before": load,
+                "loadavg_after": [round(x, 2) for x in os.getloadavg()], "sizes_in_this_run": args.memory_size}
+            write_report(args, report)
+            print(json.dumps(report["memory"][f"{h}x{w}_{args.memory_scales}_scales"]), flush=True)
     else:
         if args.random_small == bool(args.ckpt):
             parser.error("give exactly one of --ckpt or --random-small")
@@ -338,20 +369,7 @@ def main() -> None:
             report["reference"] = against_reference(synth, images, scales)
         if tmp is not None:
             tmp.cleanup()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    if args.memory:                         # keep the other sections of an earlier run, and vice versa
-        report = {**old, "memory": {**old.get("memory", {}), **report["memory"]}}
-    else:
-        if "memory" in old:
-            report["memory"] = old["memory"]
-        if args.only is not None:                       # keep the section that was not rerun
-            if old.get("checkpoint", {}).get("sha256") != report["checkpoint"]["sha256"]:
-                sys.exit(f"--only: {args.out} holds results of another checkpoint; rerun every section")
-            for key in ("scale_cost", "reference"):
-                if key not in report and key in old:
-                    report[key] = old[key]
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args, report)
     print(markdown(report))
     print(f"\nwritten {args.out}")
 

@@ -2,7 +2,8 @@
 stage-2 step against a reference step that does what the authors' loop does.
 
     python experiments/bench_training.py                       # CPU: small + paper presets
-    python experiments/bench_training.py --device cuda --channels-last --compile
+    python experiments/bench_training.py --ours fp32,fp32+channels_last,bf16   # layouts side by side
+    python experiments/bench_training.py --device cuda --ours bf16+channels_last --compile
 
 Writes ``experiments/results/bench_training.json`` (``--out``; one entry per device kind) and
 prints markdown tables. Not a test: timings depend on the machine.
@@ -16,9 +17,10 @@ cost of a step does not depend on the weights), on the demo photos downscaled to
 - **LFM step, ours** (:class:`degflow.training.lfm.LFMStage` with ``stage.latent_cache``):
   knot latents from the latent cache, one HR pass for the decoder's skip features
   (``RAE.features``), velocity forward, Taylor extrapolation, decoder + LPIPS (VGG) forward,
-  their backward, velocity backward, fused Adam (as ``fit`` builds it); once in fp32 and once
-  under bf16 autocast (``--ours-precisions``); ``--channels-last`` / ``--compile`` apply to
-  ours only (velocity network, RAE).
+  their backward, velocity backward, fused Adam (as ``fit`` builds it); one configuration per
+  ``--ours`` variant: fp32 or bf16 autocast, optionally ``+channels_last`` (NHWC weights and
+  activations of the velocity network, the RAE and LPIPS, as ``channels_last=true`` does in
+  training: the same function, another memory layout); ``--compile`` applies to all of ours.
 - **LFM step, reference**: what the authors' ``training_step`` does: every image of the
   crop tuple (HR, x2, x3, x4; x3 is encoded and then dropped) through the full encoder at
   every step, fp32, no cache, unaligned crops, torch's default (unfused) Adam; the rest is the
@@ -29,7 +31,8 @@ latent (decoder + LPIPS backward), then that gradient and the flow-matching loss
 velocity network (velocity backward); the summed gradients equal ``loss.backward()``.
 Configurations are interleaved round by round (``--rounds`` x ``--steps`` steps each, after
 ``--warmup`` steps) so load from other processes hits all of them alike; the tables report
-medians over rounds and, for ours vs reference, the median of the per-round ratios.
+medians over rounds and, for ours vs reference, the median of the per-round ratios. ``--profile N``
+adds one step of each configuration under torch.profiler (its N costliest operators).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from degflow.data.demo import demo_data  # noqa: E402
+from degflow.files import atomic_write_text  # noqa: E402
 from degflow.losses import LossSettings, flow_matching_loss, taylor_extrapolate  # noqa: E402
 from degflow.models.rae import RAE  # noqa: E402
 from degflow.models.unet import VelocityUNet  # noqa: E402
@@ -170,7 +174,7 @@ def build(args, device: torch.device) -> tuple[dict, dict]:
         torch.manual_seed(0)
         batch = args.batch[name]
         # stage 1
-        rae = accelerate(RAE(**preset("rae", name)).to(device), args.channels_last, args.compile)
+        rae = accelerate(RAE(**preset("rae", name)).to(device), False, args.compile)
         opt = torch.optim.Adam(rae.parameters(), lr=1e-4, betas=(0.5, 0.9), fused=True)
         batches = train_batches(data2.train, 0, 0, batch, 0, device)
         steps[f"rae {name}"] = (lambda r=rae, bt=batches, o=opt: lambda c: rae_step(r, bt, o, c, "fp32"))()
@@ -185,39 +189,55 @@ def build(args, device: torch.device) -> tuple[dict, dict]:
             "seconds": round(time.perf_counter() - t0, 2), "mib": round(cache.nbytes / 2**20, 2),
             "images": f"{len(data2.train.records)} records x 8 transforms x 3 knots, max side {args.max_side}",
             "loadavg_1min": round(os.getloadavg()[0], 2)}
-        variants = [(f"ours {p}", p) for p in args.ours_precisions] + [("reference", None)]
-        for label, precision in variants:
-            reference = precision is None
+        variants = [(f"ours {v}", v) for v in args.ours] + [("reference", None)]
+        for label, variant in variants:
+            reference = variant is None
+            precision, _, layout = (variant or "fp32").partition("+")
+            channels_last = layout == "channels_last"
             torch.manual_seed(1)
             velocity = VelocityUNet(**preset("lfm", name)).to(device)
-            rae_used = frozen
-            if not reference:
-                velocity = accelerate(velocity, args.channels_last, args.compile)
-                if args.channels_last or args.compile:
-                    rae_used = copy.deepcopy(frozen)
+            rae_used, lpips_used = frozen, lpips
+            if not reference:  # as build_lfm_stage: the switches on velocity, encoder, decoder and LPIPS
+                velocity = accelerate(velocity, channels_last, args.compile)
+                if channels_last or args.compile:
+                    rae_used, lpips_used = copy.deepcopy(frozen), accelerate(copy.deepcopy(lpips), channels_last,
+                                                                             args.compile)
                     for part in (rae_used.encoder, rae_used.decoder):
-                        accelerate(part, args.channels_last, args.compile)
+                        accelerate(part, channels_last, args.compile)
             stage = LFMStage(rae_used, velocity, (1.0, 2.0, 4.0), SplineSettings(), LossSettings(),
                              SolverSpec.create(method="euler", steps=2), None, (1.0, 2.0, 4.0), device,
-                             rae_source={}, lpips_loss=lpips, lpips_metric=None,
+                             rae_source={}, lpips_loss=lpips_used, lpips_metric=None,
                              latent_cache=None if reference else cache)
             dataset = data3.train if reference else aligned_training_set(data2.train, frozen.stride)
             # ours: Adam fused as in degflow.training.loop.fit; reference: torch's default Adam
             opt = torch.optim.Adam(stage.trainable_parameters(), lr=2e-4, fused=None if reference else True)
             batches = train_batches(dataset, 0, 0, batch, 0, device)
-            steps[f"lfm {name} {label}"] = (lambda s=stage, bt=batches, o=opt, p=precision or "fp32", r=reference:
+            steps[f"lfm {name} {label}"] = (lambda s=stage, bt=batches, o=opt, p=precision, r=reference:
                                             lambda c: lfm_step(s, bt, o, c, p, r))()
             stage.velocity.train()
     return steps, once
 
 
+def profile_step(step, device: torch.device, top: int) -> list[dict]:
+    """One step under ``torch.profiler``: the ``top`` operators by self time (ms, calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step(Clock(device))
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_device_time_total if device.type == "cuda"
+                  else e.self_cpu_time_total, reverse=True)[:top]
+    return [{"op": e.key, "self_ms": round((e.self_device_time_total if device.type == "cuda"
+                                            else e.self_cpu_time_total) / 1000, 1), "calls": e.count} for e in rows]
+
+
 def machine_load() -> dict:
     """Load average and the other busy processes (what else loaded the machine)."""
-    out = subprocess.run(["ps", "-eo", "pcpu,args", "--sort=-pcpu"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-eo", "pid,pcpu,args", "--sort=-pcpu"], capture_output=True, text=True).stdout
     busy = []
     for line in out.splitlines()[1:]:
-        pcpu, _, cmd = line.strip().partition(" ")
-        if float(pcpu) >= 10 and str(os.getpid()) not in cmd:
+        pid, pcpu, cmd = line.split(None, 2)
+        if float(pcpu) >= 10 and int(pid) != os.getpid():
             busy.append(f"{pcpu}% {cmd.strip()[:90]}")
     return {"loadavg": [round(x, 2) for x in os.getloadavg()], "busy_processes": busy[:12]}
 
@@ -225,10 +245,10 @@ def machine_load() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--ours-precisions", default="fp32,bf16",
-                        help="precisions of 'ours' LFM steps (bf16 = autocast, CUDA or CPU); the reference is fp32")
+    parser.add_argument("--ours", default="fp32,bf16",
+                        help="'ours' LFM variants: <precision>[+channels_last], precision fp32 | bf16 (autocast, "
+                             "CUDA or CPU); the reference is fp32, NCHW")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep the latent caches here between runs")
-    parser.add_argument("--channels-last", action="store_true", help="ours only")
     parser.add_argument("--compile", action="store_true", help="torch.compile, ours only")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--presets", default="small,paper")
@@ -238,19 +258,26 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per configuration per round")
+    parser.add_argument("--profile", type=int, default=0,
+                        help="after the timed rounds, one more step of each configuration under torch.profiler: "
+                             "its N most expensive operators (self time)")
     parser.add_argument("--only", default=None, help="comma-separated configuration names (default: all)")
     parser.add_argument("--records", type=int, default=None, help="use only the first N demo training photos")
     parser.add_argument("--tag", default="", help="results key suffix: '<device type>-<tag>'")
     parser.add_argument("--out", type=Path, default=REPO / "experiments/results/bench_training.json")
     args = parser.parse_args()
     args.presets = args.presets.split(",")
-    args.ours_precisions = args.ours_precisions.split(",")
+    args.ours = args.ours.split(",")
+    for v in args.ours:
+        precision, plus, layout = v.partition("+")
+        if precision not in ("fp32", "bf16") or (plus and layout != "channels_last"):
+            parser.error(f"--ours: {v!r} is not <precision>[+channels_last] with precision fp32 or bf16")
     args.batch = {k: int(v) for k, v in (kv.split("=") for kv in args.batch.split(","))}
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     print(f"device {device}, torch.get_num_threads()={torch.get_num_threads()}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, crop {args.crop}, batch {args.batch}, "
-          f"ours precisions={args.ours_precisions}, channels_last={args.channels_last}, compile={args.compile}", flush=True)
+          f"ours variants={args.ours}, compile={args.compile}", flush=True)
     load_before = machine_load()
     steps, once = build(args, device)
     if args.only:
@@ -268,6 +295,7 @@ def main() -> None:
             rounds[name].append({k: v / args.steps for k, v in clock.parts.items()})
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(
             f"{k} {sum(rounds[k][-1].values()):.3f}s" for k in steps), flush=True)
+    profiles = {name: profile_step(step, device, args.profile) for name, step in steps.items()} if args.profile else {}
     results = {}
     for name, rows in rounds.items():
         totals = [sum(row.values()) for row in rows]
@@ -277,7 +305,7 @@ def main() -> None:
     ratios = {}
     for name in args.presets:
         ref = rounds.get(f"lfm {name} reference")
-        for p in args.ours_precisions:
+        for p in args.ours:
             ours = rounds.get(f"lfm {name} ours {p}")
             if ours and ref:
                 per_round = [sum(b.values()) / sum(a.values()) for a, b in zip(ours, ref)]
@@ -289,12 +317,12 @@ def main() -> None:
         "torch": torch.__version__, "platform": platform.platform(), "args": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "load_before": load_before, "load_after": machine_load(), "one_time": once,
-        "results": results, "lfm_speedup_reference_over_ours": ratios,
+        "results": results, "lfm_speedup_reference_over_ours": ratios, "profiles": profiles,
     }
     report = json.loads(args.out.read_text()) if args.out.is_file() else {}
     report[device.type + (f"-{args.tag}" if args.tag else "")] = entry
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
     print_tables(entry)
 
 
@@ -313,6 +341,10 @@ def print_tables(entry: dict) -> None:
     for name, r in entry["lfm_speedup_reference_over_ours"].items():
         print(f"\nLFM {name}: reference / ours = {r['median']:.2f}x (median of per-round ratios "
               f"{', '.join(f'{x:.2f}' for x in r['per_round'])})")
+    for name, rows in entry["profiles"].items():
+        total = sum(r["self_ms"] for r in rows)
+        print(f"\nprofile {name} (top {len(rows)} operators by self time, together {total:.0f} ms): " + ", ".join(
+            f"{r['op']} {r['self_ms']:.0f} ms/{r['calls']}" for r in rows))
     for name, o in entry["one_time"].items():
         print(f"{name}: {o['seconds']} s, {o['mib']} MiB ({o['images']})")
 

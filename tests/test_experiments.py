@@ -211,3 +211,28 @@ def test_two_seeds_are_reported_as_mean_and_spread_per_test_set_and_method():
     assert "| Nikon (unseen camera, eval only) (50 img) | degflow | **30.50 ± 0.71** |" in table
     assert "- Nikon (unseen camera, eval only): degflow beats bicubic in PSNR-Y (+1.50 dB); LPIPS -0.1000 (better)." \
         in table
+
+
+def test_cache_comparison_flags_a_gap_larger_than_the_pooled_seed_sd_and_passes_a_smaller_one(tmp_path):
+    sys.path.insert(0, str(REPO / "experiments"))
+    from latent_cache_validation import compare, load_run, markdown
+
+    def run(name: str, seed: int, cache: bool, x3: float, x2: float) -> Path:
+        scales = {key: {"psnr_y": psnr, "ssim_y": 0.9, "lpips": 0.2, "heldout": heldout}
+                  for key, psnr, heldout in (("x2", x2, False), ("x3", x3, True))}
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "metrics.json").write_text(json.dumps(
+            {"step": 500, "scales": scales, "overrides": ["stage=lfm", f"seed={seed}"]
+             + ([] if cache else ["stage.latent_cache=false"])}))
+        return folder
+
+    runs = [load_run(run("a", 0, True, 32.1, 34.60)), load_run(run("b", 1, True, 32.0, 34.70)),
+            load_run(run("c", 0, False, 31.5, 34.62)), load_run(run("d", 1, False, 31.6, 34.64))]
+    result = compare(runs)
+    x3, x2 = result["scales"]["x3"]["psnr_y"], result["scales"]["x2"]["psnr_y"]
+    assert x3["mean_difference"] == pytest.approx(0.5) and x3["within_spread"] is False
+    assert x3["pooled_seed_sd"] == pytest.approx(0.1 / 2 ** 0.5)       # both settings: SD of two values 0.1 apart
+    assert x2["mean_difference"] == pytest.approx(0.02) and x2["within_spread"] is True
+    assert result["scales"]["held-out mean"]["psnr_y"]["mean_difference"] == pytest.approx(0.5)
+    assert "| x3* | psnr_y | 32.05 ± 0.07 | 31.55 ± 0.07 |" in markdown(result)
