@@ -20,3 +20,14 @@ def shared_dir() -> Path:
         )
     return SHARED_DIR
 
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models run fastest (and deterministically) on one thread; the count is restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -42,13 +42,7 @@ SCALES = [1.5, 2.25, 3.0]
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest (and deterministically) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # tests/conftest.py
 
 
 def _tiny_models(seed: int = 0) -> tuple[RAE, VelocityUNet]:
