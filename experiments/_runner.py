@@ -8,6 +8,7 @@ run is logged and recorded in their results JSON.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -46,6 +47,14 @@ class Runner:
         if done.returncode != 0:
             raise SystemExit(f"error: {what} failed with exit code {done.returncode}: {line}")
         print(f"-- {what}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def results_parser(doc: str, example: str) -> argparse.ArgumentParser:
+    """The parser of a results script: its docstring's first paragraph as the description (the
+    rest kept verbatim) and ``example`` (a command line) as the epilog."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog=f"Example:\n  {example}")
 
 
 def add_shared_arguments(parser) -> None:

@@ -25,7 +25,6 @@ at HR pixel size; LPIPS AlexNet; KL / AKLD).
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import sys
@@ -33,7 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _runner import REPO, Runner, add_shared_arguments, evaluate, list_arg, train_commands, write_json  # noqa: E402
+from _runner import (REPO, Runner, add_shared_arguments, evaluate, list_arg, results_parser,  # noqa: E402
+                     train_commands, write_json)
 
 from degflow.files import atomic_write_text  # noqa: E402
 
@@ -72,10 +72,8 @@ def readme_block(out: Path, commands: list[str], ckpt: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Example:\n  python experiments/demo_results.py --ckpt outputs/lfm/default/"
-                                       "checkpoints/last.pt --out outputs/demo_results")
+    p = results_parser(__doc__, "python experiments/demo_results.py --ckpt outputs/lfm/default/"
+                                "checkpoints/last.pt --out outputs/demo_results")
     p.add_argument("--ckpt", type=Path, default=None, help="stage-2 checkpoint (default: train the demo model)")
     p.add_argument("--out", type=Path, default=Path("outputs/demo_results"), help="output folder (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="training seed when no --ckpt is given (default 0)")

@@ -39,7 +39,6 @@ from a 25-step calibration run, see the README "Results" section); budget knobs:
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -48,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _runner import (  # noqa: E402
     METRIC_KEYS,
     add_shared_arguments,
+    results_parser,
     Runner,
     evaluate,
     fmt,
@@ -174,10 +174,8 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Example:\n  python experiments/realsr_x4.py --canon ../shared/data/realsr_x4 "
-                                       "--nikon ../shared/data/realsr_x4_eval --seeds 0 1")
+    p = results_parser(__doc__, "python experiments/realsr_x4.py --canon ../shared/data/realsr_x4 "
+                                "--nikon ../shared/data/realsr_x4_eval --seeds 0 1")
     p.add_argument("--canon", type=Path, required=True, help="Canon pairs: HR/ and x4/ (train/val/test are split from it)")
     p.add_argument("--nikon", type=Path, required=True, help="Nikon pairs: HR/ and x4/ (EVALUATION ONLY)")
     p.add_argument("--out", type=Path, default=Path("outputs/realsr_x4"), help="output folder (default %(default)s)")
