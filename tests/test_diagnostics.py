@@ -55,3 +55,63 @@ def test_tiles_split_row_major_and_merge_back_exactly():
     assert torch.equal(merge_tiles(tiles, 2, 8, 12), x)
     with pytest.raises(ValueError, match="multiples of the tile size 5"):
         split_tiles(x, 5)
+
+
+# --- how much of a real LR image is a linear function of its HR image -------------------------------------
+
+
+def _conv_reference(hr, weights, scale, support):
+    """The same degradation as a strided convolution (an independent implementation)."""
+    k, pad = support, (support - scale) // 2
+    w = weights[:-1].T.reshape(3, 3, k, k)                                   # [out, in, k, k]
+    x = torch.nn.functional.pad(hr.double(), (pad,) * 4, mode="replicate")
+    return torch.nn.functional.conv2d(x, w.double(), weights[-1].double(), stride=scale)
+
+
+def test_a_linear_degradation_is_a_strided_convolution_and_is_recovered_exactly_by_least_squares():
+    from degflow.diagnostics import (apply_linear_degradation, linear_degradation_normal_equations,
+                                     solve_linear_degradation)
+    g = torch.Generator().manual_seed(3)
+    hr = torch.rand(2, 3, 64, 72, generator=g, dtype=torch.float64) * 2 - 1
+    scale, support = 4, 8
+    true_w = torch.randn(3 * support**2 + 1, 3, generator=g, dtype=torch.float64) * 0.05
+    lr = apply_linear_degradation(hr, true_w, scale, support)
+    assert lr.shape == (2, 3, 16, 18)
+    assert torch.allclose(lr, _conv_reference(hr, true_w, scale, support), atol=1e-12)
+    xtx, xty = linear_degradation_normal_equations(hr, lr, scale, support)
+    fitted = solve_linear_degradation(xtx, xty, ridge=0.0)
+    assert torch.allclose(fitted, true_w, atol=1e-8)
+    # normal equations add up: two halves of the batch give the fit of the whole
+    a = linear_degradation_normal_equations(hr[:1], lr[:1], scale, support)
+    b = linear_degradation_normal_equations(hr[1:], lr[1:], scale, support)
+    assert torch.allclose(solve_linear_degradation(a[0] + b[0], a[1] + b[1], ridge=0.0), fitted, atol=1e-8)
+
+
+def test_linear_degradation_rejects_sizes_it_cannot_tile():
+    from degflow.diagnostics import linear_degradation_design, linear_degradation_normal_equations
+    with pytest.raises(ValueError, match="multiple of the scale 4"):
+        linear_degradation_design(torch.zeros(1, 3, 30, 32), 4, 8)
+    with pytest.raises(ValueError, match="differ from it by an even number"):
+        linear_degradation_design(torch.zeros(1, 3, 32, 32), 4, 7)
+    with pytest.raises(ValueError, match="expected"):
+        linear_degradation_normal_equations(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 16, 16), 4, 8)
+
+
+def test_immerkaer_noise_sigma_matches_its_formula_and_finds_the_noise_of_a_smooth_image():
+    import numpy as np
+    from scipy.signal import convolve2d
+
+    from degflow.diagnostics import noise_sigma
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(2, 1, 40, 50, generator=g, dtype=torch.float64)
+    m = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)
+    ref = [math.sqrt(math.pi / 2) * np.abs(convolve2d(x[0].numpy(), m, mode="valid")).sum() / (6 * 38 * 48)
+           for x in img]
+    assert noise_sigma(img).tolist() == pytest.approx(ref, rel=1e-12)
+    yy, xx = torch.meshgrid(*(torch.arange(256, dtype=torch.float64),) * 2, indexing="ij")
+    ramp = (0.3 + 0.001 * yy + 0.002 * xx)[None, None]                         # a plane: no noise
+    assert float(noise_sigma(ramp)) < 1e-12
+    noisy = ramp + 0.02 * torch.randn(ramp.shape, generator=g, dtype=torch.float64)
+    assert float(noise_sigma(noisy)) == pytest.approx(0.02, rel=0.03)
+    with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
+        noise_sigma(torch.zeros(1, 3, 8, 8))
