@@ -42,11 +42,9 @@ from degflow.training import instantiate  # noqa: E402
 from degflow.data.transforms import center_crop  # noqa: E402
 
 
-def _solve(synth: Synthesizer, hr_latent: torch.Tensor, z0: torch.Tensor, t0: float, times: list[float],
-           solver: SolverSpec) -> torch.Tensor:
-    """States ``[T, B, C, h, w]`` at ``times`` solving from ``z0`` at time ``t0`` (the field of
-    the image whose HR latent is ``hr_latent``)."""
-    field = synth.field(hr_latent)
+def _solve(field, z0: torch.Tensor, t0: float, times: list[float], solver: SolverSpec) -> torch.Tensor:
+    """States ``[T, B, C, h, w]`` at ``times`` solving ``field`` (an image's
+    :meth:`Synthesizer.field`) from ``z0`` at time ``t0``."""
     states, _ = integrate(lambda z, t: field(z, t + t0), z0, [t - t0 for t in times], solver)
     return states
 
@@ -98,19 +96,22 @@ def diagnose(ckpt: Path, max_images: int | None, bins: int, ref_steps: int, tile
                 return synth.rae.decode(z, feats).clamp(-1, 1)[..., :h, :w]
 
             # (a) velocity error per time bin, whole latent and training-size latent tiles
-            err, tgt = velocity_error_by_time(synth.field(z0), knots, kt, mids, path)       # [T,1]
+            field = synth.field(z0, imgs[0])                                  # conditioned as the net takes it
+            err, tgt = velocity_error_by_time(field, knots, kt, mids, path)  # [T,1]
             add("a_err_full", err[:, 0]); add("a_tgt_full", tgt[:, 0])
             lt = tile // synth.rae.stride
             lh, lw = h // synth.rae.stride, w // synth.rae.stride
             tiles = split_tiles(knots[..., :lh, :lw].flatten(0, 1), lt)                    # [K*n,C,lt,lt]
             tiles = tiles.view(len(train_scales), -1, *tiles.shape[1:]).transpose(0, 1)     # [n,K,C,lt,lt]
-            err_t, tgt_t = velocity_error_by_time(synth.field(tiles[:, 0]), tiles, kt, mids, path)   # [T,n]
+            hr_tiles = split_tiles(imgs[0], tile)                              # [n,3,tile,tile]
+            field_t = synth.field(tiles[:, 0], hr_tiles)
+            err_t, tgt_t = velocity_error_by_time(field_t, tiles, kt, mids, path)   # [T,n]
             add("a_err_tiles", err_t.mean(1)); add("a_tgt_tiles", tgt_t.mean(1))
 
             # (b) + (c): solves from t = 0 with the validation solver and the reference
             later = list(knot_t[1:])
-            gen = _solve(synth, z0, z0, 0.0, later, solver)                   # [K-1,1,C,h,w]
-            ref = _solve(synth, z0, z0, 0.0, later, reference)
+            gen = _solve(field, z0, 0.0, later, solver)                       # [K-1,1,C,h,w]
+            ref = _solve(field, z0, 0.0, later, reference)
             for k, s in enumerate(train_scales[1:], start=1):
                 key = scale_key(s)
                 real_z = knots[:, k]
@@ -119,7 +120,7 @@ def diagnose(ckpt: Path, max_images: int | None, bins: int, ref_steps: int, tile
                 add(f"b_integration_mse_{key}", mse); add(f"b_integration_rel_{key}", mse / way)
                 mse, rel = latent_error(gen[k - 1], real_z, z0)
                 add(f"c_drift_mse_{key}", mse); add(f"c_drift_rel_{key}", rel)
-                seg = _solve(synth, z0, knots[:, k - 1], knot_t[k - 1], [knot_t[k]], solver)[0]
+                seg = _solve(field, knots[:, k - 1], knot_t[k - 1], [knot_t[k]], solver)[0]
                 mse, rel = latent_error(seg, real_z, knots[:, k - 1])
                 add(f"c_segment_mse_{key}", mse); add(f"c_segment_rel_{key}", rel)
                 target = imgs[k]
@@ -129,9 +130,8 @@ def diagnose(ckpt: Path, max_images: int | None, bins: int, ref_steps: int, tile
                 add(f"c_psnr_segment_{key}", protocol.psnr_y(decode(seg), target))
 
             # (d) the same images generated / decoded tile by tile at the training crop size
-            hr_tiles = split_tiles(imgs[0], tile)                              # [n,3,tile,tile]
             z0_t, feats_t = synth.rae.encode(hr_tiles)
-            gen_t = _solve(synth, z0_t, z0_t, 0.0, later, solver)
+            gen_t = _solve(synth.field(z0_t, hr_tiles), z0_t, 0.0, later, solver)
             for k, s in enumerate(train_scales[1:], start=1):
                 key = scale_key(s)
                 fake = merge_tiles(synth.rae.decode(gen_t[k - 1], feats_t).clamp(-1, 1), 1, h, w)

@@ -3,11 +3,14 @@
 - :mod:`degflow.generation.synthesizer`: :class:`Synthesizer` (load a stage-2 checkpoint, scale
   to time, encode, one ODE solve, decode; the ``ae_interp`` oracle) and :class:`SynthesisResult`.
 - :mod:`degflow.generation.tiling`: tile spans, blending windows and the blending loop.
+- :mod:`degflow.generation.condition`: what the velocity is conditioned on (none, the HR
+  latent, the HR latent and pixels), built the same way for training and generation.
 
 Training validation, the Python API and ``synthesize.py`` (through
 :func:`degflow.lr_dataset.write_lr_dataset`) all call this one core.
 """
 
+from degflow.generation.condition import CONDITIONS, condition_kind, velocity_condition
 from degflow.generation.synthesizer import DEFAULT_SOLVER, SynthesisResult, Synthesizer
 
-__all__ = ["DEFAULT_SOLVER", "SynthesisResult", "Synthesizer"]
+__all__ = ["CONDITIONS", "DEFAULT_SOLVER", "SynthesisResult", "Synthesizer", "condition_kind", "velocity_condition"]

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from degflow.checkpoint import CheckpointError, build_model, load_checkpoint
 from degflow.files import file_sha256
+from degflow.generation.condition import condition_kind, velocity_condition
 from degflow.generation.tiling import Span, blend_tiles, tile_grid
 from degflow.resize import resize_to_lr
 from degflow.runtime import autocast, check_precision, resolve_device
@@ -203,13 +204,21 @@ class Synthesizer:
                 return self.velocity(z, t).to(z.dtype)
             return self.velocity(z, t, cond).to(z.dtype)
 
-    def field(self, z0: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    @property
+    def condition(self) -> str:
+        """What the velocity is conditioned on (:mod:`degflow.generation.condition`)."""
+        return condition_kind(int(getattr(self.velocity, "cond_channels", 0)), int(self.velocity.config["in_channels"]),
+                              int(self.rae.stride))
+
+    def field(self, z0: torch.Tensor, hr: torch.Tensor | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The velocity field ``(z [B, C, h, w], t [B]) -> [B, C, h, w]`` of a solve that starts
-        at the HR latent ``z0 [B, C, h, w]``: conditioned on ``z0`` when the network takes a
-        condition (``model.lfm.cond_channels``), else the plain v(z, t)."""
-        if getattr(self.velocity, "cond_channels", 0):
-            return lambda z, t: self._velocity(z, t, z0)
-        return self._velocity
+        at the HR latent ``z0 [B, C, h, w]`` of the (padded) HR image ``hr [B, 3, 8h, 8w]``:
+        conditioned as the network takes it (``model.lfm.cond_channels``: nothing, ``z0``, or
+        ``z0`` and the HR pixels, which need ``hr``)."""
+        cond = velocity_condition(self.condition, z0, hr, int(self.rae.stride))
+        if cond is None:
+            return self._velocity
+        return lambda z, t: self._velocity(z, t, cond)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -303,7 +312,7 @@ class Synthesizer:
         unique = sorted(set(times.values()))
         self._sync()
         solve_start = time.perf_counter()
-        states, nfe = integrate(self.field(z0), z0, unique, solver)               # [T,B,C,h,w]
+        states, nfe = integrate(self.field(z0, x), z0, unique, solver)               # [T,B,C,h,w]
         self._sync()
         solve = time.perf_counter() - solve_start
         latents = {s: states[unique.index(times[s])] for s in wanted}

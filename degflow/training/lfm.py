@@ -25,7 +25,7 @@ import torch
 
 from degflow.checkpoint import CheckpointError, build_model, find_latest_checkpoint, load_checkpoint, model_entry
 from degflow.files import file_sha256
-from degflow.generation import Synthesizer
+from degflow.generation import Synthesizer, condition_kind, velocity_condition
 from degflow.losses import LossSettings, flow_matching_loss, sample_times, segment_weights, taylor_extrapolate
 from degflow.metrics import EVAL_PROTOCOLS, EvalProtocol, eval_protocol
 from degflow.perceptual import load_lpips
@@ -156,12 +156,10 @@ class LFMStage(Stage):
         self.rae = rae.to(device).eval().requires_grad_(False)
         self.velocity = velocity.to(device)
         self.ema_decay = check_ema_decay(ema_decay)
-        cond_channels = int(getattr(velocity, "cond_channels", 0))
-        latent_channels = int(rae.config.get("latent_channels", velocity.config["in_channels"]))
-        if cond_channels not in (0, latent_channels):
-            raise ValueError(f"model.lfm.cond_channels={cond_channels}: the velocity is conditioned on the HR "
-                             f"latent, so it must be 0 (unconditional) or the latent channels {latent_channels}")
-        self.conditional = cond_channels > 0
+        # what v is conditioned on (degflow.generation.condition; ValueError naming model.lfm.cond_channels)
+        self.condition = condition_kind(int(getattr(velocity, "cond_channels", 0)),
+                                        int(rae.config.get("latent_channels", velocity.config["in_channels"])),
+                                        int(rae.stride))
         # the EMA copy never trains (no grad, eval mode); it starts at the initial weights
         self.ema = (copy.deepcopy(self.velocity).requires_grad_(False).eval()
                     if self.ema_decay is not None else None)
@@ -230,8 +228,8 @@ class LFMStage(Stage):
         t = sample_times(u, knot_times.detach(), self.loss_settings.time_sampling,
                          self.loss_settings.knot_concentration)              # [B]
         point = evaluate_path(self.spline.path, knot_times, knots, t)
-        cond = (knots[:, 0],) if self.conditional else ()                    # v(z, t | z_0): the HR latent
-        v = self.velocity(point.value, t, *cond)                             # [B,C,h,w]
+        cond = velocity_condition(self.condition, knots[:, 0], hr, int(self.rae.stride))   # None | z_0 | z_0 + HR
+        v = self.velocity(point.value, t, *(() if cond is None else (cond,)))   # [B,C,h,w]
         fm = flow_matching_loss(v, point.d1)                                 # [B]
         loss = fm.mean()
         scalars = {"fm": float(loss.detach())}
