@@ -201,9 +201,10 @@ class VelocityUNet(nn.Module):
         skip_rescale: divide residual sums by sqrt(2) (authors: True).
         init_scale: variance scale of the last conv of each block, the attention output and
             the output conv; 0 means 1e-10 (authors), so the initial velocity is ~0.
-        cond_channels: channels of a conditioning latent concatenated to ``z`` at the input
-            (0: the authors' unconditional v(z, t); C: v(z, t | z_0) with the HR latent z_0,
-            config key ``model.lfm.cond_channels``).
+        cond_channels: channels of a condition concatenated to ``z`` at the input
+            (0: the authors' unconditional v(z, t); C: v(z, t | z_0) with the HR latent z_0;
+            C + 3 s^2: z_0 and the HR pixels at latent resolution; built by
+            :mod:`degflow.generation.condition`; config key ``model.lfm.cond_channels``).
 
     ``self.config`` holds exactly these constructor arguments as plain Python types.
     Inputs: ``z [B, C, h, w]`` with h, w divisible by ``2 ** (len(ch_mult) - 1)`` (synthesis
