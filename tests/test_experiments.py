@@ -236,3 +236,45 @@ def test_cache_comparison_flags_a_gap_larger_than_the_pooled_seed_sd_and_passes_
     assert x2["mean_difference"] == pytest.approx(0.02) and x2["within_spread"] is True
     assert result["scales"]["held-out mean"]["psnr_y"]["mean_difference"] == pytest.approx(0.5)
     assert "| x3* | psnr_y | 32.05 ± 0.07 | 31.55 ± 0.07 |" in markdown(result)
+
+
+def test_knot_ceiling_recovers_a_linear_camera_and_scores_bicubic_like_the_evaluation(tmp_path):
+    """A tree whose LR is a known linear degradation of its HR (plus 8-bit rounding): the
+    one-kernel fit on train predicts val almost exactly; bicubic does not; the json and table
+    hold every split."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "experiments"))
+    import knot_ceiling
+    from degflow.diagnostics import apply_linear_degradation
+    from degflow.metrics import psnr_y
+    from degflow.resize import bicubic_baseline, upsample_to
+
+    g = torch.Generator().manual_seed(0)
+    k = 8
+    blur = torch.zeros(3 * k * k + 1, 3, dtype=torch.float64)
+    box = torch.outer(torch.hann_window(k + 2, dtype=torch.float64)[1:-1], torch.hann_window(k + 2, dtype=torch.float64)[1:-1])
+    for c in range(3):
+        blur[c * k * k:(c + 1) * k * k, c] = (box / box.sum()).flatten() * 0.9
+    blur[-1] = torch.tensor([0.05, 0.0, -0.05])                 # a colour cast
+    for split, n in (("train", 3), ("val", 2)):
+        for i in range(n):
+            hr = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 12, generator=g), size=(48, 48),
+                                                 mode="bilinear", align_corners=False) * 2 - 1
+            lr = apply_linear_degradation(hr, blur, 4, k).clamp(-1, 1)
+            for sub, x in (("HR", hr), ("x4", lr)):
+                (tmp_path / split / sub).mkdir(parents=True, exist_ok=True)
+                arr = ((x[0].permute(1, 2, 0).numpy() + 1) / 2 * 255).round().clip(0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(tmp_path / split / sub / f"img{i}.png")
+    out = tmp_path / "ceiling.json"
+    assert knot_ceiling.main(["--root", str(tmp_path), "--out", str(out), "--splits", "val", "--support", "8"]) == 0
+    result = json.loads(out.read_text())
+    val = result["splits"]["val"]
+    assert val["images"] == 2 and result["train_images"] == 3
+    assert val["mean"]["linear_global"] > 45 and val["mean"]["linear_global"] > val["mean"]["bicubic"] + 10
+    # the bicubic row is the evaluation's: bicubic_baseline against the real LR upsampled to HR size
+    from degflow.data.images import read_image
+    hr, lr = read_image(tmp_path / "val" / "HR" / "img0.png"), read_image(tmp_path / "val" / "x4" / "img0.png")
+    expected = float(psnr_y(bicubic_baseline(hr[None], 4), upsample_to(lr[None], 48, 48), shave=0))
+    assert val["per_image"][0]["bicubic"] == pytest.approx(expected)
+    assert "linear, one kernel" in knot_ceiling.table(result)
