@@ -123,3 +123,13 @@ def fmt(mean: float | None, sd: float | None, metric: str) -> str:
 
 def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+
+
+def publish(path: Path, data: Any, table: str) -> int:
+    """End of a diagnosis script: print its table, write its json (atomically, folders made),
+    say where it went; returns the exit code 0."""
+    print(table, flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, data)
+    print(f"json: {path}", flush=True)
+    return 0

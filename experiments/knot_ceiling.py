@@ -28,20 +28,19 @@ an evaluation-only set to choose anything.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _runner import publish, results_parser  # noqa: E402
 
 from degflow.data.images import find_images, read_image  # noqa: E402
 from degflow.diagnostics import (apply_linear_degradation, linear_degradation_design,  # noqa: E402
                                  linear_degradation_normal_equations, noise_sigma, solve_linear_degradation)
-from degflow.files import atomic_write_text  # noqa: E402
 from degflow.metrics import psnr_y, rgb_to_y  # noqa: E402
 from degflow.resize import bicubic_baseline, upsample_to  # noqa: E402
 
@@ -122,7 +121,7 @@ def measure(root: Path, splits: list[str], scale: int, support: int, shave: int,
             row = {"name": name, **{m: float(psnr_y(p, real_up, shave=shave)) for m, p in preds.items()}}
             sigma = float(noise_sigma(rgb_to_y((lr[None] + 1) / 2)) * 255)
             row["noise_sigma_y8"] = sigma
-            row["noise_cap"] = 10 * math.log10(255.0**2 / (factor * sigma**2)) if sigma > 0 else math.inf
+            row["noise_cap"] = 10 * math.log10(255.0**2 / (factor * max(sigma, 1e-6) ** 2))   # finite: strict json
             rows.append(row)
             print(f"[{split}] {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k != "name"), flush=True)
         mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0] if k != "name"}
@@ -146,9 +145,7 @@ def table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="example:\n  " + __doc__.split("\n\n")[1].strip())
+    p = results_parser(__doc__, __doc__.split("\n\n")[1].strip())
     p.add_argument("--root", type=Path, required=True,
                    help="paired tree with train/ (fits the one-kernel baseline) and the --splits, each HR/ + x<scale>/")
     p.add_argument("--out", type=Path, required=True, help="json output")
@@ -162,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(args.root, [s for s in args.splits.split(",") if s], args.scale, args.support, args.shave,
                      args.ridge)
     result["command"] = " ".join(["python", "experiments/knot_ceiling.py", *(argv if argv is not None else sys.argv[1:])])
-    print(table(result), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print(f"json: {args.out}", flush=True)
-    return 0
+    return publish(args.out, result, table(result))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ Y-PSNR follows the checkpoint's ``eval.protocol``. Prints a table, writes ``--ou
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -32,8 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _runner import publish  # noqa: E402
+
 from degflow.diagnostics import latent_error, merge_tiles, split_tiles, velocity_error_by_time  # noqa: E402
-from degflow.files import atomic_write_text  # noqa: E402
 from degflow.generation import Synthesizer  # noqa: E402
 from degflow.metrics import eval_protocol  # noqa: E402
 from degflow.scales import scale_key  # noqa: E402
@@ -195,11 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     result = diagnose(args.ckpt, args.max_images, args.bins, args.ref_steps, args.tile, args.device)
-    print(table(result), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print(f"json: {args.out}", flush=True)
-    return 0
+    return publish(args.out, result, table(result))
 
 
 if __name__ == "__main__":

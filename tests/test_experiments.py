@@ -278,3 +278,26 @@ def test_knot_ceiling_recovers_a_linear_camera_and_scores_bicubic_like_the_evalu
     expected = float(psnr_y(bicubic_baseline(hr[None], 4), upsample_to(lr[None], 48, 48), shave=0))
     assert val["per_image"][0]["bicubic"] == pytest.approx(expected)
     assert "linear, one kernel" in knot_ceiling.table(result)
+
+
+def test_knot_gap_diagnoses_a_velocity_conditioned_on_the_hr_pixels(tmp_path):
+    """experiments/knot_gap.py end to end on a 2-step checkpoint whose velocity takes the HR latent
+    and pixels: every section is filled and the integration error of a solver against itself is 0."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    import knot_gap
+    from degflow.training import train
+    from test_train import config, train_rae
+
+    train_rae(tmp_path / "rae" / "tiny", steps=2)
+    run = tmp_path / "lfm" / "tiny"
+    train(config(["stage=lfm", f"output_root={tmp_path}", "stage.steps=2", "stage.val_every=2",
+                  "model.lfm.cond_channels=196", "eval.lpips=false", "loss.lpips_weight=0",
+                  "solver.method=rk4", "solver.steps=4"]), run)
+    out = tmp_path / "gap.json"
+    assert knot_gap.main(["--ckpt", str(run / "checkpoints" / "last.pt"), "--out", str(out), "--max-images", "1",
+                          "--bins", "2", "--ref-steps", "4"]) == 0
+    result = json.loads(out.read_text())
+    assert result["images"] == 1 and len(result["velocity"]["relative_full"]) == 2
+    for row in result["knots"].values():
+        assert row["integration_rel"] == pytest.approx(0.0, abs=1e-12)      # rk4/4 against rk4/4
+        assert np.isfinite([row["psnr_gen"], row["psnr_oracle"], row["gap_tiles"]]).all()
