@@ -155,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shave", type=int, default=0, help="border px dropped, as eval.shave (default %(default)s)")
     p.add_argument("--ridge", type=float, default=1e-8, help="ridge, relative to mean(diag(X^T X))")
     args = p.parse_args(argv)
-    torch.set_grad_enabled(False)
-    result = measure(args.root, [s for s in args.splits.split(",") if s], args.scale, args.support, args.shave,
-                     args.ridge)
+    with torch.no_grad():
+        result = measure(args.root, [s for s in args.splits.split(",") if s], args.scale, args.support, args.shave,
+                         args.ridge)
     result["command"] = " ".join(["python", "experiments/knot_ceiling.py", *(argv if argv is not None else sys.argv[1:])])
     return publish(args.out, result, table(result))
 

@@ -268,6 +268,7 @@ def test_knot_ceiling_recovers_a_linear_camera_and_scores_bicubic_like_the_evalu
                 Image.fromarray(arr).save(tmp_path / split / sub / f"img{i}.png")
     out = tmp_path / "ceiling.json"
     assert knot_ceiling.main(["--root", str(tmp_path), "--out", str(out), "--splits", "val", "--support", "8"]) == 0
+    assert torch.is_grad_enabled()                              # in-process: leaves autograd as it found it
     result = json.loads(out.read_text())
     val = result["splits"]["val"]
     assert val["images"] == 2 and result["train_images"] == 3
