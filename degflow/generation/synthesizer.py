@@ -207,8 +207,10 @@ class Synthesizer:
     @property
     def condition(self) -> str:
         """What the velocity is conditioned on (:mod:`degflow.generation.condition`)."""
-        return condition_kind(int(getattr(self.velocity, "cond_channels", 0)), int(self.velocity.config["in_channels"]),
-                              int(self.rae.stride))
+        cond_channels = int(getattr(self.velocity, "cond_channels", 0))
+        if not cond_channels:          # any velocity module without a condition (the authors' v(z, t), test fields)
+            return "none"
+        return condition_kind(cond_channels, int(self.velocity.config["in_channels"]), int(self.rae.stride))
 
     def field(self, z0: torch.Tensor, hr: torch.Tensor | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The velocity field ``(z [B, C, h, w], t [B]) -> [B, C, h, w]`` of a solve that starts
