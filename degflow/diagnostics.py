@@ -23,9 +23,8 @@ deterministic HR -> LR generator can reach; ``experiments/knot_ceiling.py``):
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
