@@ -21,7 +21,7 @@ real LR get, scored exactly like ``python -m degflow.evaluate`` (LR bicubic-upsa
 - ``noise``: Immerkaer's noise sigma of the real LR's Y channel (8-bit units; texture inflates
   it) and the Y-PSNR that white noise of that sigma alone would cost after the same upsampling.
 
-Reads ``<root>/<split>/HR/*`` and ``<root>/<split>/x<scale>/*`` (true LR size) for
+Reads ``<root>/<split>/HR/*`` and ``<root>/<split>/x<scale>/*`` (or ``LR/x<scale>/``; true LR size) for
 ``train`` and each of ``--splits``. Prints a table, writes ``--out`` (json). Never point it at
 an evaluation-only set to choose anything.
 """
@@ -38,11 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _runner import publish, results_parser  # noqa: E402
 
-from degflow.data.images import find_images, read_image  # noqa: E402
-from degflow.diagnostics import (apply_linear_degradation, linear_degradation_design,  # noqa: E402
-                                 linear_degradation_normal_equations, noise_sigma, solve_linear_degradation)
+from degflow.data.images import read_image  # noqa: E402
+from degflow.diagnostics import (linear_degradation_design, linear_degradation_normal_equations,  # noqa: E402
+                                 noise_sigma, solve_linear_degradation)
 from degflow.metrics import psnr_y, rgb_to_y  # noqa: E402
 from degflow.resize import bicubic_baseline, upsample_to  # noqa: E402
+from degflow.sr.pairs import find_pairs, pair_folder  # noqa: E402
 
 METHODS = ("bicubic", "linear_global", "linear_image_halves", "linear_image_insample")
 LABELS = {"bicubic": "bicubic", "linear_global": "linear, one kernel (fitted on train)",
@@ -51,21 +52,13 @@ LABELS = {"bicubic": "bicubic", "linear_global": "linear, one kernel (fitted on 
 
 
 def load_pairs(root: Path, split: str, scale: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """``[(name, hr [3, H, W], lr [3, H/s, W/s])]`` with H, W cropped to multiples of ``scale``."""
-    hr_dir, lr_dir = root / split / "HR", root / split / f"x{scale}"
-    if not hr_dir.is_dir() or not lr_dir.is_dir():
-        raise FileNotFoundError(f"--root: expected {hr_dir} and {lr_dir} (HR and true-size x{scale} LR images)")
-    lrs = {p.stem: p for p in find_images(lr_dir)}
+    """``[(name, hr [3, H, W], lr [3, H/s, W/s])]`` of ``root/split`` (HR/ + x{s}/ or LR/x{s}/, paired
+    by name as :func:`degflow.sr.pairs.find_pairs` does) with H, W cropped to multiples of ``scale``."""
     pairs = []
-    for p in find_images(hr_dir):
-        if p.stem not in lrs:
-            print(f"skipping {split}/{p.name}: no x{scale} image", flush=True)
-            continue
-        hr, lr = read_image(p), read_image(lrs[p.stem])
+    for p in find_pairs([pair_folder(root / split, [scale], key="--scale")]):
+        hr, lr = read_image(p.hr_path), read_image(p.lr_path)
         h, w = min(hr.shape[1] // scale, lr.shape[1]), min(hr.shape[2] // scale, lr.shape[2])
-        pairs.append((p.stem, hr[:, :h * scale, :w * scale], lr[:, :h, :w]))
-    if not pairs:
-        raise FileNotFoundError(f"--root: no HR/x{scale} pairs under {root / split}")
+        pairs.append((p.name, hr[:, :h * scale, :w * scale], lr[:, :h, :w]))
     return pairs
 
 
@@ -77,19 +70,18 @@ def upsampled_noise_factor(scale: int, size: int = 256, seed: int = 0) -> float:
     return float(up[..., 16:-16, 16:-16].var())
 
 
-def _halves_prediction(hr: torch.Tensor, lr: torch.Tensor, scale: int, support: int, ridge: float) -> torch.Tensor:
-    """Each half (top / bottom rows of the LR image) predicted by the kernel fitted on the other half."""
-    x = linear_degradation_design(hr[None], scale, support)[0]                  # [L, P]
-    y = lr.to(torch.float64).flatten(1).T                                        # [L, 3]
-    h, w = lr.shape[-2:]
+def _halves_prediction(x: torch.Tensor, y: torch.Tensor, h: int, w: int, ridge: float) -> torch.Tensor:
+    """Each half (top / bottom rows of the LR image) predicted by the kernel fitted on the other half.
+
+    ``x [L, P]`` the image's design (:func:`linear_degradation_design`), ``y [L, 3]`` its LR pixels;
+    returns ``[L, 3]``."""
     top = torch.zeros(h * w, dtype=torch.bool)
     top[: (h // 2) * w] = True
     out = torch.empty_like(y)
     for part in (top, ~top):
         xf, yf = x[~part], y[~part]
-        weights = solve_linear_degradation(xf.T @ xf, xf.T @ yf, ridge)
-        out[part] = x[part] @ weights
-    return out.T.reshape(3, h, w).to(hr.dtype)
+        out[part] = x[part] @ solve_linear_degradation(xf.T @ xf, xf.T @ yf, ridge)
+    return out
 
 
 def measure(root: Path, splits: list[str], scale: int, support: int, shave: int, ridge: float) -> dict:
@@ -106,18 +98,16 @@ def measure(root: Path, splits: list[str], scale: int, support: int, shave: int,
         pairs = train if split == "train" else load_pairs(root, split, scale)
         rows = []
         for name, hr, lr in pairs:
-            H, W = hr.shape[-2:]
+            (H, W), (h, w) = hr.shape[-2:], lr.shape[-2:]
             real_up = upsample_to(lr[None], H, W)
-            preds = {
-                "bicubic": bicubic_baseline(hr[None], scale),
-                "linear_global": upsample_to(apply_linear_degradation(hr[None], global_w, scale, support).clamp(-1, 1),
-                                             H, W),
-                "linear_image_halves": upsample_to(_halves_prediction(hr, lr, scale, support, ridge)[None].clamp(-1, 1),
-                                                   H, W),
-            }
-            a, b = linear_degradation_normal_equations(hr[None], lr[None], scale, support)
-            own = apply_linear_degradation(hr[None], solve_linear_degradation(a, b, ridge), scale, support)
-            preds["linear_image_insample"] = upsample_to(own.clamp(-1, 1), H, W)
+            x = linear_degradation_design(hr[None], scale, support)[0]             # [L, P], built once per image
+            y = lr.to(torch.float64).flatten(1).T                                   # [L, 3]
+            linear = {"linear_global": x @ global_w,
+                      "linear_image_halves": _halves_prediction(x, y, h, w, ridge),
+                      "linear_image_insample": x @ solve_linear_degradation(x.T @ x, x.T @ y, ridge)}
+            preds = {"bicubic": bicubic_baseline(hr[None], scale),
+                     **{m: upsample_to(v.T.reshape(1, 3, h, w).to(hr.dtype).clamp(-1, 1), H, W)
+                        for m, v in linear.items()}}
             row = {"name": name, **{m: float(psnr_y(p, real_up, shave=shave)) for m, p in preds.items()}}
             sigma = float(noise_sigma(rgb_to_y((lr[None] + 1) / 2)) * 255)
             row["noise_sigma_y8"] = sigma
