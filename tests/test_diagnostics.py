@@ -115,3 +115,48 @@ def test_immerkaer_noise_sigma_matches_its_formula_and_finds_the_noise_of_a_smoo
     assert float(noise_sigma(noisy)) == pytest.approx(0.02, rel=0.03)
     with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
         noise_sigma(torch.zeros(1, 3, 8, 8))
+
+
+def _smooth_image(seed: int = 0, size: int = 64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, size // 8, size // 8, generator=g, dtype=torch.float64)
+    return torch.nn.functional.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False)[0]
+
+
+def test_an_integer_shift_moves_pixels_exactly_and_a_subpixel_shift_moves_a_wave():
+    from degflow.diagnostics import shift_image
+    x = _smooth_image()
+    moved = shift_image(x, torch.tensor([[2.0, -1.0], [0.0, 0.0]], dtype=torch.float64))
+    assert torch.allclose(moved[1], x, atol=1e-12)
+    # out(y, x) = in(y + dy, x + dx) with dx = 2, dy = -1, away from the replicated edges
+    assert torch.allclose(moved[0][:, 1:, :-2], x[:, :-1, 2:], atol=1e-12)
+    # Keys cubic convolution (a = -0.5) reproduces a quadratic exactly at any sub-pixel shift
+    yy, xx = torch.meshgrid(*(torch.arange(40, dtype=torch.float64),) * 2, indexing="ij")
+    quad = lambda dx, dy: (0.01 * (xx + dx) ** 2 - 0.02 * (xx + dx) * (yy + dy) + 0.3 * (yy + dy))[None]  # noqa: E731
+    shifts = torch.tensor([[0.35, -0.6], [-1.45, 1.2]], dtype=torch.float64)
+    moved = shift_image(quad(0, 0), shifts)
+    for m, (dx, dy) in zip(moved, shifts.tolist()):
+        assert (m - quad(dx, dy))[:, 4:-4, 4:-4].abs().max() < 1e-10
+
+
+def test_tile_registration_recovers_known_local_shifts_and_leaves_aligned_tiles_alone():
+    """A 'real' image whose top-left and top-right 32 px tiles are the prediction moved by known
+    sub-pixel shifts (on the 0.05 px grid), the rest untouched: every shift is found and the
+    registered prediction equals the real image."""
+    from degflow.diagnostics import register_tiles, shift_image
+    pred = _smooth_image(1)
+    known = {(0, 0): (0.3, -0.45), (0, 1): (-1.2, 0.65)}
+    real = pred.clone()
+    for (r, q), (dx, dy) in known.items():
+        moved = shift_image(pred, torch.tensor([[dx, dy]], dtype=torch.float64))[0]
+        real[:, r * 32:(r + 1) * 32, q * 32:(q + 1) * 32] = moved[:, r * 32:(r + 1) * 32, q * 32:(q + 1) * 32]
+    registered, shifts = register_tiles(pred, real, tile=32, max_shift=2.0)
+    assert shifts.shape == (2, 2, 2)
+    for (r, q), (dx, dy) in known.items():
+        assert shifts[r, q].tolist() == pytest.approx([dx, dy], abs=1e-9)
+    assert shifts[1].abs().max() < 1e-12
+    assert (registered - real).abs().max() < 1e-9
+    same, zero = register_tiles(pred, pred, tile=24)                           # ragged last row / column
+    assert zero.shape == (3, 3, 2) and zero.abs().max() < 1e-12 and torch.allclose(same, pred, atol=1e-12)
+    with pytest.raises(ValueError, match=r"two \[C, H, W\] images of one shape"):
+        register_tiles(pred, pred[:, :32])

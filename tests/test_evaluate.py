@@ -115,6 +115,35 @@ def test_baseline_numbers_equal_the_metric_functions_on_the_same_images(ckpt):
     assert rec["procedural"]["psnr_y"] == pytest.approx(float(psnr_y(proc, real, shave=0)))
 
 
+def test_true_lr_scoring_resizes_the_model_lr_to_true_size_and_back_and_leaves_the_baselines(ckpt):
+    """eval.model_output=true_lr scores degflow / ae_interp as synthesize.py size=lr writes them
+    (resized to true LR size), bicubic-upsampled like the real LR; the baselines do not change."""
+    from degflow.metrics import psnr_y as metric
+    from degflow.resize import resize_to_lr, upsample_to
+
+    synth = load_model(ckpt, "cpu", _solver())
+    data = _Pairs(n=1)
+    as_is = evaluate_dataset(synth, data, (1.0, 2.0, 3.0, 4.0), [3.0, 4.0], _settings(methods=("degflow", "ae_interp", "bicubic")))
+    true_lr = evaluate_dataset(synth, data, (1.0, 2.0, 3.0, 4.0), [3.0, 4.0],
+                               _settings(methods=("degflow", "ae_interp", "bicubic"), model_output="true_lr"))
+    assert true_lr.settings["model_output"] == "true_lr" and as_is.settings["model_output"] == "hr_size"
+    item = data[0]
+    hr = item["hr"][None]
+    gen = synth.generate(hr, [3.0, 4.0]).images
+    real = {s: item["lr"][i][None] for i, s in enumerate((2.0, 3.0, 4.0))}
+    oracle = synth.interpolate_real(hr, {2.0: real[2.0], 4.0: real[4.0]}, [3.0, 4.0]).images
+    rec = {(r["method"], r["scale"]): r["psnr_y"] for r in true_lr.records}
+    raw = {(r["method"], r["scale"]): r["psnr_y"] for r in as_is.records}
+    for s in (3.0, 4.0):
+        for method, x in (("degflow", gen[s]), ("ae_interp", oracle[s])):
+            assert rec[(method, s)] == pytest.approx(float(metric(upsample_to(resize_to_lr(x, s), 32, 32), real[s], shave=0)))
+            assert raw[(method, s)] == pytest.approx(float(metric(x, real[s], shave=0)))
+            assert rec[(method, s)] != pytest.approx(raw[(method, s)])
+        assert rec[("bicubic", s)] == pytest.approx(raw[("bicubic", s)])
+    with pytest.raises(ValueError, match=r"eval.model_output must be one of \['hr_size', 'true_lr'\], got 'lr'"):
+        _settings(model_output="lr")
+
+
 def test_same_settings_give_the_same_table(ckpt):
     synth = load_model(ckpt, "cpu", _solver())
     a = evaluate_dataset(synth, _Pairs(), (1.0, 2.0, 3.0, 4.0), None, _settings()).per_scale()
@@ -208,7 +237,8 @@ def _config(ckpt, out, **kw):
     cfg = {
         "ckpt": str(ckpt), "out": str(out), "scales": None, "methods": ["degflow", "bicubic"],
         "allow_extrapolation": False, "procedural_seed": 0,
-        "eval": {"shave": 0, "lpips": False, "lpips_backbone_weights": None, "max_images": None},
+        "eval": {"shave": 0, "lpips": False, "lpips_backbone_weights": None, "max_images": None,
+                 "model_output": "hr_size"},
         "generated": None, "real": None, "hr": None, "seen_scales": None, "collect": None,
         "plots": True, "crops": {"size": 16, "images": 1}, "objective": "psnr_y",
         "device": "cpu", "precision": "fp32", "tile_size": 1024, "tile_overlap": 256,

@@ -279,6 +279,27 @@ def test_knot_ceiling_recovers_a_linear_camera_and_scores_bicubic_like_the_evalu
     expected = float(psnr_y(bicubic_baseline(hr[None], 4), upsample_to(lr[None], 48, 48), shave=0))
     assert val["per_image"][0]["bicubic"] == pytest.approx(expected)
     assert "linear, one kernel" in knot_ceiling.table(result)
+    # a generator whose val LR is the real LR moved by one pixel: scored as given, then registered back
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    for i in range(2):
+        arr = np.asarray(Image.open(tmp_path / "val" / "x4" / f"img{i}.png")).copy()
+        arr[:, 1:] = arr[:, :-1].copy()
+        Image.fromarray(arr).save(gen / f"img{i}.png")
+    assert knot_ceiling.main(["--root", str(tmp_path), "--out", str(out), "--splits", "val", "--support", "8",
+                              "--generated", f"moved={gen}", "--generated-split", "val"]) == 0
+    result = json.loads(out.read_text())
+    val = result["splits"]["val"]["mean"]
+    assert val["moved+registered"] > val["moved"] + 5 and val["moved_tiles_moved"] == 1.0
+    assert "moved" not in result["splits"]["train"]["mean"]
+    text = knot_ceiling.table(result)
+    assert "| generated: moved + tile registration | - |" in text
+    (gen / "img1.png").unlink()
+    with pytest.raises(FileNotFoundError, match="img1.png"):
+        knot_ceiling.main(["--root", str(tmp_path), "--out", str(out), "--splits", "val", "--support", "8",
+                           "--generated", f"moved={gen}", "--generated-split", "val"])
+    with pytest.raises(SystemExit):
+        knot_ceiling.main(["--root", str(tmp_path), "--out", str(out), "--generated", "bicubic=" + str(gen)])
 
 
 def test_knot_gap_diagnoses_a_velocity_conditioned_on_the_hr_pixels(tmp_path):
