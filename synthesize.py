@@ -82,7 +82,8 @@ def _synthesize(cfg: DictConfig) -> int:
     log.info("checkpoint %s (sha256 %s), device %s, solver %s, %d scales %s..%s",
              c["ckpt"], synth.checkpoint_sha256[:12], synth.device, solver, len(scales), scales[0], scales[-1])
     summary = write_lr_dataset(
-        synth, c["input"], c["out"], scales, size=c["size"], batch_size=c["batch_size"],
+        synth, c["input"], c["out"], scales, size=c["size"], hr_size_output=c["hr_size_output"],
+        batch_size=c["batch_size"],
         allow_extrapolation=c["allow_extrapolation"], shard=c["shard"], num_shards=c["num_shards"],
         baselines=_baselines(c["baseline"]), baseline_lr_root=c["baseline_lr_root"],
         procedural_seed=c["procedural_seed"], max_scales=c["max_scales"], progress=c["progress"],

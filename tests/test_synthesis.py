@@ -643,6 +643,45 @@ def test_procedural_baseline_is_the_seeded_real_esrgan_pipeline_in_the_baseline_
                          progress=False)
 
 
+def test_hr_size_lr_from_the_true_size_lr_is_that_lr_upsampled_and_never_mixed_with_decoded(synth, tmp_path):
+    """hr_size_output=from_lr: LR_hrsize holds the true-size LR (as in LR/) bicubic-upsampled to HR size,
+    for degflow like the bicubic baseline; decoded (the default) keeps the decoder's output; a folder
+    made one way refuses the other."""
+    from degflow.resize import resize_to_lr, upsample_to
+
+    src = tmp_path / "in"
+    _save(src / "a.png", _image(24, 32, 0))
+    hr = read_image(src / "a.png")
+    outs = {}
+    for mode in ("decoded", "from_lr"):
+        outs[mode] = tmp_path / mode
+        summary = write_lr_dataset(synth, src, outs[mode], [2.0, 3.0], size="both", hr_size_output=mode,
+                                   baselines=["bicubic"], progress=False)
+        assert summary.failed == 0
+        assert json.loads((outs[mode] / "synthesis.json").read_text())["hr_size_output"] == mode
+    decoded = synth.generate(hr[None], [2.0, 3.0]).images
+    for s in (2.0, 3.0):
+        rel = f"x{scale_label(s)}/a.png"
+        lr = resize_to_lr(decoded[s][0], s)
+        for mode in outs:                                    # LR/ is the same both ways
+            np.testing.assert_allclose(_png(outs[mode] / "LR" / rel), _quantize(lr), atol=1)
+        np.testing.assert_allclose(_png(outs["from_lr"] / "LR_hrsize" / rel), _quantize(upsample_to(lr, 24, 32)), atol=1)
+        np.testing.assert_allclose(_png(outs["decoded"] / "LR_hrsize" / rel), _quantize(decoded[s][0]), atol=1)
+        assert np.abs(_png(outs["from_lr"] / "LR_hrsize" / rel).astype(int)
+                      - _png(outs["decoded"] / "LR_hrsize" / rel).astype(int)).max() > 1
+        # the bicubic baseline was always made this way
+        np.testing.assert_array_equal(_png(outs["from_lr"] / "baselines/bicubic/LR_hrsize" / rel),
+                                      _png(outs["decoded"] / "baselines/bicubic/LR_hrsize" / rel))
+    with pytest.raises(ValueError, match="hr_size_output: 'from_lr' there, 'decoded' now"):
+        write_lr_dataset(synth, src, outs["from_lr"], [2.0], size="hr", progress=False)
+    with pytest.raises(ValueError, match=r"hr_size_output='upsampled' is not one of \['decoded', 'from_lr'\]"):
+        write_lr_dataset(synth, src, tmp_path / "x", [2.0], size="hr", hr_size_output="upsampled", progress=False)
+    # true-size-only folders do not depend on the setting
+    lr_only = tmp_path / "lr_only"
+    write_lr_dataset(synth, src, lr_only, [2.0], progress=False)
+    write_lr_dataset(synth, src, lr_only, [2.0], hr_size_output="from_lr", progress=False)
+
+
 # --------------------------------------------------------------------------- CLI
 def _bad_input_folder(root: Path) -> dict[str, str]:
     """A folder with every kind of awkward input; returns {source: expected outcome}."""
