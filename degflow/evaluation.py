@@ -47,7 +47,7 @@ from degflow.metrics import psnr_y, ssim_y
 from degflow.noise_metrics import akld, histogram_kl
 from degflow.perceptual import load_lpips
 from degflow.procedural import degrade, procedural_seed
-from degflow.resize import bicubic_baseline, resize_to_lr, upsample_to
+from degflow.resize import HR_SIZE_OUTPUTS, bicubic_baseline, lr_at_hr_size, upsample_to
 from degflow.runtime import resolve_device
 from degflow.scales import scale_label
 from degflow.solvers import SolverSpec
@@ -83,13 +83,6 @@ _SCALE_TOL = 1e-6
 
 
 # ------------------------------------------------------------------------------ settings
-#: How the model's LR (degflow, ae_interp) is scored: ``hr_size`` = the decoder's LR at HR pixel
-#: size as it comes out (the RealSR convention the paper scores); ``true_lr`` = that image resized
-#: to true LR size (what ``synthesize.py size=lr`` writes) and bicubic-upsampled back, like the
-#: real LR images of a true-size data tree and the bicubic / procedural baselines.
-MODEL_OUTPUTS = ("hr_size", "true_lr")
-
-
 @dataclass
 class EvalSettings:
     """Plain evaluation settings (config keys of ``conf/evaluate.yaml``)."""
@@ -103,11 +96,11 @@ class EvalSettings:
     allow_extrapolation: bool = False               # allow_extrapolation
     crop_size: int = 64                             # crops.size (HR pixels)
     crop_images: int = 1                            # crops.images
-    model_output: str = "hr_size"                   # eval.model_output (MODEL_OUTPUTS)
+    hr_size_output: str = "decoded"                 # eval.hr_size_output (degflow.resize.HR_SIZE_OUTPUTS)
 
     def __post_init__(self) -> None:
-        if self.model_output not in MODEL_OUTPUTS:
-            raise ValueError(f"eval.model_output must be one of {list(MODEL_OUTPUTS)}, got {self.model_output!r}")
+        if self.hr_size_output not in HR_SIZE_OUTPUTS:
+            raise ValueError(f"eval.hr_size_output must be one of {list(HR_SIZE_OUTPUTS)}, got {self.hr_size_output!r}")
         if isinstance(self.shave, bool) or not isinstance(self.shave, int) or self.shave < 0:
             raise ValueError(f"eval.shave must be an integer >= 0 (border pixels), got {self.shave!r}")
         if self.max_images is not None and (isinstance(self.max_images, bool) or not isinstance(self.max_images, int)
@@ -390,7 +383,7 @@ def evaluate_dataset(synth: Synthesizer, dataset: Any, data_scales: Sequence[flo
                         settings={"data": description, "methods": list(methods), "shave": settings.shave,
                                   "solver": synth.solver.to_dict(), "checkpoint_sha256": synth.checkpoint_sha256,
                                   "procedural_seed": settings.procedural_seed,
-                                  "model_output": settings.model_output})
+                                  "hr_size_output": settings.hr_size_output})
     collector = _Collector(result, _Scorer(settings, synth.device), settings)
     n = len(dataset) if settings.max_images is None else min(len(dataset), settings.max_images)
     for i in range(n):
@@ -434,10 +427,9 @@ def _model_outputs(synth: Synthesizer, methods: Sequence[str], hr: Tensor, real:
                    ) -> tuple[dict[str, dict[float, Tensor]], dict[str, dict[str, Any]]]:
     outputs: dict[str, dict[float, Tensor]] = {}
     costs: dict[str, dict[str, Any]] = {}
-    h, w = hr.shape[-2:]
 
     def scored(x: Tensor, s: float) -> Tensor:
-        return upsample_to(resize_to_lr(x, s), h, w) if settings.model_output == "true_lr" else x
+        return lr_at_hr_size(x, s, settings.hr_size_output, key="eval.hr_size_output")
 
     if "degflow" in methods:
         res = synth.generate(hr, scales, settings.allow_extrapolation)
@@ -526,8 +518,7 @@ def evaluate_folders(generated: str | Path, real: str | Path, hr: str | Path, sc
                         seen_scales=None if seen_scales is None else [float(s) for s in seen_scales],
                         settings={"generated": str(gen_root), "real": str(real_root), "hr": str(hr_root),
                                   "methods": list(methods), "shave": settings.shave,
-                                  "procedural_seed": settings.procedural_seed,
-                                  "model_output": settings.model_output})
+                                  "procedural_seed": settings.procedural_seed})
     collector = _Collector(result, _Scorer(settings, torch.device(device)), settings)
     for name in names:
         try:
@@ -720,7 +711,7 @@ def run(config: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
         shave=ev["shave"], lpips=ev["lpips"], lpips_backbone_weights=ev["lpips_backbone_weights"],
         max_images=ev["max_images"], procedural_seed=config["procedural_seed"],
         allow_extrapolation=config["allow_extrapolation"], crop_size=config["crops"]["size"],
-        crop_images=config["crops"]["images"], model_output=ev["model_output"],
+        crop_images=config["crops"]["images"], hr_size_output=ev["hr_size_output"],
     )
     scales = config.get("scales")
     if scales is not None and not isinstance(scales, (list, tuple)):

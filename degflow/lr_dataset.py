@@ -32,7 +32,7 @@ from degflow.data.images import (
 from degflow.files import append_lines, atomic_write_text, temp_target
 from degflow.generation import SynthesisResult, Synthesizer
 from degflow import procedural
-from degflow.resize import bicubic_baseline, lr_size, resize_to_lr, upsample_to
+from degflow.resize import HR_SIZE_OUTPUTS, bicubic_baseline, lr_at_hr_size, lr_size, resize_to_lr, upsample_to
 from degflow.scales import scale_key, scale_label
 
 __all__ = ["BASELINES", "MAX_SCALES", "OUTPUT_SIZES", "FolderSummary", "write_lr_dataset"]
@@ -41,11 +41,6 @@ log = logging.getLogger(__name__)
 
 #: Values of ``size`` (config key ``size``): true LR size, HR size (RealSR convention), both.
 OUTPUT_SIZES: tuple[str, ...] = ("lr", "hr", "both")
-#: Values of ``hr_size_output`` (config key): what an HR-pixel-size LR of the model (degflow,
-#: ae_interp) is: the decoder's output as it comes (``decoded``, the authors' convention), or the
-#: true-size LR bicubic-upsampled back (``from_lr``), the way the bicubic and procedural HR-size
-#: LR and true-size real LR loaded by the data options are made.
-HR_SIZE_OUTPUTS: tuple[str, ...] = ("decoded", "from_lr")
 #: Comparison baselines (config key ``baseline``).
 BASELINES: tuple[str, ...] = ("bicubic", "procedural", "ae_interp")
 #: Scale counts above this need ``max_scales`` raised explicitly (config key ``max_scales``):
@@ -257,7 +252,7 @@ def write_lr_dataset(
         scales: requested scales (exact, >= 1).
         size: ``"lr"``, ``"hr"`` or ``"both"`` (config key ``size``).
         hr_size_output: ``"decoded"`` or ``"from_lr"`` (config key ``hr_size_output``,
-            :data:`HR_SIZE_OUTPUTS`): the model's HR-size LR as decoded, or its true-size LR
+            :data:`degflow.resize.HR_SIZE_OUTPUTS`): the model's HR-size LR as decoded, or its true-size LR
             upsampled back (nothing above the LR's Nyquist frequency, like real LR stored at
             true size; on Canon x4 +1.7 dB Y-PSNR and LPIPS 0.27 -> 0.11 against the real LR).
         batch_size: images of the same size generated together.
@@ -582,8 +577,8 @@ class _FolderJob:
                     entry["solver"] = self.solver
                 if out.size == "lr":
                     image = resize_to_lr(image, out.scale)
-                elif self.hr_size_output == "from_lr":
-                    image = upsample_to(resize_to_lr(image, out.scale), height, width)
+                else:
+                    image = lr_at_hr_size(image, out.scale, self.hr_size_output)
             entry.update(height=int(image.shape[-2]), width=int(image.shape[-1]),
                          checkpoint_sha256=self.synth.checkpoint_sha256, degflow_version=__version__)
             yield out, image, entry

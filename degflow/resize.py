@@ -11,7 +11,15 @@ from torch import Tensor
 
 from degflow.scales import check_scale
 
-__all__ = ["as_image_batch", "lr_size", "resize_to_lr", "bicubic_baseline", "upsample_to"]
+__all__ = ["as_image_batch", "lr_size", "resize_to_lr", "bicubic_baseline", "upsample_to", "HR_SIZE_OUTPUTS",
+           "lr_at_hr_size"]
+
+#: What a model's LR at HR pixel size is (config keys ``hr_size_output`` of synthesis and
+#: ``eval.hr_size_output``): ``decoded`` = the decoder's output as it comes (the authors'
+#: convention); ``from_lr`` = its true-size LR bicubic-upsampled back, the way the bicubic and
+#: procedural HR-size LR and true-size real LR loaded by the data options are made (nothing above
+#: the LR's Nyquist frequency).
+HR_SIZE_OUTPUTS: tuple[str, ...] = ("decoded", "from_lr")
 
 
 def as_image_batch(x: Tensor, name: str) -> Tensor:
@@ -82,3 +90,16 @@ def bicubic_baseline(hr: Tensor, scale: float) -> Tensor:
     else:
         out = upsample_to(resize_to_lr(hb, s), *hb.shape[-2:])
     return out[0] if single else out
+
+
+def lr_at_hr_size(decoded: Tensor, scale: float, mode: str, key: str = "hr_size_output") -> Tensor:
+    """A model's LR at HR pixel size under ``mode`` (:data:`HR_SIZE_OUTPUTS`).
+
+    ``decoded`` ``[B, 3, H, W]`` (or ``[3, H, W]``) -> the same shape: ``decoded`` itself, or
+    ``upsample_to(resize_to_lr(decoded, scale), H, W)``. ValueError naming ``key`` for another mode.
+    """
+    if mode not in HR_SIZE_OUTPUTS:
+        raise ValueError(f"{key}={mode!r} is not one of {list(HR_SIZE_OUTPUTS)}")
+    if mode == "decoded":
+        return decoded
+    return upsample_to(resize_to_lr(decoded, scale), *decoded.shape[-2:])

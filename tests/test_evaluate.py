@@ -116,7 +116,7 @@ def test_baseline_numbers_equal_the_metric_functions_on_the_same_images(ckpt):
 
 
 def test_true_lr_scoring_resizes_the_model_lr_to_true_size_and_back_and_leaves_the_baselines(ckpt):
-    """eval.model_output=true_lr scores degflow / ae_interp as synthesize.py size=lr writes them
+    """eval.hr_size_output=from_lr scores degflow / ae_interp as synthesize.py size=lr writes them
     (resized to true LR size), bicubic-upsampled like the real LR; the baselines do not change."""
     from degflow.metrics import psnr_y as metric
     from degflow.resize import resize_to_lr, upsample_to
@@ -125,8 +125,8 @@ def test_true_lr_scoring_resizes_the_model_lr_to_true_size_and_back_and_leaves_t
     data = _Pairs(n=1)
     as_is = evaluate_dataset(synth, data, (1.0, 2.0, 3.0, 4.0), [3.0, 4.0], _settings(methods=("degflow", "ae_interp", "bicubic")))
     true_lr = evaluate_dataset(synth, data, (1.0, 2.0, 3.0, 4.0), [3.0, 4.0],
-                               _settings(methods=("degflow", "ae_interp", "bicubic"), model_output="true_lr"))
-    assert true_lr.settings["model_output"] == "true_lr" and as_is.settings["model_output"] == "hr_size"
+                               _settings(methods=("degflow", "ae_interp", "bicubic"), hr_size_output="from_lr"))
+    assert true_lr.settings["hr_size_output"] == "from_lr" and as_is.settings["hr_size_output"] == "decoded"
     item = data[0]
     hr = item["hr"][None]
     gen = synth.generate(hr, [3.0, 4.0]).images
@@ -140,8 +140,8 @@ def test_true_lr_scoring_resizes_the_model_lr_to_true_size_and_back_and_leaves_t
             assert raw[(method, s)] == pytest.approx(float(metric(x, real[s], shave=0)))
             assert rec[(method, s)] != pytest.approx(raw[(method, s)])
         assert rec[("bicubic", s)] == pytest.approx(raw[("bicubic", s)])
-    with pytest.raises(ValueError, match=r"eval.model_output must be one of \['hr_size', 'true_lr'\], got 'lr'"):
-        _settings(model_output="lr")
+    with pytest.raises(ValueError, match=r"eval.hr_size_output must be one of \['decoded', 'from_lr'\], got 'lr'"):
+        _settings(hr_size_output="lr")
 
 
 def test_same_settings_give_the_same_table(ckpt):
@@ -238,7 +238,7 @@ def _config(ckpt, out, **kw):
         "ckpt": str(ckpt), "out": str(out), "scales": None, "methods": ["degflow", "bicubic"],
         "allow_extrapolation": False, "procedural_seed": 0,
         "eval": {"shave": 0, "lpips": False, "lpips_backbone_weights": None, "max_images": None,
-                 "model_output": "hr_size"},
+                 "hr_size_output": "decoded"},
         "generated": None, "real": None, "hr": None, "seen_scales": None, "collect": None,
         "plots": True, "crops": {"size": 16, "images": 1}, "objective": "psnr_y",
         "device": "cpu", "precision": "fp32", "tile_size": 1024, "tile_overlap": 256,
