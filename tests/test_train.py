@@ -278,6 +278,25 @@ def test_validation_does_not_freeze_the_velocity_network(tmp_path):
     assert metrics["step"] == 3
 
 
+def test_lfm_validation_can_score_the_true_size_lr_and_records_how(tmp_path):
+    """eval.hr_size_output=from_lr scores the generated and oracle LR as their true-size LR upsampled
+    (degflow.resize.lr_at_hr_size), the same run otherwise: bicubic rows equal, model rows differ."""
+    train_rae(tmp_path / "rae" / "tiny", steps=2)
+    runs = {}
+    for mode in ("decoded", "from_lr"):
+        runs[mode] = train(config(["stage=lfm", f"output_root={tmp_path}", "stage.steps=1", "stage.val_every=1",
+                                   "loss.lpips_weight=0", "eval.lpips=false", f"eval.hr_size_output={mode}"]),
+                           tmp_path / "lfm" / mode)
+        assert runs[mode]["hr_size_output"] == mode
+    for key in ("x2", "x4"):
+        a, b = runs["decoded"]["scales"][key], runs["from_lr"]["scales"][key]
+        assert a["psnr_y_bicubic"] == pytest.approx(b["psnr_y_bicubic"])
+        assert a["psnr_y"] != pytest.approx(b["psnr_y"]) and a["psnr_y_ae_interp"] != pytest.approx(b["psnr_y_ae_interp"])
+    with pytest.raises(ValueError, match=r"eval.hr_size_output='lr' is not one of \['decoded', 'from_lr'\]"):
+        train(config(["stage=lfm", f"output_root={tmp_path}", "stage.steps=1", "loss.lpips_weight=0",
+                      "eval.lpips=false", "eval.hr_size_output=lr"]), tmp_path / "lfm" / "bad")
+
+
 def test_knot_times_stay_ordered_with_fixed_ends_and_receive_gradients():
     from degflow.training.lfm import KnotTimes
 

@@ -29,7 +29,7 @@ from degflow.generation import Synthesizer, condition_kind, velocity_condition
 from degflow.losses import LossSettings, flow_matching_loss, sample_times, segment_weights, taylor_extrapolate
 from degflow.metrics import EVAL_PROTOCOLS, EvalProtocol, eval_protocol
 from degflow.perceptual import load_lpips
-from degflow.resize import bicubic_baseline
+from degflow.resize import HR_SIZE_OUTPUTS, bicubic_baseline, lr_at_hr_size
 from degflow.scales import scale_key
 from degflow.solvers import SolverSpec
 from degflow.spline import PATH_KINDS, evaluate_path
@@ -148,7 +148,8 @@ class LFMStage(Stage):
                  lpips_loss: torch.nn.Module | None, lpips_metric: torch.nn.Module | None,
                  max_val_images: int | None = None, strip_images: int = 1, precision: str = "fp32",
                  protocol: EvalProtocol = EVAL_PROTOCOLS["ours"],
-                 latent_cache: LatentCache | None = None, ema_decay: float | None = None):
+                 latent_cache: LatentCache | None = None, ema_decay: float | None = None,
+                 hr_size_output: str = "decoded"):
         self.train_scales = tuple(float(s) for s in train_scales)
         if len(self.train_scales) < 2 or self.train_scales[0] != 1.0:
             raise ValueError(f"data.train_scales must start with 1 (the HR knot) and have at least two knots, "
@@ -173,6 +174,9 @@ class LFMStage(Stage):
         self.max_val_images, self.strip_images = max_val_images, strip_images
         self.latent_cache = latent_cache   # knot latents of the training images (stage.latent_cache)
         self.protocol = protocol
+        if hr_size_output not in HR_SIZE_OUTPUTS:
+            raise ValueError(f"eval.hr_size_output={hr_size_output!r} is not one of {list(HR_SIZE_OUTPUTS)}")
+        self.hr_size_output = hr_size_output     # how the model's LR is scored at validation
 
     # -- the time map as trained so far (learned interior knots included) --------------------
     def time_map(self) -> TimeMap:
@@ -275,18 +279,21 @@ class LFMStage(Stage):
             oracle = synth.interpolate_real(hr, {s: real[s] for s in self.train_scales[1:]}, self.val_scales,
                                             allow_extrapolation=allow)
             bicubic = {s: bicubic_baseline(hr, s) if s != 1.0 else hr for s in self.val_scales}
+            generated, oracles = {}, {}
             for s in self.val_scales:
-                fake, target = result.images[s], real[s]
+                generated[s] = lr_at_hr_size(result.images[s], s, self.hr_size_output, key="eval.hr_size_output")
+                oracles[s] = lr_at_hr_size(oracle.images[s], s, self.hr_size_output, key="eval.hr_size_output")
+                fake, target = generated[s], real[s]
                 averages.add(s, psnr_y=self.protocol.psnr_y(fake, target).mean(),
                              ssim_y=self.protocol.ssim_y(fake, target).mean(),
-                             psnr_y_ae_interp=self.protocol.psnr_y(oracle.images[s], target).mean())
+                             psnr_y_ae_interp=self.protocol.psnr_y(oracles[s], target).mean())
                 if s != 1.0:                     # at x1 the "baseline" is the HR image itself
                     averages.add(s, psnr_y_bicubic=self.protocol.psnr_y(bicubic[s], target).mean())
                 if self.lpips_metric is not None:
                     averages.add(s, lpips=self.lpips_metric(fake, target).mean())
             if averages.images < self.strip_images:
                 strip_rows.append({"real": [real[s][0] for s in self.val_scales],
-                                   "generated": [result.images[s][0] for s in self.val_scales],
+                                   "generated": [generated[s][0] for s in self.val_scales],
                                    "bicubic": [bicubic[s][0] for s in self.val_scales]})
             averages.image_done()
         scales = averages.table(self.train_scales)
@@ -309,7 +316,7 @@ class LFMStage(Stage):
         return {
             "scales": scales, "objective": objective,
             "objective_name": "mean Y-PSNR over held-out scales on the validation split",
-            "protocol": self.protocol.to_dict(),
+            "protocol": self.protocol.to_dict(), "hr_size_output": self.hr_size_output,
             "nfe": nfe, "seconds_per_image": seconds / count, "images_evaluated": count,
             "solver": asdict(self.solver), "knot_times": list(synth.time_map.knot_times(self.train_scales)),
             "summary": f"gen Y-PSNR {summary} (*held out) | NFE {nfe} | {seconds / count:.2f}s/img",
@@ -416,5 +423,5 @@ def build_lfm_stage(config: dict[str, Any], data, device: torch.device) -> LFMSt
         lpips_loss=lpips_loss, lpips_metric=lpips_metric, max_val_images=config["eval"]["max_images"],
         strip_images=config["eval"]["strip_images"], precision=config["precision"],
         protocol=eval_protocol(config["eval"]["protocol"]), latent_cache=cache,
-        ema_decay=config["stage"].get("ema_decay"),
+        ema_decay=config["stage"].get("ema_decay"), hr_size_output=config["eval"]["hr_size_output"],
     )
