@@ -18,13 +18,12 @@ real LR get, scored exactly like ``python -m degflow.evaluate`` (LR bicubic-upsa
   itself and scored on the other half (both halves): what a perfect per-image kernel estimator
   would reach; uses the image's own real LR, so it is a ceiling, not a method;
 - ``linear, per image (in-sample)``: fitted and scored on the whole image (optimistic);
-- ``... + tile registration``: each of the above (and each ``--generated`` folder) with every
-  ``--register-tile`` px block of its LR moved by the sub-pixel translation that best matches the
-  real LR (:func:`degflow.diagnostics.register_tiles`; search within ``--register-range`` px).
+- ``... + tile registration``: bicubic, the one-kernel fit and each ``--generated`` folder with
+  every ``--register-tile`` px block of its LR moved by the sub-pixel translation that best
+  matches the real LR (:func:`degflow.diagnostics.register_tiles`, within ``--register-range`` px).
   Two numbers per block move content but cannot blur, denoise or recolour it, so the gain is the
-  pair's local misregistration (parallax, lens distortion left by the dataset's alignment),
-  which the HR image does not determine and the oracle reproduces. It needs the real LR: a
-  decomposition, not a method;
+  pair's local misregistration left by the dataset's alignment, which the HR image does not
+  determine and the oracle reproduces. It needs the real LR: a decomposition, not a method;
 - ``--generated LABEL=DIR``: LR images a model generated for the ``--generated-split`` HR
   images (``DIR/<name>.png``, true LR size, e.g. ``synthesize.py out=... scales=[4]`` then
   ``DIR=out/LR/x4``), scored the same way;
@@ -124,7 +123,8 @@ def measure(root: Path, splits: list[str], scale: int, support: int, shave: int,
     global_w = solve_linear_degradation(xtx, xty, ridge)
     factor = upsampled_noise_factor(scale)
     out = {"root": str(root), "scale": scale, "support": support, "shave": shave, "ridge": ridge,
-           "register_tile": register_tile, "register_range": register_range, "generated": {k: str(v) for k, v in generated.items()},
+           "register_tile": register_tile, "register_range": register_range,
+           "generated": {k: str(v) for k, v in generated.items()},
            "generated_split": generated_split if generated else None,
            "train_images": len(train), "upsampled_noise_variance_factor": factor, "splits": {}}
     for split in ["train", *splits]:
@@ -198,11 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--support", type=int, default=16, help="kernel side in HR px (default %(default)s)")
     p.add_argument("--shave", type=int, default=0, help="border px dropped, as eval.shave (default %(default)s)")
     p.add_argument("--ridge", type=float, default=1e-8, help="ridge, relative to mean(diag(X^T X))")
-    p.add_argument("--register-tile", type=int, default=32, help="registration block side in LR px (default %(default)s)")
+    p.add_argument("--register-tile", type=int, default=32,
+                   help="registration block side in LR px (default %(default)s)")
     p.add_argument("--register-range", type=float, default=2.0,
                    help="largest registration shift in LR px (default %(default)s)")
     p.add_argument("--generated", action="append", default=[], metavar="LABEL=DIR",
-                   help="generated LR images DIR/<name>.png of the --generated-split images, scored as LABEL (repeatable)")
+                   help="generated LR images DIR/<name>.png of the --generated-split images, scored as LABEL "
+                        "(repeatable)")
     p.add_argument("--generated-split", default="test", help="the split --generated images belong to (default %(default)s)")
     args = p.parse_args(argv)
     generated = {}

@@ -123,7 +123,8 @@ def test_true_lr_scoring_resizes_the_model_lr_to_true_size_and_back_and_leaves_t
 
     synth = load_model(ckpt, "cpu", _solver())
     data = _Pairs(n=1)
-    as_is = evaluate_dataset(synth, data, (1.0, 2.0, 3.0, 4.0), [3.0, 4.0], _settings(methods=("degflow", "ae_interp", "bicubic")))
+    as_is = evaluate_dataset(synth, data, (1.0, 2.0, 3.0, 4.0), [3.0, 4.0],
+                             _settings(methods=("degflow", "ae_interp", "bicubic")))
     true_lr = evaluate_dataset(synth, data, (1.0, 2.0, 3.0, 4.0), [3.0, 4.0],
                                _settings(methods=("degflow", "ae_interp", "bicubic"), hr_size_output="from_lr"))
     assert true_lr.settings["hr_size_output"] == "from_lr" and as_is.settings["hr_size_output"] == "decoded"
