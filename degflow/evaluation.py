@@ -47,7 +47,7 @@ from degflow.metrics import psnr_y, ssim_y
 from degflow.noise_metrics import akld, histogram_kl
 from degflow.perceptual import load_lpips
 from degflow.procedural import degrade, procedural_seed
-from degflow.resize import HR_SIZE_OUTPUTS, bicubic_baseline, lr_at_hr_size, upsample_to
+from degflow.resize import bicubic_baseline, check_hr_size_output, lr_at_hr_size, upsample_to
 from degflow.runtime import resolve_device
 from degflow.scales import scale_label
 from degflow.solvers import SolverSpec
@@ -99,8 +99,7 @@ class EvalSettings:
     hr_size_output: str = "decoded"                 # eval.hr_size_output (degflow.resize.HR_SIZE_OUTPUTS)
 
     def __post_init__(self) -> None:
-        if self.hr_size_output not in HR_SIZE_OUTPUTS:
-            raise ValueError(f"eval.hr_size_output must be one of {list(HR_SIZE_OUTPUTS)}, got {self.hr_size_output!r}")
+        check_hr_size_output(self.hr_size_output, "eval.hr_size_output")
         if isinstance(self.shave, bool) or not isinstance(self.shave, int) or self.shave < 0:
             raise ValueError(f"eval.shave must be an integer >= 0 (border pixels), got {self.shave!r}")
         if self.max_images is not None and (isinstance(self.max_images, bool) or not isinstance(self.max_images, int)

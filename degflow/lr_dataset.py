@@ -32,7 +32,7 @@ from degflow.data.images import (
 from degflow.files import append_lines, atomic_write_text, temp_target
 from degflow.generation import SynthesisResult, Synthesizer
 from degflow import procedural
-from degflow.resize import HR_SIZE_OUTPUTS, bicubic_baseline, lr_at_hr_size, lr_size, resize_to_lr, upsample_to
+from degflow.resize import bicubic_baseline, check_hr_size_output, lr_at_hr_size, lr_size, resize_to_lr, upsample_to
 from degflow.scales import scale_key, scale_label
 
 __all__ = ["BASELINES", "MAX_SCALES", "OUTPUT_SIZES", "FolderSummary", "write_lr_dataset"]
@@ -277,8 +277,7 @@ def write_lr_dataset(
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     if size not in OUTPUT_SIZES:
         raise ValueError(f"size={size!r} is not one of {list(OUTPUT_SIZES)}")
-    if hr_size_output not in HR_SIZE_OUTPUTS:
-        raise ValueError(f"hr_size_output={hr_size_output!r} is not one of {list(HR_SIZE_OUTPUTS)}")
+    check_hr_size_output(hr_size_output)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     for key, val in (("allow_extrapolation", allow_extrapolation), ("progress", progress)):

@@ -12,7 +12,7 @@ from torch import Tensor
 from degflow.scales import check_scale
 
 __all__ = ["as_image_batch", "lr_size", "resize_to_lr", "bicubic_baseline", "upsample_to", "HR_SIZE_OUTPUTS",
-           "lr_at_hr_size"]
+           "check_hr_size_output", "lr_at_hr_size"]
 
 #: What a model's LR at HR pixel size is (config keys ``hr_size_output`` of synthesis and
 #: ``eval.hr_size_output``): ``decoded`` = the decoder's output as it comes (the authors'
@@ -92,14 +92,19 @@ def bicubic_baseline(hr: Tensor, scale: float) -> Tensor:
     return out[0] if single else out
 
 
+def check_hr_size_output(mode: str, key: str = "hr_size_output") -> str:
+    """``mode`` if it is one of :data:`HR_SIZE_OUTPUTS`, else ValueError naming ``key`` and the options."""
+    if mode not in HR_SIZE_OUTPUTS:
+        raise ValueError(f"{key}={mode!r} is not one of {list(HR_SIZE_OUTPUTS)}")
+    return mode
+
+
 def lr_at_hr_size(decoded: Tensor, scale: float, mode: str, key: str = "hr_size_output") -> Tensor:
     """A model's LR at HR pixel size under ``mode`` (:data:`HR_SIZE_OUTPUTS`).
 
     ``decoded`` ``[B, 3, H, W]`` (or ``[3, H, W]``) -> the same shape: ``decoded`` itself, or
     ``upsample_to(resize_to_lr(decoded, scale), H, W)``. ValueError naming ``key`` for another mode.
     """
-    if mode not in HR_SIZE_OUTPUTS:
-        raise ValueError(f"{key}={mode!r} is not one of {list(HR_SIZE_OUTPUTS)}")
-    if mode == "decoded":
+    if check_hr_size_output(mode, key) == "decoded":
         return decoded
     return upsample_to(resize_to_lr(decoded, scale), *decoded.shape[-2:])

@@ -51,7 +51,7 @@ from degflow.data.images import read_image  # noqa: E402
 from degflow.diagnostics import (linear_degradation_design, linear_degradation_normal_equations,  # noqa: E402
                                  noise_sigma, register_tiles, solve_linear_degradation)
 from degflow.metrics import psnr_y, rgb_to_y  # noqa: E402
-from degflow.resize import bicubic_baseline, resize_to_lr, upsample_to  # noqa: E402
+from degflow.resize import resize_to_lr, upsample_to  # noqa: E402
 from degflow.sr.pairs import find_pairs, pair_folder  # noqa: E402
 
 METHODS = ("bicubic", "linear_global", "linear_image_halves", "linear_image_insample")
@@ -148,8 +148,8 @@ def measure(root: Path, splits: list[str], scale: int, support: int, shave: int,
                 lr_preds[f"{m}+registered"], shifts = register_tiles(lr_preds[m], lr.to(torch.float64),
                                                                      register_tile, register_range)
                 moved[m] = float((shifts.norm(dim=-1) > 0.5).to(torch.float64).mean())
+            # bicubic: resize_to_lr then upsample_to, exactly the evaluation's bicubic_baseline row
             preds = {m: upsample_to(v[None].to(hr.dtype), H, W) for m, v in lr_preds.items()}
-            preds["bicubic"] = bicubic_baseline(hr[None], scale)       # exactly the evaluation's row
             row = {"name": name, **{m: float(psnr_y(p, real_up, shave=shave)) for m, p in preds.items()}}
             sigma = float(noise_sigma(rgb_to_y((lr[None] + 1) / 2)) * 255)
             row.update({f"{m}_tiles_moved": v for m, v in moved.items()})

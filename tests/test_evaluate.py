@@ -141,7 +141,7 @@ def test_true_lr_scoring_resizes_the_model_lr_to_true_size_and_back_and_leaves_t
             assert raw[(method, s)] == pytest.approx(float(metric(x, real[s], shave=0)))
             assert rec[(method, s)] != pytest.approx(raw[(method, s)])
         assert rec[("bicubic", s)] == pytest.approx(raw[("bicubic", s)])
-    with pytest.raises(ValueError, match=r"eval.hr_size_output must be one of \['decoded', 'from_lr'\], got 'lr'"):
+    with pytest.raises(ValueError, match=r"eval.hr_size_output='lr' is not one of \['decoded', 'from_lr'\]"):
         _settings(hr_size_output="lr")
 
 

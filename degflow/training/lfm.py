@@ -29,7 +29,7 @@ from degflow.generation import Synthesizer, condition_kind, velocity_condition
 from degflow.losses import LossSettings, flow_matching_loss, sample_times, segment_weights, taylor_extrapolate
 from degflow.metrics import EVAL_PROTOCOLS, EvalProtocol, eval_protocol
 from degflow.perceptual import load_lpips
-from degflow.resize import HR_SIZE_OUTPUTS, bicubic_baseline, lr_at_hr_size
+from degflow.resize import bicubic_baseline, check_hr_size_output, lr_at_hr_size
 from degflow.scales import scale_key
 from degflow.solvers import SolverSpec
 from degflow.spline import PATH_KINDS, evaluate_path
@@ -174,9 +174,8 @@ class LFMStage(Stage):
         self.max_val_images, self.strip_images = max_val_images, strip_images
         self.latent_cache = latent_cache   # knot latents of the training images (stage.latent_cache)
         self.protocol = protocol
-        if hr_size_output not in HR_SIZE_OUTPUTS:
-            raise ValueError(f"eval.hr_size_output={hr_size_output!r} is not one of {list(HR_SIZE_OUTPUTS)}")
-        self.hr_size_output = hr_size_output     # how the model's LR is scored at validation
+        # how the model's LR is scored at validation (ValueError naming the key for another value)
+        self.hr_size_output = check_hr_size_output(hr_size_output, "eval.hr_size_output")
 
     # -- the time map as trained so far (learned interior knots included) --------------------
     def time_map(self) -> TimeMap:
