@@ -1,51 +1,6 @@
-"""Train a DegFlow stage: ``python train.py stage=rae`` then ``python train.py stage=lfm``.
+"""``python train.py stage=rae|lfm ...``: train a DegFlow stage (:mod:`degflow.cli.train`)."""
 
-Wiring only: compose the config (Hydra), convert it to plain Python, hand it to
-:func:`degflow.training.train`. Sweeps: ``python train.py stage=lfm -m solver.steps=8,16,32``.
-
-Exit status: 0 trained (or already finished); 1 training failed (traceback); 2 usage or
-environment error (bad override or value, missing/unreadable path, unwritable folder: one
-``error:`` line, no traceback); 128+N stopped by signal N after writing a checkpoint of the
-current step (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1, 140 SIGUSR2); re-run the same command to
-continue.
-"""
-
-import sys
-
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
-
-from degflow.config import hoist_multirun_flag, register_resolvers, run_cli, to_plain
-
-register_resolvers()
-
-
-def _on_main_process(value):
-    """``${main_process_only:value}``: ``value`` in rank 0 of a data-parallel job (or a plain run),
-    null in the other ranks (conf/config.yaml: only rank 0 writes the run's ``.hydra`` folder)."""
-    from degflow.training.distributed import detect_environment
-
-    return value if detect_environment().is_main else None
-
-
-OmegaConf.register_new_resolver("main_process_only", _on_main_process)
-
-
-def main(cfg: DictConfig) -> float | None:
-    from degflow.cluster import job_record, set_threads
-    from degflow.training import TrainingStopped, train
-
-    hydra_cfg = HydraConfig.get()
-    config, overrides = to_plain(cfg), list(hydra_cfg.overrides.task)
-    threads = set_threads(config["threads"])
-    with job_record(hydra_cfg.runtime.output_dir, overrides, threads):
-        try:
-            metrics = train(config, hydra_cfg.runtime.output_dir, overrides)
-        except TrainingStopped as stopped:
-            raise SystemExit(stopped.exit_code) from None
-    return metrics.get("objective")
-
+from degflow.cli.train import cli
 
 if __name__ == "__main__":
-    sys.argv = hoist_multirun_flag(sys.argv)
-    run_cli(main, "config")
+    cli()

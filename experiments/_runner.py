@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import subprocess
@@ -20,12 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from degflow.infra.files import atomic_write_json
+from degflow.viz.tables import fmt, mean_sd  # noqa: F401  (the scripts' formatter and seed statistics)
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from degflow.files import atomic_write_text  # noqa: E402
-
-#: Metrics of ``eval.json`` summaries, in table order (degflow.evaluation.METRICS).
+#: Metrics of ``eval.json`` summaries, in table order (degflow.jobs.evaluation.METRICS).
 METRIC_KEYS = ("psnr_y", "ssim_y", "lpips", "kl", "akld")
 
 
@@ -34,7 +33,6 @@ class Runner:
 
     def __init__(self, env: dict[str, str] | None = None):
         self.env = {**os.environ, **(env or {})}
-        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), self.env.get("PYTHONPATH", "")) if p)
         self.commands: list[str] = []
 
     def __call__(self, args: Sequence[str], what: str) -> None:
@@ -100,36 +98,11 @@ def list_arg(values: Sequence[object]) -> str:
     return "[" + ",".join(str(v) for v in values) + "]"
 
 
-def mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
-    """Mean, sample standard deviation (None for one value) and count of the finite values."""
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not vals:
-        return None, None, 0
-    mean = sum(vals) / len(vals)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else None
-    return mean, sd, len(vals)
-
-
-def fmt(mean: float | None, sd: float | None, metric: str) -> str:
-    """``31.25 ± 0.40`` (PSNR 2 decimals, others 4; no spread for one seed)."""
-    if mean is None:
-        return "–"
-    digits = 2 if metric in ("psnr_y", "nfe", "seconds") else 4
-    if metric == "nfe":
-        digits = 0
-    text = f"{mean:.{digits}f}"
-    return text if sd is None else f"{text} ± {sd:.{digits}f}"
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
-
-
 def publish(path: Path, data: Any, table: str) -> int:
     """End of a diagnosis script: print its table, write its json (atomically, folders made),
     say where it went; returns the exit code 0."""
     print(table, flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, data)
+    atomic_write_json(path, data)
     print(f"json: {path}", flush=True)
     return 0

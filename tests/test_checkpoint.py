@@ -6,16 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from degflow.checkpoint import (
-    CheckpointError,
-    build_model,
-    capture_rng_state,
-    find_latest_checkpoint,
-    load_checkpoint,
-    model_entry,
-    restore_rng_state,
-    save_checkpoint,
-)
+from degflow.infra.checkpoint import CheckpointError, capture_rng_state, find_latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from degflow.models.registry import build_model, model_entry
 from degflow.models.rae import RAE
 
 

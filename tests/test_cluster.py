@@ -1,4 +1,4 @@
-"""Thread counts from the allocation, scheduler identity, and the per-job record (degflow/cluster.py)."""
+"""Thread counts from the allocation, scheduler identity, and the per-job record (degflow/infra/cluster.py)."""
 
 import json
 import os
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from degflow.cluster import allocated_cpus, job_record, read_job_record, resolve_threads, scheduler_info
+from degflow.infra.cluster import allocated_cpus, job_record, read_job_record, resolve_threads, scheduler_info
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,6 +74,7 @@ def test_job_record_marks_success_failure_and_interruption_and_keeps_every_attem
     assert not (tmp_path / "error.txt").exists()    # the job finished: no stale traceback
 
 
+@pytest.mark.slow
 def test_training_logs_its_thread_count_and_records_the_job(tmp_path):
     cmd = [sys.executable, "train.py", "stage=rae", "logger=none", "device=cpu", f"output_root={tmp_path}",
            "stage.steps=1", "stage.batch_size=2", "stage.warmup_steps=0", "data.crop_size=32", "data.max_side=96",

@@ -14,6 +14,7 @@ from degflow.training import train
 from test_train import config, train_rae
 
 
+@pytest.mark.slow
 def test_a_velocity_conditioned_on_the_hr_latent_trains_saves_and_synthesizes(tmp_path):
     train_rae(tmp_path / "rae" / "tiny", steps=2)
     run = tmp_path / "lfm" / "tiny"
@@ -57,6 +58,7 @@ def test_the_condition_follows_cond_channels_and_a_wrong_value_lists_the_valid_o
         velocity_condition("latent+pixels", z0, hr[..., :32], 8)
 
 
+@pytest.mark.slow
 def test_a_velocity_conditioned_on_the_hr_pixels_trains_with_and_without_the_latent_cache_and_synthesizes(tmp_path):
     train_rae(tmp_path / "rae" / "tiny", steps=2)
     for cache in ("true", "false"):

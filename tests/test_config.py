@@ -9,10 +9,10 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from degflow.config import CONF_DIR, register_resolvers, run_slug, to_plain
-from degflow.loggers import NullLogger, build_logger
-from degflow.losses import LossSettings
-from degflow.solvers import SolverSpec
+from degflow.cli.app import CONF_DIR, register_resolvers, run_slug, to_plain
+from degflow.training.loggers import NullLogger, build_logger
+from degflow.core.losses import LossSettings
+from degflow.core.solvers import SolverSpec
 from degflow.training.lfm import SplineSettings
 from degflow.training import train_settings
 
@@ -80,6 +80,7 @@ def test_every_logger_option_builds_a_logger(option, tmp_path):
     assert (tmp_path / "history.jsonl").read_text().count("loss") == 1
 
 
+@pytest.mark.slow
 def test_demo_data_option_instantiates_a_data_bundle():
     bundle = instantiate(to_plain(compose_config(["data=demo"]))["data"], _convert_="all")
     assert bundle.train_scales[0] == 1.0 and len(bundle.val) > 0
@@ -156,7 +157,7 @@ def test_run_directory_depends_only_on_what_the_stage_uses():
 
 
 def test_the_multirun_flag_may_follow_the_overrides():
-    from degflow.config import hoist_multirun_flag
+    from degflow.cli.app import hoist_multirun_flag
 
     argv = ["train.py", "stage=lfm", "-m", "solver.steps=8,16,32"]
     assert hoist_multirun_flag(argv) == ["train.py", "-m", "stage=lfm", "solver.steps=8,16,32"]

@@ -16,12 +16,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from degflow.checkpoint import load_checkpoint
-from degflow.convert_official import ConversionError, convert_official, main
+from degflow.infra.checkpoint import load_checkpoint
+from degflow.cli.app import run_tool
+from degflow.cli.convert_official import main
+from degflow.jobs.convert_official import ConversionError, convert_official
 from degflow.models.official import rae_key_map, velocity_key_map
 from degflow.models.rae import RAE
 from degflow.models.unet import VelocityUNet
-from degflow.solvers import SolverSpec
+from degflow.core.solvers import SolverSpec
 
 DATA = Path(__file__).resolve().parent / "data"
 AUTHORS_T_PARAMS = {"LR2": -0.693, "LR3": 0.693}  # their initial (and, frozen, released) logits
@@ -31,6 +33,13 @@ SMALL_RAE = {"widths": [8, 8, 16, 32]}
 SMALL_LFM = {"nf": 8}
 SMALL_OVERRIDES = ["model.rae.widths=[8,8,16,32]", "model.lfm.nf=8"]
 
+
+
+def _status(main, argv: list[str]) -> int:
+    """Exit status of a tool run through the one CLI wrapper (:func:`degflow.cli.app.run_tool`)."""
+    with pytest.raises(SystemExit) as exited:
+        run_tool(main, argv)
+    return exited.value.code
 
 def _entries(name: str) -> dict[str, list[tuple[str, tuple[int, ...], str]]]:
     """``{top: [(name, shape, dtype), ...]}`` of the authors' ``autoencoder`` or ``flow`` file."""
@@ -137,6 +146,7 @@ def paper(tmp_path_factory):
     return tmp, ae, ae_obj, flow, flow_obj, report
 
 
+@pytest.mark.slow
 def test_paper_size_round_trip_keeps_every_source_tensor_exactly(paper):
     tmp, ae, ae_obj, flow, flow_obj, _ = paper
     ckpt = load_checkpoint(tmp / "lfm.pt", kind="lfm")
@@ -174,6 +184,7 @@ def test_converted_checkpoint_records_sources_knot_times_and_the_fields_of_a_tra
         assert torch.equal(v, ckpt["models"]["rae"]["state_dict"][k])
 
 
+@pytest.mark.slow
 def test_synthesizer_loads_the_converted_checkpoint_and_generates_on_cpu(paper):
     from degflow.generation import Synthesizer
 
@@ -312,17 +323,17 @@ def test_knot_logits_out_of_order_are_refused(tmp_path):
 def test_cli_converts_with_overrides_and_reports_usage_errors_with_exit_code_2(tmp_path, capsys):
     (ae, _), (flow, _) = _authors_files(tmp_path)
     out, rae_out = tmp_path / "cli_lfm.pt", tmp_path / "cli_rae.pt"
-    code = main([f"ae={ae}", f"flow={flow}", f"out={out}", f"rae_out={rae_out}", *SMALL_OVERRIDES])
+    code = _status(main, [f"ae={ae}", f"flow={flow}", f"out={out}", f"rae_out={rae_out}", *SMALL_OVERRIDES])
     printed = capsys.readouterr().out
     assert code == 0 and out.is_file() and rae_out.is_file()
     assert hashlib.sha256(ae.read_bytes()).hexdigest() in printed
     ckpt = load_checkpoint(out, kind="lfm")
     assert ckpt["config"]["ae"] == str(ae) and ckpt["models"]["rae"]["config"]["widths"] == [8, 8, 16, 32]
-    assert main([f"ae={ae}", f"flow={flow}"]) == 2
+    assert _status(main, [f"ae={ae}", f"flow={flow}"]) == 2
     assert "out=..." in capsys.readouterr().err
-    assert main([f"ae={ae}", f"flow={flow}", f"out={tmp_path / 'y.pt'}", "+model.rae.depth=3"]) == 2
+    assert _status(main, [f"ae={ae}", f"flow={flow}", f"out={tmp_path / 'y.pt'}", "+model.rae.depth=3"]) == 2
     assert "model.rae" in capsys.readouterr().err
     # the paper preset does not fit the reduced files: refused, every tensor named, nothing written
-    assert main([f"ae={ae}", f"flow={flow}", f"out={tmp_path / 'x.pt'}"]) == 2
+    assert _status(main, [f"ae={ae}", f"flow={flow}", f"out={tmp_path / 'x.pt'}"]) == 2
     assert "shape mismatch for encoder.stem.weight" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from _data_trees import make_paired, make_realsr, rand_image, save
-from degflow.data.check import main
+from degflow.cli.app import run_tool
+from degflow.cli.check_data import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +27,9 @@ def run_check(*overrides: str) -> subprocess.CompletedProcess:
 def check(capsys):
     """In-process run (fast): returns an object like CompletedProcess."""
     def run(*overrides: str) -> subprocess.CompletedProcess:
-        rc = main(list(overrides))
+        with pytest.raises(SystemExit) as exited:
+            run_tool(main, list(overrides))
+        rc = exited.value.code
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(["check", *overrides], rc, out, err)
     return run
@@ -90,7 +93,8 @@ def test_config_errors_exit_2_with_a_message(check):
     assert r.returncode == 2 and "data.root is required" in r.stderr
     assert "Traceback" not in r.stderr
     r = check("data=nosuchoption")
-    assert r.returncode == 2 and "config error" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "nosuchoption" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_paired_tree_with_missing_partner_and_small_images(tmp_path, check):
@@ -117,7 +121,7 @@ def test_conf_data_options_instantiate_with_hydra(tmp_path):
     from hydra.utils import instantiate
 
     from degflow.data import DataBundle
-    from degflow.config import CONF_DIR
+    from degflow.cli.app import CONF_DIR
 
     root = make_paired(tmp_path / "P", scales=(4,), n=3)
     realsr = make_realsr(tmp_path / "R", n=2)
@@ -137,7 +141,7 @@ def test_conf_data_options_instantiate_with_hydra(tmp_path):
 
 def test_the_validator_picks_its_scan_from_the_option_registry_exactly():
     """A _target_ that merely ends like a factory's name is not that option."""
-    from degflow.data.check import check_data
+    from degflow.cli.check_data import check_data
     from degflow.data.options import DATA_OPTIONS, option_defaults
 
     with pytest.raises(ValueError, match=r"mypackage\.realsr_data.*not a data option.*"

@@ -1,4 +1,7 @@
-"""Knot-gap diagnostics (degflow/diagnostics.py) against closed forms."""
+"""Study and kernel diagnostics against closed forms: the knot-gap study's helpers
+(experiments/studies/knot_gap/gap.py), the least-squares linear degradation
+(degflow/baselines/kernel.py), Immerkaer's noise level (degflow/metrics/noise.py) and the knot-ceiling
+study's registration (experiments/studies/knot_ceiling/registration.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +10,9 @@ import math
 import pytest
 import torch
 
-from degflow.diagnostics import latent_error, merge_tiles, split_tiles, velocity_error_by_time
-from degflow.solvers import SolverSpec, integrate
-from degflow.spline import evaluate_path
+from experiments.studies.knot_gap.gap import latent_error, merge_tiles, split_tiles, velocity_error_by_time
+from degflow.core.solvers import SolverSpec, integrate
+from degflow.core.spline import evaluate_path
 
 
 def test_the_exact_path_derivative_has_zero_velocity_error_and_a_constant_offset_its_square():
@@ -69,7 +72,7 @@ def _conv_reference(hr, weights, scale, support):
 
 
 def test_a_linear_degradation_is_a_strided_convolution_and_is_recovered_exactly_by_least_squares():
-    from degflow.diagnostics import (apply_linear_degradation, linear_degradation_normal_equations,
+    from degflow.baselines.kernel import (apply_linear_degradation, linear_degradation_normal_equations,
                                      solve_linear_degradation)
     g = torch.Generator().manual_seed(3)
     hr = torch.rand(2, 3, 64, 72, generator=g, dtype=torch.float64) * 2 - 1
@@ -88,7 +91,7 @@ def test_a_linear_degradation_is_a_strided_convolution_and_is_recovered_exactly_
 
 
 def test_linear_degradation_rejects_sizes_it_cannot_tile():
-    from degflow.diagnostics import linear_degradation_design, linear_degradation_normal_equations
+    from degflow.baselines.kernel import linear_degradation_design, linear_degradation_normal_equations
     with pytest.raises(ValueError, match="multiple of the scale 4"):
         linear_degradation_design(torch.zeros(1, 3, 30, 32), 4, 8)
     with pytest.raises(ValueError, match="differ from it by an even number"):
@@ -101,7 +104,7 @@ def test_immerkaer_noise_sigma_matches_its_formula_and_finds_the_noise_of_a_smoo
     import numpy as np
     from scipy.signal import convolve2d
 
-    from degflow.diagnostics import noise_sigma
+    from degflow.metrics.noise import noise_sigma
     g = torch.Generator().manual_seed(0)
     img = torch.rand(2, 1, 40, 50, generator=g, dtype=torch.float64)
     m = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)
@@ -124,7 +127,7 @@ def _smooth_image(seed: int = 0, size: int = 64) -> torch.Tensor:
 
 
 def test_an_integer_shift_moves_pixels_exactly_and_a_subpixel_shift_moves_a_wave():
-    from degflow.diagnostics import shift_image
+    from experiments.studies.knot_ceiling.registration import shift_image
     x = _smooth_image()
     moved = shift_image(x, torch.tensor([[2.0, -1.0], [0.0, 0.0]], dtype=torch.float64))
     assert torch.allclose(moved[1], x, atol=1e-12)
@@ -143,7 +146,7 @@ def test_tile_registration_recovers_known_local_shifts_and_leaves_aligned_tiles_
     """A 'real' image whose top-left and top-right 32 px tiles are the prediction moved by known
     sub-pixel shifts (on the 0.05 px grid), the rest untouched: every shift is found and the
     registered prediction equals the real image."""
-    from degflow.diagnostics import register_tiles, shift_image
+    from experiments.studies.knot_ceiling.registration import register_tiles, shift_image
     pred = _smooth_image(1)
     known = {(0, 0): (0.3, -0.45), (0, 1): (-1.2, 0.65)}
     real = pred.clone()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from degflow.checkpoint import load_checkpoint
+from degflow.infra.checkpoint import load_checkpoint
 from degflow.training import train
 from degflow.training.distributed import SINGLE, DistEnv, detect_environment, local_batch_size, submitit_port
 from degflow.training.sampling import RowDraws, batch_keys

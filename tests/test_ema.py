@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from degflow.checkpoint import load_checkpoint
+from degflow.infra.checkpoint import load_checkpoint
 from degflow.generation import Synthesizer
 from degflow.training import train
 from degflow.training.ema import check_ema_decay, ema_decay_at, ema_update_
@@ -41,6 +41,7 @@ def test_a_bad_ema_decay_names_the_key_and_the_valid_range(bad):
         check_ema_decay(bad)
 
 
+@pytest.mark.slow
 def test_an_ema_run_saves_the_average_and_validation_and_synthesis_use_it(tmp_path, monkeypatch):
     train_rae(tmp_path / "rae" / "tiny", steps=2)
     run = tmp_path / "lfm" / "tiny"

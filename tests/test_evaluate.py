@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from degflow.checkpoint import model_entry, save_checkpoint
+from degflow.infra.checkpoint import save_checkpoint
+from degflow.models.registry import model_entry
 from degflow.data.images import write_image
-from degflow.evaluation import (
+from degflow.jobs.evaluation import (
     EvalSettings,
     collect_sweep,
     evaluate_dataset,
@@ -24,12 +25,12 @@ from degflow.evaluation import (
     run,
     write_results,
 )
-from degflow.metrics import psnr_y
-from degflow.resize import bicubic_baseline
+from degflow.metrics.image import psnr_y
+from degflow.core.resize import bicubic_baseline
 from degflow.models.rae import RAE
 from degflow.models.unet import VelocityUNet
-from degflow.procedural import degrade
-from degflow.timemap import TimeMap
+from degflow.baselines.procedural import degrade
+from degflow.core.timemap import TimeMap
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SCALES = [1.0, 2.0, 4.0]
@@ -115,11 +116,12 @@ def test_baseline_numbers_equal_the_metric_functions_on_the_same_images(ckpt):
     assert rec["procedural"]["psnr_y"] == pytest.approx(float(psnr_y(proc, real, shave=0)))
 
 
+@pytest.mark.slow
 def test_true_lr_scoring_resizes_the_model_lr_to_true_size_and_back_and_leaves_the_baselines(ckpt):
     """eval.hr_size_output=from_lr scores degflow / ae_interp as synthesize.py size=lr writes them
     (resized to true LR size), bicubic-upsampled like the real LR; the baselines do not change."""
-    from degflow.metrics import psnr_y as metric
-    from degflow.resize import resize_to_lr, upsample_to
+    from degflow.metrics.image import psnr_y as metric
+    from degflow.core.resize import resize_to_lr, upsample_to
 
     synth = load_model(ckpt, "cpu", _solver())
     data = _Pairs(n=1)
@@ -145,6 +147,7 @@ def test_true_lr_scoring_resizes_the_model_lr_to_true_size_and_back_and_leaves_t
         _settings(hr_size_output="lr")
 
 
+@pytest.mark.slow
 def test_same_settings_give_the_same_table(ckpt):
     synth = load_model(ckpt, "cpu", _solver())
     a = evaluate_dataset(synth, _Pairs(), (1.0, 2.0, 3.0, 4.0), None, _settings()).per_scale()
@@ -152,6 +155,7 @@ def test_same_settings_give_the_same_table(ckpt):
     assert a == b
 
 
+@pytest.mark.slow
 def test_one_bad_image_is_reported_and_skipped(ckpt):
     synth = load_model(ckpt, "cpu", _solver())
     result = evaluate_dataset(synth, _Pairs(n=3, broken={1}), (1.0, 2.0, 3.0, 4.0), None,
@@ -176,6 +180,7 @@ def test_a_stage1_checkpoint_is_refused_naming_the_file_and_key(tmp_path):
         load_model(path, "cpu", _solver())
 
 
+@pytest.mark.slow
 def test_results_are_written_as_json_markdown_and_csv(ckpt, tmp_path):
     synth = load_model(ckpt, "cpu", _solver())
     result = evaluate_dataset(synth, _Pairs(), (1.0, 2.0, 3.0, 4.0), None, _settings())
@@ -282,6 +287,7 @@ def _cli(*args, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_solver_sweep_on_the_demo_data_evaluates_one_checkpoint_per_setting(ckpt, tmp_path):
     proc = _cli(f"ckpt={ckpt}", "-m", "solver=euler", "solver.steps=1,6", "scales=[2,3]",
                 "methods=[degflow,bicubic]", "eval.lpips=false", "eval.max_images=1", "data.val_max_size=64",
@@ -299,6 +305,7 @@ def test_cli_solver_sweep_on_the_demo_data_evaluates_one_checkpoint_per_setting(
     assert (tmp_path / "sweep" / "psnr_vs_nfe.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_cli_bad_input_exits_2_with_the_key_in_the_message(tmp_path):
     rae_ckpt = _tiny_checkpoint(tmp_path / "stage1.pt", kind="rae")
     proc = _cli(f"ckpt={rae_ckpt}", "eval.lpips=false", f"out={tmp_path / 'o'}", cwd=tmp_path)
@@ -307,7 +314,7 @@ def test_cli_bad_input_exits_2_with_the_key_in_the_message(tmp_path):
 
 
 def test_lpips_column_uses_the_pretrained_alexnet_metric(ckpt, shared_dir):
-    from degflow.perceptual import load_lpips
+    from degflow.metrics.perceptual import load_lpips
 
     weights = shared_dir / "weights" / "alexnet_features.pth"
     synth = load_model(ckpt, "cpu", _solver())

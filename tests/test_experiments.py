@@ -78,8 +78,7 @@ def small_pairs(src: Path, dst: Path, names: list[str], hr_side: int = 96) -> li
 
 
 def test_split_rule_is_fixed_and_documented():
-    sys.path.insert(0, str(REPO / "experiments"))
-    from realsr_x4 import split_of
+    from experiments.reproduce.realsr_x4 import split_of
 
     split = split_of([f"Canon_{i:03d}" for i in range(50, 0, -1)])  # order of the input does not matter
     assert [len(split[k]) for k in ("train", "val", "test")] == [35, 5, 10]
@@ -100,7 +99,7 @@ def test_realsr_x4_script_trains_on_canon_and_never_reads_nikon_or_canon_test_wh
     small_pairs(canon_src, canon, [f"Canon_{i:03d}" for i in range(1, 7)])   # train 4, val 1 (003), test 1 (005)
     small_pairs(nikon_src, nikon, ["Nikon_001", "Nikon_002"])
     out = tmp_path / "out"
-    args = ["experiments/realsr_x4.py", "--canon", str(canon), "--nikon", str(nikon), "--out", str(out),
+    args = ["-m", "experiments.reproduce.realsr_x4", "--canon", str(canon), "--nikon", str(nikon), "--out", str(out),
             "--seeds", "3", "--rae-steps", "2", "--lfm-steps", "2", "--crop", "32", "--val-max-size", "64",
             "--device", "cpu",
             *(f"--train-override={o}" for o in TINY_TRAIN), *(f"--eval-override={o}" for o in TINY_EVAL)]
@@ -144,7 +143,7 @@ def test_realsr_x4_script_trains_on_canon_and_never_reads_nikon_or_canon_test_wh
 @pytest.mark.slow  # training, evaluation and an 8-job sweep, each a subprocess
 def test_demo_results_script_writes_scale_table_sweep_frontier_and_readme_block(tmp_path):
     out = tmp_path / "demo"
-    args = ["experiments/demo_results.py", "--out", str(out), "--rae-steps", "2", "--lfm-steps", "2",
+    args = ["-m", "experiments.reproduce.demo_results", "--out", str(out), "--rae-steps", "2", "--lfm-steps", "2",
             "--max-images", "1", "--device", "cpu", "--sweep-solvers", "euler", "rk4", "--sweep-steps", "2",
             "--sweep-modes", "grid", "cubic",
             *(f"--data-override={o}" for o in ("data.max_side=160", "data.crop_size=32", "data.val_max_size=64")),
@@ -168,8 +167,7 @@ def test_demo_results_script_writes_scale_table_sweep_frontier_and_readme_block(
 def test_seed_spread_is_the_sample_standard_deviation_of_the_finite_values():
     import statistics
 
-    sys.path.insert(0, str(REPO / "experiments"))
-    from _runner import fmt, mean_sd
+    from degflow.viz.tables import fmt, mean_sd
 
     values = [31.2, 30.4, 32.9]
     mean, sd, n = mean_sd([*values, None, float("nan")])
@@ -180,7 +178,7 @@ def test_seed_spread_is_the_sample_standard_deviation_of_the_finite_values():
 
 
 def test_method_bars_plot_is_a_png_with_one_panel_per_metric(tmp_path):
-    from degflow.plots import plot_method_bars
+    from degflow.viz.plots import plot_method_bars
 
     values = {metric: {"Canon": {"degflow": (30.0, 0.5), "bicubic": (28.0, None)},
                        "Nikon": {"degflow": (29.0, 0.4), "bicubic": (None, None)}}
@@ -193,8 +191,7 @@ def test_method_bars_plot_is_a_png_with_one_panel_per_metric(tmp_path):
 def test_two_seeds_are_reported_as_mean_and_spread_per_test_set_and_method():
     import statistics
 
-    sys.path.insert(0, str(REPO / "experiments"))
-    from realsr_x4 import aggregate, markdown
+    from experiments.reproduce.realsr_x4 import aggregate, markdown
 
     def summary(psnr: float, lpips: float) -> dict:
         return {"all": {"psnr_y": psnr, "ssim_y": 0.9, "lpips": lpips, "kl": 0.1, "akld": 0.2},
@@ -214,8 +211,7 @@ def test_two_seeds_are_reported_as_mean_and_spread_per_test_set_and_method():
 
 
 def test_cache_comparison_flags_a_gap_larger_than_the_pooled_seed_sd_and_passes_a_smaller_one(tmp_path):
-    sys.path.insert(0, str(REPO / "experiments"))
-    from latent_cache_validation import compare, load_run, markdown
+    from experiments.studies.latent_cache.latent_cache_validation import compare, load_run, markdown
 
     def run(name: str, seed: int, cache: bool, x3: float, x2: float) -> Path:
         scales = {key: {"psnr_y": psnr, "ssim_y": 0.9, "lpips": 0.2, "heldout": heldout}
@@ -238,17 +234,17 @@ def test_cache_comparison_flags_a_gap_larger_than_the_pooled_seed_sd_and_passes_
     assert "| x3* | psnr_y | 32.05 ± 0.07 | 31.55 ± 0.07 |" in markdown(result)
 
 
+@pytest.mark.slow
 def test_knot_ceiling_recovers_a_linear_camera_and_scores_bicubic_like_the_evaluation(tmp_path):
     """A tree whose LR is a known linear degradation of its HR (plus 8-bit rounding): the
     one-kernel fit on train predicts val almost exactly; bicubic does not; the json and table
     hold every split."""
     import torch
 
-    sys.path.insert(0, str(REPO / "experiments"))
-    import knot_ceiling
-    from degflow.diagnostics import apply_linear_degradation
-    from degflow.metrics import psnr_y
-    from degflow.resize import bicubic_baseline, upsample_to
+    from degflow.baselines.kernel import apply_linear_degradation
+    from experiments.studies.knot_ceiling import knot_ceiling
+    from degflow.metrics.image import psnr_y
+    from degflow.core.resize import bicubic_baseline, upsample_to
 
     g = torch.Generator().manual_seed(0)
     k = 8
@@ -302,11 +298,11 @@ def test_knot_ceiling_recovers_a_linear_camera_and_scores_bicubic_like_the_evalu
         knot_ceiling.main(["--root", str(tmp_path), "--out", str(out), "--generated", "bicubic=" + str(gen)])
 
 
+@pytest.mark.slow
 def test_knot_gap_diagnoses_a_velocity_conditioned_on_the_hr_pixels(tmp_path):
-    """experiments/knot_gap.py end to end on a 2-step checkpoint whose velocity takes the HR latent
+    """experiments/studies/knot_gap/knot_gap.py end to end on a 2-step checkpoint whose velocity takes the HR latent
     and pixels: every section is filled and the integration error of a solver against itself is 0."""
-    sys.path.insert(0, str(REPO / "experiments"))
-    import knot_gap
+    from experiments.studies.knot_gap import knot_gap
     from degflow.training import train
     from test_train import config, train_rae
 

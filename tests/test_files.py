@@ -7,9 +7,10 @@ import stat
 import pytest
 import torch
 
-from degflow.checkpoint import model_entry, save_checkpoint
+from degflow.infra.checkpoint import save_checkpoint
+from degflow.models.registry import model_entry
 from degflow.data.images import write_image
-from degflow.files import append_lines, atomic_write_bytes, atomic_write_text, file_sha256
+from degflow.infra.files import append_lines, atomic_write_bytes, atomic_write_text, file_sha256
 from degflow.models.rae import RAE
 
 

@@ -68,6 +68,7 @@ def test_unknown_launcher_keys_and_sweeps_over_unknown_keys_fail_before_anything
     assert not list(tmp_path.rglob(".submitit"))
 
 
+@pytest.mark.slow
 def test_the_local_preset_runs_jobs_side_by_side_with_the_thread_count_it_gave_them(tmp_path):
     env = {k: v for k, v in ENV.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     cmd = [sys.executable, "train.py", "-m", "stage=rae", "hydra/launcher=local", "hydra.launcher.cpus_per_task=1",
@@ -91,7 +92,7 @@ def test_the_local_preset_runs_jobs_side_by_side_with_the_thread_count_it_gave_t
 def test_every_knot_placement_of_the_spline_sweep_is_a_valid_spline(placement, knots, learn):
     from hydra import compose, initialize_config_dir
 
-    from degflow.config import CONF_DIR, register_resolvers, to_plain
+    from degflow.cli.app import CONF_DIR, register_resolvers, to_plain
     from degflow.training.lfm import SplineSettings
 
     register_resolvers()
@@ -106,7 +107,7 @@ def test_every_knot_placement_of_the_spline_sweep_is_a_valid_spline(placement, k
 
 def test_jobs_can_import_the_modules_beside_the_launched_script(tmp_path, monkeypatch):
     """A job unpickles its task function in a new interpreter: the launched script's folder
-    (experiments/ for experiments/sr_compare.py) goes first on the PYTHONPATH it inherits, once."""
+    goes first on the PYTHONPATH it inherits, once."""
     from hydra_plugins.degflow_launcher.degflow_launcher import script_dir_importable
 
     script = tmp_path / "scripts" / "run.py"

@@ -1,43 +1,39 @@
-"""The import graph of degflow follows its layers (docs/ARCHITECTURE.md, "Layering").
+"""The import graph of degflow follows its layers: one folder per layer, imports point down.
 
 Every module of the package, its function-level (lazy) imports included, may import only
-modules of its own layer or of a lower one:
-
-    0 utility / math   files, scales, runtime, resize, timemap, spline, solvers, losses,
-                       metrics, perceptual, diagnostics, visualize, config, the package itself
-    1 models, data     models/, data/, checkpoint, loggers
-    2 generation       generation/ (the Synthesizer and tiling)
-    3 jobs             training/, lr_dataset, evaluation, sr/ (none imports another; sr.models and
-                       sr.pairs are layer 1)
-    4 entry points     the package's ``python -m`` modules (evaluate, quickstart); train.py,
-                       synthesize.py and experiments/ live outside the package
+modules of its own layer or of a lower one. :data:`LAYERS` is the table; docs/ARCHITECTURE.md
+shows the same table (checked below), so the documentation cannot drift from the test.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "degflow"
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "degflow"
 
-#: module-name prefix -> layer; the longest matching prefix wins.
-LAYERS: dict[str, int] = {
-    "degflow": 0,
-    "degflow.files": 0, "degflow.scales": 0, "degflow.runtime": 0, "degflow.resize": 0,
-    "degflow.timemap": 0, "degflow.spline": 0, "degflow.solvers": 0, "degflow.losses": 0,
-    "degflow.metrics": 0, "degflow.perceptual": 0, "degflow.visualize": 0, "degflow.config": 0,
-    "degflow.noise_metrics": 0, "degflow.procedural": 0, "degflow.plots": 0, "degflow.cluster": 0,
-    "degflow.models": 1, "degflow.data": 1, "degflow.checkpoint": 1, "degflow.loggers": 1,
-    "degflow.generation": 2,
-    "degflow.training": 3, "degflow.lr_dataset": 3, "degflow.evaluation": 3,
-    "degflow.evaluate": 4, "degflow.convert_official": 4, "degflow.report": 4, "degflow.merge_shards": 4,
-    "degflow.quickstart": 4, "degflow.console": 0, "degflow.diagnostics": 0,
-    "degflow.sr": 3, "degflow.sr.models": 1, "degflow.sr.pairs": 1,
+#: layer number -> (folders of degflow/ on that layer, what the layer is). Lower layers never import higher ones.
+LAYERS: dict[int, tuple[tuple[str, ...], str]] = {
+    0: (("core", "infra"), "math (scales, time map, spline, solvers, losses, resizing) and plumbing (files, "
+                           "runtime, console, cluster, checkpoint I/O)"),
+    1: (("metrics", "baselines", "viz", "models"), "image metrics, comparison degradations, pictures and tables, "
+                                                  "networks"),
+    2: (("data",), "image I/O, datasets, SR pair folders, the data validator"),
+    3: (("generation",), "the generation core: one checkpoint, one ODE solve, any scale"),
+    4: (("training", "jobs"), "training loops; batch jobs (LR datasets, evaluation, reports, shard merge, "
+                              "conversion)"),
+    5: (("sr",), "downstream SR: training and scoring SR networks on the data the jobs make"),
+    6: (("cli",), "entry points: every command, through one wrapper"),
 }
-#: jobs of the same layer that must stay independent of each other.
-SEPARATE_JOBS = ("degflow.training", "degflow.lr_dataset", "degflow.evaluation", "degflow.sr")
+#: top-level modules of the package besides its folders (the package face, ``python -m degflow``, old names).
+TOP_LEVEL = {"degflow": 0, "degflow._moved": 0, "degflow.__main__": 6}
+#: folders / modules of one layer that must not import each other (independent jobs).
+SEPARATE_JOBS = ("degflow.training", "degflow.jobs.lr_dataset", "degflow.jobs.evaluation",
+                 "degflow.jobs.sweep_report", "degflow.jobs.merge_shards", "degflow.jobs.convert_official")
 
 
 def _module_name(path: Path) -> str:
@@ -63,25 +59,42 @@ def _imports(path: Path, module: str) -> set[str]:
             else:
                 name = node.module or ""
             out.add(name)
-            out |= {f"{name}.{a.name}" for a in node.names}    # "from degflow import files"
+            out |= {f"{name}.{a.name}" for a in node.names}    # "from degflow.infra import files"
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module":
+            arg = node.args[0] if node.args else None
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                out.add(arg.value)
     known = _modules()
     return {n for n in out if n in known}
 
 
+def _folder_layer() -> dict[str, int]:
+    return {folder: layer for layer, (folders, _) in LAYERS.items() for folder in folders}
+
+
 def _layer(module: str) -> int:
-    prefix = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len, default=None)
-    if prefix is None:
-        raise AssertionError(f"{module} has no layer in tests/test_layering.py LAYERS")
-    return LAYERS[prefix]
+    if module in TOP_LEVEL:
+        return TOP_LEVEL[module]
+    folder = module.split(".")[1]
+    layers = _folder_layer()
+    if folder not in layers:
+        raise AssertionError(f"{module}: folder degflow/{folder}/ has no layer in tests/test_layering.py LAYERS")
+    return layers[folder]
 
 
 def _within(module: str, prefix: str) -> bool:
     return module == prefix or module.startswith(prefix + ".")
 
 
-def test_every_module_has_a_layer():
+def test_every_module_lies_in_a_layer_folder():
     for module in _modules():
         _layer(module)
+
+
+def test_the_top_of_the_package_is_folders():
+    tops = {p.stem for p in PACKAGE.glob("*.py")}
+    assert tops == {"__init__", "__main__", "_moved"}, tops
+    assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()} == set(_folder_layer())
 
 
 @pytest.mark.parametrize("module", sorted(_modules()))
@@ -92,13 +105,11 @@ def test_modules_import_only_their_own_or_lower_layers(module):
             f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})")
 
 
-def test_nothing_outside_training_imports_training_and_generation_imports_no_job():
+def test_jobs_are_independent_and_generation_imports_no_job():
     for module, path in _modules().items():
         targets = _imports(path, module)
-        if not _within(module, "degflow.training") and _layer(module) < 4:   # entry points may train
-            assert not [t for t in targets if _within(t, "degflow.training")], module
         if _within(module, "degflow.generation"):
-            assert not [t for t in targets if any(_within(t, job) for job in SEPARATE_JOBS)], module
+            assert not [t for t in targets if _layer(t) > 3], module
         for job in SEPARATE_JOBS:
             if _within(module, job):
                 others = [j for j in SEPARATE_JOBS if j != job]
@@ -108,6 +119,14 @@ def test_nothing_outside_training_imports_training_and_generation_imports_no_job
 def test_the_checker_sees_imports_inside_functions():
     """The parser itself: an import inside a function counts."""
     source = PACKAGE / "generation" / "synthesizer.py"
-    assert "degflow.solvers" in _imports(source, "degflow.generation.synthesizer")
-    lazy = PACKAGE / "checkpoint.py"                           # imports the models inside build_model
-    assert "degflow.models.rae" in _imports(lazy, "degflow.checkpoint")
+    assert "degflow.core.solvers" in _imports(source, "degflow.generation.synthesizer")
+    lazy = PACKAGE / "cli" / "synthesize.py"                   # imports the job inside _synthesize
+    assert "degflow.jobs.lr_dataset" in _imports(lazy, "degflow.cli.synthesize")
+
+
+def test_the_documented_layer_table_is_this_one():
+    """docs/ARCHITECTURE.md's layer table lists exactly the folders of :data:`LAYERS`, per layer."""
+    text = (REPO / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\d) \| ([^|]+) \|", text, flags=re.M)
+    documented = {int(n): tuple(re.findall(r"`(\w+)/`", folders)) for n, folders in rows}
+    assert documented == {n: folders for n, (folders, _) in LAYERS.items()}

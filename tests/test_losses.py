@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from degflow.losses import LossSettings, knot_warp, sample_times, segment_weights
+from degflow.core.losses import LossSettings, knot_warp, sample_times, segment_weights
 
 
 def test_inverse_distance_is_the_authors_relative_weighting():

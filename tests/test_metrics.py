@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from degflow.metrics import eval_protocol, psnr_y, rgb_to_y, ssim_y
-from degflow.resize import bicubic_baseline, resize_to_lr
+from degflow.metrics.image import eval_protocol, psnr_y, rgb_to_y, ssim_y
+from degflow.core.resize import bicubic_baseline, resize_to_lr
 
 
 def _rand(*shape, seed=0):

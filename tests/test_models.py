@@ -84,6 +84,7 @@ def test_rae_decode_rejects_skip_features_of_another_size(rae):
         rae.decode(z, feats)
 
 
+@pytest.mark.slow
 def test_decoder_skip_features_come_from_the_hr_image(rae):
     torch.manual_seed(1)
     lr, lr2, hr, hr2 = (torch.randn(2, 3, 16, 16) for _ in range(4))
@@ -118,6 +119,7 @@ def test_rae_residual_gains_start_at_zero_and_the_output_is_not_squashed():
 
 
 @pytest.mark.parametrize("norm", ["layer", "group"])
+@pytest.mark.slow
 def test_rae_rebuilt_from_its_config_is_identical(norm):
     torch.manual_seed(0)
     a = _perturb_gains(RAE(**SMALL_RAE, norm=norm, groups=8)).eval()
@@ -192,6 +194,7 @@ def test_velocity_depends_on_time_once_the_output_layers_are_reinitialised(unet)
     assert (v[1] - v[2]).abs().max() > 1e-3
 
 
+@pytest.mark.slow
 def test_time_is_passed_in_unit_interval_and_scaled_by_999_inside(unet):
     assert unet.time_embedding_scale == 999.0
     t = torch.tensor([0.0, 0.25, 1.0])
@@ -210,6 +213,7 @@ def test_time_is_passed_in_unit_interval_and_scaled_by_999_inside(unet):
         torch.testing.assert_close(unet(z, 0.3), unet(z, torch.full((2,), 0.3)))
 
 
+@pytest.mark.slow
 def test_dropout_is_active_in_training_and_inactive_in_eval():
     torch.manual_seed(0)
     net = _reinit_convs(VelocityUNet(**{**SMALL_UNET, "dropout": 0.3}))
@@ -221,6 +225,7 @@ def test_dropout_is_active_in_training_and_inactive_in_eval():
         torch.testing.assert_close(net(z, t), net(z, t), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_velocity_for_one_sample_does_not_depend_on_the_rest_of_the_batch(unet):
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in unet.modules())
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in RAE(**SMALL_RAE).modules())
@@ -237,6 +242,7 @@ def test_velocity_for_one_sample_does_not_depend_on_the_rest_of_the_batch(unet):
         torch.testing.assert_close(unet(z2, t2)[:1], alone, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradients_reach_every_velocity_unet_parameter(unet):
     net = VelocityUNet(**unet.config)
     net.load_state_dict(unet.state_dict())
@@ -247,6 +253,7 @@ def test_gradients_reach_every_velocity_unet_parameter(unet):
         assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
+@pytest.mark.slow
 def test_velocity_unet_rebuilt_from_its_config_is_identical(unet):
     config = json.loads(json.dumps(unet.config))
     assert config == unet.config

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import ndimage, stats
 
-from degflow.noise_metrics import akld, histogram_kl, local_variance, residual_8bit, residual_histogram
+from degflow.metrics.noise import akld, histogram_kl, local_variance, residual_8bit, residual_histogram
 
 
 def _scene(seed=0, b=2, h=40, w=48):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from degflow.perceptual import (
+from degflow.metrics.perceptual import (
     ENV_VAR,
     InvalidLPIPSWeightsError,
     MissingLPIPSWeightsError,
@@ -51,6 +51,7 @@ def _read(path: Path) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0) / 127.5 - 1.0
 
 
+@pytest.mark.slow
 def test_lpips_alex_reproduces_published_values(shared_dir, weights_dir):
     golden = _need(shared_dir / "data" / "lpips_golden", "LPIPS golden pairs")
     metric = load_lpips("alex", weights_dir / "alexnet_features.pth")
@@ -64,6 +65,7 @@ def test_lpips_alex_reproduces_published_values(shared_dir, weights_dir):
         assert abs(round(measured[name], 4) - expected) < 5e-5, (name, measured[name], expected)
 
 
+@pytest.mark.slow
 def test_vgg_lpips_is_deterministic_zero_on_identity_and_differentiable_in_input(weights_dir):
     lp = load_lpips("vgg", weights_dir / "vgg16_features.pth")
     # The backbone is the file's, not a random init.
@@ -190,6 +192,7 @@ def _independent_lpips_vgg(x: torch.Tensor, y: torch.Tensor, features_file: Path
 
 
 @pytest.mark.parametrize("pooling", ["avg", "max"])
+@pytest.mark.slow
 def test_vgg_lpips_matches_an_independent_implementation(weights_dir, pooling):
     file = weights_dir / "vgg16_features.pth"
     lp = load_lpips("vgg", file, pooling=pooling)
@@ -202,6 +205,7 @@ def test_vgg_lpips_matches_an_independent_implementation(weights_dir, pooling):
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_average_pooling_lpips_is_a_different_distance(weights_dir):
     """Same weights, pooling replaced: the authors' loss is not the lpips package's."""
     file = weights_dir / "vgg16_features.pth"

@@ -8,7 +8,7 @@ import torch
 from scipy import special, stats
 from skimage import data as skdata
 
-from degflow.procedural import (
+from degflow.baselines.procedural import (
     FIRST_ORDER,
     SECOND_ORDER,
     _jpeg_roundtrip,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from degflow.quickstart import budget_overrides, demo_photos, quickstart
+from degflow.cli.quickstart import budget_overrides, demo_photos, quickstart
 
 REPO = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -43,7 +43,7 @@ def test_quickstart_refuses_an_unknown_budget_and_photos_that_do_not_ship(tmp_pa
 
 
 def test_quickstart_help_names_its_settings_and_outputs():
-    proc = subprocess.run([sys.executable, "-m", "degflow.quickstart", "--help"], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "degflow.cli.quickstart", "--help"], cwd=REPO, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0
     for expected in ("budget=tiny", "strip.png", "eval.md", "lpips_backbone_weights", "scales:"):

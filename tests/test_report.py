@@ -1,4 +1,4 @@
-"""Sweep reports (degflow/report.py) and shard merging (degflow/merge_shards.py) on folders laid
+"""Sweep reports (degflow/jobs/sweep_report.py) and shard merging (degflow/jobs/merge_shards.py) on folders laid
 out exactly as train.py / synthesize.py jobs leave them."""
 
 import csv
@@ -8,12 +8,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from degflow.merge_shards import main as merge_main
-from degflow.merge_shards import merge_shards, verify_shards
-from degflow.report import collect_jobs, expected_jobs, main as report_main, swept_keys, write_report
+from degflow.cli.app import run_tool
+from degflow.cli.merge_shards import main as merge_main
+from degflow.cli.report import main as report_main
+from degflow.jobs.merge_shards import merge_shards, verify_shards
+from degflow.jobs.sweep_report import collect_jobs, expected_jobs, swept_keys, write_report
 
 COMMON = ["stage=lfm", "logger=none"]
 
+
+
+def _status(main, argv: list[str]) -> int:
+    """Exit status of a tool run through the one CLI wrapper (:func:`degflow.cli.app.run_tool`)."""
+    with pytest.raises(SystemExit) as exited:
+        run_tool(main, argv)
+    return exited.value.code
 
 def _metrics(psnr: float, nfe: int) -> dict:
     scales = {}
@@ -94,9 +103,9 @@ def test_failed_and_unfinished_jobs_are_listed_with_their_error_and_where_to_loo
 
 
 def test_report_cli_exits_2_on_a_folder_without_a_sweep(tmp_path, capsys):
-    assert report_main([str(tmp_path)]) == 2
+    assert _status(report_main, [str(tmp_path)]) == 2
     assert "holds no sweep jobs" in capsys.readouterr().err
-    assert report_main([str(tmp_path / "missing")]) == 2
+    assert _status(report_main, [str(tmp_path / "missing")]) == 2
 
 
 # ----------------------------------------------------------------------------- merge_shards
@@ -129,7 +138,7 @@ def test_complete_shards_merge_into_one_manifest_with_every_output_once(tmp_path
     _shard(out, 1, 3, ["c.png"])
     _shard(out, 2, 3, ["d.jpg"])
     src = _hr(tmp_path / "hr", ["a.png", "sub/b.png", "c.png", "d.jpg"])
-    assert merge_main([str(out), "--input", str(src)]) == 0
+    assert _status(merge_main, [str(out), "--input", str(src)]) == 0
     assert "verified 12 outputs of 4 images from 3 shards" in capsys.readouterr().out
     merged = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert len(merged) == 12 and len({e["output"] for e in merged}) == 12
@@ -158,14 +167,14 @@ def test_an_image_no_shard_produced_is_found_with_the_input_folder(tmp_path, cap
     _shard(out, 0, 2, ["a.png"])                      # shard 1 never ran
     src = _hr(tmp_path / "hr", ["a.png", "b.png"])
     assert verify_shards(out).ok                       # what is there is consistent ...
-    assert merge_main([str(out), "--input", str(src)]) == 1   # ... but b.png is missing
+    assert _status(merge_main, [str(out), "--input", str(src)]) == 1   # ... but b.png is missing
     printed = capsys.readouterr().out
     assert "PROBLEM: b.png: in --input but in no shard manifest" in printed and "no manifest from shard(s) [1]" in printed
 
 
 def test_merge_refuses_folders_without_shards_or_with_mixed_shard_counts(tmp_path, capsys):
-    assert merge_main([str(tmp_path)]) == 2
+    assert _status(merge_main, [str(tmp_path)]) == 2
     _shard(tmp_path, 0, 2, ["a.png"])
     _shard(tmp_path, 0, 3, ["b.png"])
-    assert merge_main([str(tmp_path)]) == 2
+    assert _status(merge_main, [str(tmp_path)]) == 2
     assert "different shard counts [2, 3]" in capsys.readouterr().err

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from degflow.checkpoint import CheckpointError, find_latest_checkpoint, load_checkpoint, save_checkpoint
+from degflow.infra.checkpoint import CheckpointError, find_latest_checkpoint, load_checkpoint, save_checkpoint
 from degflow.data.common import MemoryRecord, TrainCropDataset
-from degflow.loggers import NullLogger
+from degflow.training.loggers import NullLogger
 from degflow.training import TrainingStopped, train
 from degflow.training.sampling import batch_indices, batch_keys, train_batches
 from test_train import DEMO, REPO, TINY, config
@@ -226,6 +226,7 @@ def tiny_rae(run: Path, steps: int = 6):
                          "stage.ckpt_every=100", "stage.ckpt_minutes=null"]), run)
 
 
+@pytest.mark.slow
 def test_a_stop_signal_without_a_launcher_handler_stops_after_the_step_with_its_checkpoint(tmp_path, monkeypatch):
     signal_at_step(monkeypatch, signal.SIGUSR1, at=3)
     with pytest.raises(TrainingStopped) as stopped:
@@ -235,6 +236,7 @@ def test_a_stop_signal_without_a_launcher_handler_stops_after_the_step_with_its_
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handlers are restored
 
 
+@pytest.mark.slow
 def test_the_launchers_handler_runs_after_the_checkpoint_is_written(tmp_path, monkeypatch):
     """submitit's SIGUSR2 handler requeues the job and exits; it must find the checkpoint on disk."""
     seen = []
@@ -254,6 +256,7 @@ def test_the_launchers_handler_runs_after_the_checkpoint_is_written(tmp_path, mo
         signal.signal(signal.SIGUSR2, previous)
 
 
+@pytest.mark.slow
 def test_training_continues_when_the_launchers_handler_returns(tmp_path, monkeypatch):
     """submitit only logs SIGTERM (it requeues on SIGUSR2): checkpoint, then keep training."""
     seen = []
@@ -283,7 +286,7 @@ def test_rewinding_the_history_drops_the_rows_past_the_checkpoint(tmp_path):
 
 def test_a_resumed_wandb_run_never_sees_a_step_twice_or_a_step_go_back(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
-    from degflow.loggers import WandbLogger
+    from degflow.training.loggers import WandbLogger
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     first = WandbLogger(tmp_path, {"seed": 0}, mode="offline")
@@ -321,7 +324,7 @@ def test_stage_two_uses_the_newest_finished_stage_one_run_and_names_what_it_pass
     corrupt = tmp_path / "rae" / "corrupt" / "checkpoints" / "last.pt"
     corrupt.parent.mkdir(parents=True)
     corrupt.write_bytes(b"not a checkpoint")
-    with caplog.at_level(logging.INFO, logger="degflow.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="degflow.infra.checkpoint"):
         assert find_latest_checkpoint(tmp_path, "rae", key="rae_ckpt") == finished
     warnings = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert str(unfinished) in warnings and "step 40/60" in warnings
@@ -345,6 +348,7 @@ def test_default_cadence_saves_within_minutes_and_keeps_only_last_pt():
         assert settings["ckpt_every"] <= 100 and settings["ckpt_minutes"] <= 5 and settings["keep_every"] is None
 
 
+@pytest.mark.slow
 def test_last_pt_is_written_when_ckpt_minutes_have_passed(tmp_path, monkeypatch):
     import degflow.training.loop as loop
 
@@ -379,6 +383,7 @@ def test_a_checkpoint_path_from_a_real_sweep_passes_back_unquoted(tmp_path):
     ("rae_ckpt=a=b", "rae_ckpt=a=b"),
     ("output_root=/proc/degflow-cannot-write-here", "/proc/degflow-cannot-write-here"),
 ])
+@pytest.mark.slow
 def test_usage_and_environment_errors_exit_2_with_one_message_and_no_traceback(override, says, tmp_path):
     root = [] if override.startswith("output_root=") else [f"output_root={tmp_path}"]
     result = subprocess.run([sys.executable, "train.py", *TINY, *DEMO, *root, "stage.steps=1", override], cwd=REPO,
@@ -387,6 +392,7 @@ def test_usage_and_environment_errors_exit_2_with_one_message_and_no_traceback(o
     assert "Traceback" not in result.stderr and "error: " in result.stderr and says in result.stderr
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_logs_nothing_twice(tmp_path):
     run = tmp_path / "run"
     first = tiny_rae(run, steps=2)
@@ -404,6 +410,7 @@ def test_each_row_seed_depends_only_on_seed_step_and_row():
     assert [seed for _, seed in batch_keys(5, 3, 50, 4)] == [seed for _, seed in keys[:4]]
 
 
+@pytest.mark.slow
 def test_temp_files_of_a_write_cut_by_a_kill_are_removed_on_restart(tmp_path):
     run = tmp_path / "run"
     stale = [run / "checkpoints" / ".last.pt.x1y2.tmp", run / ".metrics.json.x1y2.tmp"]
@@ -416,7 +423,7 @@ def test_temp_files_of_a_write_cut_by_a_kill_are_removed_on_restart(tmp_path):
 
 
 def test_choosing_the_stage_one_run_maps_checkpoints_instead_of_loading_their_tensors(tmp_path, monkeypatch):
-    import degflow.checkpoint as checkpoint
+    import degflow.infra.checkpoint as checkpoint
 
     for i in range(3):
         fake_run(tmp_path, f"run{i}", 60, 60, age=100 * i)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from degflow import console
-from degflow.plots import plot_loss_curve
+from degflow.infra import console
+from degflow.viz.plots import plot_loss_curve
 from degflow.training import train
-from degflow.visualize import labelled_strip
+from degflow.viz.strips import labelled_strip
 
 from test_train import config
 
@@ -28,6 +28,7 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "DEGFLOW_PROGRESS": ""}
 
 
+@pytest.mark.slow
 def test_train_log_holds_the_losses_the_validation_summary_and_where_the_results_are(tmp_path, capsys):
     run = tmp_path / "rae"
     train(config([f"output_root={tmp_path}", "stage.steps=4", "stage.val_every=4", "stage.log_every=2"]), run)
@@ -43,6 +44,7 @@ def test_train_log_holds_the_losses_the_validation_summary_and_where_the_results
     assert strips and strips[-1].read_bytes().startswith(PNG)
 
 
+@pytest.mark.slow
 def test_train_py_with_redirected_output_writes_plain_lines_and_one_train_log(tmp_path):
     proc = subprocess.run([sys.executable, "train.py", "stage=rae", f"output_root={tmp_path}", *TINY_CLI],
                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)

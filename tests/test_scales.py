@@ -6,20 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from degflow.scales import check_scale, check_scales, expand_scales, format_scales, parse_scale, scale_key, scale_label
+from degflow.core.scales import check_scale, check_scales, expand_scales, format_scales, parse_scale, scale_key, scale_label
 
 
 def test_scale_range_is_inclusive_of_stop_without_float_drift():
     scales = expand_scales({"start": 1.1, "stop": 4.0, "step": 0.1})
     assert len(scales) == 30 and scales[0] == 1.1 and scales[-1] == 4.0   # (4.0 - 1.1) / 0.1 = 28.999999999999996
     assert scales[2] == 1.3 and scales[19] == 3.0                 # 1.1 + 2 * 0.1 != 1.3 in floats
-    assert expand_scales({"start": 1.0, "stop": 2.0, "step": 0.25}) == [1.0, 1.25, 1.5, 1.75, 2.0]
-    assert expand_scales({"start": 1.0, "stop": 1.9, "step": 0.25}) == [1.0, 1.25, 1.5, 1.75]
+    assert list(expand_scales({"start": 1.0, "stop": 2.0, "step": 0.25})) == [1.0, 1.25, 1.5, 1.75, 2.0]
+    assert list(expand_scales({"start": 1.0, "stop": 1.9, "step": 0.25})) == [1.0, 1.25, 1.5, 1.75]
 
 
 def test_scale_lists_are_sorted_deduplicated_and_bad_specs_name_the_key():
-    assert expand_scales([3, 2.25, 1.5, 2.25]) == [1.5, 2.25, 3.0]
-    assert expand_scales(2.5) == [2.5]
+    assert list(expand_scales([3, 2.25, 1.5, 2.25])) == [1.5, 2.25, 3.0]
+    assert list(expand_scales(2.5)) == [2.5]
     for bad in ([0.5, 2], {"start": 2, "stop": 1, "step": 0.1}, {"start": 1, "stop": 2, "step": 0},
                 {"start": 1, "stop": 2}, "2,3", []):
         with pytest.raises(ValueError, match="scales"):

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from degflow.checkpoint import load_checkpoint
-from degflow.report import collect_jobs, write_report
+from degflow.infra.checkpoint import load_checkpoint
+from degflow.jobs.sweep_report import collect_jobs, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -230,7 +230,7 @@ def test_sharded_synthesis_over_array_jobs_merges_into_one_verified_manifest(swe
     records = [json.loads(p.read_text()) for p in out.glob("logs/multirun-*/*/job.json")]
     assert len(records) == 3 and all(r["scheduler"] == "slurm" and r["exit_code"] == 0 for r in records)
     assert len({r["array_job_id"] for r in records}) == 1
-    merge = _run("-m", "degflow.merge_shards", str(out), "--input", str(src), timeout=120)
+    merge = _run("-m", "degflow.jobs.merge_shards", str(out), "--input", str(src), timeout=120)
     assert merge.returncode == 0, merge.stdout + merge.stderr
     merged = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     keys = [(e["source"], e["kind"], e["size"], e["scale"]) for e in merged]
@@ -260,15 +260,15 @@ def test_the_report_lists_a_sweep_that_is_still_running(rae_ckpt, tmp_path):
 
 
 def test_the_downstream_sr_comparison_runs_one_slurm_job_per_training_set_and_collects_the_table(tmp_path):
-    """experiments/sr_compare.py through the SLURM preset: one array task per training set, each
+    """python -m degflow sr-compare through the SLURM preset: one array task per training set, each
     job's record says it ran under SLURM, and the multirun's end writes the results table."""
     from test_sr import TINY_SR
     from test_synthesis import _write_lfm_checkpoint
-    from degflow.solvers import SolverSpec
+    from degflow.core.solvers import SolverSpec
 
     ckpt = _write_lfm_checkpoint(tmp_path / "lfm.pt", SolverSpec.create("rk4", steps=2))
     out = tmp_path / "out"
-    proc = _run("experiments/sr_compare.py", "-m", "sr_setup=demo", f"ckpt={ckpt}", f"out={out}", *SLURM,
+    proc = _run("-m", "degflow", "sr-compare", "-m", "sr_setup=demo", f"ckpt={ckpt}", f"out={out}", *SLURM,
                 "trainset=bicubic,degflow", "seed=0", *TINY_SR, timeout=500)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     records = [json.loads(p.read_text()) for p in (out / "runs").rglob("job.json")]

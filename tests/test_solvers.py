@@ -1,4 +1,4 @@
-"""Tests for degflow.solvers: ODE solving over torchdiffeq against closed forms."""
+"""Tests for degflow.core.solvers: ODE solving over torchdiffeq against closed forms."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from scipy import integrate as scipy_integrate
 from torchdiffeq import odeint
 
-from degflow.solvers import (
+from degflow.core.solvers import (
     FIXED_STEP_METHODS,
     FIXED_STEP_STAGES,
     SOLVER_METHODS,
@@ -409,6 +409,7 @@ def test_bounded_first_step_caps_the_probe_at_t_end() -> None:
     assert 0 < h <= 0.25 and max(probes) <= 0.25
 
 
+@pytest.mark.slow
 def test_dopri5_integrates_the_velocity_network_which_refuses_t_above_1() -> None:
     """The network raises for t outside [0, 1]; an unbounded dopri5 asked it about t > 1."""
     from degflow.models.unet import VelocityUNet

@@ -1,4 +1,4 @@
-"""Tests for degflow.spline: natural cubic spline and linear paths through latent knots."""
+"""Tests for degflow.core.spline: natural cubic spline and linear paths through latent knots."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from degflow.spline import (
+from degflow.core.spline import (
     PATH_KINDS,
     PathPoint,
     cubic_spline,

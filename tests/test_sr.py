@@ -1,4 +1,4 @@
-"""Downstream SR (degflow/sr, experiments/sr_compare.py): networks, pairs and training sets,
+"""Downstream SR (degflow/sr, degflow/sr/compare.py): networks, pairs and training sets,
 training, the scoring protocol against an independent reference, and the comparison command."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from degflow.data.images import read_image, write_image
-from degflow.resize import resize_to_lr
-from degflow.solvers import SolverSpec
+from degflow.core.resize import resize_to_lr
+from degflow.core.solvers import SolverSpec
 from degflow.sr.fit import SRTrainSettings, load_sr_checkpoint, train_sr
-from degflow.sr.models import EDSR, LIIF, build_sr_model, make_coord
-from degflow.sr.pairs import (TRAINING_SETS, Pair, find_pairs, load_pairs, pair_folder, sample_patches,
+from degflow.models.sr import EDSR, LIIF, build_sr_model, make_coord
+from degflow.data.sr_pairs import (TRAINING_SETS, Pair, find_pairs, load_pairs, pair_folder, sample_patches,
                               training_set)
 from degflow.sr.scoring import score_pairs, sr_shave
 from test_synthesis import _write_lfm_checkpoint  # noqa: E402  (tests/ is on sys.path under pytest)
@@ -238,7 +238,7 @@ def test_training_lowers_the_l1_loss_on_a_fixed_degradation(tmp_path):
 
 # --------------------------------------------------------------------------- the comparison command
 def _compare(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "experiments/sr_compare.py", *args], cwd=REPO, env=ENV,
+    return subprocess.run([sys.executable, "-m", "degflow", "sr-compare", *args], cwd=REPO, env=ENV,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -247,6 +247,7 @@ TINY_SR = ["sr.steps=2", "sr.batch_size=2", "sr.lr_patch=8", "sr.n_feats=4", "sr
            "sr_setup.real_scales=[2]", "sr_setup.gen_scales=[1.5,2,3]", "sr_setup.test_scales=[1.5,3]"]
 
 
+@pytest.mark.slow
 def test_one_command_builds_every_training_set_trains_scores_and_collects_a_table(tmp_path):
     ckpt = _write_lfm_checkpoint(tmp_path / "lfm.pt", SolverSpec.create("rk4", steps=2))
     photos = tmp_path / "photos"

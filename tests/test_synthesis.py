@@ -8,7 +8,6 @@ then depend visibly on the scale.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import struct
@@ -22,19 +21,19 @@ import pytest
 import torch
 from PIL import Image
 
-from degflow.checkpoint import CheckpointError, save_checkpoint
+from degflow.infra.checkpoint import CheckpointError, save_checkpoint
 from degflow.data.images import read_image
-from degflow.losses import LossSettings
+from degflow.core.losses import LossSettings
 from degflow.generation import Synthesizer
 from degflow.generation.tiling import tile_spans, window
-from degflow.lr_dataset import write_lr_dataset
-from degflow.metrics import psnr_y
+from degflow.jobs.lr_dataset import write_lr_dataset
+from degflow.metrics.image import psnr_y
 from degflow.models.rae import RAE
 from degflow.models.unet import VelocityUNet
-from degflow.resize import resize_to_lr
-from degflow.scales import scale_label
-from degflow.solvers import SolverSpec, time_grid
-from degflow.timemap import TimeMap
+from degflow.core.resize import resize_to_lr
+from degflow.core.scales import scale_label
+from degflow.core.solvers import SolverSpec, time_grid
+from degflow.core.timemap import TimeMap
 from degflow.training.lfm import LFMStage, SplineSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,18 +134,12 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
-def _load_cli_module():
-    spec = importlib.util.spec_from_file_location("synthesize_cli", REPO / "synthesize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _run_in_process(overrides: list[str]) -> int:
     """The CLI's job in this process: its exit status (0 or 1); usage errors raise."""
     from hydra import compose, initialize_config_dir
 
-    cli = _load_cli_module()
+    import degflow.cli.synthesize as cli
+
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("synthesize", overrides=cli._list_overrides(overrides))
     return cli.main(cfg)
@@ -158,7 +151,7 @@ def test_the_api_and_the_cli_share_one_documented_default_solver(ckpt):
     (rk4, 16 steps, cubic output), not the solver stored in the checkpoint (rk4/4/grid here)."""
     from hydra import compose, initialize_config_dir
 
-    from degflow.config import to_plain
+    from degflow.cli.app import to_plain
     from degflow.generation import DEFAULT_SOLVER
 
     assert DEFAULT_SOLVER == SolverSpec.create("rk4", steps=16, output_mode="cubic")
@@ -256,7 +249,7 @@ def test_dopri5_generation_matches_fine_rk4(synth):
 
 def test_checkpoints_of_stage_one_or_corrupt_are_refused_naming_ckpt(tmp_path, ckpt):
     rae, _ = _tiny_models()
-    from degflow.checkpoint import model_entry
+    from degflow.models.registry import model_entry
 
     stage1 = tmp_path / "rae.pt"
     save_checkpoint(stage1, {"kind": "rae", "step": 1, "models": {"rae": model_entry(rae)}})
@@ -492,7 +485,7 @@ def test_an_image_too_small_for_a_scale_gets_no_output_and_no_manifest_line(synt
 def test_a_write_cut_short_removes_the_files_of_that_image(synth, tmp_path, monkeypatch):
     """Failing (disk full) or interrupted (Ctrl-C) between the first and the last file of an
     image: the image keeps no file and no manifest line; the next run writes it whole."""
-    import degflow.lr_dataset as lr_dataset
+    import degflow.jobs.lr_dataset as lr_dataset
 
     src, out = _folder(tmp_path / "in", 2, h=16, w=16), tmp_path / "out"
     real_write, calls = lr_dataset.write_image, []
@@ -602,7 +595,7 @@ def test_tile_size_below_the_models_minimum_is_refused_naming_tile_size(ckpt, sy
 
 
 def test_procedural_baseline_is_the_seeded_real_esrgan_pipeline_in_the_baseline_layout(synth, tmp_path):
-    from degflow.procedural import degrade, procedural_seed
+    from degflow.baselines.procedural import degrade, procedural_seed
 
     src = tmp_path / "in"
     for i, rel in enumerate(["a.png", "sub/b.png", "c.png"]):
@@ -647,7 +640,7 @@ def test_hr_size_lr_from_the_true_size_lr_is_that_lr_upsampled_and_never_mixed_w
     """hr_size_output=from_lr: LR_hrsize holds the true-size LR (as in LR/) bicubic-upsampled to HR size,
     for degflow like the bicubic baseline; decoded (the default) keeps the decoder's output; a folder
     made one way refuses the other."""
-    from degflow.resize import resize_to_lr, upsample_to
+    from degflow.core.resize import resize_to_lr, upsample_to
 
     src = tmp_path / "in"
     _save(src / "a.png", _image(24, 32, 0))
@@ -709,6 +702,7 @@ def _bad_input_folder(root: Path) -> dict[str, str]:
                                                           "failed")}
 
 
+@pytest.mark.slow
 def test_cli_writes_the_dataset_layout_reports_bad_images_and_matches_the_api(ckpt, synth, tmp_path, capsys):
     src, out = tmp_path / "in", tmp_path / "out"
     expected = _bad_input_folder(src)
@@ -761,6 +755,7 @@ def test_cli_writes_the_dataset_layout_reports_bad_images_and_matches_the_api(ck
     assert len(_manifest(out / "manifest.jsonl")) == per_image * len(good)
 
 
+@pytest.mark.slow
 def test_cli_multirun_shards_with_a_range_of_scales_cover_the_input_and_exit_0(ckpt, tmp_path):
     src, out = _folder(tmp_path / "in", 6, h=16, w=24), tmp_path / "out"
     proc = _cli("-m", f"ckpt={ckpt}", f"input={src}", f"out={out}", "scales.start=1.5", "scales.stop=2.5",
@@ -784,7 +779,7 @@ def test_cli_usage_errors_exit_2(ckpt, tmp_path):
 def test_cli_config_errors_raise_usage_errors_with_a_clear_message(ckpt, tmp_path):
     src = _folder(tmp_path / "in", 1)
     rae, _ = _tiny_models()
-    from degflow.checkpoint import model_entry
+    from degflow.models.registry import model_entry
 
     save_checkpoint(tmp_path / "rae.pt", {"kind": "rae", "step": 1, "models": {"rae": model_entry(rae)}})
     (tmp_path / "corrupt.pt").write_bytes(b"\x00" * 100)
@@ -817,6 +812,7 @@ def test_cli_config_errors_raise_usage_errors_with_a_clear_message(ckpt, tmp_pat
     assert (tmp_path / "ok" / "LR" / "x4.5" / "d0" / "img0.png").is_file()
 
 
+@pytest.mark.slow
 def test_cli_environment_errors_exit_2_with_one_line_and_no_traceback(ckpt, tmp_path):
     """An output folder that cannot be created (a file in its path: the same error path as a
     folder without write permission, which root, running these tests, would not get), a
@@ -837,6 +833,7 @@ def test_cli_environment_errors_exit_2_with_one_line_and_no_traceback(ckpt, tmp_
         assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_multirun_runs_every_job_and_exits_with_the_largest_status(ckpt, tmp_path):
     """Job 0 has a usage error (tile_size=0), job 1 runs (with a list of baselines) and
     writes its dataset; the process exits 2 after both."""

@@ -13,10 +13,10 @@ from degflow.data.common import MemoryRecord, PairRecord, TrainCropDataset
 from degflow.data.images import write_image
 from degflow.data.memory import hold_in_memory, in_memory_training_set
 from degflow.data.transforms import dihedral
-from degflow.losses import LossSettings
+from degflow.core.losses import LossSettings
 from degflow.models.rae import RAE
 from degflow.models.unet import VelocityUNet
-from degflow.solvers import SolverSpec
+from degflow.core.solvers import SolverSpec
 from degflow.training import latent_cache as latent_cache_module
 from degflow.training.accel import accelerate
 from degflow.training.latent_cache import load_or_build_latent_cache
@@ -195,6 +195,7 @@ def test_training_images_too_large_for_the_limit_stay_on_disk_with_a_log_line(tm
 
 
 @pytest.mark.parametrize("switch", ["channels_last=true", "precision=bf16"])
+@pytest.mark.slow
 def test_gpu_switches_do_not_break_a_cpu_training_step_of_either_stage(tmp_path, switch):
     common = [f"output_root={tmp_path}", "stage.steps=1", "stage.val_every=1", "stage.ckpt_every=1", switch,
               "loss.lpips_weight=0", "eval.lpips=false"]
@@ -233,6 +234,7 @@ def test_a_compiled_velocity_network_trains_a_cpu_step_like_the_eager_one():
     assert [k for k, _ in compiled.named_parameters()] == [k for k, _ in eager.named_parameters()]
 
 
+@pytest.mark.slow
 def test_lfm_trains_with_and_without_the_latent_cache_and_writes_the_cache_once(tmp_path):
     common = [f"output_root={tmp_path}", "stage.steps=2", "stage.val_every=2", "stage.ckpt_every=2",
               "loss.lpips_weight=0", "eval.lpips=false"]

@@ -1,4 +1,4 @@
-"""Tests for degflow.timemap: the scale <-> time convention."""
+"""Tests for degflow.core.timemap: the scale <-> time convention."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from degflow.timemap import TIME_MAP_KINDS, TimeMap, build_time_map
+from degflow.core.timemap import TIME_MAP_KINDS, TimeMap, build_time_map
 
 REALSR_OPTICAL = {1: 1.0, 2: 2.1, 3: 3.0, 4: 3.75}
 

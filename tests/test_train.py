@@ -10,11 +10,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from degflow.checkpoint import CheckpointError, load_checkpoint
-from degflow.config import CONF_DIR, register_resolvers, to_plain
-from degflow.files import file_sha256
+from degflow.infra.checkpoint import CheckpointError, load_checkpoint
+from degflow.cli.app import CONF_DIR, register_resolvers, to_plain
+from degflow.infra.files import file_sha256
 from degflow.generation import Synthesizer
-from degflow.timemap import TimeMap
+from degflow.core.timemap import TimeMap
 from degflow.training import train
 from degflow.training.lfm import SplineSettings, learned_time_map
 
@@ -55,6 +55,7 @@ def train_rae(run_dir: Path, steps: int = 4, extra=()):
                          "stage.ckpt_every=2", "stage.keep_every=2", *extra]), run_dir)
 
 
+@pytest.mark.slow
 def test_rae_stage_trains_validates_and_writes_a_complete_checkpoint(tmp_path):
     run = tmp_path / "rae"
     metrics = train_rae(run)
@@ -71,6 +72,7 @@ def test_rae_stage_trains_validates_and_writes_a_complete_checkpoint(tmp_path):
     assert sorted(p.name for p in (run / "images").iterdir())  # the image strip was written
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_run_and_another_seed_does_not(tmp_path):
     def weights(name: str, seed: int) -> dict:
         train_rae(tmp_path / name, steps=2, extra=[f"seed={seed}"])
@@ -82,6 +84,7 @@ def test_the_same_seed_gives_the_same_run_and_another_seed_does_not(tmp_path):
     assert history_steps(tmp_path / "a") == [1, 2]
 
 
+@pytest.mark.slow
 def test_rae_resumes_from_its_last_checkpoint_instead_of_restarting(tmp_path):
     run = tmp_path / "rae"
     train_rae(run, steps=2)
@@ -95,6 +98,7 @@ def test_rae_resumes_from_its_last_checkpoint_instead_of_restarting(tmp_path):
     assert not torch.equal(first["optimizer"]["state"][0]["exp_avg"], last["optimizer"]["state"][0]["exp_avg"])
 
 
+@pytest.mark.slow
 def test_lfm_resumes_from_its_last_checkpoint_instead_of_restarting(tmp_path):
     train_rae(tmp_path / "rae" / "tiny", steps=2)
     run = tmp_path / "lfm" / "tiny"
@@ -115,6 +119,7 @@ def test_lfm_resumes_from_its_last_checkpoint_instead_of_restarting(tmp_path):
                for k, v in first["models"]["velocity"]["state_dict"].items())
 
 
+@pytest.mark.slow
 def test_lfm_refuses_to_resume_on_another_rae_and_names_both_sources(tmp_path):
     """stage=lfm rae_ckpt=A, then rae_ckpt=B (or a retrained RAE) in the same run directory must
     not continue the velocity net on the old RAE while recording the new one."""
@@ -146,6 +151,7 @@ def test_training_scales_without_the_hr_knot_are_refused_before_anything_is_writ
     assert not (run / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_lfm_stage_end_to_end_writes_metrics_and_a_self_contained_checkpoint(tmp_path, lpips_overrides):
     train_rae(tmp_path / "rae" / "tiny", steps=2)
     run = tmp_path / "lfm" / "tiny"
@@ -172,6 +178,7 @@ def test_lfm_stage_end_to_end_writes_metrics_and_a_self_contained_checkpoint(tmp
     assert out[2.5].shape == (1, 3, 40, 24)
 
 
+@pytest.mark.slow
 def test_sweep_objective_and_checkpoints_never_read_a_test_split_file(tmp_path, monkeypatch):
     """Both stages on a RealSR tree, every file opened recorded: nothing under Test/ is read;
     the objective returned to Hydra comes from the validation split (held out of Train)."""
@@ -217,12 +224,14 @@ def test_sweep_objective_and_checkpoints_never_read_a_test_split_file(tmp_path, 
     assert len(bundle.test) == 4 and any("Test" in p.parts for p in opened)
 
 
+@pytest.mark.slow
 def test_lfm_without_any_rae_checkpoint_names_rae_ckpt(tmp_path):
     with pytest.raises(CheckpointError, match="rae_ckpt"):
         train(config(["stage=lfm", f"output_root={tmp_path}", "loss.lpips_weight=0", "eval.lpips=false"]),
               tmp_path / "lfm")
 
 
+@pytest.mark.slow
 def test_lfm_refuses_a_checkpoint_of_the_wrong_stage(tmp_path, lpips_overrides):
     train_rae(tmp_path / "rae" / "tiny", steps=2)
     train(config(["stage=lfm", f"output_root={tmp_path}", "stage.steps=1", "stage.val_every=1",
@@ -232,6 +241,7 @@ def test_lfm_refuses_a_checkpoint_of_the_wrong_stage(tmp_path, lpips_overrides):
                       "eval.lpips=false", "loss.lpips_weight=0"]), tmp_path / "lfm" / "b")
 
 
+@pytest.mark.slow
 def test_solver_sweep_runs_three_jobs_whose_nfe_follows_the_step_counts(tmp_path):
     rae_run = tmp_path / "rae" / "tiny"
     train_rae(rae_run, steps=2)
@@ -260,6 +270,7 @@ def test_rae_trains_on_a_realsr_v2_tree(tmp_path):
     assert set(metrics["scales"]) == {"x1", "x2", "x3", "x4"} and metrics["scales"]["x3"]["heldout"]
 
 
+@pytest.mark.slow
 def test_rae_trains_on_the_real_camera_x4_pairs_in_the_paired_layout(tmp_path, shared_dir):
     root = shared_dir / "data" / "realsr_x4"
     if not (root / "HR").is_dir():
@@ -270,6 +281,7 @@ def test_rae_trains_on_the_real_camera_x4_pairs_in_the_paired_layout(tmp_path, s
     assert set(metrics["scales"]) == {"x1", "x4"} and metrics["images_evaluated"] == 1
 
 
+@pytest.mark.slow
 def test_validation_does_not_freeze_the_velocity_network(tmp_path):
     """Training continues after a mid-run validation (the Synthesizer must not freeze live modules)."""
     train_rae(tmp_path / "rae" / "tiny", steps=2)
@@ -278,9 +290,10 @@ def test_validation_does_not_freeze_the_velocity_network(tmp_path):
     assert metrics["step"] == 3
 
 
+@pytest.mark.slow
 def test_lfm_validation_can_score_the_true_size_lr_and_records_how(tmp_path):
     """eval.hr_size_output=from_lr scores the generated and oracle LR as their true-size LR upsampled
-    (degflow.resize.lr_at_hr_size), the same run otherwise: bicubic rows equal, model rows differ."""
+    (degflow.core.resize.lr_at_hr_size), the same run otherwise: bicubic rows equal, model rows differ."""
     train_rae(tmp_path / "rae" / "tiny", steps=2)
     runs = {}
     for mode in ("decoded", "from_lr"):
@@ -329,6 +342,7 @@ def test_held_out_scales_stay_at_their_configured_time_or_follow_the_learned_kno
         SplineSettings(heldout_times="moving")
 
 
+@pytest.mark.slow
 def test_learned_knots_move_are_checkpointed_and_used_by_synthesis(tmp_path):
     train_rae(tmp_path / "rae" / "tiny", steps=2)
     run = tmp_path / "lfm" / "learn"

@@ -18,6 +18,7 @@ Dataset items are dicts ``{"name": str, "hr": [3, h, w], "lr": [S, 3, h, w],
 ``python -m degflow.data.check data=... data.root=...`` validates a data tree.
 """
 
+from degflow.core.scales import check_scales
 from degflow.data.common import DataBundle, Report, split_names
 from degflow.data.demo import degrade, demo_data, scan_demo
 from degflow.data.images import (
@@ -27,10 +28,9 @@ from degflow.data.images import (
     read_image,
     write_image,
 )
-from degflow.data.paired import paired_data, scan_paired
 from degflow.data.options import DATA_OPTIONS, build_data, option_defaults
+from degflow.data.paired import paired_data, scan_paired
 from degflow.data.realsr import realsr_data, scan_realsr
-from degflow.scales import check_scales
 
 __all__ = [
     "DataBundle",

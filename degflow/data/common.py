@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from degflow.core.resize import upsample_to
+from degflow.core.scales import check_scales, find_scale, scale_label
 from degflow.data.images import ImageReadError, read_image, read_image_size
 from degflow.data.transforms import (
     NUM_DIHEDRAL,
@@ -29,8 +31,6 @@ from degflow.data.transforms import (
     dihedral_box,
     random_crop_position,
 )
-from degflow.resize import upsample_to
-from degflow.scales import check_scales, find_scale, scale_label
 
 __all__ = [
     "DataBundle",

@@ -45,17 +45,17 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from degflow.core.scales import check_scale, format_scales
 from degflow.data.common import (
     DataBundle,
     MemoryRecord,
+    Report,
+    ValImageDataset,
     check_crop_fits,
     check_loader_args,
     check_positive_int,
     make_bundle,
-    Report,
-    ValImageDataset,
 )
-from degflow.scales import check_scale, format_scales
 from degflow.data.images import read_image
 
 __all__ = ["degrade", "demo_data", "demo_image_paths", "scan_demo", "skimage_data_dir", "TRAIN_IMAGES",
@@ -271,7 +271,7 @@ def _split_rows(height: int, val_fraction: float) -> int:
 def scan_demo(train_scales, val_scales, val_fraction, deep: bool = True) -> Report:
     """What the validator prints for data=demo (the photos, their train / val split, the
     test photos); problems for missing or unreadable photos."""
-    from degflow.scales import check_scales
+    from degflow.core.scales import check_scales
     from degflow.data.images import ImageReadError, read_image_size
 
     ts = check_scales(train_scales, "data.train_scales")

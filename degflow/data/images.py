@@ -31,7 +31,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 from torch import Tensor
 
-from degflow.files import atomic_write_bytes
+from degflow.infra.files import atomic_write_bytes
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -282,7 +282,7 @@ def read_image(path: str | os.PathLike) -> Tensor:
 def write_image(path: str | os.PathLike, x: Tensor) -> None:
     """Write ``x`` ([3, H, W] or [1, 3, H, W] in [-1, 1]) as an 8-bit RGB PNG, atomically.
 
-    Written with :func:`degflow.files.atomic_write_bytes`: readers never see a half-written
+    Written with :func:`degflow.infra.files.atomic_write_bytes`: readers never see a half-written
     file.
     """
     path = Path(path)

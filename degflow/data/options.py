@@ -17,11 +17,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from degflow.config import CONF_DIR
 from degflow.data.common import DataBundle, Report
 from degflow.data.demo import demo_data, scan_demo
 from degflow.data.paired import paired_data, scan_paired
 from degflow.data.realsr import ROLES, realsr_data, scan_realsr
+from degflow.infra.conf import CONF_DIR
 
 __all__ = ["DataOption", "DATA_OPTIONS", "data_option", "option_defaults", "option_of_target",
            "build_data"]

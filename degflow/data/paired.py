@@ -28,19 +28,19 @@ import math
 import re
 from pathlib import Path
 
+from degflow.core.scales import check_scales, find_scale, format_scales, scale_label
 from degflow.data.common import (
     DataBundle,
     FileInfo,
     PairRecord,
     Report,
-    check_loader_args,
     ValImageDataset,
+    check_loader_args,
     make_bundle,
     size_range,
     size_relation,
     split_names,
 )
-from degflow.scales import check_scales, find_scale, format_scales, scale_label
 from degflow.data.images import IMAGE_EXTENSIONS, find_images
 
 __all__ = ["scan_paired", "paired_data"]

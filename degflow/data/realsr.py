@@ -29,19 +29,19 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from degflow.core.scales import check_scales, find_scale, format_scales, parse_scale, scale_label
 from degflow.data.common import (
     DataBundle,
     FileInfo,
-    ValImageDataset,
     PairRecord,
     Report,
+    ValImageDataset,
     check_loader_args,
     make_bundle,
     size_range,
     size_relation,
     split_names,
 )
-from degflow.scales import check_scales, find_scale, format_scales, parse_scale, scale_label
 from degflow.data.images import IMAGE_EXTENSIONS, read_image
 
 __all__ = ["scan_realsr", "realsr_data", "normalize_cameras"]

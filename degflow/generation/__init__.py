@@ -7,7 +7,7 @@
   latent, the HR latent and pixels), built the same way for training and generation.
 
 Training validation, the Python API and ``synthesize.py`` (through
-:func:`degflow.lr_dataset.write_lr_dataset`) all call this one core.
+:func:`degflow.jobs.lr_dataset.write_lr_dataset`) all call this one core.
 """
 
 from degflow.generation.condition import CONDITIONS, condition_kind, velocity_condition

@@ -35,26 +35,34 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from degflow.checkpoint import CheckpointError, build_model, load_checkpoint
-from degflow.files import file_sha256
+from degflow.core.resize import resize_to_lr
+from degflow.core.scales import Scales, check_scale, find_scale, scale_key, scale_label
+from degflow.core.solvers import SolverSpec, integrate
+from degflow.core.spline import PATH_KINDS, evaluate_path, extrapolation_time
+from degflow.core.timemap import TimeMap
 from degflow.generation.condition import condition_kind, velocity_condition
 from degflow.generation.tiling import Span, blend_tiles, tile_grid
-from degflow.resize import resize_to_lr
-from degflow.runtime import autocast, check_precision, resolve_device
-from degflow.scales import check_scale, find_scale, scale_key, scale_label
-from degflow.solvers import SolverSpec, integrate
-from degflow.spline import PATH_KINDS, evaluate_path, extrapolation_time
-from degflow.timemap import TimeMap
+from degflow.infra.checkpoint import CheckpointError, load_checkpoint
+from degflow.infra.conf import synthesis_defaults
+from degflow.infra.files import file_sha256
+from degflow.infra.runtime import autocast, check_precision, resolve_device
+from degflow.models.registry import build_model
 
-__all__ = ["DEFAULT_SOLVER", "SynthesisResult", "Synthesizer"]
+__all__ = ["DEFAULT_SOLVER", "ScaleTimes", "SynthesisResult", "Synthesizer"]
 
 log = logging.getLogger(__name__)
 
 #: The solver of :meth:`Synthesizer.from_checkpoint` and of ``synthesize.py`` unless one is
-#: given: rk4, 16 uniform steps, cubic Hermite output (any number of scales for +1 NFE; within
-#: 0.02 dB of scipy RK45 in ``experiments/bench_synthesis.py``). ``conf/synthesize.yaml``
-#: spells out the same values.
-DEFAULT_SOLVER = SolverSpec.create(method="rk4", steps=16, output_mode="cubic")
+#: given, read from its one home ``conf/synthesize.yaml`` (rk4, 16 uniform steps, cubic Hermite
+#: output: any number of scales for +1 NFE; within 0.02 dB of scipy RK45 in
+#: ``experiments/tools/bench_synthesis.py``).
+DEFAULT_SOLVER = SolverSpec.create(**synthesis_defaults()["solver"])
+
+
+class ScaleTimes(dict):
+    """``{scale: t(s)}``: requested scales turned into trajectory times once, by
+    :meth:`Synthesizer.scale_times` (validated, in range or extrapolation allowed). Passing it
+    to :meth:`Synthesizer.generate` reuses the times instead of converting the scales again."""
 
 
 @dataclass
@@ -150,7 +158,7 @@ class Synthesizer:
         ``device="auto"`` picks CUDA when present. ``solver=None`` uses :data:`DEFAULT_SOLVER`
         (rk4, 16 steps, cubic output), the default of ``synthesize.py`` too; the solver the
         checkpoint's validation used is ``ckpt["extra"]["solver"]``.
-        Raises :class:`~degflow.checkpoint.CheckpointError` (naming ``ckpt``) for a missing,
+        Raises :class:`~degflow.infra.checkpoint.CheckpointError` (naming ``ckpt``) for a missing,
         corrupt, stage-1 or incomplete checkpoint.
         """
         ckpt = load_checkpoint(path, kind="lfm", key="ckpt")
@@ -175,12 +183,15 @@ class Synthesizer:
                    checkpoint_sha256=file_sha256(path))
 
     # -------------------------------------------------------------------------- times
-    def scale_times(self, scales: Sequence[float], allow_extrapolation: bool = False) -> dict[float, float]:
-        """Time t(s) of each scale; scales beyond the trained range need ``allow_extrapolation``
-        (then a warning, once per scale)."""
-        out = {}
+    def scale_times(self, scales: Sequence[float] | ScaleTimes, allow_extrapolation: bool = False) -> ScaleTimes:
+        """Time t(s) of each scale (:class:`ScaleTimes`), computed once: a ``ScaleTimes`` passes
+        through unchanged, :class:`~degflow.core.scales.Scales` are not validated again. Scales
+        beyond the trained range need ``allow_extrapolation`` (then a warning, once per scale)."""
+        if isinstance(scales, ScaleTimes):
+            return scales
+        out = ScaleTimes()
         for s in scales:
-            s = check_scale(s, "scales")
+            s = float(s) if isinstance(scales, Scales) else check_scale(s, "scales")
             if s > self.max_trained_scale + 1e-9:
                 if not allow_extrapolation:
                     raise ValueError(
@@ -196,7 +207,7 @@ class Synthesizer:
         return out
 
     def _velocity(self, z: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        # degflow's one extrapolation rule (degflow.spline.extrapolation_time): beyond the
+        # degflow's one extrapolation rule (degflow.core.spline.extrapolation_time): beyond the
         # last knot the trajectory continues with the velocity field of the last knot.
         t = extrapolation_time(t, 0.0, self.last_knot_time)
         with autocast(self.device, self.precision):
@@ -279,14 +290,16 @@ class Synthesizer:
         return {s: img.clamp_(-1, 1) for s, img in blend_tiles(rows, cols, self.tile_overlap, tile, self.device).items()}
 
     @torch.no_grad()
-    def generate(self, hr: torch.Tensor, scales: Sequence[float], allow_extrapolation: bool = False,
+    def generate(self, hr: torch.Tensor, scales: Sequence[float] | ScaleTimes, allow_extrapolation: bool = False,
                  solver: SolverSpec | None = None, *, decode: Sequence[float] | None = None) -> SynthesisResult:
         """Generate LR images at HR size for every scale, from ONE ODE solve.
 
         Args:
             hr: ``[B, 3, H, W]`` HR images in [-1, 1] (any H, W >= 1).
             scales: requested scales s >= 1 (exact values; nothing is rounded to a grid: every
-                t(s) is a step of the fixed-step grid with ``solver.output_mode=grid``).
+                t(s) is a step of the fixed-step grid with ``solver.output_mode=grid``), or the
+                :class:`ScaleTimes` of :meth:`scale_times` (a job generating many batches converts
+                its scales to times once).
             solver: overrides :attr:`solver` for this call.
             decode: the subset of ``scales`` to decode (default: all). The solve still
                 covers every scale, so the step grid (and the result) does not depend on it.
@@ -335,7 +348,7 @@ class Synthesizer:
 
         ``size="hr"``: LR images at HR pixel size ``[B, 3, H, W]``; ``size="lr"``: at true LR
         size ``[B, 3, round(H/s), round(W/s)]`` (antialiased bicubic of the HR-size decode,
-        :func:`degflow.resize.resize_to_lr`).
+        :func:`degflow.core.resize.resize_to_lr`).
         """
         if size not in ("hr", "lr"):
             raise ValueError(f"size={size!r} is not one of ['hr', 'lr']")

@@ -12,7 +12,7 @@ checkpoint callbacks:
 
 ``model/rae=paper`` and ``model/lfm=paper`` compute exactly the functions of those
 architectures, so converting is a renaming: every tensor keeps its shape. This module only
-knows names; reading and writing files is :mod:`degflow.convert_official`'s job.
+knows names; reading and writing files is :mod:`degflow.jobs.convert_official`'s job.
 
 A flat name here is ``"{top}.{key}"`` with ``top`` the key of the file's outer dict, e.g.
 ``"encoder.EB0.RB1.norm0.body.weight"``, ``"t_params.LR2"``, ``"model.all_modules.3.Conv_0.bias"``.

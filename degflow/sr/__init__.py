@@ -1,5 +1,8 @@
-"""Downstream super-resolution: SR networks, SR training pairs and sets, training and scoring.
+"""Downstream super-resolution: train SR networks on degflow data and score them on real pairs.
 
-Used by ``experiments/sr_compare.py`` (issue #16): do SR networks trained on degflow-generated
-pairs beat those trained on bicubic, procedural or real discrete-scale pairs?
+- :mod:`degflow.sr.fit`: seeded, resumable SR training;
+- :mod:`degflow.sr.scoring`: Y-PSNR / SSIM / LPIPS of an SR network on real test pairs;
+- :mod:`degflow.sr.compare`: the comparison of training sets (``python -m degflow sr-compare``).
+
+The SR networks are in :mod:`degflow.models.sr`, the pair folders in :mod:`degflow.data.sr_pairs`.
 """

@@ -9,7 +9,7 @@ returns at once. Checkpoints are loaded with ``weights_only=True``.
 
 Learning rate: Adam, cosine decay from ``lr`` to ``lr * min_lr_ratio`` over ``steps``.
 
-Networks (:mod:`degflow.sr.models`): ``edsr`` trains on whole HR patches (every pair must
+Networks (:mod:`degflow.models.sr`): ``edsr`` trains on whole HR patches (every pair must
 have its scale); ``liif`` on ``query_pixels`` random pixels of each sample's HR patch with
 their coordinates and cell size, so one batch mixes any scales.
 """
@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from degflow.files import atomic_write_bytes
-from degflow.sr.models import make_coord
-from degflow.sr.pairs import sample_patches
+from degflow.data.sr_pairs import sample_patches
+from degflow.infra.files import atomic_write_bytes
+from degflow.models.sr import make_coord
 
 __all__ = ["SRTrainSettings", "train_sr", "load_sr_checkpoint"]
 
@@ -97,7 +97,7 @@ def load_sr_checkpoint(path: str | Path) -> dict:
 
 def train_sr(model: nn.Module, data: Sequence[tuple[Tensor, Tensor, float]], settings: SRTrainSettings,
              seed: int, run_dir: str | Path, log=print) -> dict:
-    """Train ``model`` on ``data`` (:func:`degflow.sr.pairs.load_pairs`) in ``run_dir``; resumes.
+    """Train ``model`` on ``data`` (:func:`degflow.data.sr_pairs.load_pairs`) in ``run_dir``; resumes.
 
     Build ``model`` after seeding torch with ``seed`` (its initialisation is part of the run).
 

@@ -2,7 +2,7 @@
 
 Per test pair (HR ``[3, H, W]``, real LR ``[3, h, w]``, scale s): the network's output at the
 HR size (``liif``) or at ``scale * (h, w)`` (``edsr``; the HR image is cropped to it from the
-top-left when it is larger), then, from :mod:`degflow.metrics` / :mod:`degflow.perceptual`:
+top-left when it is larger), then, from :mod:`degflow.metrics.image` / :mod:`degflow.metrics.perceptual`:
 PSNR on the BT.601 Y channel in [16, 235] (data range 255 on that scale, 8-bit quantized
 output), border shave = ceil(s) pixels (the scale, as in the SR literature; fractional scales
 round up), SSIM on Y with the same shave, and LPIPS (AlexNet) on RGB. The reference row
@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from degflow.core.resize import upsample_to
 from degflow.data.images import read_image
-from degflow.metrics import psnr_y, ssim_y
-from degflow.resize import upsample_to
-from degflow.sr.pairs import Pair
+from degflow.data.sr_pairs import Pair
+from degflow.metrics.image import psnr_y, ssim_y
 
 __all__ = ["sr_shave", "super_resolve", "score_pairs"]
 

@@ -9,14 +9,19 @@ from typing import Any
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 
-from degflow.console import log_to_file
 from degflow.data.memory import in_memory_training_set
-from degflow.loggers import build_logger
-from degflow.metrics import eval_protocol
-from degflow.runtime import resolve_device, seed_everything
+from degflow.infra.console import log_to_file
+from degflow.infra.runtime import resolve_device, seed_everything
+from degflow.metrics.image import eval_protocol
 from degflow.training.accel import accelerate
-from degflow.training.distributed import detect_environment, local_batch_size, log_on_main_only, process_device, \
-    process_group
+from degflow.training.distributed import (
+    detect_environment,
+    local_batch_size,
+    log_on_main_only,
+    process_device,
+    process_group,
+)
+from degflow.training.loggers import build_logger
 from degflow.training.loop import RunContext, TrainSettings, fit
 from degflow.training.run_report import LOG_FILE, announce_outputs
 from degflow.training.stop import TrainingStopped

@@ -13,7 +13,7 @@ How exact: the encoder is convolutional with a per-pixel LayerNorm (``norm="laye
 paper's), so the crop of the full image's latent equals the latent of the crop except
 within the encoder's receptive field of the crop border, where the crop's own encoding
 sees zero padding instead of the neighbouring pixels (measured in
-``experiments/bench_training.py``; the README quotes it). With ``norm="group"`` the encoder
+``experiments/tools/bench_training.py``; the README quotes it). With ``norm="group"`` the encoder
 is not local (GroupNorm statistics cover the whole input) and the difference is larger.
 
 The cache is keyed by the RAE checkpoint's sha256 and a fingerprint of the training
@@ -34,7 +34,7 @@ from typing import Sequence
 import torch
 
 from degflow.data.transforms import NUM_DIHEDRAL, dihedral
-from degflow.files import atomic_write_bytes
+from degflow.infra.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

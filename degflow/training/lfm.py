@@ -6,7 +6,7 @@ held-out scales are never loaded) from the latent cache (``stage.latent_cache=tr
 them under no_grad (``false``), draw t ~ U(0, 1) per sample, evaluate the path (natural cubic
 spline or piecewise-linear) through the knot latents, regress the velocity network onto the
 path derivative, and add lambda * LPIPS on the decoded Taylor extrapolation to the segment's
-right knot (see :mod:`degflow.losses`). With ``stage.ema_decay`` an exponential moving average
+right knot (see :mod:`degflow.core.losses`). With ``stage.ema_decay`` an exponential moving average
 of the velocity weights follows the training (:mod:`degflow.training.ema`); it is saved in the
 checkpoint (``models.velocity_ema``) and is what validation and synthesis use. Validation
 generates every validation scale from the HR latent with the configured solver through
@@ -23,23 +23,24 @@ from typing import Any
 
 import torch
 
-from degflow.checkpoint import CheckpointError, build_model, find_latest_checkpoint, load_checkpoint, model_entry
-from degflow.files import file_sha256
+from degflow.core.losses import LossSettings, flow_matching_loss, sample_times, segment_weights, taylor_extrapolate
+from degflow.core.resize import bicubic_baseline, check_hr_size_output, lr_at_hr_size
+from degflow.core.scales import scale_key
+from degflow.core.solvers import SolverSpec
+from degflow.core.spline import PATH_KINDS, evaluate_path
+from degflow.core.timemap import TimeMap, build_time_map
 from degflow.generation import Synthesizer, condition_kind, velocity_condition
-from degflow.losses import LossSettings, flow_matching_loss, sample_times, segment_weights, taylor_extrapolate
-from degflow.metrics import EVAL_PROTOCOLS, EvalProtocol, eval_protocol
-from degflow.perceptual import load_lpips
-from degflow.resize import bicubic_baseline, check_hr_size_output, lr_at_hr_size
-from degflow.scales import scale_key
-from degflow.solvers import SolverSpec
-from degflow.spline import PATH_KINDS, evaluate_path
-from degflow.timemap import TimeMap, build_time_map
+from degflow.infra.checkpoint import CheckpointError, find_latest_checkpoint, load_checkpoint
+from degflow.infra.files import file_sha256
+from degflow.metrics.image import EVAL_PROTOCOLS, EvalProtocol, eval_protocol
+from degflow.metrics.perceptual import load_lpips
+from degflow.models.registry import build_model, model_entry
 from degflow.training.accel import accelerate
 from degflow.training.ema import check_ema_decay, ema_decay_at, ema_update_
 from degflow.training.latent_cache import LatentCache, load_or_build_latent_cache
 from degflow.training.loop import Stage
 from degflow.training.validation import ScaleAverages, validation_items
-from degflow.visualize import labelled_strip
+from degflow.viz.strips import labelled_strip
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class KnotTimes(torch.nn.Module):
 
 def resolve_rae_checkpoint(rae_ckpt: str | None, output_root: str | Path) -> Path:
     """The stage-1 checkpoint to use: ``rae_ckpt`` if given, else the newest finished RAE run
-    under ``output_root`` (see :func:`degflow.checkpoint.find_latest_checkpoint`)."""
+    under ``output_root`` (see :func:`degflow.infra.checkpoint.find_latest_checkpoint`)."""
     if rae_ckpt:
         return Path(rae_ckpt)
     found = find_latest_checkpoint(output_root, "rae", key="rae_ckpt")
@@ -327,7 +328,7 @@ class LFMStage(Stage):
 
         A resumed run keeps training its velocity network on the RAE it started with, so a
         different RAE (another ``rae_ckpt``, or a newer / retrained latest RAE run) would mix
-        two sources and record the wrong one. Raises :class:`~degflow.checkpoint.CheckpointError`
+        two sources and record the wrong one. Raises :class:`~degflow.infra.checkpoint.CheckpointError`
         naming ``rae_ckpt``, both sources and the ways forward.
         """
         stored = ckpt["models"]["rae"]["state_dict"]

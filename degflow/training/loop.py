@@ -20,7 +20,7 @@ module owns everything else, identically for both stages:
   (stop, non-finite loss, an overdue checkpoint) is agreed on by all of them.
 
 What the run tells its user (loss and validation lines in ``train.log``, ``loss_curve.png``,
-progress bars only on a terminal) lives in ``run_report.py`` and ``degflow/console.py``.
+progress bars only on a terminal) lives in ``run_report.py`` and ``degflow/infra/console.py``.
 """
 
 from __future__ import annotations
@@ -36,13 +36,21 @@ from typing import Any
 
 import torch
 
-from degflow.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from degflow.console import bar_safe_logging, progress_bar
-from degflow.files import atomic_write_text
-from degflow.loggers import json_safe
-from degflow.runtime import autocast
-from degflow.training.distributed import (SINGLE, DistEnv, agree, barrier, data_parallel_loss, from_main,
-                                          local_batch_size, mean_over_ranks)
+from degflow.infra.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from degflow.infra.console import bar_safe_logging, progress_bar
+from degflow.infra.files import atomic_write_text
+from degflow.infra.runtime import autocast
+from degflow.training.distributed import (
+    SINGLE,
+    DistEnv,
+    agree,
+    barrier,
+    data_parallel_loss,
+    from_main,
+    local_batch_size,
+    mean_over_ranks,
+)
+from degflow.training.loggers import json_safe
 from degflow.training.run_report import after_validation, log_losses
 from degflow.training.sampling import RowDraws, step_seed, train_batches
 from degflow.training.stop import StopSignals

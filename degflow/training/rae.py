@@ -13,13 +13,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from degflow.checkpoint import model_entry
-from degflow.metrics import EVAL_PROTOCOLS, EvalProtocol
-from degflow.timemap import TimeMap
-from degflow.scales import scale_key
+from degflow.core.scales import scale_key
+from degflow.core.timemap import TimeMap
+from degflow.metrics.image import EVAL_PROTOCOLS, EvalProtocol
+from degflow.models.registry import model_entry
 from degflow.training.loop import Stage
 from degflow.training.validation import ScaleAverages, validation_items
-from degflow.visualize import labelled_strip
+from degflow.viz.strips import labelled_strip
 
 
 class RAEStage(Stage):

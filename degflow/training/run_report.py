@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from degflow.console import say
+from degflow.infra.console import say
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def write_loss_curve(run_dir: str | Path, title: str = "") -> Path | None:
     """Draw ``{run_dir}/loss_curve.png`` from ``history.jsonl`` (atomic); None if nothing was logged."""
-    from degflow.plots import plot_loss_curve
+    from degflow.viz.plots import plot_loss_curve
 
     return plot_loss_curve(read_history(run_dir), Path(run_dir) / LOSS_CURVE, title=title)
 

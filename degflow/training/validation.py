@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from degflow.console import progress_bar
+from degflow.core.scales import scale_key
 from degflow.data.transforms import crop_to_multiple
-from degflow.metrics import EvalProtocol
-from degflow.scales import scale_key
+from degflow.infra.console import progress_bar
+from degflow.metrics.image import EvalProtocol
 
 __all__ = ["ScaleAverages", "validation_items"]
 
@@ -24,7 +24,7 @@ def validation_items(dataset, max_images: int | None, device: torch.device,
     each tensor with a leading batch axis of 1; the images are cropped as ``protocol`` says
     (``eval.protocol``) before anything is generated.
 
-    Shows a progress bar on a terminal (``progress`` and :func:`degflow.console.interactive`);
+    Shows a progress bar on a terminal (``progress`` and :func:`degflow.infra.console.interactive`);
     elsewhere logs a line when it starts and about every tenth of the images, so a long
     validation never looks hung in a log file.
     """

@@ -12,7 +12,7 @@ plugin key, unknown keys refused by Hydra before anything is submitted) with one
 The local launcher runs all jobs of a sweep side by side on this machine; it tells each job
 its CPU share (``cpus_per_task`` when set, else the CPUs of this process divided by the
 number of jobs) through ``DEGFLOW_CPUS_PER_JOB``, which ``threads: auto`` follows
-(:mod:`degflow.cluster`).
+(:mod:`degflow.infra.cluster`).
 
 Requeue after preemption or timeout is the plugin's: the job is resubmitted with the same
 arguments, so it runs in the same run directory and resumes from its own checkpoint.
@@ -21,18 +21,20 @@ at start-up (which registers the schemas), so this module imports nothing heavy 
 """
 
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from omegaconf import OmegaConf, open_dict
+
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher as plugin
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, LocalQueueConf, SlurmQueueConf
-from omegaconf import OmegaConf, open_dict
 
 
 @dataclass
@@ -60,7 +62,7 @@ def script_dir_importable(environ: dict | None = None) -> None:
 
     A job unpickles its task function in a fresh interpreter started by SLURM (which passes on
     the submitting environment) or by submitit_local; modules beside the script that the
-    function uses (``experiments/_runner.py`` for ``experiments/sr_compare.py``) must be
+    function uses (a user's own script importing its neighbours) must be
     importable there as they are in the launching process, where Python put the script's
     folder first on ``sys.path``.
     """
@@ -72,6 +74,20 @@ def script_dir_importable(environ: dict | None = None) -> None:
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if folder not in parts:
         env["PYTHONPATH"] = os.pathsep.join([folder, *parts])
+
+
+@contextlib.contextmanager
+def _no_scheduler_check() -> Iterator[None]:
+    """submitit's SLURM executor refuses to be created where ``srun`` is absent (its ``affinity``
+    check), although writing the sbatch script needs no scheduler; lift that check meanwhile."""
+    from submitit.slurm import slurm
+
+    original = slurm.SlurmExecutor.__dict__["affinity"]
+    slurm.SlurmExecutor.affinity = classmethod(lambda cls: 1)
+    try:
+        yield
+    finally:
+        slurm.SlurmExecutor.affinity = original
 
 
 class _DryRun:
@@ -111,12 +127,14 @@ class SlurmLauncher(_DryRun, plugin.SlurmLauncher):
         self.dry_run = dry_run
 
     def sbatch_script(self, num_jobs: int) -> str:
-        """The sbatch script this launcher submits for an array of ``num_jobs`` jobs."""
+        """The sbatch script this launcher submits for an array of ``num_jobs`` jobs (text only:
+        no scheduler is needed, so a dry run works on a machine without SLURM)."""
         import submitit
 
         params = dict(self.params)
-        executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
-                                         slurm_max_num_timeout=params.pop("max_num_timeout"))
+        with _no_scheduler_check():
+            executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
+                                             slurm_max_num_timeout=params.pop("max_num_timeout"))
         generic = set(OmegaConf.structured(BaseQueueConf).keys())   # as the plugin passes them
         executor.update_parameters(**{k if k in generic else f"slurm_{k}": v for k, v in params.items()})
         slurm = executor._executor
@@ -144,7 +162,7 @@ class LocalLauncher(_DryRun, plugin.LocalLauncher):
 
     def cpus_per_job(self, num_jobs: int) -> int:
         """CPUs each of ``num_jobs`` jobs running side by side may use."""
-        from degflow.cluster import allocated_cpus
+        from degflow.infra.cluster import allocated_cpus
 
         if self.params.get("cpus_per_task"):
             return int(self.params["cpus_per_task"])
@@ -156,7 +174,7 @@ class LocalLauncher(_DryRun, plugin.LocalLauncher):
             header = (f"# all {len(job_overrides)} jobs run side by side on this machine, {share} CPU(s) each; "
                       f"parameters: {OmegaConf.to_yaml(OmegaConf.create(self.params)).strip()}")
             return self._print_dry_run(job_overrides, initial_job_idx, header)
-        from degflow.cluster import CPUS_PER_JOB_ENV
+        from degflow.infra.cluster import CPUS_PER_JOB_ENV
 
         script_dir_importable()
         previous = os.environ.get(CPUS_PER_JOB_ENV)

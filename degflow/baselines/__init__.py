@@ -1,0 +1,2 @@
+"""Degradations degflow is compared with: the procedural Real-ESRGAN pipeline and the
+least-squares linear kernel fitted on real pairs, with their image operations."""

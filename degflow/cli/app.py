@@ -1,0 +1,238 @@
+"""The one CLI wrapper: every command runs through here, with the same exit codes and error line.
+
+- :func:`run_cli`: a Hydra app (``train.py``, ``synthesize.py``, ``evaluate``, ``quickstart``,
+  ``sr-compare``);
+- :func:`run_tool`: a tool with its own arguments (``report``, ``merge-shards``) or one that
+  composes a config without a run folder (``check-data``, ``convert-official``, :func:`compose`).
+
+Both print a usage or environment error as one ``error: <message>`` line on stderr and exit
+with 2 (:data:`EXIT_USAGE`); ``DEGFLOW_DEBUG=1`` (or Hydra's ``HYDRA_FULL_ERROR=1``) shows the
+traceback instead. This is also the boundary between Hydra and the library: resolvers, and
+DictConfig -> plain Python (:func:`to_plain`); everything below receives plain dicts,
+dataclasses and numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import os
+import re
+import sys
+from collections.abc import Iterable
+from typing import Any, Callable
+
+import hydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from degflow.infra.conf import CONF_DIR
+
+# Overrides that never name a run: where and how it runs, is tracked or checkpointed, not what
+# it trains (changing the checkpoint cadence of a running job must not restart it elsewhere).
+RUN_NAME_IGNORED = ("stage", "resume", "device", "num_workers", "threads", "output_root", "rae_ckpt",
+                    "stage.ckpt_every", "stage.ckpt_minutes", "stage.keep_every", "stage.log_every",
+                    "data_memory_gib", "channels_last", "compile", "stage.latent_cache_dir")
+RUN_NAME_IGNORED_NODES = ("logger", "hydra")
+# Config nodes a stage never reads: changing one must not start a new run of that stage
+# (``stage=rae loss.lpips_weight=0`` resumes the RAE run; the RAE of stage 2 comes from its checkpoint).
+UNUSED_BY_STAGE = {
+    "rae": ("loss", "spline", "solver", "model/lfm", "model.lfm", "eval.lpips", "eval.lpips_backbone_weights"),
+    "lfm": ("model/rae", "model.rae"),
+    # python -m degflow.evaluate: a sweep job is named by its settings, not by its files
+    "evaluate": ("ckpt", "out", "generated", "real", "hr", "collect"),
+}
+SLUG_MAX = 120
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _under(key: str, node: str) -> bool:
+    return key == node or key.startswith(node + ".") or key.startswith(node + "/")
+
+
+def run_overrides(stage: str, overrides: Iterable[str]) -> list[str]:
+    """The overrides that name a run of ``stage``, sorted: those that change what it trains."""
+    kept = []
+    for item in overrides:
+        key = str(item).partition("=")[0].lstrip("+~")
+        if key in RUN_NAME_IGNORED or any(_under(key, n) for n in RUN_NAME_IGNORED_NODES):
+            continue
+        if any(_under(key, n) for n in UNUSED_BY_STAGE.get(stage, ())):
+            continue
+        kept.append(str(item))
+    return sorted(kept, key=lambda o: (o.partition("=")[0].lstrip("+~"), o))
+
+
+def run_slug(stage: str, overrides: Iterable[str]) -> str:
+    """A run-directory name from the command line: same command, same folder.
+
+    Only :func:`run_overrides` count. Each ``key=value`` becomes ``key-value`` and they are
+    joined by ``+`` (``stage.steps=40 stage.warmup_steps=10`` ->
+    ``stage.steps-40+stage.warmup_steps-10``), so a path into the folder can be passed back
+    unquoted as ``ckpt=``/``rae_ckpt=`` (Hydra's parser refuses ``=`` and ``,`` in a value).
+    Characters outside ``[A-Za-z0-9._-]`` become ``_`` and then a short hash of the overrides
+    is appended so that different commands never share a folder; names longer than 120
+    characters are shortened the same way. No overrides -> ``default``.
+    """
+    kept = run_overrides(stage, overrides)
+    if not kept:
+        return "default"
+    digest = hashlib.sha1("\n".join(kept).encode()).hexdigest()
+    parts, lossy = [], False
+    for item in kept:
+        key, _, value = item.partition("=")
+        text = f"{key.lstrip('+~')}-{value}"
+        clean = _UNSAFE.sub("_", text)
+        lossy |= clean != text
+        parts.append(clean)
+    slug = "+".join(parts)
+    if len(slug) > SLUG_MAX:
+        head = slug[:SLUG_MAX - 13]
+        if "+" in head:  # end on a whole override
+            head = head[:head.rfind("+")]
+        return head + "-" + digest[:12]
+    return f"{slug}-{digest[:8]}" if lossy else slug
+
+
+def register_resolvers() -> None:
+    """Register the ``${run_slug:stage,overrides}`` resolver used in ``conf/config.yaml`` (idempotent)."""
+    if not OmegaConf.has_resolver("run_slug"):
+        OmegaConf.register_new_resolver("run_slug", lambda stage, overrides: run_slug(str(stage), list(overrides)))
+
+
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """Resolve a composed config into plain dicts/lists (``hydra`` node dropped)."""
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    plain.pop("hydra", None)
+    return plain
+
+
+def hoist_multirun_flag(argv: list[str]) -> list[str]:
+    """Move ``-m``/``--multirun`` before the overrides so ``train.py stage=lfm -m a=1,2`` works.
+
+    Hydra's argument parser only accepts overrides after its flags; researchers type the flag
+    anywhere. Only this boolean flag is moved; everything else keeps its order.
+    """
+    flags = [a for a in argv[1:] if a in ("-m", "--multirun")]
+    rest = [a for a in argv[1:] if a not in ("-m", "--multirun")]
+    return [argv[0], *flags, *rest]
+
+
+EXIT_USAGE = 2
+# Bad overrides or config values, missing/unreadable paths, unwritable folders, missing packages.
+USAGE_ERRORS = (ValueError, OSError, ImportError, HydraException, OmegaConfBaseException)
+
+
+def run_cli(task: Callable[[DictConfig], Any], config_name: str, *,
+            exit_status: Callable[[Any], int] | None = None) -> None:
+    """Run ``task`` as the Hydra app of ``conf/{config_name}.yaml`` with the documented exit codes.
+
+    - a usage or environment error (:data:`USAGE_ERRORS`: anything Hydra refuses before the
+      task starts, an invalid config value, a missing or unreadable path, an unwritable
+      folder) prints ``error: <message>`` on stderr, no traceback, and exits with 2;
+    - anything else is a crash: Python's traceback and exit status 1;
+    - ``task`` may end the process with its own status (``SystemExit``).
+
+    ``exit_status`` is for batch jobs whose result says how they went (``synthesize.py``:
+    0 all images written, 1 some failed): it maps a job's return value to its exit status.
+    Then every job of an in-process multirun (``-m``) runs even when one of them hits a
+    usage error (reported as above, status 2), and the process exits with the largest
+    status of its jobs.
+
+    ``DEGFLOW_DEBUG=1`` or ``HYDRA_FULL_ERROR=1`` shows the traceback of usage errors too.
+    """
+    full_error = debug()
+    started = False
+    statuses: list[int] = []
+
+    @functools.wraps(task)  # Hydra unwraps it: job name and paths follow the entry point's file
+    def guarded(cfg: DictConfig) -> Any:
+        nonlocal started
+        started = True
+        try:
+            result = task(cfg)
+        except USAGE_ERRORS as err:
+            if full_error:
+                raise
+            if exit_status is None:
+                _usage_error(err)
+            _print_usage_error(err)
+            statuses.append(EXIT_USAGE)
+            return None
+        if exit_status is not None:
+            statuses.append(int(exit_status(result)))
+        return result
+
+    app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(guarded)
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing; reported here
+    try:
+        app()
+    except Exception as err:  # noqa: BLE001 - sorted into usage errors and crashes
+        if started or full_error:
+            raise
+        _usage_error(err)  # before the task ran, everything is about the command line or its paths
+    finally:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" and not full_error:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+    if max(statuses, default=0):
+        raise SystemExit(max(statuses))
+
+
+def debug() -> bool:
+    """Whether errors show their traceback (``DEGFLOW_DEBUG=1`` or ``HYDRA_FULL_ERROR=1``)."""
+    return os.environ.get("DEGFLOW_DEBUG") == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+class ToolParser(argparse.ArgumentParser):
+    """argparse for the tools with their own arguments: a bad argument is a usage error
+    (:func:`run_tool` prints the one ``error:`` line and exits 2), not argparse's usage dump."""
+
+    def __init__(self, prog: str, doc: str, **kwargs: Any):
+        super().__init__(prog=prog, description=doc.strip(), formatter_class=argparse.RawDescriptionHelpFormatter,
+                         **kwargs)
+
+    def error(self, message: str):
+        raise ValueError(f"{message} (python -m {self.prog.removeprefix('python -m ')} --help for the arguments)")
+
+
+def run_tool(main: Callable[[list[str]], int | None], argv: list[str] | None = None) -> None:
+    """Run ``main(argv)`` (default ``sys.argv[1:]``) and exit with its status; a usage or
+    environment error (:data:`USAGE_ERRORS`) prints one ``error:`` line and exits 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        status = main(argv)
+    except USAGE_ERRORS as err:
+        if debug():
+            raise
+        _usage_error(err)
+    raise SystemExit(int(status or 0))
+
+
+def compose(config_name: str, overrides: Iterable[str], job_name: str) -> DictConfig:
+    """Compose ``conf/{config_name}.yaml`` with ``overrides`` without starting a Hydra run
+    (no run folder, no log file). Errors in the overrides raise Hydra's exceptions
+    (usage errors for :func:`run_tool`)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=job_name):
+        return hydra_compose(config_name, overrides=list(overrides))
+
+
+def _print_usage_error(err: BaseException) -> None:
+    message = str(err).strip() or type(err).__name__
+    cause = str(err.__cause__ or "").strip().splitlines()
+    if cause and cause[0] not in message:  # Hydra: "Could not override 'k'" caused by "Key 'k' not in ..."
+        message = f"{message}\n{cause[0]}"
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+        message = f"{type(err).__name__}: {message}"
+    if getattr(err, "override", None):  # Hydra's parser names the override apart from its message
+        message = f"cannot parse the override {err.override!r} (quote a value holding '=' or ','): {message}"
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def _usage_error(err: BaseException) -> None:
+    _print_usage_error(err)
+    raise SystemExit(EXIT_USAGE) from None

@@ -1,0 +1,744 @@
+"""Evaluation of generated LR images against real LR images, with the baselines beside them.
+
+For every test image and every requested scale, each method generates an LR image from
+the HR image (LR at HR pixel size, the RealSR convention) and is compared with the real LR
+image of that scale:
+
+- ``degflow``: the checkpoint's model under the configured solver (one ODE solve per image
+  for all scales); NFE and seconds per image are recorded;
+- ``bicubic``: :func:`degflow.metrics.image.bicubic_baseline` (down by s, back up);
+- ``procedural``: the Real-ESRGAN second-order pipeline (:mod:`degflow.baselines.procedural`), seeded
+  per (image, scale) so the table is reproducible;
+- ``ae_interp``: the oracle spline through the REAL encoded training-scale latents
+  (needs the real LR images at the training scales, so not a usable generator).
+
+Metrics per (image, scale, method): Y-PSNR and SSIM in the SR convention with a
+configurable border shave (0 by default: LR vs LR), LPIPS (AlexNet), and the residual
+noise statistics KL and AKLD (:mod:`degflow.metrics.noise`). Scales the model was trained
+on are "seen", all others "held-out", and the two are summarized apart.
+
+:func:`evaluate_folders` compares a folder written by ``synthesize.py`` with a folder of
+real LR images in the same way. :func:`write_results` writes ``eval.json``, ``eval.md``
+and ``eval.csv``. One bad image is reported (log, ``failures`` in eval.json) and skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from degflow.baselines.procedural import degrade, procedural_seed
+from degflow.core.resize import bicubic_baseline, check_hr_size_output, lr_at_hr_size, upsample_to
+from degflow.core.scales import scale_label
+from degflow.core.solvers import SolverSpec
+from degflow.data.common import size_relation
+from degflow.data.images import find_images, read_image
+from degflow.data.options import build_data, option_of_target
+from degflow.generation import Synthesizer
+from degflow.infra.files import atomic_write_text
+from degflow.infra.runtime import resolve_device
+from degflow.metrics.image import psnr_y, ssim_y
+from degflow.metrics.noise import akld, histogram_kl
+from degflow.metrics.perceptual import load_lpips
+
+__all__ = [
+    "METHODS",
+    "FOLDER_METHODS",
+    "METRICS",
+    "EvalSettings",
+    "EvalResult",
+    "evaluation_split",
+    "load_model",
+    "evaluate_dataset",
+    "evaluate_folders",
+    "write_results",
+]
+
+log = logging.getLogger(__name__)
+
+#: Methods of a checkpoint evaluation (config key ``methods``).
+METHODS: tuple[str, ...] = ("degflow", "bicubic", "procedural", "ae_interp")
+#: Methods of a folder evaluation: the generated folder plus the HR-only baselines.
+FOLDER_METHODS: tuple[str, ...] = ("generated", "bicubic", "procedural")
+#: Metric name -> (table header, higher is better).
+METRICS: dict[str, tuple[str, bool]] = {
+    "psnr_y": ("PSNR-Y (dB)", True),
+    "ssim_y": ("SSIM-Y", True),
+    "lpips": ("LPIPS", False),
+    "kl": ("KL", False),
+    "akld": ("AKLD", False),
+}
+_SCALE_TOL = 1e-6
+
+
+# ------------------------------------------------------------------------------ settings
+@dataclass
+class EvalSettings:
+    """Plain evaluation settings (config keys of ``conf/evaluate.yaml``)."""
+
+    methods: tuple[str, ...] = METHODS
+    shave: int = 0                                  # eval.shave
+    lpips: bool = True                              # eval.lpips
+    lpips_backbone_weights: str | None = None       # eval.lpips_backbone_weights
+    max_images: int | None = None                   # eval.max_images
+    procedural_seed: int = 0                        # procedural_seed
+    allow_extrapolation: bool = False               # allow_extrapolation
+    crop_size: int = 64                             # crops.size (HR pixels)
+    crop_images: int = 1                            # crops.images
+    hr_size_output: str = "decoded"                 # eval.hr_size_output (degflow.core.resize.HR_SIZE_OUTPUTS)
+
+    def __post_init__(self) -> None:
+        check_hr_size_output(self.hr_size_output, "eval.hr_size_output")
+        if isinstance(self.shave, bool) or not isinstance(self.shave, int) or self.shave < 0:
+            raise ValueError(f"eval.shave must be an integer >= 0 (border pixels), got {self.shave!r}")
+        if self.max_images is not None and (isinstance(self.max_images, bool) or not isinstance(self.max_images, int)
+                                            or self.max_images < 1):
+            raise ValueError(f"eval.max_images must be a positive integer or null, got {self.max_images!r}")
+
+
+def _methods(value: Sequence[str] | str, valid: Sequence[str], allow_empty: bool = False) -> tuple[str, ...]:
+    values = [value] if isinstance(value, str) else list(value)
+    bad = [m for m in values if m not in valid]
+    if bad or not (values or allow_empty):
+        raise ValueError(f"methods={values!r}: expected a {'' if allow_empty else 'non-empty '}list of {list(valid)}"
+                         + (f"; unknown {bad}" if bad else ""))
+    return tuple(dict.fromkeys(values))
+
+
+def _match(scale: float, available: Sequence[float]) -> float | None:
+    return next((a for a in available if abs(a - scale) < _SCALE_TOL), None)
+
+
+def _requested(scales: Sequence[float] | None, sources: Mapping[str, Sequence[float]], where: str) -> list[float]:
+    """The scales to evaluate (config key ``scales``): every requested scale must be offered
+    by every source (``{description: available scales}``); None = the scales all of them offer."""
+    first = next(iter(sources.values()))
+    if scales is None:
+        wanted = [s for s in first if all(_match(s, other) is not None for other in sources.values())]
+    else:
+        wanted = []
+        for s in (float(v) for v in scales):
+            for what, available in sources.items():
+                if _match(s, available) is None:
+                    raise ValueError(f"scales: x{scale_label(s)} is not in {what} ({where}); it has "
+                                     f"{['x' + scale_label(a) for a in sorted(available)]}")
+            wanted.append(_match(s, first))
+    if not wanted:
+        raise ValueError(f"scales: nothing to evaluate: {', '.join(sources)} share no scale > 1 ({where})")
+    return sorted(set(wanted))
+
+
+def evaluation_split(bundle: Any):
+    """The images a data option offers for evaluation.
+
+    The data option's test split (``bundle.test``: full, uncropped images, read from disk
+    only now). Training and sweeps never read it; they validate on ``bundle.val``.
+    """
+    return bundle.test
+
+
+def load_model(ckpt: str | Path, device: str, solver: Mapping[str, Any] | None, precision: str = "fp32",
+               tile_size: int | None = 1024, tile_overlap: int = 256) -> Synthesizer:
+    """A stage-2 checkpoint as a :class:`Synthesizer` under ``solver`` (the config's
+    ``solver`` group as a dict; None: the checkpoint's own solver). Raises
+    :class:`~degflow.infra.checkpoint.CheckpointError` naming ``ckpt`` for a wrong or broken file."""
+    spec = SolverSpec.create(**solver) if solver is not None else None
+    return Synthesizer.from_checkpoint(ckpt, device=device, solver=spec, precision=precision,
+                                       tile_size=tile_size, tile_overlap=tile_overlap)
+
+
+# ------------------------------------------------------------------------------ result
+@dataclass
+class EvalResult:
+    """Everything one evaluation measured (plain data, JSON-ready except ``crops``).
+
+    ``records``: one dict per (image, method, scale) with the metric values;
+    ``costs``: one dict per (image, method) with ``seconds`` (and ``nfe`` for degflow);
+    ``failures``: ``{"image", "error"}`` per skipped image; ``crops``: zoomed crops for the
+    picture strip, ``{image: {row: {scale: [3, h, w]}}}`` (rows "real" and the methods).
+    """
+
+    methods: tuple[str, ...]
+    scales: list[float]
+    seen_scales: list[float] | None
+    settings: dict[str, Any]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    costs: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    crops: dict[str, dict[str, dict[float, Tensor]]] = field(default_factory=dict)
+    images: int = 0
+
+    def heldout(self, scale: float) -> bool | None:
+        """True for a scale the model never saw, None when unknown (folder mode without seen_scales)."""
+        if self.seen_scales is None:
+            return None
+        return _match(scale, self.seen_scales) is None
+
+    def per_scale(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """``{method: {scale label: {metric: mean over images, "n": images, "heldout": bool}}}``."""
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for m in self.methods:
+            out[m] = {}
+            for s in self.scales:
+                rows = [r for r in self.records if r["method"] == m and abs(r["scale"] - s) < _SCALE_TOL]
+                if rows:
+                    out[m][scale_label(s)] = {**_means(rows), "n": len(rows), "heldout": self.heldout(s)}
+        return out
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per method: metric means over (image, scale) pairs for ``seen``, ``heldout`` and
+        ``all`` scales, and the mean ``seconds_per_image`` / ``nfe`` (null where not measured)."""
+        out = {}
+        for m in self.methods:
+            rows = [r for r in self.records if r["method"] == m]
+            groups = {"all": rows}
+            if self.seen_scales is not None:
+                groups["seen"] = [r for r in rows if not self.heldout(r["scale"])]
+                groups["heldout"] = [r for r in rows if self.heldout(r["scale"])]
+            costs = [c for c in self.costs if c["method"] == m]
+            nfes = [c["nfe"] for c in costs if c.get("nfe") is not None]
+            out[m] = {
+                **{g: (_means(v) if v else None) for g, v in groups.items()},
+                "seconds_per_image": _mean([c["seconds"] for c in costs]),
+                "nfe": _mean(nfes),
+            }
+        return out
+
+    def objective(self, method: str, metric: str = "psnr_y") -> float | None:
+        """``metric`` of ``method`` averaged over the held-out scales (all scales when none
+        is held out): the value a sweep optimizes."""
+        summary = self.summary().get(method)
+        if not summary:
+            return None
+        group = summary.get("heldout") or summary.get("all")
+        return None if group is None else group.get(metric)
+
+    def to_json(self, objective: float | None = None) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "images": self.images,
+            "scales": [scale_label(s) for s in self.scales],
+            "seen_scales": None if self.seen_scales is None else [scale_label(s) for s in self.seen_scales],
+            "objective": objective,
+            "summary": self.summary(),
+            "per_scale": self.per_scale(),
+            "records": [{k: _finite(v) for k, v in r.items()} for r in self.records],
+            "costs": self.costs,
+            "failures": self.failures,
+        }
+
+
+def _finite(v: Any) -> Any:
+    """Non-finite floats (PSNR of identical images) as None, so eval.json stays strict JSON."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _means(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    return {k: _mean([r.get(k) for r in rows]) for k in METRICS}
+
+
+# ------------------------------------------------------------------------------ measuring
+class _Scorer:
+    """All metrics of one generated image against the real one (both ``[1, 3, H, W]``)."""
+
+    def __init__(self, settings: EvalSettings, device: torch.device):
+        self.shave = settings.shave
+        self.device = device
+        self.lpips = load_lpips("alex", settings.lpips_backbone_weights, device=device) if settings.lpips else None
+
+    def __call__(self, fake: Tensor, real: Tensor, hr: Tensor) -> dict[str, float]:
+        fake, real, hr = fake.float().cpu(), real.float().cpu(), hr.float().cpu()
+        if fake.shape != real.shape:
+            raise ValueError(f"generated image of shape {tuple(fake.shape)} vs real {tuple(real.shape)}")
+        out = {
+            "psnr_y": float(psnr_y(fake, real, shave=self.shave)),
+            "ssim_y": float(ssim_y(fake, real, shave=self.shave)),
+            "kl": float(histogram_kl(fake, real, hr)),
+            "akld": float(akld(fake, real, hr)),
+        }
+        if self.lpips is not None:
+            with torch.no_grad():
+                out["lpips"] = float(self.lpips(fake.to(self.device), real.to(self.device)))
+        else:
+            out["lpips"] = None
+        return out
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def _hr_baselines(methods: Sequence[str], hr: Tensor, scales: Sequence[float], name: str,
+                  seed: int) -> tuple[dict[str, dict[float, Tensor]], dict[str, float]]:
+    """bicubic / procedural LR images at HR size ``{method: {scale: [1, 3, H, W]}}`` and seconds."""
+    images: dict[str, dict[float, Tensor]] = {}
+    seconds: dict[str, float] = {}
+    hr_cpu = hr.float().cpu()
+    if "bicubic" in methods:
+        images["bicubic"], seconds["bicubic"] = _timed(lambda: {s: bicubic_baseline(hr_cpu, s) for s in scales})
+    if "procedural" in methods:
+        images["procedural"], seconds["procedural"] = _timed(lambda: {
+            s: degrade(hr_cpu, s, seed=procedural_seed(seed, name, s), size="hr") for s in scales})
+    return images, seconds
+
+
+def _center_crop(x: Tensor, size: int) -> Tensor:
+    h, w = x.shape[-2:]
+    ch, cw = min(size, h), min(size, w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return x[..., top:top + ch, left:left + cw].detach().float().cpu()
+
+
+class _Collector:
+    """Scores every method's images of one HR image and records them in an EvalResult."""
+
+    def __init__(self, result: EvalResult, scorer: _Scorer, settings: EvalSettings):
+        self.result, self.scorer, self.settings = result, scorer, settings
+
+    def add(self, name: str, hr: Tensor, real: Mapping[float, Tensor], outputs: Mapping[str, Mapping[float, Tensor]],
+            costs: Mapping[str, Mapping[str, Any]]) -> None:
+        records = []
+        for method in self.result.methods:
+            for s, fake in outputs[method].items():
+                metrics = self.scorer(fake, real[s], hr)
+                records.append({"image": name, "method": method, "scale": s,
+                                "heldout": self.result.heldout(s), **metrics})
+        # everything of this image measured: only now does it count
+        self.result.records += records
+        self.result.costs += [{"image": name, "method": m, **c} for m, c in costs.items()]
+        self.result.images += 1
+        if len(self.result.crops) < self.settings.crop_images:
+            size = self.settings.crop_size
+            rows = {"real": {s: _center_crop(x, size)[0] for s, x in real.items()}}
+            rows.update({m: {s: _center_crop(x, size)[0] for s, x in outputs[m].items()} for m in self.result.methods})
+            self.result.crops[name] = rows
+        line = ", ".join(f"{m} {_fmt(_mean([r['psnr_y'] for r in records if r['method'] == m]), 'psnr_y')}"
+                         for m in self.result.methods)
+        log.info("[%d] %s: mean PSNR-Y over %d scales: %s", self.result.images, name, len(self.result.scales), line)
+
+    def fail(self, name: str, err: BaseException) -> None:
+        self.result.failures.append({"image": name, "error": f"{type(err).__name__}: {err}"})
+        log.warning("skipped image %s: %s: %s", name, type(err).__name__, err)
+
+
+def _check_some_images(result: EvalResult, what: str) -> None:
+    if result.images == 0:
+        first = result.failures[0]["error"] if result.failures else "no images"
+        raise ValueError(f"no image of {what} could be evaluated ({len(result.failures)} failed; first: {first})")
+
+
+# ------------------------------------------------------------------------------ checkpoint on a dataset
+def evaluate_dataset(synth: Synthesizer, dataset: Any, data_scales: Sequence[float],
+                     scales: Sequence[float] | None, settings: EvalSettings,
+                     description: str = "") -> EvalResult:
+    """Evaluate a model and the baselines on a dataset of aligned HR / real-LR images.
+
+    Args:
+        synth: the model (its solver is the one evaluated).
+        dataset: items ``{"name", "hr": [3, H, W], "lr": [S, 3, H, W], "scales": [S]}``
+            (a data option's evaluation split, :func:`evaluation_split`).
+        data_scales: the scales the data has (``data.val_scales``; 1 = HR is ignored).
+        scales: scales to evaluate (config key ``scales``); None = every data scale > 1.
+        settings: metric and method settings.
+    Raises:
+        ValueError naming the key for a requested scale the data lacks (``scales``), scales
+        beyond the trained range without ``allow_extrapolation``, or ae_interp without the
+        real images of the training scales (``methods``).
+    """
+    methods = _methods(settings.methods, METHODS)
+    available = [float(s) for s in data_scales if float(s) > 1.0]
+    wanted = _requested(scales, {"the data": available},
+                        f"data.val_scales={[scale_label(a) for a in data_scales]}")
+    if "degflow" in methods:
+        synth.scale_times(wanted, settings.allow_extrapolation)          # fails early, naming `scales`
+    train_scales = [float(s) for s in synth.train_scales or ()]
+    knots = [s for s in train_scales if s > 1.0] if "ae_interp" in methods else []
+    if knots:
+        missing = [s for s in knots if _match(s, available) is None]
+        if missing:
+            raise ValueError(f"methods: ae_interp needs the real LR images at the checkpoint's training scales "
+                             f"{[scale_label(s) for s in knots]}, but the data has no "
+                             f"{['x' + scale_label(s) for s in missing]} (data.val_scales="
+                             f"{[scale_label(a) for a in data_scales]}); drop ae_interp from methods")
+    result = EvalResult(methods=methods, scales=wanted, seen_scales=train_scales or None,
+                        settings={"data": description, "methods": list(methods), "shave": settings.shave,
+                                  "solver": synth.solver.to_dict(), "checkpoint_sha256": synth.checkpoint_sha256,
+                                  "procedural_seed": settings.procedural_seed,
+                                  "hr_size_output": settings.hr_size_output})
+    collector = _Collector(result, _Scorer(settings, synth.device), settings)
+    n = len(dataset) if settings.max_images is None else min(len(dataset), settings.max_images)
+    for i in range(n):
+        name = _item_name(dataset, i)
+        try:
+            item = dataset[i]
+            name = str(item.get("name", name))
+            hr = item["hr"][None]                                                       # [1, 3, H, W]
+            lrs = item["lr"]                                                            # [S, 3, H, W]
+            item_scales = [float(v) for v in item["scales"]]                           # [S]
+            real = {}
+            for s in set(wanted) | set(knots):
+                j = next((k for k, v in enumerate(item_scales) if abs(v - s) < _SCALE_TOL), None)
+                if j is None:
+                    raise ValueError(f"item has no real LR image at x{scale_label(s)}")
+                real[s] = lrs[j][None]
+                if real[s].shape != hr.shape:
+                    raise ValueError(f"real x{scale_label(s)} image has shape {tuple(real[s].shape)}, "
+                                     f"the HR {tuple(hr.shape)}")
+            outputs, costs = _model_outputs(synth, methods, hr, real, wanted, knots, settings)
+            base, seconds = _hr_baselines(methods, hr, wanted, name, settings.procedural_seed)
+            outputs.update(base)
+            costs.update({m: {"seconds": t, "nfe": None} for m, t in seconds.items()})
+            collector.add(name, hr, {s: real[s] for s in wanted}, outputs, costs)
+        except (ValueError, OSError, RuntimeError) as err:
+            collector.fail(name, err)
+    _check_some_images(result, "the dataset")
+    return result
+
+
+def _item_name(dataset: Any, i: int) -> str:
+    records = getattr(dataset, "records", None)
+    try:
+        return str(records[i].name) if records is not None else f"#{i}"
+    except (AttributeError, IndexError):
+        return f"#{i}"
+
+
+def _model_outputs(synth: Synthesizer, methods: Sequence[str], hr: Tensor, real: Mapping[float, Tensor],
+                   scales: Sequence[float], knots: Sequence[float], settings: EvalSettings
+                   ) -> tuple[dict[str, dict[float, Tensor]], dict[str, dict[str, Any]]]:
+    outputs: dict[str, dict[float, Tensor]] = {}
+    costs: dict[str, dict[str, Any]] = {}
+
+    def scored(x: Tensor, s: float) -> Tensor:
+        return lr_at_hr_size(x, s, settings.hr_size_output, key="eval.hr_size_output")
+
+    if "degflow" in methods:
+        res = synth.generate(hr, scales, settings.allow_extrapolation)
+        outputs["degflow"] = {s: scored(res.images[s], s) for s in scales}
+        costs["degflow"] = {"seconds": res.seconds, "nfe": res.nfe}
+    if "ae_interp" in methods:
+        res = synth.interpolate_real(hr, {s: real[s] for s in knots}, scales, settings.allow_extrapolation)
+        outputs["ae_interp"] = {s: scored(res.images[s], s) for s in scales}
+        costs["ae_interp"] = {"seconds": res.seconds, "nfe": None}
+    return outputs, costs
+
+
+# ------------------------------------------------------------------------------ folders
+def _scale_folders(root: Path, key: str) -> dict[float, Path]:
+    """``{scale: root/x{label}}`` for every ``x<number>`` subfolder of ``root``."""
+    if not root.is_dir():
+        raise ValueError(f"{key}={str(root)!r} is not a folder (expected x<scale>/ subfolders, e.g. x2/, x2.5/)")
+    out = {}
+    for sub in sorted(root.iterdir()):
+        if sub.is_dir() and sub.name.startswith("x"):
+            try:
+                s = float(sub.name[1:])
+            except ValueError:
+                continue
+            if math.isfinite(s) and s >= 1.0:
+                out[s] = sub
+    if not out:
+        raise ValueError(f"{key}={str(root)!r} has no x<scale>/ subfolders (e.g. x2/, x2.5/); "
+                         f"for a synthesize.py output folder pass its LR/ or LR_hrsize/ folder")
+    return out
+
+
+def _stems(folder: Path) -> dict[str, Path]:
+    """``{relative path without suffix: file}`` of the images under ``folder``."""
+    return {p.relative_to(folder).with_suffix("").as_posix(): p for p in find_images(folder)}
+
+
+def _at_hr_size(x: Tensor, hr: Tensor, path: Path, scale: float) -> Tensor:
+    h, w = hr.shape[-2:]
+    relation = size_relation((w, h), (x.shape[-1], x.shape[-2]), scale)
+    if relation is None:
+        raise ValueError(f"size mismatch: {path} is {x.shape[-1]}x{x.shape[-2]}, but its HR image is {w}x{h}; "
+                         f"expected the same size or about 1/{scale_label(scale)} of it")
+    return x if relation == "same" else upsample_to(x, h, w)
+
+
+def evaluate_folders(generated: str | Path, real: str | Path, hr: str | Path, scales: Sequence[float] | None,
+                     settings: EvalSettings, seen_scales: Sequence[float] | None = None,
+                     device: str | torch.device = "cpu") -> EvalResult:
+    """Compare a folder of generated LR images with a folder of real LR images.
+
+    Layout: ``generated/x{s}/name.png`` (e.g. ``synthesize.py``'s ``out/LR`` or
+    ``out/LR_hrsize``), ``real/x{s}/name.*`` and ``hr/name.*``; LR images at true LR size
+    or HR size (true-size ones are bicubic-upsampled to HR size, as the data options do).
+    Method ``generated`` is the folder; ``bicubic`` / ``procedural`` in ``settings.methods``
+    are computed from the HR images. An image is evaluated when its HR image and every
+    requested scale exist in both folders; others are reported in ``failures``.
+
+    Raises:
+        ValueError naming the key (``generated``, ``real``, ``hr``, ``scales``) for a missing or
+        empty folder, or a requested scale missing from a folder.
+    """
+    # the folder is the generator; of the configured methods only the HR-only baselines apply
+    methods = ("generated",) + tuple(m for m in _methods(settings.methods, METHODS, allow_empty=True)
+                                     if m in FOLDER_METHODS)
+    gen_root, real_root, hr_root = Path(generated), Path(real), Path(hr)
+    gen_dirs, real_dirs = _scale_folders(gen_root, "generated"), _scale_folders(real_root, "real")
+    if not hr_root.is_dir():
+        raise ValueError(f"hr={str(hr_root)!r} is not a folder of HR images")
+    hr_files = _stems(hr_root)
+    if not hr_files:
+        raise ValueError(f"hr={str(hr_root)!r} holds no images")
+    wanted = _requested(scales, {f"generated={str(gen_root)!r}": list(gen_dirs), f"real={str(real_root)!r}": list(real_dirs)},
+                        "x<scale>/ folders")
+    gen_files = {s: _stems(gen_dirs[s]) for s in wanted}
+    real_files = {s: _stems(real_dirs[_match(s, list(real_dirs))]) for s in wanted}
+    for s in wanted:
+        if not gen_files[s]:
+            raise ValueError(f"generated={str(gen_dirs[s])!r} holds no images")
+        if not real_files[s]:
+            raise ValueError(f"real={str(real_dirs[_match(s, list(real_dirs))])!r} holds no images")
+    names = sorted(set().union(*(gen_files[s].keys() for s in wanted)))
+    if settings.max_images is not None:
+        names = names[: settings.max_images]
+    result = EvalResult(methods=methods, scales=wanted,
+                        seen_scales=None if seen_scales is None else [float(s) for s in seen_scales],
+                        settings={"generated": str(gen_root), "real": str(real_root), "hr": str(hr_root),
+                                  "methods": list(methods), "shave": settings.shave,
+                                  "procedural_seed": settings.procedural_seed})
+    collector = _Collector(result, _Scorer(settings, torch.device(device)), settings)
+    for name in names:
+        try:
+            if name not in hr_files:
+                raise ValueError(f"no HR image {name}.* under hr={str(hr_root)!r}")
+            hr_img = read_image(hr_files[name])[None]
+            real_imgs, gen_imgs = {}, {}
+            for s in wanted:
+                for key, files, dest in (("generated", gen_files[s], gen_imgs), ("real", real_files[s], real_imgs)):
+                    if name not in files:
+                        raise ValueError(f"no {key} image x{scale_label(s)}/{name}.*")
+                    dest[s] = _at_hr_size(read_image(files[name])[None], hr_img, files[name], s)
+            outputs: dict[str, dict[float, Tensor]] = {"generated": gen_imgs}
+            base, seconds = _hr_baselines(methods, hr_img, wanted, name, settings.procedural_seed)
+            outputs.update(base)
+            costs = {m: {"seconds": t, "nfe": None} for m, t in seconds.items()}
+            collector.add(name, hr_img, real_imgs, outputs, costs)
+        except (ValueError, OSError, RuntimeError) as err:
+            collector.fail(name, err)
+    _check_some_images(result, f"generated={str(gen_root)!r}")
+    return result
+
+
+# ------------------------------------------------------------------------------ writing
+def _fmt(v: float | None, metric: str) -> str:
+    if v is None:
+        return "–"  # not measured, or infinite (PSNR of identical images)
+    return f"{v:.2f}" if metric == "psnr_y" else f"{v:.4f}"
+
+
+def _scale_header(result: EvalResult, s: float) -> str:
+    return f"x{scale_label(s)}" + ("*" if result.heldout(s) else "")
+
+
+def markdown_table(result: EvalResult, title: str = "degflow evaluation") -> str:
+    """The paper-ready Markdown tables: a summary (seen / held-out) and one table per metric
+    with methods as rows and scales as columns (``*`` = held-out scale, best value bold)."""
+    per_scale, summary = result.per_scale(), result.summary()
+    lines = [f"# {title}", ""]
+    for k, v in result.settings.items():
+        lines.append(f"- {k}: `{json.dumps(v) if not isinstance(v, str) else v}`")
+    lines.append(f"- images: {result.images} evaluated, {len(result.failures)} skipped")
+    lines += ["", "## Summary", ""]
+    groups = ["seen", "heldout"] if result.seen_scales is not None else ["all"]
+    header = ["method"] + [f"{METRICS[m][0]} {g}" for g in groups for m in METRICS] + ["NFE", "s / image"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for m in result.methods:
+        row = [m]
+        for g in groups:
+            vals = summary[m].get(g) or {}
+            row += [_fmt(vals.get(k), k) for k in METRICS]
+        nfe = summary[m]["nfe"]
+        row += ["–" if nfe is None else f"{nfe:.0f}", _fmt(summary[m]["seconds_per_image"], "s")]
+        lines.append("| " + " | ".join(row) + " |")
+    if result.seen_scales is not None:
+        lines += ["", f"Seen (training) scales: {', '.join('x' + scale_label(s) for s in result.seen_scales)}; "
+                      "every other scale is held out (marked *)."]
+    for metric, (label, higher) in METRICS.items():
+        lines += ["", f"## {label} ({'higher' if higher else 'lower'} is better)", ""]
+        header = ["method"] + [_scale_header(result, s) for s in result.scales]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        best = {}
+        for s in result.scales:
+            vals = [per_scale[m].get(scale_label(s), {}).get(metric) for m in result.methods]
+            vals = [v for v in vals if v is not None]
+            best[s] = (max if higher else min)(vals) if vals else None
+        for m in result.methods:
+            row = [m]
+            for s in result.scales:
+                v = per_scale[m].get(scale_label(s), {}).get(metric)
+                cell = _fmt(v, metric)
+                row.append(f"**{cell}**" if v is not None and v == best[s] else cell)
+            lines.append("| " + " | ".join(row) + " |")
+    if result.failures:
+        lines += ["", "## Skipped images", ""] + [f"- {f['image']}: {f['error']}" for f in result.failures]
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(result: EvalResult) -> str:
+    """One row per (method, scale): mean metrics over the images."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["method", "scale", "heldout", "n", *METRICS])
+    for m, rows in result.per_scale().items():
+        for label, vals in rows.items():
+            writer.writerow([m, label, vals["heldout"], vals["n"],
+                             *("" if vals[k] is None else f"{vals[k]:.6f}" for k in METRICS)])
+    return buf.getvalue()
+
+
+def write_results(result: EvalResult, out_dir: str | Path, objective: float | None = None) -> dict[str, Path]:
+    """Write ``eval.json``, ``eval.md`` and ``eval.csv`` atomically into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "eval.json", "markdown": out / "eval.md", "csv": out / "eval.csv"}
+    atomic_write_text(paths["json"], json.dumps(result.to_json(objective), indent=1, allow_nan=False) + "\n")
+    atomic_write_text(paths["markdown"], markdown_table(result))
+    atomic_write_text(paths["csv"], csv_table(result))
+    return paths
+
+
+# ------------------------------------------------------------------------------ jobs
+def _solver_label(solver: Mapping[str, Any] | None) -> str:
+    if not solver:
+        return "?"
+    if solver.get("steps") is None:
+        return f"{solver['method']} rtol={solver.get('rtol'):g}"
+    return f"{solver['method']}/{solver['steps']}" + ("" if solver.get("output_mode", "grid") == "grid" else f"/{solver['output_mode']}")
+
+
+def write_plots(result: EvalResult, out_dir: str | Path) -> list[Path]:
+    """``metric_vs_scale.png`` and one ``crops_<image>.png`` per kept crop set."""
+    from degflow.viz.plots import plot_crops, plot_metric_vs_scale
+
+    out = Path(out_dir)
+    paths = [plot_metric_vs_scale(result.per_scale(), out / "metric_vs_scale.png")]
+    heldout = {s: result.heldout(s) for s in result.scales}
+    for i, (name, rows) in enumerate(result.crops.items()):
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        paths.append(plot_crops(rows, out / f"crops_{i}_{safe}.png", title=f"{name}: centre crops at HR pixel size",
+                                heldout=heldout))
+    return paths
+
+
+def _sweep_cell(column: str, value: Any) -> str:
+    if value is None or isinstance(value, str):
+        return "–" if value is None else value
+    if column == "nfe":
+        return f"{value:.0f}"
+    return _fmt(value, "psnr_y" if column.startswith("psnr") else column)
+
+
+def collect_sweep(root: str | Path, out_dir: str | Path | None = None, metric: str = "psnr_y") -> dict[str, Path]:
+    """Combine the ``eval.json`` files under a sweep folder (one per solver setting) into
+    ``sweep.md`` / ``sweep.csv`` (model rows: solver, NFE, s / image, seen and held-out
+    metrics) and ``psnr_vs_nfe.png``. Raises ValueError naming ``collect`` when none is found."""
+    from degflow.viz.plots import plot_psnr_vs_nfe
+
+    root = Path(root)
+    files = sorted(root.rglob("eval.json")) if root.is_dir() else []
+    rows = []
+    for f in files:
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+            model = data["summary"]["degflow"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        solver = data["settings"].get("solver") or {}
+        row = {"label": _solver_label(solver), "group": solver.get("method", "?"),
+               "run": str(f.parent.relative_to(root)),
+               "nfe": model.get("nfe"), "seconds_per_image": model.get("seconds_per_image")}
+        for g in ("seen", "heldout"):
+            for k in METRICS:
+                row[f"{k}_{g}"] = (model.get(g) or {}).get(k)
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"collect={str(root)!r}: no eval.json with a degflow model result under it")
+    rows.sort(key=lambda r: (r["nfe"] is None, r["nfe"] or 0))
+    out = Path(out_dir) if out_dir is not None else root
+    cols = ["label", "nfe", "seconds_per_image"] + [f"{k}_{g}" for g in ("heldout", "seen") for k in METRICS] + ["run"]
+    md = ["# Solver sweep", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(_sweep_cell(c, r[c]) for c in cols) + " |" for r in rows]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    paths = {"markdown": out / "sweep.md", "csv": out / "sweep.csv", "plot": out / "psnr_vs_nfe.png"}
+    atomic_write_text(paths["markdown"], "\n".join(md) + "\n")
+    atomic_write_text(paths["csv"], buf.getvalue())
+    plot_psnr_vs_nfe([{"label": r["label"], "group": r["group"], "nfe": r["nfe"],
+                       metric: r[f"{metric}_heldout"] if r[f"{metric}_heldout"] is not None else r[f"{metric}_seen"]}
+                      for r in rows], paths["plot"], metric=metric)
+    return paths
+
+
+def run(config: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    """One evaluation job from a plain config (``conf/evaluate.yaml``) into ``out_dir``.
+
+    Dispatches on the keys: ``collect`` (combine a sweep), ``generated`` (folder mode) or
+    ``ckpt`` (a checkpoint on ``data``'s evaluation split). Returns
+    ``{"objective": float | None, "paths": {...}}``.
+    """
+    if config.get("collect"):  # written into the sweep folder itself unless out= is given
+        return {"objective": None,
+                "paths": collect_sweep(config["collect"], config.get("out"), config.get("objective", "psnr_y"))}
+    out = Path(config["out"]) if config.get("out") else Path(out_dir)
+    ev = config["eval"]
+    settings = EvalSettings(
+        methods=tuple(config["methods"]) if not isinstance(config["methods"], str) else (config["methods"],),
+        shave=ev["shave"], lpips=ev["lpips"], lpips_backbone_weights=ev["lpips_backbone_weights"],
+        max_images=ev["max_images"], procedural_seed=config["procedural_seed"],
+        allow_extrapolation=config["allow_extrapolation"], crop_size=config["crops"]["size"],
+        crop_images=config["crops"]["images"], hr_size_output=ev["hr_size_output"],
+    )
+    scales = config.get("scales")
+    if scales is not None and not isinstance(scales, (list, tuple)):
+        scales = [scales]
+    metric = config.get("objective", "psnr_y")
+    if metric not in METRICS:
+        raise ValueError(f"objective={metric!r} is not one of {list(METRICS)}")
+    if config.get("generated"):
+        for key in ("real",):
+            if not config.get(key):
+                raise ValueError(f"{key}: folder mode (generated=...) needs real=<folder with x<s>/ real LR images>")
+        hr = config.get("hr") or str(Path(config["generated"]).parent / "HR")
+        result = evaluate_folders(config["generated"], config["real"], hr, scales, settings,
+                                  seen_scales=config.get("seen_scales"), device=resolve_device(config["device"]))
+        objective = result.objective("generated", metric)
+    else:
+        if not config.get("ckpt"):
+            raise ValueError("ckpt: give a stage-2 checkpoint (ckpt=path/to/lfm.ckpt), or generated=... real=... "
+                             "to evaluate a folder, or collect=... to combine a sweep")
+        synth = load_model(config["ckpt"], config["device"], config["solver"], config["precision"],
+                           config["tile_size"], config["tile_overlap"])
+        data_settings = dict(config["data"])
+        data = build_data(option_of_target(data_settings.pop("_target_", "")), **data_settings)
+        result = evaluate_dataset(synth, evaluation_split(data), data.val_scales, scales, settings,
+                                  description=data.description)
+        result.settings["checkpoint"] = str(config["ckpt"])
+        objective = result.objective("degflow", metric) if "degflow" in result.methods else None
+    paths = write_results(result, out, objective)
+    if config.get("plots", True):
+        paths["plots"] = write_plots(result, out)
+    return {"objective": objective, "paths": paths, "result": result}

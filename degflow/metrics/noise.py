@@ -1,0 +1,174 @@
+"""Noise-statistics metrics of generated degradations: KL and AKLD of the residuals LR - HR.
+
+PSNR / SSIM / LPIPS compare a generated LR image with the real one pixel by pixel; a
+degradation model can also be judged by whether the *statistics* of its degradation match
+the real ones, wherever the pixels lie. The two measures used in this line of work
+(noise modelling: DANet, C2N, NeCA, NAFlow; the DegFlow authors report the same pair):
+
+KL (histogram KL divergence). Residuals ``r = LR - HR`` of both images on the 8-bit scale
+(integers in [-255, 255]: both images quantized to 8 bit first, as saved), all pixels and
+channels of one image pooled into a histogram with bins of width 4 on [-260, 260) (130
+bins). Each bin count gets +1 (Laplace smoothing, so no bin is empty), ``p = (n + 1) / (N +
+130)``. KL is the forward divergence from the real to the generated histogram,
+``KL = sum_k p_real[k] log(p_real[k] / p_gen[k])``. Source: the sRGB evaluation of
+Noise2NoiseFlow (Kousha et al., CVPR 2022), used by NeCA / NAFlow (Kim et al., ICCV 2023;
+D. Kim is also a DegFlow author) with these bins.
+
+AKLD (average KL divergence, Yue et al., "Dual Adversarial Network", ECCV 2020). At every
+pixel and channel the local variance of each residual is estimated as the 7x7
+Gaussian-weighted mean of ``r^2`` (window std 1.4, OpenCV's default for a 7-tap kernel;
+reflected borders; floored at 1e-10), on images in [0, 1]. Treating the residuals as
+zero-mean Gaussians with these variances, the per-pixel KL divergence
+``KL(N(0, v_gen) || N(0, v_real)) = (rho - 1 - log rho) / 2`` with ``rho = v_gen / v_real``
+clipped to [0.1, 10] is averaged over pixels and channels: one value per image. "Average"
+refers to this mean (and, for stochastic generators, the mean over samples; DegFlow is
+deterministic).
+
+Lower is better for both; 0 when the generated degradation equals the real one.
+
+:func:`noise_sigma` is a no-reference noise level of one grey image (Immerkaer 1996).
+All functions take images in [-1, 1], ``[B, 3, H, W]`` (or ``[3, H, W]``), every image of a
+triple the same size, and return ``[B]`` float64 tensors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "KL_BIN_WIDTH",
+    "KL_EDGE",
+    "AKLD_WINDOW",
+    "AKLD_SIGMA",
+    "residual_8bit",
+    "residual_histogram",
+    "histogram_kl",
+    "local_variance",
+    "akld",
+    "noise_sigma",
+]
+
+#: Histogram bin width on the 8-bit residual scale, and the half range: bins [-260, 260).
+KL_BIN_WIDTH = 4
+KL_EDGE = 260
+#: AKLD local-variance window side, and the std of its Gaussian weights (OpenCV's default for 7).
+AKLD_WINDOW = 7
+AKLD_SIGMA = 1.4  # OpenCV: 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8 for ksize 7
+#: AKLD variance-ratio clip (DANet).
+_RATIO_MIN, _RATIO_MAX = 0.1, 10.0
+
+
+def _triple(lr: Tensor, real: Tensor, hr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    out = []
+    for name, x in (("generated", lr), ("real", real), ("hr", hr)):
+        if not isinstance(x, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        x = x[None] if x.ndim == 3 else x
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"{name} must be [3, H, W] or [B, 3, H, W] in [-1, 1], got shape {tuple(x.shape)}")
+        out.append(x.detach())
+    if not out[0].shape == out[1].shape == out[2].shape:
+        raise ValueError(
+            "generated, real and hr images must have the same shape (LR stored at HR pixel size); got "
+            f"{tuple(out[0].shape)}, {tuple(out[1].shape)} and {tuple(out[2].shape)}"
+        )
+    return out[0], out[1], out[2]
+
+
+def _to_8bit(x: Tensor) -> Tensor:
+    """[-1, 1] -> float64 integers 0..255 (as when the image is saved)."""
+    return torch.round(((x.to(torch.float64) + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0)
+
+
+def residual_8bit(lr: Tensor, hr: Tensor) -> Tensor:
+    """Degradation residual ``LR - HR`` on the 8-bit scale: integers in [-255, 255], float64.
+
+    ``lr``, ``hr``: ``[B, 3, H, W]`` in [-1, 1] (same shape) -> ``[B, 3, H, W]``.
+    """
+    return _to_8bit(lr) - _to_8bit(hr)
+
+
+def residual_histogram(residual: Tensor) -> Tensor:
+    """Laplace-smoothed histogram of each image's 8-bit residuals: ``[B, ...] -> [B, 130]``.
+
+    Bins of width :data:`KL_BIN_WIDTH` on ``[-KL_EDGE, KL_EDGE)`` (left-closed), counts + 1,
+    normalized to sum 1.
+    """
+    n_bins = 2 * KL_EDGE // KL_BIN_WIDTH
+    flat = residual.flatten(1)
+    idx = torch.floor((flat + KL_EDGE) / KL_BIN_WIDTH).long().clamp(0, n_bins - 1)     # [B, N]
+    counts = torch.zeros(flat.shape[0], n_bins, dtype=torch.float64, device=flat.device)
+    counts.scatter_add_(1, idx, torch.ones_like(flat, dtype=torch.float64))
+    counts += 1.0
+    return counts / counts.sum(dim=1, keepdim=True)
+
+
+def histogram_kl(generated: Tensor, real: Tensor, hr: Tensor) -> Tensor:
+    """KL divergence from the real to the generated residual histogram, per image, ``[B]``.
+
+    ``KL = sum_k p_real log(p_real / p_gen)`` over the histograms of
+    :func:`residual_histogram` of ``real - hr`` and ``generated - hr`` (module docstring:
+    definition and source).
+    """
+    generated, real, hr = _triple(generated, real, hr)
+    p_real = residual_histogram(residual_8bit(real, hr))
+    p_gen = residual_histogram(residual_8bit(generated, hr))
+    return (p_real * (p_real.log() - p_gen.log())).sum(dim=1)
+
+
+def _gaussian_window(dtype: torch.dtype, device: torch.device) -> Tensor:
+    ax = torch.arange(AKLD_WINDOW, dtype=dtype, device=device) - (AKLD_WINDOW - 1) / 2
+    g = torch.exp(-(ax**2) / (2 * AKLD_SIGMA**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]                                                     # [7, 7]
+
+
+def local_variance(residual: Tensor) -> Tensor:
+    """Local variance of a zero-mean residual: 7x7 Gaussian-weighted mean of ``r^2``.
+
+    ``residual``: ``[B, C, H, W]`` -> ``[B, C, H, W]`` (reflected borders, floor 1e-10).
+    """
+    b, c, h, w = residual.shape
+    pad = AKLD_WINDOW // 2
+    sq = residual.to(torch.float64) ** 2
+    mode = "reflect" if min(h, w) > pad else "replicate"
+    win = _gaussian_window(torch.float64, residual.device).expand(c, 1, AKLD_WINDOW, AKLD_WINDOW)
+    return F.conv2d(F.pad(sq, (pad, pad, pad, pad), mode=mode), win, groups=c).clamp_min(1e-10)
+
+
+def akld(generated: Tensor, real: Tensor, hr: Tensor) -> Tensor:
+    """Average KL divergence (DANet's AKLD) of the generated vs the real residual, ``[B]``.
+
+    Mean over pixels and channels of ``(rho - 1 - log rho) / 2``, ``rho = v_gen / v_real``
+    clipped to [0.1, 10], with ``v`` the :func:`local_variance` of ``LR - HR`` on images in
+    [0, 1], both quantized to 8 bit (module docstring: definition and source).
+    """
+    generated, real, hr = _triple(generated, real, hr)
+    v_gen = local_variance(residual_8bit(generated, hr) / 255.0)
+    v_real = local_variance(residual_8bit(real, hr) / 255.0)
+    rho = (v_gen / v_real).clamp(_RATIO_MIN, _RATIO_MAX)
+    return (0.5 * (rho - 1.0 - torch.log(rho))).flatten(1).mean(dim=1)
+
+
+def noise_sigma(gray: Tensor) -> Tensor:
+    """Immerkaer's noise standard deviation estimate (Immerkaer 1996, "Fast noise variance estimation").
+
+    sigma = sqrt(pi / 2) / (6 (H - 2) (W - 2)) * sum |I * M| over the valid pixels, with the
+    Laplacian-difference mask M = [[1, -2, 1], [-2, 4, -2], [1, -2, 1]] (blind to planes and
+    ramps; texture inflates it, so it over-estimates on detailed images).
+
+    Args:
+        gray: ``[B, 1, H, W]`` (H, W >= 3).
+    Returns:
+        ``[B]`` float64, in the units of ``gray``.
+    """
+    if gray.ndim != 4 or gray.shape[1] != 1 or min(gray.shape[-2:]) < 3:
+        raise ValueError(f"noise_sigma: expected a [B, 1, H, W] grey batch with H, W >= 3, got {tuple(gray.shape)}")
+    m = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], dtype=torch.float64,
+                     device=gray.device).view(1, 1, 3, 3)
+    r = F.conv2d(gray.to(torch.float64), m).abs().flatten(1)                      # [B, (H-2)(W-2)]
+    return math.sqrt(math.pi / 2) * r.sum(1) / (6.0 * r.shape[1])

@@ -1,0 +1,341 @@
+"""Downstream SR comparison (issue #16): do SR networks trained on degflow-generated pairs beat
+those trained on bicubic, procedural (Real-ESRGAN) or only the real discrete-scale pairs?
+
+One command, a Hydra multirun with one job per (training set, network, seed)::
+
+    python -m degflow sr-compare -m sr_setup=realsr_x4 ckpt=<degflow lfm checkpoint> \\
+        trainset=bicubic,procedural,real,degflow,degflow_photos seed=0,1
+    python -m degflow sr-compare -m sr_setup=demo ckpt=<demo lfm checkpoint> \\
+        trainset=bicubic,procedural,real,degflow,oracle,degflow_photos seed=0
+    # on SLURM, one job per training set and seed: add hydra/launcher=cpu (or gpu)
+
+Each job (``conf/sr_compare.yaml``):
+1. prepares what its training set needs, cached under ``cache=`` and reused by every job and seed
+   (a file lock serialises jobs that share a cache): the Canon split of ``experiments/reproduce/realsr_x4.py``
+   or the demo photos with their real (procedural camera) LR, and ``synthesize.py``'s job
+   (:func:`degflow.jobs.lr_dataset.write_lr_dataset`: degflow LR + bicubic + procedural baselines)
+   on the training HR images and, for ``degflow_photos``, on the HR-only photos;
+2. trains the SR network (:func:`degflow.sr.fit.train_sr`; resumes from its ``last.pt``);
+3. scores it on every test set (:func:`degflow.sr.scoring.score_pairs`) and writes ``result.json``
+   (metrics per test set and scale, per image, the training / generation wall seconds and threads).
+
+The degflow checkpoint is an input: nothing here trains degflow. Nikon (``sr_setup=realsr_x4``) is
+read only by scoring. When the multirun ends, :class:`CollectOnMultirunEnd` writes
+``<out>/results.md``, ``results.json`` and ``results.png`` (mean ± sample SD over seeds);
+``mode=collect`` does the same for the runs already under ``<out>/runs``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from degflow.infra.files import atomic_write_json, atomic_write_text
+from degflow.viz.tables import fmt, mean_sd
+
+log = logging.getLogger(__name__)
+
+METRICS = ("psnr_y", "ssim_y", "lpips")
+NEEDS_GENERATION = ("bicubic", "procedural", "degflow", "degflow_photos")
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path`` (jobs sharing a cache build it once, one at a time)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ----------------------------------------------------------------------------- data preparation
+def _prepare_demo(setup: dict, root: Path) -> None:
+    """``root/{train,test}/HR`` + ``LR/x{s}``: the demo photos and their real LR (true LR size)."""
+    from degflow.core.resize import resize_to_lr
+    from degflow.core.scales import scale_key
+    from degflow.data import build_data
+    from degflow.data.images import write_image
+
+    done = root / "prepared.json"
+    train_scales = sorted({1.0, *map(float, setup["real_scales"]), *map(float, setup["gen_scales"]),
+                           *map(float, setup["test_scales"])})
+    wanted = {"train_scales": train_scales[1:], "test_scales": [float(s) for s in setup["test_scales"]],
+              "max_side": setup["max_side"], "data_seed": setup["data_seed"]}
+    if done.is_file():
+        have = json.loads(done.read_text(encoding="utf-8"))
+        if {k: have.get(k) for k in wanted} != wanted:
+            raise ValueError(f"cache={root.parent} holds demo pairs prepared with other settings "
+                             f"({ {k: have.get(k) for k in wanted} }, now {wanted}); use another cache=")
+        return
+    bundle = build_data("demo", train_scales=train_scales, val_scales=train_scales, crop_size=32,
+                        samples_per_epoch=1, multiple_of=8, val_max_size=None, seed=setup["data_seed"],
+                        max_side=setup["max_side"], val_fraction=setup["val_fraction"])
+    for part, records, scales in (("train", bundle.train.records, train_scales[1:]),
+                                  ("test", bundle.test.records, setup["test_scales"])):
+        for rec in records:
+            write_image(root / part / "HR" / f"{rec.name}.png", rec.hr_image)
+            for s in scales:
+                write_image(root / part / "LR" / scale_key(s) / f"{rec.name}.png",
+                            resize_to_lr(rec.lr_images[float(s)], float(s)))
+    atomic_write_json(done, {"train": [r.name for r in bundle.train.records], "test": [r.name for r in bundle.test.records],
+                      **wanted})
+
+
+def _generate(cfg: dict, hr_dir: Path, out_dir: Path, baselines: list[str]) -> float:
+    """``synthesize.py``'s job on ``hr_dir`` at the generation scales (resumes; cached); wall seconds."""
+    from degflow.generation import Synthesizer
+    from degflow.jobs.lr_dataset import write_lr_dataset
+
+    setup = cfg["sr_setup"]
+    start = time.perf_counter()
+    with _locked(out_dir.parent / f".{out_dir.name}.lock"):
+        synth = Synthesizer.from_checkpoint(cfg["ckpt"], device=cfg["device"])
+        summary = write_lr_dataset(synth, hr_dir, out_dir, [float(s) for s in setup["gen_scales"]], size="lr",
+                                   baselines=baselines, procedural_seed=cfg["procedural_seed"], progress=False)
+    if summary.failed:
+        raise RuntimeError(f"generation failed for {summary.failed} image(s) of {hr_dir}: see {out_dir}/failed.jsonl")
+    seconds = time.perf_counter() - start
+    record = out_dir / "generation_seconds.json"
+    if summary.processed:   # the run that built it records its cost; later runs reuse it
+        atomic_write_json(record, {"seconds": seconds, "images": summary.images, "scales": setup["gen_scales"],
+                            "threads": _threads()})
+    return seconds
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def prepare(cfg: dict) -> dict[str, Any]:
+    """The training set's pair folders and the test pairs of ``cfg`` (building the cache as needed)."""
+    from degflow.data.sr_pairs import find_pairs, lr_folder, pair_folder, training_set
+    from degflow.infra.files import file_sha256
+
+    setup, name = cfg["sr_setup"], cfg["trainset"]
+    cache = Path(cfg["cache"])
+    if setup["kind"] == "realsr_x4":
+        from realsr_x4 import make_split
+
+        canon, nikon = Path(setup["canon"]).resolve(), Path(setup["nikon"]).resolve()
+        if canon == nikon:
+            raise ValueError("sr_setup.canon and sr_setup.nikon are the same folder; Nikon is evaluation-only")
+        with _locked(cache / ".split.lock"):
+            make_split(canon, cache / "split")
+        src = cache / "split"
+        tests = {"canon_test": [pair_folder(src / "test", setup["test_scales"], "canon_test")],
+                 "nikon": [pair_folder(nikon, setup["test_scales"], "nikon")]}
+    elif setup["kind"] == "demo":
+        src = cache / "demo"
+        with _locked(cache / ".demo.lock"):
+            _prepare_demo(setup, src)
+        tests = {"demo_test": [pair_folder(src / "test", setup["test_scales"], "demo_test")]}
+    else:
+        raise ValueError(f"sr_setup.kind={setup['kind']!r} is not one of ['realsr_x4', 'demo']")
+    real_scales = sorted({float(s) for s in [*setup["real_scales"], *setup["gen_scales"], *setup["test_scales"]]
+                          if lr_folder(src / "train", s).is_dir()})
+    real = pair_folder(src / "train", real_scales, "real") if real_scales else None
+    gen_seconds: dict[str, float] = {}
+    generated, photos = None, []
+    if name in NEEDS_GENERATION:
+        gen_root = cache / f"gen-{file_sha256(cfg['ckpt'])[:12]}"
+        generated = gen_root / "train"
+        gen_seconds["train"] = _generate(cfg, src / "train" / "HR", generated, ["bicubic", "procedural"])
+        if name == "degflow_photos":
+            for p in setup["photos"]:
+                out = gen_root / f"photos-{Path(p).name}"
+                gen_seconds[out.name] = _generate(cfg, Path(p).resolve(), out, [])
+                photos.append(out)
+    folders = training_set(name, real=real, generated=generated, hr_root=generated, real_scales=setup["real_scales"],
+                           gen_scales=setup["gen_scales"], test_scales=setup["test_scales"], photos=photos)
+    test_pairs = {k: find_pairs(v) for k, v in tests.items()}
+    if cfg["eval"]["max_images"]:
+        n = int(cfg["eval"]["max_images"])
+        test_pairs = {k: [p for s in sorted({q.scale for q in v}) for p in [q for q in v if q.scale == s][:n]]
+                      for k, v in test_pairs.items()}
+    return {"folders": folders, "tests": test_pairs, "generation_seconds": gen_seconds,
+            "generation_cache": str(generated.parent) if generated else None}
+
+
+# ----------------------------------------------------------------------------- one job
+def _summary(rows: list[dict]) -> dict[str, dict[str, float | None]]:
+    """``{x{s}: {metric: mean}, "all": ...}`` of per-image rows."""
+    from degflow.core.scales import scale_key
+
+    out = {}
+    for key, sel in [(scale_key(s), [r for r in rows if r["scale"] == s]) for s in sorted({r["scale"] for r in rows})] \
+            + [("all", rows)]:
+        out[key] = {m: mean_sd([r[m] for r in sel])[0] for m in METRICS}
+        out[key]["images"] = len(sel)
+    return out
+
+
+def _bicubic_reference(cache: Path, test: str, pairs: list, lpips, device) -> dict:
+    """The scores of bicubic interpolation (no network) on ``pairs``, computed once per cache."""
+    from degflow.sr.scoring import score_pairs
+
+    path = cache / "bicubic_reference" / f"{test}-{len(pairs)}-lpips{int(lpips is not None)}.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    summary = _summary(score_pairs(None, pairs, lpips, device))
+    atomic_write_json(path, summary)
+    return summary
+
+
+def run_job(cfg: dict, run_dir: Path) -> dict:
+    import torch
+
+    from degflow.data.sr_pairs import find_pairs, load_pairs
+    from degflow.infra.runtime import resolve_device, seed_everything
+    from degflow.metrics.perceptual import load_lpips
+    from degflow.models.sr import build_sr_model
+    from degflow.sr.fit import SRTrainSettings, train_sr
+    from degflow.sr.scoring import score_pairs
+
+    setup, sr = cfg["sr_setup"], cfg["sr"]
+    device = resolve_device(cfg["device"])
+    prep = prepare(cfg)
+    pairs = find_pairs(prep["folders"])
+    counts: dict[str, dict[str, int]] = {}
+    for p in pairs:
+        counts.setdefault(p.source, {}).setdefault(f"x{p.scale:g}", 0)
+        counts[p.source][f"x{p.scale:g}"] += 1
+    log.info("training set %s: %d pairs %s", cfg["trainset"], len(pairs), counts)
+    data = load_pairs(pairs)
+    settings = SRTrainSettings(**{k: sr[k] for k in SRTrainSettings.__dataclass_fields__})
+    scale = None
+    if sr["network"] == "edsr":
+        if len(setup["test_scales"]) != 1:
+            raise ValueError(f"sr.network=edsr is a fixed-scale network: sr_setup.test_scales must be one scale, "
+                             f"got {setup['test_scales']}")
+        scale = setup["test_scales"][0]
+    seed_everything(cfg["seed"])
+    model = build_sr_model(sr["network"], scale, **{k: v for k, v in sr.items() if k != "network"})
+    training = train_sr(model, data, settings, cfg["seed"], run_dir, log=log.info)
+    model.to(device).eval()
+    lpips = load_lpips("alex", cfg["lpips_weights"], device=device, config_key="lpips_weights") \
+        if cfg["eval"]["lpips"] else None
+    start = time.perf_counter()
+    scores, reference = {}, {}
+    for test, tpairs in prep["tests"].items():
+        rows = score_pairs(model, tpairs, lpips, device)
+        scores[test] = {"summary": _summary(rows), "images": rows}
+        reference[test] = _bicubic_reference(Path(cfg["cache"]), test, tpairs, lpips, device)
+    return {
+        "setup": setup["name"], "trainset": cfg["trainset"], "network": sr["network"], "seed": cfg["seed"],
+        "training_pairs": counts, "training": training, "threads": torch.get_num_threads(), "device": str(device),
+        "generation_seconds": prep["generation_seconds"], "generation_cache": prep["generation_cache"],
+        "eval_seconds": time.perf_counter() - start, "scores": scores, "bicubic_interpolation": reference,
+        "ckpt": str(cfg["ckpt"]), "settings": sr,
+    }
+
+
+# ----------------------------------------------------------------------------- collect
+def _label(test: str, scale_key: str) -> str:
+    return f"{test} {scale_key}"
+
+
+def aggregate(results: list[dict]) -> dict:
+    """``{network: {trainset: {"cells": {test x{s}: {metric: [mean, sd, n]}}, "train_seconds": [...],
+    "generation_seconds", "threads", "seeds"}}}`` plus the bicubic-interpolation reference row."""
+    out: dict[str, dict[str, dict]] = {}
+    for net in sorted({r["network"] for r in results}):
+        out[net] = {}
+        rows = [r for r in results if r["network"] == net]
+        order = [t for t in ("bicubic", "procedural", "real", "degflow", "oracle", "degflow_photos")
+                 if any(r["trainset"] == t for r in rows)]
+        for t in order:
+            runs = sorted((r for r in rows if r["trainset"] == t), key=lambda r: r["seed"])
+            cells = {}
+            for test, sc in runs[0]["scores"].items():
+                for key in sc["summary"]:
+                    if key == "all":
+                        continue
+                    cells[_label(test, key)] = {m: list(mean_sd([r["scores"][test]["summary"][key][m] for r in runs]))
+                                                for m in METRICS}
+            out[net][t] = {"cells": cells, "seeds": [r["seed"] for r in runs],
+                           "train_seconds": list(mean_sd([r["training"]["seconds_total"] for r in runs])),
+                           "generation_seconds": runs[0]["generation_seconds"],
+                           "threads": sorted({r["threads"] for r in runs}), "pairs": runs[0]["training_pairs"]}
+        ref = rows[0]["bicubic_interpolation"]
+        out[net]["(bicubic interpolation, no network)"] = {
+            "cells": {_label(test, k): {m: [v[m], None, 1] for m in METRICS} for test, s in ref.items()
+                      for k, v in s.items() if k != "all"},
+            "seeds": [], "train_seconds": [None, None, 0], "generation_seconds": {}, "threads": [], "pairs": {}}
+    return out
+
+
+def markdown(agg: dict, generation: dict[str, float]) -> str:
+    from degflow.data.sr_pairs import TRAINING_SETS
+
+    lines = []
+    for net, sets in agg.items():
+        cols = list(next(iter(sets.values()))["cells"])
+        lines += [f"### {net}", "", "| training set | seeds | " + " | ".join(f"{c} PSNR-Y / SSIM-Y / LPIPS" for c in cols)
+                  + " | train s (mean) | threads |", "|" + "---|" * (len(cols) + 4)]
+        best = {c: max((s["cells"][c]["psnr_y"][0] for s in sets.values() if c in s["cells"]
+                        and s["cells"][c]["psnr_y"][0] is not None), default=None) for c in cols}
+        for t, s in sets.items():
+            cells = []
+            for c in cols:
+                v = s["cells"].get(c)
+                if v is None:
+                    cells.append("–")
+                    continue
+                p = fmt(v["psnr_y"][0], v["psnr_y"][1], "psnr_y")
+                p = f"**{p}**" if v["psnr_y"][0] is not None and v["psnr_y"][0] == best[c] else p
+                cells.append(f"{p} / {fmt(v['ssim_y'][0], v['ssim_y'][1], 'ssim_y')} / "
+                             f"{fmt(v['lpips'][0], v['lpips'][1], 'lpips')}")
+            secs = s["train_seconds"][0]
+            lines.append(f"| {t} | {','.join(map(str, s['seeds'])) or '–'} | " + " | ".join(cells)
+                         + f" | {'–' if secs is None else f'{secs:.0f}'} | {','.join(map(str, s['threads'])) or '–'} |")
+        lines.append("")
+    lines.append("Training sets: " + "; ".join(f"`{k}` {v}" for k, v in TRAINING_SETS.items()) + ".")
+    lines.append("Mean ± sample SD over the seeds listed (SR training seeds; the data and the degflow model are "
+                 "the same for every seed); bold = best PSNR-Y per column. Y channel BT.601 in [16, 235], "
+                 "data range 255, border shave = ceil(scale), SSIM on Y, LPIPS AlexNet on RGB.")
+    if generation:
+        lines.append("Generation (cached, shared by the sets that use it, wall seconds when built): "
+                     + ", ".join(f"{k} {v:.0f} s" for k, v in generation.items()) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def collect(out: Path) -> dict:
+    """Tables of every ``result.json`` under ``out/runs`` -> ``out/results.{md,json,png}``."""
+    from degflow.viz.plots import plot_method_bars
+
+    results = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / "runs").rglob("result.json"))]
+    if not results:
+        raise ValueError(f"no result.json under {out / 'runs'}: run the jobs first")
+    agg = aggregate(results)
+    generation = {}
+    for cache in sorted({r["generation_cache"] for r in results if r["generation_cache"]}):
+        for rec in sorted(Path(cache).glob("*/generation_seconds.json")):
+            generation[rec.parent.name] = json.loads(rec.read_text(encoding="utf-8"))["seconds"]
+    table = markdown(agg, generation)
+    atomic_write_text(out / "results.md", f"# Downstream SR: {results[0]['setup']}\n\n" + table)
+    atomic_write_json(out / "results.json", {"aggregate": agg, "generation_seconds": generation,
+                                      "runs": [{k: v for k, v in r.items() if k != "scores"} | {
+                                          "scores": {t: s["summary"] for t, s in r["scores"].items()}}
+                                               for r in results]})
+    cells = [c for sets in agg.values() for c in next(iter(sets.values()))["cells"]]
+    one_test = len({c.rsplit(" ", 1)[0] for c in cells}) == 1      # then the scale alone labels a bar group
+
+    def group(net: str, c: str) -> str:
+        c = c.rsplit(" ", 1)[1] if one_test else c
+        return c if len(agg) == 1 else f"{net} {c}"
+    plot = {m: {group(net, c): {t: tuple(s["cells"][c][m][:2]) for t, s in sets.items() if c in s["cells"]}
+                for net, sets in agg.items() for c in next(iter(sets.values()))["cells"]} for m in METRICS}
+    plot_method_bars(plot, out / "results.png")
+    print(table, flush=True)
+    print(f"table: {out / 'results.md'}\njson: {out / 'results.json'}\nplot: {out / 'results.png'}", flush=True)
+    return agg

@@ -1,0 +1,1 @@
+"""What results look like: image strips, plots (PNG, matplotlib Agg) and tables."""
