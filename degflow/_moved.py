@@ -95,6 +95,7 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    """Put the alias finder on ``sys.meta_path`` (once), after the regular finders."""
+    """Put the alias finder first on ``sys.meta_path`` (once): an old name is never a real module
+    any more, and a stale copy of an old file elsewhere (an old install) must not shadow the alias."""
     if not any(isinstance(f, _Finder) for f in sys.meta_path):
-        sys.meta_path.append(_Finder())
+        sys.meta_path.insert(0, _Finder())

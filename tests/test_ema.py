@@ -37,7 +37,7 @@ def test_ema_decay_warms_up_as_one_plus_n_over_ten_plus_n_and_stops_at_the_confi
 
 @pytest.mark.parametrize("bad", [0.0, 1.0, 1.5, -0.1, True, "0.9"])
 def test_a_bad_ema_decay_names_the_key_and_the_valid_range(bad):
-    with pytest.raises(ValueError, match=r"stage.ema_decay must be null .* in \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"stage.ema_decay must be a number in \(0, 1\) such as 0.999 \(null: no EMA\)"):
         check_ema_decay(bad)
 
 

@@ -379,7 +379,7 @@ def test_a_checkpoint_path_from_a_real_sweep_passes_back_unquoted(tmp_path):
 
 
 @pytest.mark.parametrize("override, says", [
-    ("stage.batch_size=0", "stage.batch_size must be a positive integer"),
+    ("stage.batch_size=0", "stage.batch_size must be an integer >= 1"),
     ("rae_ckpt=a=b", "rae_ckpt=a=b"),
     ("output_root=/proc/degflow-cannot-write-here", "/proc/degflow-cannot-write-here"),
 ])

@@ -51,6 +51,7 @@ from PIL import Image
 from torch import Tensor
 
 from degflow.core.scales import scale_label
+from degflow.infra.checks import check_positive_int
 
 __all__ = [
     "KERNEL_KINDS",
@@ -131,7 +132,7 @@ class ProceduralSettings:
 
 # ------------------------------------------------------------------------------ kernels
 def _check_kernel_size(size: int) -> None:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
+    if check_positive_int(size, "kernel size", hint=" (odd)") % 2 == 0:
         raise ValueError(f"kernel size must be an odd integer >= 1, got {size!r}")
 
 

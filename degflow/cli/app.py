@@ -15,16 +15,18 @@ dataclasses and numbers.
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import hashlib
 import os
 import re
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Callable
 
 import hydra
-from hydra.errors import HydraException
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -165,6 +167,7 @@ def run_cli(task: Callable[[DictConfig], Any], config_name: str, *,
             statuses.append(int(exit_status(result)))
         return result
 
+    _APP.update(config=config_name, name=command_name())
     app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(guarded)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing; reported here
     try:
@@ -178,6 +181,19 @@ def run_cli(task: Callable[[DictConfig], Any], config_name: str, *,
             os.environ.pop("HYDRA_FULL_ERROR", None)
     if max(statuses, default=0):
         raise SystemExit(max(statuses))
+
+
+def command_name() -> str:
+    """How the user called this command: ``train.py``, ``python -m degflow evaluate``, ``python -m degflow.evaluate``."""
+    argv0 = sys.argv[0]
+    if " " in argv0:                                   # the dispatcher: "<path>/__main__.py <tool>"
+        return f"python -m degflow {argv0.rsplit(' ', 1)[1]}"
+    path = Path(argv0)
+    if path.name in ("__main__.py", "-c") or not path.suffix:
+        return "python -m degflow"
+    if path.parent.name == "cli" and path.parent.parent.name == "degflow":   # python -m degflow.<old name>
+        return f"python -m degflow.{'data.check' if path.stem == 'check_data' else path.stem}"
+    return path.name
 
 
 def debug() -> bool:
@@ -210,27 +226,79 @@ def run_tool(main: Callable[[list[str]], int | None], argv: list[str] | None = N
     raise SystemExit(int(status or 0))
 
 
-def compose(config_name: str, overrides: Iterable[str], job_name: str) -> DictConfig:
+def compose(config_name: str, overrides: Iterable[str], job_name: str, remember: bool = True) -> DictConfig:
     """Compose ``conf/{config_name}.yaml`` with ``overrides`` without starting a Hydra run
     (no run folder, no log file). Errors in the overrides raise Hydra's exceptions
     (usage errors for :func:`run_tool`)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    if remember:
+        _APP.update(config=config_name, name=command_name())
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name=job_name):
         return hydra_compose(config_name, overrides=list(overrides))
 
 
 def _print_usage_error(err: BaseException) -> None:
+    print(f"error: {usage_message(err)}", file=sys.stderr, flush=True)
+
+
+def usage_message(err: BaseException) -> str:
+    """One line for a usage or environment error: Hydra's multi-line messages condensed (an
+    unknown key gets a "did you mean", an unknown option the valid ones), OS errors named."""
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file and "/" in err.missing_cfg_file:
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        options = sorted(err.options or [])
+        close = difflib.get_close_matches(name, options, n=1)
+        return (f"{group}={name!r} is not one of {options}"
+                + (f" (did you mean {group}={close[0]}?)" if close else ""))
     message = str(err).strip() or type(err).__name__
+    unknown = re.match(r"Could not override '([^']+)'", message)
+    if unknown:
+        key = unknown.group(1)
+        close = _close_keys(key)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return (f"{key!r} is not a setting of {_APP['name'] or 'this command'}{hint} "
+                f"(--help lists the settings; +{key}=... adds a new key on purpose)")
     cause = str(err.__cause__ or "").strip().splitlines()
-    if cause and cause[0] not in message:  # Hydra: "Could not override 'k'" caused by "Key 'k' not in ..."
-        message = f"{message}\n{cause[0]}"
-    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+    if cause and cause[0] not in message:  # Hydra: "Could not ..." caused by "Key 'k' not in ..."
+        message = f"{message}: {cause[0]}"
+    if isinstance(err, OSError) and not isinstance(err, (FileNotFoundError, HydraException)):
         message = f"{type(err).__name__}: {message}"
     if getattr(err, "override", None):  # Hydra's parser names the override apart from its message
         message = f"cannot parse the override {err.override!r} (quote a value holding '=' or ','): {message}"
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    message = message.split("\nConfig search path:")[0]
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+#: the config of the command being run (for "did you mean"): set by run_cli / compose
+_APP: dict[str, Any] = {"name": None, "config": None}
+
+
+def _close_keys(key: str) -> list[str]:
+    """Settings of the running command's config whose dotted name is close to ``key``."""
+    if not _APP["config"]:
+        return []
+    try:
+        from hydra.core.global_hydra import GlobalHydra
+
+        GlobalHydra.instance().clear()          # the failed app left it initialized; the process is ending
+        cfg = compose(_APP["config"], [], job_name="did_you_mean", remember=False)
+    except Exception:  # noqa: BLE001 - a suggestion is a courtesy; never fail the error message
+        return []
+    keys: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for k, v in node.items():
+            name = f"{prefix}{k}"
+            keys.append(name)
+            if isinstance(v, dict):
+                walk(v, name + ".")
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    keys = [k for k in keys if not k.startswith("hydra")]
+    return difflib.get_close_matches(key, keys, n=1, cutoff=0.6) or difflib.get_close_matches(
+        key.rpartition(".")[2], keys, n=1, cutoff=0.75)
 
 
 def _usage_error(err: BaseException) -> None:

@@ -11,6 +11,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from degflow.infra.checks import check_number
+
 __all__ = [
     "SCALE_DECIMALS",
     "Scales",
@@ -122,9 +124,7 @@ def expand_scales(spec: Any, key: str = "scales") -> Scales:
         ``stop < start``.
     """
     def number(v: Any, what: str) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
-            raise ValueError(f"{key}: {what} must be a finite number, got {v!r}")
-        return float(v)
+        return check_number(v, f"{key}: {what}")
 
     if isinstance(spec, Scales):
         return spec

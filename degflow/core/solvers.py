@@ -36,13 +36,14 @@ Config keys: ``solver.method``, ``solver.steps``, ``solver.output_mode``, ``solv
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
+
+from degflow.infra.checks import check_number, check_positive_int
 
 __all__ = [
     "ADAPTIVE_METHODS",
@@ -148,11 +149,7 @@ class SolverSpec:
                     f"solver.steps: fixed-step method {self.method!r} needs a number of steps "
                     f"(an integer >= 1), got None"
                 )
-            if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-                raise ValueError(
-                    f"solver.steps: expected an integer >= 1 for method {self.method!r}, got "
-                    f"{self.steps!r}"
-                )
+            check_positive_int(self.steps, "solver.steps", hint=f" for method {self.method!r}")
             for key, val in (("rtol", self.rtol), ("atol", self.atol)):
                 if val is not None:
                     raise ValueError(
@@ -173,12 +170,7 @@ class SolverSpec:
                         f"solver.{key}: adaptive method {self.method!r} needs {key} (a float "
                         f"> 0, e.g. {_DEFAULT_TOL}), got None"
                     )
-                if isinstance(val, bool) or not isinstance(val, (int, float)) or not (
-                    math.isfinite(val) and val > 0
-                ):
-                    raise ValueError(
-                        f"solver.{key}: expected a finite float > 0, got {val!r}"
-                    )
+                check_number(val, f"solver.{key}", low=0.0, open_low=True)
 
 
 class CountingField(torch.nn.Module):
@@ -265,8 +257,7 @@ def time_grid(targets: Sequence[float] | Tensor, steps: int, t0: float = 0.0) ->
         float64 CPU tensor ``[G]``, strictly increasing, ``grid[0] == t0``; just
         ``[t0]`` when every target equals ``t0``.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"solver.steps: expected an integer >= 1, got {steps!r}")
+    check_positive_int(steps, "solver.steps")
     tg = _as_times(targets, "targets")
     t0 = float(t0)
     if bool((tg < t0).any()):
@@ -291,8 +282,7 @@ def time_grid(targets: Sequence[float] | Tensor, steps: int, t0: float = 0.0) ->
 def uniform_grid(t_end: float, steps: int) -> Tensor:
     """Plain uniform grid ``[steps + 1]`` over ``[0, t_end]`` (float64, CPU; last node exactly
     ``t_end``) used by ``solver.output_mode=cubic``."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"solver.steps: expected an integer >= 1, got {steps!r}")
+    check_positive_int(steps, "solver.steps")
     grid = torch.linspace(0.0, float(t_end), steps + 1, dtype=torch.float64)
     grid[-1] = float(t_end)
     return grid

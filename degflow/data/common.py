@@ -31,6 +31,7 @@ from degflow.data.transforms import (
     dihedral_box,
     random_crop_position,
 )
+from degflow.infra.checks import check_positive_int
 
 __all__ = [
     "DataBundle",
@@ -263,15 +264,6 @@ def check_crop_fits(records: Sequence, crop_size: int, what: str) -> None:
         ex = ", ".join(f"{r.name} ({r.hr_size[0]}x{r.hr_size[1]})" for r in small[:5])
         raise ValueError(f"data.crop_size={crop_size} is larger than {len(small)} {what} "
                          f"image(s): {ex}; lower data.crop_size")
-
-
-def check_positive_int(value, key: str, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key} must be a positive integer{' or null' if allow_none else ''}, "
-                         f"got {value!r}")
-    return int(value)
 
 
 # ----------------------------------------------------------------------- datasets

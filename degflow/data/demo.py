@@ -53,10 +53,10 @@ from degflow.data.common import (
     ValImageDataset,
     check_crop_fits,
     check_loader_args,
-    check_positive_int,
     make_bundle,
 )
 from degflow.data.images import read_image
+from degflow.infra.checks import check_int, check_number, check_positive_int
 
 __all__ = ["degrade", "demo_data", "demo_image_paths", "scan_demo", "skimage_data_dir", "TRAIN_IMAGES",
            "TEST_IMAGES", "jpeg_quality"]
@@ -256,10 +256,8 @@ def demo_image_paths() -> tuple[list[Path], list[Path]]:
 
 
 def _check_fraction(val_fraction) -> float:
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
-            or not 0.0 < float(val_fraction) < 1.0:
-        raise ValueError(f"data.val_fraction must be a number in (0, 1) (the bottom band of each "
-                         f"training photo held out for validation), got {val_fraction!r}")
+    check_number(val_fraction, "data.val_fraction", low=0.0, high=1.0, open_low=True, open_high=True,
+                 hint=" (the bottom band of each training photo held out for validation)")
     return float(val_fraction)
 
 
@@ -328,8 +326,7 @@ def demo_data(*, train_scales, val_scales, crop_size, samples_per_epoch, multipl
     train_scales, val_scales, crop_size, samples_per_epoch, multiple_of, val_max_size = check_loader_args(
         train_scales, val_scales, crop_size, samples_per_epoch, multiple_of, val_max_size)
     max_side = check_positive_int(max_side, "data.max_side", allow_none=True)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"data.seed must be an integer, got {seed!r}")
+    check_int(seed, "data.seed")
     fraction = _check_fraction(val_fraction)
 
     train_paths, test_paths = demo_image_paths()

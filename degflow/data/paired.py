@@ -42,6 +42,7 @@ from degflow.data.common import (
     split_names,
 )
 from degflow.data.images import IMAGE_EXTENSIONS, find_images
+from degflow.infra.checks import check_int, check_number
 
 __all__ = ["scan_paired", "paired_data"]
 
@@ -185,9 +186,7 @@ def scan_paired(root, train_scales, val_scales, val_fraction, val_root, test_roo
     train_scales = check_scales(train_scales, "data.train_scales")
     val_scales = train_scales if val_scales is None else check_scales(val_scales,
                                                                       "data.val_scales")
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
-            or not 0.0 < float(val_fraction) < 1.0:
-        raise ValueError(f"data.val_fraction must be a number in (0, 1), got {val_fraction!r}")
+    check_number(val_fraction, "data.val_fraction", low=0.0, high=1.0, open_low=True, open_high=True)
     root = Path(root).expanduser()
     report = Report(kind="paired", root=str(root))
     report.records = {r: [] for r in roles}
@@ -285,8 +284,7 @@ def paired_data(*, root, train_scales, val_scales, crop_size, samples_per_epoch,
     train_scales, val_scales, crop_size, samples_per_epoch, multiple_of, val_max_size = check_loader_args(
         train_scales, train_scales if val_scales is None else val_scales, crop_size, samples_per_epoch,
         multiple_of, val_max_size)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"data.seed must be an integer, got {seed!r}")
+    check_int(seed, "data.seed")
     report = scan_paired(root, train_scales, val_scales, val_fraction, val_root, test_root, seed)
     if report.problems and report.problems[0].startswith("missing root"):
         raise ValueError(report.problems[0].removeprefix("missing root: ")

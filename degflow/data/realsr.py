@@ -43,6 +43,7 @@ from degflow.data.common import (
     split_names,
 )
 from degflow.data.images import IMAGE_EXTENSIONS, read_image
+from degflow.infra.checks import check_number
 
 __all__ = ["scan_realsr", "realsr_data", "normalize_cameras"]
 
@@ -292,10 +293,9 @@ def scan_realsr(root, camera, train_split, val_split, test_split, val_fraction, 
     val_scales = check_scales(val_scales, "data.val_scales")
     check_splits(train_split, val_split, test_split)
     held_out = val_split is None
-    if held_out and (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float))
-                     or not 0.0 < float(val_fraction) < 1.0):
-        raise ValueError(f"data.val_fraction must be a number in (0, 1) (the held-out part of "
-                         f"data.train_split used for validation), got {val_fraction!r}")
+    if held_out:
+        check_number(val_fraction, "data.val_fraction", low=0.0, high=1.0, open_low=True, open_high=True,
+                     hint=" (the held-out part of data.train_split used for validation)")
     unknown = [r for r in roles if r not in ROLES]
     if unknown:
         raise ValueError(f"roles {unknown} are not among {list(ROLES)}")

@@ -43,6 +43,7 @@ from degflow.core.timemap import TimeMap
 from degflow.generation.condition import condition_kind, velocity_condition
 from degflow.generation.tiling import Span, blend_tiles, tile_grid
 from degflow.infra.checkpoint import CheckpointError, load_checkpoint
+from degflow.infra.checks import check_int
 from degflow.infra.conf import synthesis_defaults
 from degflow.infra.files import file_sha256
 from degflow.infra.runtime import autocast, check_precision, resolve_device
@@ -125,8 +126,7 @@ class Synthesizer:
         if tile_size is None:
             return None, 0
         for key, val in (("tile_size", tile_size), ("tile_overlap", tile_overlap)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 0:
-                raise ValueError(f"{key}: expected an integer >= 0 (HR pixels), got {val!r}")
+            check_int(val, key, minimum=0, hint=" (HR pixels)")
         m = self.pad_multiple
         if tile_size < m:
             raise ValueError(

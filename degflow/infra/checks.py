@@ -17,23 +17,26 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_int(value: Any, key: str, *, minimum: int | None = None, allow_none: bool = False) -> int | None:
-    """``value`` as an int (>= ``minimum`` when given); ``None`` only with ``allow_none``."""
+def check_int(value: Any, key: str, *, minimum: int | None = None, allow_none: bool = False,
+              hint: str = "") -> int | None:
+    """``value`` as an int (>= ``minimum`` when given); ``None`` only with ``allow_none``.
+    ``hint`` follows the expectation in the message (``" (border pixels)"``)."""
     if value is None and allow_none:
         return None
     if not _is_int(value) or (minimum is not None and value < minimum):
-        bound = "" if minimum is None else f" >= {minimum}"
-        raise ValueError(f"{key} must be an integer{bound}{' or null' if allow_none else ''}, got {value!r}")
+        what = f"an integer{'' if minimum is None else f' >= {minimum}'}"
+        raise ValueError(f"{key} must be {what}{hint}{' or null' if allow_none else ''}, got {value!r}")
     return int(value)
 
 
-def check_positive_int(value: Any, key: str, allow_none: bool = False) -> int | None:
+def check_positive_int(value: Any, key: str, allow_none: bool = False, hint: str = "") -> int | None:
     """``value`` as an int >= 1 (``None`` only with ``allow_none``)."""
-    return check_int(value, key, minimum=1, allow_none=allow_none)
+    return check_int(value, key, minimum=1, allow_none=allow_none, hint=hint)
 
 
 def check_number(value: Any, key: str, *, low: float | None = None, high: float | None = None,
-                 open_low: bool = False, open_high: bool = False, allow_none: bool = False) -> float | None:
+                 open_low: bool = False, open_high: bool = False, allow_none: bool = False,
+                 hint: str = "") -> float | None:
     """``value`` as a finite float within ``[low, high]`` (ends excluded with ``open_low`` / ``open_high``)."""
     if value is None and allow_none:
         return None
@@ -43,10 +46,16 @@ def check_number(value: Any, key: str, *, low: float | None = None, high: float 
     if ok and high is not None:
         ok = float(value) < high if open_high else float(value) <= high
     if not ok:
-        lo = "" if low is None else f"{'(' if open_low else '['}{low:g}"
-        hi = "" if high is None else f"{high:g}{')' if open_high else ']'}"
-        where = f" in {lo or '(-inf'}, {hi or 'inf)'}" if (low is not None or high is not None) else ""
-        raise ValueError(f"{key} must be a finite number{where}{' or null' if allow_none else ''}, got {value!r}")
+        if low is not None and high is not None:
+            where = f" in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+        elif low is not None:
+            where = f" {'>' if open_low else '>='} {low:g}"
+        elif high is not None:
+            where = f" {'<' if open_high else '<='} {high:g}"
+        else:
+            where = ""
+        what = "a number" if where else "a finite number"
+        raise ValueError(f"{key} must be {what}{where}{hint}{' or null' if allow_none else ''}, got {value!r}")
     return float(value)
 
 

@@ -12,6 +12,8 @@ import random
 import numpy as np
 import torch
 
+from degflow.infra.checks import check_int
+
 __all__ = ["PRECISIONS", "autocast", "check_precision", "resolve_device", "seed_everything"]
 
 #: Values of ``precision``: fp32, or bf16 autocast (CUDA or CPU).
@@ -59,8 +61,7 @@ def autocast(device: torch.device, precision: str):
 def seed_everything(seed: int) -> None:
     """Seed Python's ``random``, NumPy and torch (all devices): model initialisation, data
     sampling and noise draws of a fresh run then depend on ``seed`` alone (config ``seed``)."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed: expected an integer, got {seed!r}")
+    check_int(seed, "seed")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

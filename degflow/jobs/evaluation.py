@@ -46,6 +46,7 @@ from degflow.data.common import size_relation
 from degflow.data.images import find_images, read_image
 from degflow.data.options import build_data, option_of_target
 from degflow.generation import Synthesizer
+from degflow.infra.checks import check_int, check_positive_int
 from degflow.infra.files import atomic_write_text
 from degflow.infra.runtime import resolve_device
 from degflow.metrics.image import psnr_y, ssim_y
@@ -100,11 +101,8 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         check_hr_size_output(self.hr_size_output, "eval.hr_size_output")
-        if isinstance(self.shave, bool) or not isinstance(self.shave, int) or self.shave < 0:
-            raise ValueError(f"eval.shave must be an integer >= 0 (border pixels), got {self.shave!r}")
-        if self.max_images is not None and (isinstance(self.max_images, bool) or not isinstance(self.max_images, int)
-                                            or self.max_images < 1):
-            raise ValueError(f"eval.max_images must be a positive integer or null, got {self.max_images!r}")
+        check_int(self.shave, "eval.shave", minimum=0, hint=" (border pixels)")
+        check_positive_int(self.max_images, "eval.max_images", allow_none=True)
 
 
 def _methods(value: Sequence[str] | str, valid: Sequence[str], allow_empty: bool = False) -> tuple[str, ...]:

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from degflow.infra.checks import check_int, check_positive_int
+
 __all__ = ["NETWORKS", "EDSR", "LIIF", "make_coord", "build_sr_model"]
 
 #: The networks of config key ``sr.network``.
@@ -63,9 +65,7 @@ class Encoder(nn.Module):
 
 
 def _check_size(value: int, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key} must be a positive integer, got {value!r}")
-    return value
+    return check_positive_int(value, key)
 
 
 class EDSR(nn.Module):
@@ -75,9 +75,8 @@ class EDSR(nn.Module):
         super().__init__()
         if isinstance(scale, float) and scale.is_integer():
             scale = int(scale)
-        if isinstance(scale, bool) or not isinstance(scale, int) or scale < 2:
-            raise ValueError(f"sr.network=edsr needs an integer scale >= 2 (sub-pixel upsampling), got "
-                             f"{scale!r}; use sr.network=liif for fractional scales")
+        check_int(scale, "the scale of sr.network=edsr", minimum=2,
+                  hint=" (sub-pixel upsampling; use sr.network=liif for fractional scales)")
         self.scale = scale
         self.config = {"network": "edsr", "scale": scale, "n_feats": _check_size(n_feats, "sr.n_feats"),
                        "n_blocks": _check_size(n_blocks, "sr.n_blocks"), "res_scale": res_scale}

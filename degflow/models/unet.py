@@ -51,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from degflow.infra.checks import check_int
+
 __all__ = ["VelocityUNet", "timestep_embedding"]
 
 
@@ -242,9 +244,7 @@ class VelocityUNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"VelocityUNet dropout must be in [0, 1), got {dropout} "
                              f"(config key model.lfm.dropout)")
-        if isinstance(cond_channels, bool) or not isinstance(cond_channels, int) or cond_channels < 0:
-            raise ValueError(f"VelocityUNet cond_channels must be an integer >= 0 (0 = unconditional), got "
-                             f"{cond_channels!r} (config key model.lfm.cond_channels)")
+        check_int(cond_channels, "model.lfm.cond_channels", minimum=0, hint=" (0 = unconditional)")
         self.config = {
             "in_channels": int(in_channels),
             "nf": int(nf),

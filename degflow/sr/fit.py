@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from degflow.data.sr_pairs import sample_patches
+from degflow.infra.checks import check_positive_int
 from degflow.infra.files import atomic_write_bytes
 from degflow.models.sr import make_coord
 
@@ -50,8 +51,7 @@ class SRTrainSettings:
     def __post_init__(self):
         for key in ("steps", "batch_size", "lr_patch", "query_pixels", "ckpt_every", "log_every"):
             v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"sr.{key} must be a positive integer, got {v!r}")
+            check_positive_int(v, f"sr.{key}")
         if not self.lr > 0 or not 0 < self.min_lr_ratio <= 1:
             raise ValueError(f"sr.lr must be > 0 and sr.min_lr_ratio in (0, 1]; got {self.lr!r}, "
                              f"{self.min_lr_ratio!r}")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from degflow.infra.checks import check_number
+
 __all__ = ["check_ema_decay", "ema_decay_at", "ema_update_"]
 
 
@@ -24,10 +26,8 @@ def check_ema_decay(decay: float | None) -> float | None:
     """``stage.ema_decay``: None (off) or a number in (0, 1); ValueError otherwise."""
     if decay is None:
         return None
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < float(decay) < 1.0:
-        raise ValueError(f"stage.ema_decay must be null (no EMA) or a number in (0, 1) such as 0.999, "
-                         f"got {decay!r}")
-    return float(decay)
+    return check_number(decay, "stage.ema_decay", low=0.0, high=1.0, open_low=True, open_high=True,
+                        hint=" such as 0.999 (null: no EMA)")
 
 
 def ema_decay_at(updates: int, decay: float) -> float:

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from degflow.infra.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from degflow.infra.checks import check_positive_int
 from degflow.infra.console import bar_safe_logging, progress_bar
 from degflow.infra.files import atomic_write_text
 from degflow.infra.runtime import autocast
@@ -80,9 +81,7 @@ class TrainSettings:
             value = getattr(self, key)
             if value is None and key == "keep_every":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"stage.{key} must be a positive integer{' or null' if key == 'keep_every' else ''}, "
-                                 f"got {value!r}")
+            check_positive_int(value, f"stage.{key}", allow_none=key == "keep_every")
         if self.ckpt_minutes is not None and not self.ckpt_minutes > 0:
             raise ValueError(f"stage.ckpt_minutes must be > 0 or null (off), got {self.ckpt_minutes!r}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
