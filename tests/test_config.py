@@ -109,8 +109,8 @@ def test_every_experiment_preset_composes_and_validates(experiment):
 
 
 def test_the_paper_stage2_preset_trains_nhwc_at_its_256_pixel_crops():
-    """channels_last was measured faster at 256-px crops on CPU and GPU (README "Training
-    throughput"), slower at the demo's 64 px: on in the paper preset only."""
+    """channels_last was measured faster at 256-px crops on CPU and GPU (docs/BENCHMARKS.md,
+    "Training throughput"), slower at the demo's 64 px: on in the paper preset only."""
     paper = to_plain(compose_config(["+experiment=lfm_paper", "data.root=/data"]))
     assert paper["channels_last"] is True and paper["data"]["crop_size"] == 256
     assert to_plain(compose_config([]))["channels_last"] is False

@@ -21,14 +21,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README_MAX_LINES = 400
 
-FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.S | re.M)
-INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.S)
+FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.DOTALL | re.MULTILINE)
+INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
-HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$", re.M)
+HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*[ \t]*$", re.MULTILINE)
 REPO_PATH = re.compile(r"(?<![\w./-])((?:degflow|experiments|conf|docs|tests)/[\w./{},<>*-]*)")
 MODULE = re.compile(r"python -m (experiments(?:\.\w+)+)")
 # the table of old paths in docs/ARCHITECTURE.md names files that no longer exist, on purpose
-MOVED_SECTION = re.compile(r"^## Moved import paths$.*?(?=^## |\Z)", re.S | re.M)
+MOVED_SECTION = re.compile(r"^## Moved import paths$.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
 # what a backticked path must look like to count as a claim that the file exists
 PATH_KINDS = {"degflow": (".py", "/"), "experiments": None, "conf": (".yaml", "/"),
               "docs": (".md", ".png", "/"), "tests": (".py", "/")}
@@ -98,7 +98,7 @@ def test_pages_exist():
 def test_relative_links_point_to_existing_files_and_headings(page):
     broken = []
     for target in LINK.findall(without_code(page.read_text(encoding="utf-8"))):
-        if re.match(r"[a-z][a-z0-9+.-]*:", target, re.I):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target, re.IGNORECASE):
             continue  # http:, https:, mailto:
         path, _, anchor = target.partition("#")
         file = (page.parent / path).resolve() if path else page

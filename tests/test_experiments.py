@@ -1,4 +1,4 @@
-"""The experiment scripts behind the README "Results" section, end to end at a tiny budget.
+"""The experiment scripts behind docs/RESULTS.md, end to end at a tiny budget.
 
 A ``sitecustomize`` audit hook (Python's ``open`` / ``os.listdir`` / ``os.scandir`` audit
 events) records every path each subprocess opens or lists, so the tests can prove what

@@ -12,9 +12,10 @@ transformed image, its ``where`` field) then finds its knot latents at
 How exact: the encoder is convolutional with a per-pixel LayerNorm (``norm="layer"``, the
 paper's), so the crop of the full image's latent equals the latent of the crop except
 within the encoder's receptive field of the crop border, where the crop's own encoding
-sees zero padding instead of the neighbouring pixels (measured in
-``experiments/tools/bench_training.py``; the README quotes it). With ``norm="group"`` the encoder
-is not local (GroupNorm statistics cover the whole input) and the difference is larger.
+sees zero padding instead of the neighbouring pixels (measured by
+``experiments/studies/latent_cache/latent_cache_error.py``; docs/BENCHMARKS.md quotes it). With
+``norm="group"`` the encoder is not local (GroupNorm statistics cover the whole input) and the
+difference is larger.
 
 The cache is keyed by the RAE checkpoint's sha256 and a fingerprint of the training
 images. With a ``cache_dir`` it is also stored on disk (``{fingerprint}-{rae}.pt``, atomic

@@ -16,7 +16,7 @@
    held-out and seen metrics per setting) and ``psnr_vs_nfe.png`` (held-out PSNR-Y vs NFE,
    one line per solver): the accuracy / speed frontier. It reports; nothing is chosen from it
    (the synthesis default was fixed before, on validation data).
-4. ``<out>/README_block.md``: a Markdown block for the README "Results" section (printed too).
+4. ``<out>/README_block.md``: a Markdown block for docs/RESULTS.md (printed too).
 
 Finished parts are kept when the command is re-run (``eval.json`` / ``sweep.md`` exist).
 Metrics: ``python -m degflow.evaluate``'s scoring (8-bit, BT.601 Y, ``eval.shave=0``, LR vs LR
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"solver.steps={','.join(map(str, args.sweep_steps))}",
                 f"solver.output_mode={','.join(args.sweep_modes)}"], "solver sweep")
     given = argv if argv is not None else sys.argv[1:]
-    block = readme_block(out, [shlex.join(["python", "experiments/reproduce/demo_results.py", *given])], ckpt)
+    block = readme_block(out, [shlex.join(["python", "-m", "experiments.reproduce.demo_results", *given])], ckpt)
     atomic_write_text(out / "README_block.md", block)
     atomic_write_json(out / "results.json", {"checkpoint": str(ckpt), "scales": args.scales,
                                       "summary": scales["summary"], "per_scale": scales["per_scale"],

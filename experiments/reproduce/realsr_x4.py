@@ -33,8 +33,10 @@ images at HR pixel size; LPIPS AlexNet; KL / AKLD of the residual histograms). T
 validation uses ``eval.protocol=ours``.
 
 Time (defaults: 1000 RAE + 500 LFM steps, 64-pixel crops, batch 8, small models, training
-validation on 256-pixel centre crops of the 5 validation images, rk4/16 evaluation, 10 + 50 images of 512x512): about 25 min per seed on an idle 2-core machine (an estimate
-from a 25-step calibration run, see the README "Results" section); budget knobs: ``--rae-steps``, ``--lfm-steps``, ``--crop``, ``--seeds``.
+validation on 256-pixel centre crops of the 5 validation images, rk4/16 evaluation, 10 + 50
+images of 512x512): 29 min 47 s wall for one seed with one torch thread on a loaded 2-core
+machine (commit 0590dee; docs/RESULTS.md, "Real camera data"); budget knobs: ``--rae-steps``,
+``--lfm-steps``, ``--crop``, ``--seeds``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How much of a real LR capture is a function of its HR image? The ceiling under the knot gap.
 
-    python -m experiments.studies.knot_ceiling.knot_ceiling --root /tmp/realsr_x4/split --out experiments/studies/knot_ceiling/knot_ceiling_canon.json
+    python -m experiments.studies.knot_ceiling.knot_ceiling --root outputs/realsr_x4/split --out experiments/studies/knot_ceiling/knot_ceiling_canon.json
 
 The knot gap (``experiments/studies/knot_gap/knot_gap.py``) compares generated LR with the *oracle*: the real LR
 image passed through the model's own autoencoder. The oracle sees the real capture, so it also
