@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 #: ``experiments/tools/bench_synthesis.py``).
 DEFAULT_SOLVER = SolverSpec.create(**synthesis_defaults()["solver"])
 
+#: internal key of the per-sample decode in the latents / images dicts (never a valid scale).
+_PER_SAMPLE = -1.0
+
 
 class ScaleTimes(dict):
     """``{scale: t(s)}``: requested scales turned into trajectory times once, by
@@ -70,7 +73,8 @@ class ScaleTimes(dict):
 class SynthesisResult:
     """Output of :meth:`Synthesizer.generate`.
 
-    ``images[s]`` is ``[B, 3, H, W]`` in [-1, 1] at HR pixel size for each decoded scale s.
+    ``images[s]`` is ``[B, 3, H, W]`` in [-1, 1] at HR pixel size for each decoded scale s
+    (or, with ``generate(per_sample=...)``, :attr:`per_sample` holds one decode per sample).
     ``nfe`` counts velocity evaluations (one solve, tiled or not), ``seconds`` the whole call
     (encode, solve, decode, blending), ``solve_seconds`` the ODE solves alone.
     """
@@ -81,6 +85,9 @@ class SynthesisResult:
     seconds: float
     solve_seconds: float = 0.0
     tiles: int = 1
+    #: ``[B, 3, H, W]``: sample b decoded at its own scale ``per_sample[b]`` (``generate(per_sample=...)``;
+    #: then ``images`` is empty), else None.
+    per_sample: torch.Tensor | None = None
 
 
 class Synthesizer:
@@ -181,6 +188,13 @@ class Synthesizer:
                    precision=precision, max_trained_scale=max(train_scales), tile_size=tile_size,
                    tile_overlap=tile_overlap, train_scales=train_scales, spline_path=spline_path,
                    checkpoint_sha256=file_sha256(path))
+
+    def to(self, device: torch.device | str) -> "Synthesizer":
+        """Move the networks to ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``); returns self."""
+        self.device = resolve_device(device)
+        self.rae.to(self.device)
+        self.velocity.to(self.device)
+        return self
 
     # -------------------------------------------------------------------------- times
     def scale_times(self, scales: Sequence[float] | ScaleTimes, allow_extrapolation: bool = False) -> ScaleTimes:
@@ -291,7 +305,8 @@ class Synthesizer:
 
     @torch.no_grad()
     def generate(self, hr: torch.Tensor, scales: Sequence[float] | ScaleTimes, allow_extrapolation: bool = False,
-                 solver: SolverSpec | None = None, *, decode: Sequence[float] | None = None) -> SynthesisResult:
+                 solver: SolverSpec | None = None, *, decode: Sequence[float] | None = None,
+                 per_sample: Sequence[float] | None = None) -> SynthesisResult:
         """Generate LR images at HR size for every scale, from ONE ODE solve.
 
         Args:
@@ -303,16 +318,27 @@ class Synthesizer:
             solver: overrides :attr:`solver` for this call.
             decode: the subset of ``scales`` to decode (default: all). The solve still
                 covers every scale, so the step grid (and the result) does not depend on it.
+            per_sample: instead of ``decode``, one scale per sample (``B`` values, each among
+                ``scales``): sample b is decoded at ``per_sample[b]`` only, all samples in one
+                decoder pass (:attr:`SynthesisResult.per_sample`). The solve is the same.
         Returns:
             :class:`SynthesisResult` with ``images[s]`` of shape ``[B, 3, H, W]``.
         """
         if hr.dim() != 4 or hr.shape[1] != 3:
             raise ValueError(f"hr must be [B, 3, H, W], got shape {tuple(hr.shape)}")
         times = self.scale_times(scales, allow_extrapolation)
-        wanted = list(times) if decode is None else [float(s) for s in decode]
+        if per_sample is not None:
+            if decode is not None:
+                raise ValueError("generate: pass decode or per_sample, not both")
+            wanted = [float(s) for s in per_sample]
+            if len(wanted) != hr.shape[0]:
+                raise ValueError(f"per_sample: expected one scale per sample ({hr.shape[0]}), got {len(wanted)}")
+        else:
+            wanted = list(times) if decode is None else [float(s) for s in decode]
         missing = [s for s in wanted if s not in times]
         if missing:
-            raise ValueError(f"decode: scales {missing} are not among the requested scales {list(times)}")
+            raise ValueError(f"{'decode' if per_sample is None else 'per_sample'}: scales {missing} are not among "
+                             f"the requested scales {list(times)}")
         solver = solver or self.solver
         self._sync()
         start = time.perf_counter()
@@ -330,7 +356,11 @@ class Synthesizer:
         states, nfe = integrate(self.field(z0, x), z0, unique, solver)               # [T,B,C,h,w]
         self._sync()
         solve = time.perf_counter() - solve_start
-        latents = {s: states[unique.index(times[s])] for s in wanted}
+        if per_sample is None:
+            latents = {s: states[unique.index(times[s])] for s in wanted}
+        else:       # sample b's state at its own time, all samples decoded together
+            rows = torch.tensor([unique.index(times[s]) for s in wanted], device=states.device)
+            latents = {_PER_SAMPLE: states[rows, torch.arange(len(wanted), device=states.device)]}
         del states
         if grid is None:
             images = {s: self.rae.decode(z, feats).clamp(-1, 1)[..., :h, :w] for s, z in latents.items()}
@@ -340,7 +370,7 @@ class Synthesizer:
             tiles = len(grid[0]) * len(grid[1])
         self._sync()
         return SynthesisResult(images=images, times=times, nfe=nfe, seconds=time.perf_counter() - start,
-                               solve_seconds=solve, tiles=tiles)
+                               solve_seconds=solve, tiles=tiles, per_sample=images.pop(_PER_SAMPLE, None))
 
     def __call__(self, hr: torch.Tensor, scales: Sequence[float], allow_extrapolation: bool = False,
                  size: str = "hr") -> dict[float, torch.Tensor]:
