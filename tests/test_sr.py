@@ -244,7 +244,8 @@ def _compare(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 TINY_SR = ["sr.steps=2", "sr.batch_size=2", "sr.lr_patch=8", "sr.n_feats=4", "sr.n_blocks=1", "sr.mlp_hidden=8",
            "sr.query_pixels=16", "sr.log_every=1", "eval.lpips=false", "sr_setup.max_side=64",
-           "sr_setup.real_scales=[2]", "sr_setup.gen_scales=[1.5,2,3]", "sr_setup.test_scales=[1.5,3]"]
+           "sr_setup.real_scales=[2]", "sr_setup.gen_scales=[1.5,2,3]", "sr_setup.test_scales=[1.5,3]",
+           "sr_setup.val_scales=null"]
 
 
 @pytest.mark.slow

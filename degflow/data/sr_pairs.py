@@ -31,7 +31,7 @@ from degflow.data.images import find_images, read_image
 from degflow.data.transforms import NUM_DIHEDRAL, dihedral
 
 __all__ = ["TRAINING_SETS", "PairFolder", "Pair", "lr_folder", "pair_folder", "find_pairs", "load_pairs",
-           "training_set", "sample_patches"]
+           "training_set", "sample_patches", "aligned_patch"]
 
 #: The training sets of the comparison (config key ``trainset``), in table order, with what they hold.
 TRAINING_SETS: dict[str, str] = {
@@ -180,15 +180,24 @@ def sample_patches(data: Sequence[tuple[Tensor, Tensor, float]], batch: int, lr_
     out = []
     for _ in range(batch):
         hr, lr, s = data[usable[int(torch.randint(len(usable), (1,), generator=generator))]]
-        (h, w), (H, W) = lr.shape[-2:], hr.shape[-2:]
+        h, w = lr.shape[-2:]
         top = int(torch.randint(h - lr_patch + 1, (1,), generator=generator))
         left = int(torch.randint(w - lr_patch + 1, (1,), generator=generator))
-        ry, rx = H / h, W / w
-        size = min(round(lr_patch * ry), round(lr_patch * rx))
-        htop = min(round(top * ry), H - size)
-        hleft = min(round(left * rx), W - size)
+        lr_p, hr_p = aligned_patch(hr, lr, lr_patch, top, left)
         k = int(torch.randint(NUM_DIHEDRAL, (1,), generator=generator))
-        lr_p = dihedral(lr[:, top:top + lr_patch, left:left + lr_patch], k)
-        hr_p = dihedral(hr[:, htop:htop + size, hleft:hleft + size], k)
+        lr_p, hr_p = dihedral(lr_p, k), dihedral(hr_p, k)
         out.append((lr_p.float() / 127.5 - 1.0, hr_p.float() / 127.5 - 1.0, float(s)))
     return out
+
+
+def aligned_patch(hr: Tensor, lr: Tensor, lr_patch: int, top: int, left: int) -> tuple[Tensor, Tensor]:
+    """The LR patch ``lr[..., top:top + p, left:left + p]`` (p = ``lr_patch``) and the HR patch
+    covering it: ``round(p * H / h)`` pixels per side (the smaller of the two axes), corner at the LR
+    corner times the HR / LR size ratio (clipped to the image), so it matches the LR patch to within
+    half an HR pixel at fractional scales. ``hr`` ``[..., H, W]``, ``lr`` ``[..., h, w]``."""
+    (h, w), (H, W) = lr.shape[-2:], hr.shape[-2:]
+    ry, rx = H / h, W / w
+    size = min(round(lr_patch * ry), round(lr_patch * rx))
+    htop = min(round(top * ry), H - size)
+    hleft = min(round(left * rx), W - size)
+    return lr[..., top:top + lr_patch, left:left + lr_patch], hr[..., htop:htop + size, hleft:hleft + size]

@@ -42,6 +42,15 @@ log = logging.getLogger(__name__)
 
 METRICS = ("psnr_y", "ssim_y", "lpips")
 NEEDS_GENERATION = ("bicubic", "procedural", "degflow", "degflow_photos")
+#: training sets degraded on the fly (:mod:`degflow.sr.online`): trainset -> ``online.degradation``.
+ONLINE_SETS: dict[str, str] = {"online_degflow": "degflow", "online_procedural": "procedural",
+                               "online_bicubic": "bicubic"}
+#: what each online set holds (the table's legend).
+ONLINE_DESCRIPTIONS: dict[str, str] = {
+    name: f"the training HR images degraded on the fly by {deg}, a new scale per batch from online.scale_range"
+    for name, deg in ONLINE_SETS.items()}
+#: row order of the tables.
+TABLE_ORDER = ("bicubic", "procedural", "real", "degflow", "oracle", "degflow_photos", *ONLINE_SETS)
 
 
 @contextlib.contextmanager
@@ -58,7 +67,8 @@ def _locked(path: Path):
 
 # ----------------------------------------------------------------------------- data preparation
 def _prepare_demo(setup: dict, root: Path) -> None:
-    """``root/{train,test}/HR`` + ``LR/x{s}``: the demo photos and their real LR (true LR size)."""
+    """``root/{train,test,val}/HR`` + ``LR/x{s}``: the demo photos and their real LR (true LR size); ``val``
+    (the bottom bands of the training photos, ``sr_setup.val_scales``) only when validation scales are set."""
     from degflow.core.resize import resize_to_lr
     from degflow.core.scales import scale_key
     from degflow.data import build_data
@@ -67,19 +77,23 @@ def _prepare_demo(setup: dict, root: Path) -> None:
     done = root / "prepared.json"
     train_scales = sorted({1.0, *map(float, setup["real_scales"]), *map(float, setup["gen_scales"]),
                            *map(float, setup["test_scales"])})
+    val_scales = [float(s) for s in setup.get("val_scales") or []]
     wanted = {"train_scales": train_scales[1:], "test_scales": [float(s) for s in setup["test_scales"]],
               "max_side": setup["max_side"], "data_seed": setup["data_seed"]}
+    if val_scales:                  # the validation bands (bottom of the training photos) as a test set
+        wanted["val_scales"] = val_scales
     if done.is_file():
         have = json.loads(done.read_text(encoding="utf-8"))
         if {k: have.get(k) for k in wanted} != wanted:
             raise ValueError(f"cache={root.parent} holds demo pairs prepared with other settings "
                              f"({ {k: have.get(k) for k in wanted} }, now {wanted}); use another cache=")
         return
-    bundle = build_data("demo", train_scales=train_scales, val_scales=train_scales, crop_size=32,
+    bundle = build_data("demo", train_scales=train_scales, val_scales=sorted({*train_scales, *val_scales}), crop_size=32,
                         samples_per_epoch=1, multiple_of=8, val_max_size=None, seed=setup["data_seed"],
                         max_side=setup["max_side"], val_fraction=setup["val_fraction"])
     for part, records, scales in (("train", bundle.train.records, train_scales[1:]),
-                                  ("test", bundle.test.records, setup["test_scales"])):
+                                  ("test", bundle.test.records, setup["test_scales"]),
+                                  ("val", bundle.val.records if val_scales else [], val_scales)):
         for rec in records:
             write_image(root / part / "HR" / f"{rec.name}.png", rec.hr_image)
             for s in scales:
@@ -118,7 +132,7 @@ def _threads() -> int:
 
 def prepare(cfg: dict) -> dict[str, Any]:
     """The training set's pair folders and the test pairs of ``cfg`` (building the cache as needed)."""
-    from degflow.data.sr_pairs import find_pairs, lr_folder, pair_folder, training_set
+    from degflow.data.sr_pairs import lr_folder, pair_folder, training_set
     from degflow.infra.files import file_sha256
 
     setup, name = cfg["sr_setup"], cfg["trainset"]
@@ -141,6 +155,14 @@ def prepare(cfg: dict) -> dict[str, Any]:
         tests = {"demo_test": [pair_folder(src / "test", setup["test_scales"], "demo_test")]}
     else:
         raise ValueError(f"sr_setup.kind={setup['kind']!r} is not one of ['realsr_x4', 'demo']")
+    if setup.get("val_scales"):
+        if setup["kind"] != "demo":
+            raise ValueError("sr_setup.val_scales: a validation test set exists for the demo setup only")
+        tests["demo_val"] = [pair_folder(src / "val", setup["val_scales"], "demo_val")]
+    test_pairs = _test_pairs(cfg, tests)
+    if name in ONLINE_SETS:
+        return {"folders": None, "online_hr": src / "train" / "HR", "tests": test_pairs, "generation_seconds": {},
+                "generation_cache": None}
     real_scales = sorted({float(s) for s in [*setup["real_scales"], *setup["gen_scales"], *setup["test_scales"]]
                           if lr_folder(src / "train", s).is_dir()})
     real = pair_folder(src / "train", real_scales, "real") if real_scales else None
@@ -157,13 +179,20 @@ def prepare(cfg: dict) -> dict[str, Any]:
                 photos.append(out)
     folders = training_set(name, real=real, generated=generated, hr_root=generated, real_scales=setup["real_scales"],
                            gen_scales=setup["gen_scales"], test_scales=setup["test_scales"], photos=photos)
+    return {"folders": folders, "tests": test_pairs, "generation_seconds": gen_seconds,
+            "generation_cache": str(generated.parent) if generated else None}
+
+
+def _test_pairs(cfg: dict, tests: dict[str, list]) -> dict[str, list]:
+    """The pairs of every test set (the first ``eval.max_images`` per scale when set)."""
+    from degflow.data.sr_pairs import find_pairs
+
     test_pairs = {k: find_pairs(v) for k, v in tests.items()}
     if cfg["eval"]["max_images"]:
         n = int(cfg["eval"]["max_images"])
         test_pairs = {k: [p for s in sorted({q.scale for q in v}) for p in [q for q in v if q.scale == s][:n]]
                       for k, v in test_pairs.items()}
-    return {"folders": folders, "tests": test_pairs, "generation_seconds": gen_seconds,
-            "generation_cache": str(generated.parent) if generated else None}
+    return test_pairs
 
 
 # ----------------------------------------------------------------------------- one job
@@ -204,14 +233,18 @@ def run_job(cfg: dict, run_dir: Path) -> dict:
     setup, sr = cfg["sr_setup"], cfg["sr"]
     device = resolve_device(cfg["device"])
     prep = prepare(cfg)
-    pairs = find_pairs(prep["folders"])
-    counts: dict[str, dict[str, int]] = {}
-    for p in pairs:
-        counts.setdefault(p.source, {}).setdefault(f"x{p.scale:g}", 0)
-        counts[p.source][f"x{p.scale:g}"] += 1
-    log.info("training set %s: %d pairs %s", cfg["trainset"], len(pairs), counts)
-    data = load_pairs(pairs)
     settings = SRTrainSettings(**{k: sr[k] for k in SRTrainSettings.__dataclass_fields__})
+    counts: dict[str, dict[str, int]] = {}
+    data, online = None, None
+    if prep["folders"] is not None:
+        pairs = find_pairs(prep["folders"])
+        for p in pairs:
+            counts.setdefault(p.source, {}).setdefault(f"x{p.scale:g}", 0)
+            counts[p.source][f"x{p.scale:g}"] += 1
+        log.info("training set %s: %d pairs %s", cfg["trainset"], len(pairs), counts)
+        data = load_pairs(pairs)
+    else:
+        online = _online(cfg, prep["online_hr"], settings, device, run_dir)
     scale = None
     if sr["network"] == "edsr":
         if len(setup["test_scales"]) != 1:
@@ -220,7 +253,13 @@ def run_job(cfg: dict, run_dir: Path) -> dict:
         scale = setup["test_scales"][0]
     seed_everything(cfg["seed"])
     model = build_sr_model(sr["network"], scale, **{k: v for k, v in sr.items() if k != "network"})
-    training = train_sr(model, data, settings, cfg["seed"], run_dir, log=log.info)
+    if online is None:
+        training = train_sr(model, data, settings, cfg["seed"], run_dir, log=log.info)
+    else:
+        training = train_sr(model, None, settings, cfg["seed"], run_dir, log=log.info, source=online["source"],
+                            scale_log=online["log"])
+        online["log"].write_jsonl(run_dir / "online_scales.jsonl")
+        counts = {"online": {"images": online["images"], "batches": len(online["log"].records)}}
     model.to(device).eval()
     lpips = load_lpips("alex", cfg["lpips_weights"], device=device, config_key="lpips_weights") \
         if cfg["eval"]["lpips"] else None
@@ -236,7 +275,35 @@ def run_job(cfg: dict, run_dir: Path) -> dict:
         "generation_seconds": prep["generation_seconds"], "generation_cache": prep["generation_cache"],
         "eval_seconds": time.perf_counter() - start, "scores": scores, "bicubic_interpolation": reference,
         "ckpt": str(cfg["ckpt"]), "settings": sr,
+        "online": None if online is None else {"degradation": online["degradation"].describe(),
+                                               "scales": online["log"].summary(), "hr_crop": online["hr_crop"],
+                                               "scale_range": online["scale_range"], "per": online["per"]},
     }
+
+
+def _online(cfg: dict, hr_dir: Path, settings, device, run_dir: Path) -> dict[str, Any]:
+    """The online batch source of an ``online_*`` training set (:mod:`degflow.sr.online`)."""
+    import torch
+
+    from degflow.data.images import find_images, read_image
+    from degflow.sr.online import OnlineBatcher, ScaleLog, ScaleSampler, build_online_degradation, online_source
+
+    on = cfg["online"]
+    name = ONLINE_SETS[cfg["trainset"]]
+    low, high = (float(v) for v in on["scale_range"])
+    if cfg["sr"]["network"] == "edsr" and low != high:
+        raise ValueError(f"sr.network=edsr is a fixed-scale network: online.scale_range must be one scale "
+                         f"[s, s], got {on['scale_range']}")
+    degradation = build_online_degradation(name, {"ckpt": cfg["ckpt"], "device": device, "max_scale": on["max_scale"]})
+    sampler = ScaleSampler(low, high, on["per"])
+    scale_log = ScaleLog()
+    batcher = OnlineBatcher(degradation, sampler, settings.lr_patch, on["hr_crop"], log=scale_log)
+    images = [((read_image(p) + 1.0) * 127.5).round().to(torch.uint8) for p in find_images(hr_dir)]
+    log.info("training set %s: %d HR images degraded on the fly by %s, scales U(%s, %s) per %s, HR crops %d px",
+             cfg["trainset"], len(images), name, low, high, on["per"], batcher.hr_crop)
+    return {"source": online_source(images, batcher, settings.batch_size, device), "log": scale_log,
+            "degradation": degradation, "images": len(images), "hr_crop": batcher.hr_crop,
+            "scale_range": [low, high], "per": on["per"]}
 
 
 # ----------------------------------------------------------------------------- collect
@@ -251,8 +318,7 @@ def aggregate(results: list[dict]) -> dict:
     for net in sorted({r["network"] for r in results}):
         out[net] = {}
         rows = [r for r in results if r["network"] == net]
-        order = [t for t in ("bicubic", "procedural", "real", "degflow", "oracle", "degflow_photos")
-                 if any(r["trainset"] == t for r in rows)]
+        order = [t for t in TABLE_ORDER if any(r["trainset"] == t for r in rows)]
         for t in order:
             runs = sorted((r for r in rows if r["trainset"] == t), key=lambda r: r["seed"])
             cells = {}
@@ -299,7 +365,9 @@ def markdown(agg: dict, generation: dict[str, float]) -> str:
             lines.append(f"| {t} | {','.join(map(str, s['seeds'])) or '–'} | " + " | ".join(cells)
                          + f" | {'–' if secs is None else f'{secs:.0f}'} | {','.join(map(str, s['threads'])) or '–'} |")
         lines.append("")
-    lines.append("Training sets: " + "; ".join(f"`{k}` {v}" for k, v in TRAINING_SETS.items()) + ".")
+    shown = {t for sets in agg.values() for t in sets}
+    lines.append("Training sets: " + "; ".join(f"`{k}` {v}" for k, v in {**TRAINING_SETS, **ONLINE_DESCRIPTIONS}.items()
+                                               if k in shown) + ".")
     lines.append("Mean ± sample SD over the seeds listed (SR training seeds; the data and the degflow model are "
                  "the same for every seed); bold = best PSNR-Y per column. Y channel BT.601 in [16, 235], "
                  "data range 255, border shave = ceil(scale), SSIM on Y, LPIPS AlexNet on RGB.")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -95,15 +95,25 @@ def load_sr_checkpoint(path: str | Path) -> dict:
     return torch.load(Path(path), map_location="cpu", weights_only=True)
 
 
-def train_sr(model: nn.Module, data: Sequence[tuple[Tensor, Tensor, float]], settings: SRTrainSettings,
-             seed: int, run_dir: str | Path, log=print) -> dict:
+def train_sr(model: nn.Module, data: Sequence[tuple[Tensor, Tensor, float]] | None, settings: SRTrainSettings,
+             seed: int, run_dir: str | Path, log=print, *,
+             source: Callable[[torch.Generator], list[tuple[Tensor, Tensor, float]]] | None = None,
+             scale_log=None) -> dict:
     """Train ``model`` on ``data`` (:func:`degflow.data.sr_pairs.load_pairs`) in ``run_dir``; resumes.
 
     Build ``model`` after seeding torch with ``seed`` (its initialisation is part of the run).
+    ``source`` replaces ``data`` by a batch source ``source(generator) -> [(lr, hr, scale)]`` drawing
+    from the run's generator (the online path, :func:`degflow.sr.online.online_source`); its
+    ``scale_log`` (:class:`degflow.sr.online.ScaleLog`) is saved in the checkpoint and restored on resume.
 
     Returns ``{"steps", "seconds" (this call's training wall time), "seconds_total" (all
     attempts), "loss_history" [[step, mean L1 of the last log_every steps], ...], "resumed_from"}``.
     """
+    if (source is None) == (data is None):
+        raise ValueError("train_sr: give the training pairs (data) or an online batch source (source), not both")
+    if source is None:
+        def source(g: torch.Generator) -> list[tuple[Tensor, Tensor, float]]:
+            return sample_patches(data, settings.batch_size, settings.lr_patch, g)
     ckpt_path = Path(run_dir) / "checkpoints" / "last.pt"
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     generator = torch.Generator().manual_seed(int(seed))
@@ -117,6 +127,8 @@ def train_sr(model: nn.Module, data: Sequence[tuple[Tensor, Tensor, float]], set
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         step, history, seconds_before = int(state["step"]), list(state["loss_history"]), float(state["seconds"])
+        if scale_log is not None:
+            scale_log.records = list(state.get("scale_log", []))
         resumed_from = step
         log(f"resumed from {ckpt_path} at step {step}")
 
@@ -124,6 +136,8 @@ def train_sr(model: nn.Module, data: Sequence[tuple[Tensor, Tensor, float]], set
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                  "step": step, "loss_history": history, "seconds": seconds, "seed": seed,
                  "settings": asdict(settings), "model_config": model.config}
+        if scale_log is not None:
+            state["scale_log"] = scale_log.records
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(ckpt_path, lambda f: f.write(buf.getvalue()))
@@ -133,7 +147,7 @@ def train_sr(model: nn.Module, data: Sequence[tuple[Tensor, Tensor, float]], set
     while step < settings.steps:
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(settings, step)
-        batch = sample_patches(data, settings.batch_size, settings.lr_patch, generator)
+        batch = source(generator)
         loss = _loss(model, batch, settings.query_pixels, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
