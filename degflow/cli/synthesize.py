@@ -87,7 +87,7 @@ def _synthesize(cfg: DictConfig) -> int:
         batch_size=c["batch_size"],
         allow_extrapolation=c["allow_extrapolation"], shard=c["shard"], num_shards=c["num_shards"],
         baselines=_baselines(c["baseline"]), baseline_lr_root=c["baseline_lr_root"],
-        procedural_seed=c["procedural_seed"], max_scales=c["max_scales"], progress=c["progress"],
+        procedural_seed=c["procedural_seed"], max_scales=c["max_scales"], progress=c["progress"], layout=c["layout"],
     )
     print(f"synthesis summary: {summary.line()}", flush=True)
     if summary.failures:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -45,7 +46,8 @@ from degflow.infra.checks import check_bool, check_int, check_positive_int
 from degflow.infra.conf import synthesis_defaults
 from degflow.infra.files import append_lines, atomic_write_text, temp_target
 
-__all__ = ["BASELINES", "OUTPUT_SIZES", "FolderSummary", "SynthesisSpec", "write_lr_dataset"]
+__all__ = ["BASELINES", "LAYOUTS", "OUTPUT_SIZES", "FolderSummary", "SynthesisSpec", "toolbox_multiple",
+           "write_lr_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,11 @@ log = logging.getLogger(__name__)
 OUTPUT_SIZES: tuple[str, ...] = ("lr", "hr", "both")
 #: Comparison baselines (config key ``baseline``).
 BASELINES: tuple[str, ...] = ("bicubic", "procedural", "ae_interp")
+#: Output layouts (config key ``layout``): degflow's own, or one that BasicSR's paired dataset and LIIF's
+#: paired folders read as they are (integer scales; docs/TOOLBOXES.md).
+LAYOUTS: tuple[str, ...] = ("degflow", "toolbox")
+#: The BasicSR meta information file of ``layout=toolbox`` (one line ``name.png (H,W,3)`` per HR image).
+META_INFO = "meta_info.txt"
 
 
 @dataclass
@@ -99,14 +106,18 @@ _MANAGED = ("HR", "LR", "LR_hrsize", "baselines")
 _SETTINGS_FILE = "synthesis.json"
 
 
-def _output_names(paths: list[Path], root: Path) -> dict[Path, str]:
-    """Output name per source: its path under ``root`` with a ``.png`` suffix, subfolders kept.
+def _output_names(paths: list[Path], root: Path, flat: bool = False) -> dict[Path, str]:
+    """Output name per source: its path under ``root`` with a ``.png`` suffix, subfolders kept
+    (``flat``: joined with ``_`` into one folder level, as the toolboxes' loaders list one folder).
     Sources that would collide (``a.jpg`` and ``a.png``) keep their extension (``a.jpg.png``)."""
-    plain = {p: p.relative_to(root).with_suffix(".png").as_posix() for p in paths}
+    def rel(p: Path) -> str:
+        return p.relative_to(root).as_posix().replace("/", "_") if flat else p.relative_to(root).as_posix()
+
+    plain = {p: rel(p.with_suffix(".png")) for p in paths}
     counts: dict[str, int] = {}
     for name in plain.values():
         counts[name] = counts.get(name, 0) + 1
-    names = {p: (n if counts[n] == 1 else p.relative_to(root).as_posix() + ".png") for p, n in plain.items()}
+    names = {p: (n if counts[n] == 1 else rel(p) + ".png") for p, n in plain.items()}
     if len(set(names.values())) != len(names):
         raise ValueError(f"input: source files map to the same output name; rename them: "
                          f"{sorted(n for n in names.values() if list(names.values()).count(n) > 1)}")
@@ -221,6 +232,7 @@ class SynthesisSpec:
     procedural_seed: int
     max_scales: int | None
     progress: bool
+    layout: str = "degflow"
 
     @classmethod
     def create(cls, scales: Any = None, **options: Any) -> SynthesisSpec:
@@ -254,15 +266,35 @@ class SynthesisSpec:
         check_positive_int(c["max_scales"], "max_scales", allow_none=True)   # null: no limit
         requested = expand_scales(c["scales"], "scales")
         _check_scale_count(requested, c["max_scales"])
+        if c["layout"] not in LAYOUTS:
+            raise ValueError(f"layout={c['layout']!r} is not one of {list(LAYOUTS)}")
+        if c["layout"] == "toolbox":
+            fractional = [scale_label(v) for v in requested if not float(v).is_integer()]
+            if fractional:
+                raise ValueError(f"layout=toolbox: BasicSR's paired dataset and LIIF's paired folders need integer "
+                                 f"scales (HR = LR x s exactly), got {', '.join('x' + f for f in fractional)}; see "
+                                 f"docs/TOOLBOXES.md for non-integer scales")
+            if c["size"] != "lr":
+                raise ValueError(f"layout=toolbox writes LR at true size (HR = LR x s): use size=lr, not size={c['size']}")
         return cls(scales=requested, size=c["size"], hr_size_output=c["hr_size_output"], batch_size=c["batch_size"],
                    allow_extrapolation=c["allow_extrapolation"], shard=c["shard"], num_shards=c["num_shards"],
                    baselines=baselines, baseline_lr_root=root, procedural_seed=c["procedural_seed"],
-                   max_scales=c["max_scales"], progress=c["progress"])
+                   max_scales=c["max_scales"], progress=c["progress"], layout=c["layout"])
 
 
 #: The settings of :class:`SynthesisSpec` as config keys (``baseline``: the list of baselines).
 _SPEC_KEYS = ("scales", "size", "hr_size_output", "batch_size", "allow_extrapolation", "shard", "num_shards",
-              "baseline", "baselines", "baseline_lr_root", "procedural_seed", "max_scales", "progress")
+              "baseline", "baselines", "baseline_lr_root", "procedural_seed", "max_scales", "progress", "layout")
+
+
+def toolbox_multiple(scales: Sequence[float]) -> int:
+    """``layout=toolbox``: HR images are cropped (top-left, bottom / right rows dropped, like BasicSR's
+    ``mod_crop``) to a multiple of this, the least common multiple of the integer scales, so that
+    HR = LR x s exactly at every scale and one ``HR/`` folder serves them all."""
+    m = 1
+    for v in scales:
+        m = math.lcm(m, int(v))
+    return m
 
 
 def write_lr_dataset(
@@ -341,7 +373,8 @@ def write_lr_dataset(
     if not sources:
         raise ValueError(f"input={str(input_dir)!r} holds no images (searched recursively for "
                          f"{', '.join(IMAGE_EXTENSIONS)})")
-    names = _output_names(sources, input_dir)
+    names = _output_names(sources, input_dir, flat=spec.layout == "toolbox")
+    multiple = toolbox_multiple(scales) if spec.layout == "toolbox" else 1
     size, hr_size_output, shard, num_shards = spec.size, spec.hr_size_output, spec.shard, spec.num_shards
     procedural_seed = spec.procedural_seed
 
@@ -352,6 +385,8 @@ def write_lr_dataset(
     }
     if size != "lr":
         settings["hr_size_output"] = hr_size_output
+    if spec.layout != "degflow":
+        settings["layout"] = spec.layout
     if "procedural" in baselines:
         settings["procedural_seed"] = procedural_seed
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -399,14 +434,16 @@ def write_lr_dataset(
             loaded: dict[tuple[int, ...], list[tuple[_Item, torch.Tensor]]] = {}
             for item in group[k:k + spec.batch_size]:
                 try:
-                    x = read_image(item.path)
-                except (ImageReadError, OSError) as err:
+                    x = _crop_to_multiple(read_image(item.path), multiple)
+                except (ImageReadError, OSError, ValueError) as err:
                     job.fail(item, err, count=True)
                     continue
                 loaded.setdefault(tuple(x.shape), []).append((item, x))
             for pairs in loaded.values():
                 job.run([it for it, _ in pairs], torch.stack([x for _, x in pairs]))
     bar.close()
+    if spec.layout == "toolbox":
+        _write_meta_info(out_dir)
     if not job.failures:
         failed_file.unlink(missing_ok=True)
     summary = FolderSummary(
@@ -417,6 +454,29 @@ def write_lr_dataset(
     )
     log.info("synthesis: %s", summary.line())
     return summary
+
+
+def _crop_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``x [3, H, W]`` cropped to the largest multiple of ``multiple`` per side (top-left kept)."""
+    if multiple == 1:
+        return x
+    h, w = x.shape[-2:]
+    if h < multiple or w < multiple:
+        raise ValueError(f"layout=toolbox: a {w}x{h} image is smaller than {multiple} pixels, the least common "
+                         "multiple of the scales its HR is cropped to")
+    return x[..., : h - h % multiple, : w - w % multiple]
+
+
+def _write_meta_info(out_dir: Path) -> None:
+    """BasicSR's meta information file of the HR images written so far: ``name.png (H,W,3)`` per line,
+    sorted (each shard rewrites it when it ends; the last one to end lists every image)."""
+    lines = []
+    for path in sorted((out_dir / "HR").glob("*.png")) if (out_dir / "HR").is_dir() else []:
+        if path.name.startswith("."):
+            continue
+        w, h = read_image_size(path)
+        lines.append(f"{path.name} ({h},{w},3)\n")
+    atomic_write_text(out_dir / META_INFO, "".join(lines))
 
 
 def _check_scale_count(scales: Sequence[float], max_scales: int | None) -> None:
