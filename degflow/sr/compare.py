@@ -294,7 +294,8 @@ def _online(cfg: dict, hr_dir: Path, settings, device, run_dir: Path) -> dict[st
     if cfg["sr"]["network"] == "edsr" and low != high:
         raise ValueError(f"sr.network=edsr is a fixed-scale network: online.scale_range must be one scale "
                          f"[s, s], got {on['scale_range']}")
-    degradation = build_online_degradation(name, {"ckpt": cfg["ckpt"], "device": device, "max_scale": on["max_scale"]})
+    degradation = build_online_degradation(name, {"ckpt": cfg["ckpt"], "device": device, "max_scale": on["max_scale"],
+                                                  "solver": on["solver"]})
     sampler = ScaleSampler(low, high, on["per"])
     scale_log = ScaleLog()
     batcher = OnlineBatcher(degradation, sampler, settings.lr_patch, on["hr_crop"], log=scale_log)

@@ -32,7 +32,7 @@ from degflow.infra.checks import check_positive_int
 from degflow.infra.files import atomic_write_bytes
 from degflow.models.sr import make_coord
 
-__all__ = ["SRTrainSettings", "train_sr", "load_sr_checkpoint"]
+__all__ = ["SRTrainSettings", "train_sr", "load_sr_checkpoint", "sr_loss"]
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,10 @@ def _learning_rate(s: SRTrainSettings, step: int) -> float:
     return lo + 0.5 * (s.lr - lo) * (1 + math.cos(math.pi * frac))
 
 
-def _loss(model: nn.Module, batch: list[tuple[Tensor, Tensor, float]], query_pixels: int,
-          generator: torch.Generator) -> Tensor:
+def sr_loss(model: nn.Module, batch: list[tuple[Tensor, Tensor, float]], query_pixels: int,
+           generator: torch.Generator) -> Tensor:
+    """The L1 loss of one batch ``[(lr [3, p, p], hr [3, P, P], scale)]``: ``edsr`` on whole HR patches,
+    ``liif`` on ``query_pixels`` random HR pixels per sample (drawn from ``generator``)."""
     lr = torch.stack([b[0] for b in batch])                                   # [B, 3, p, p]
     if model.config["network"] == "edsr":
         scales = {b[2] for b in batch}
@@ -148,7 +150,7 @@ def train_sr(model: nn.Module, data: Sequence[tuple[Tensor, Tensor, float]] | No
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(settings, step)
         batch = source(generator)
-        loss = _loss(model, batch, settings.query_pixels, generator)
+        loss = sr_loss(model, batch, settings.query_pixels, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
