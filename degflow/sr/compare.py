@@ -138,7 +138,11 @@ def prepare(cfg: dict) -> dict[str, Any]:
     setup, name = cfg["sr_setup"], cfg["trainset"]
     cache = Path(cfg["cache"])
     if setup["kind"] == "realsr_x4":
-        from realsr_x4 import make_split
+        try:        # the fixed Canon split of experiments/reproduce/realsr_x4.py (run from the repository root)
+            from experiments.reproduce.realsr_x4 import make_split
+        except ImportError as err:
+            raise ValueError(f"sr_setup=realsr_x4 needs the Canon split rule of experiments/reproduce/realsr_x4.py: run "
+                             f"from the repository root ({err})") from None
 
         canon, nikon = Path(setup["canon"]).resolve(), Path(setup["nikon"]).resolve()
         if canon == nikon:
