@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from degflow.sr.fit import SRTrainSettings, load_sr_checkpoint, train_sr
 from degflow.sr.online import (ONLINE_DEGRADATIONS, BicubicOnline, DegflowOnline, HRCropDataset, OnlineBatcher,
                                OnlineCollate, ProceduralOnline, ScaleLog, ScaleSampler, build_online_degradation,
                                default_hr_crop, online_source, register_online_degradation)
-from test_sr import ENV, REPO, _rand_image
+from test_sr import TINY_SR, _compare, _rand_image
 from test_synthesis import _write_lfm_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -233,15 +231,8 @@ def test_online_sr_training_resumes_exactly_with_its_scale_log(tmp_path, ckpt):
 
 
 # --------------------------------------------------------------------------- the comparison
-def _compare(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "degflow", "sr-compare", *args], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-TINY = ["sr.steps=2", "sr.batch_size=2", "sr.lr_patch=8", "sr.n_feats=4", "sr.n_blocks=1", "sr.mlp_hidden=8",
-        "sr.query_pixels=16", "sr.log_every=1", "eval.lpips=false", "sr_setup.max_side=96",
-        "sr_setup.real_scales=[2]", "sr_setup.gen_scales=[1.5,2,3]", "sr_setup.test_scales=[1.5,3]",
-        "sr_setup.val_scales=[1.25,2]"]
+#: the comparison's tiny settings (tests/test_sr.py) with a validation test set
+TINY = [*(a for a in TINY_SR if not a.startswith("sr_setup.val_scales")), "sr_setup.val_scales=[1.25,2]"]
 
 
 @pytest.mark.slow
@@ -269,7 +260,7 @@ def test_one_command_trains_the_online_sets_beside_an_offline_one_and_collects_t
 def test_the_slurm_launcher_runs_the_online_sets_as_jobs_in_a_dry_run(tmp_path):
     proc = _compare("-m", "sr_setup=demo", "ckpt=none.pt", f"out={tmp_path}", "hydra/launcher=cpu",
                     "hydra.launcher.dry_run=true", "trainset=degflow,online_degflow,online_procedural,online_bicubic",
-                    "seed=0,1", timeout=120)
+                    "seed=0,1", timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "DRY RUN, nothing submitted: 8 job(s)" in proc.stdout
     assert "trainset=online_procedural" in proc.stdout
