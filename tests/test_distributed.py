@@ -14,6 +14,7 @@ import torch
 
 from degflow.infra.checkpoint import load_checkpoint
 from degflow.training import train
+from degflow.training.loop import TIMING_SCALARS
 from degflow.training.distributed import SINGLE, DistEnv, detect_environment, local_batch_size, submitit_port
 from degflow.training.sampling import RowDraws, batch_keys
 from degflow.training.stop import StopSignals, TrainingStopped
@@ -136,7 +137,7 @@ def history(run: Path) -> list[dict]:
 def losses(run: Path) -> dict[int, dict]:
     rows = [r for r in history(run) if "train/loss" in r]
     assert len(rows) == len({r["step"] for r in rows}), "a step was logged twice"
-    return {r["step"]: {k: v for k, v in r.items() if k != "train/steps_per_s"} for r in rows}
+    return {r["step"]: {k: v for k, v in r.items() if k.removeprefix("train/") not in TIMING_SCALARS} for r in rows}
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ import torch
 from degflow.infra.checkpoint import CheckpointError, find_latest_checkpoint, load_checkpoint, save_checkpoint
 from degflow.data.common import MemoryRecord, TrainCropDataset
 from degflow.training.loggers import NullLogger
+from degflow.training.loop import TIMING_SCALARS
 from degflow.training import TrainingStopped, train
 from degflow.training.sampling import batch_indices, batch_keys, train_batches
 from test_train import DEMO, REPO, TINY, config
@@ -91,7 +92,7 @@ def losses(run_dir: Path) -> dict[int, dict]:
     rows = [r for r in history(run_dir) if "train/loss" in r]
     steps = [r["step"] for r in rows]
     assert len(steps) == len(set(steps)), f"steps logged twice: {sorted(s for s in steps if steps.count(s) > 1)}"
-    return {r["step"]: {k: v for k, v in r.items() if k != "train/steps_per_s"} for r in rows}
+    return {r["step"]: {k: v for k, v in r.items() if k.removeprefix("train/") not in TIMING_SCALARS} for r in rows}
 
 
 def only_run(root: Path, stage: str) -> Path:

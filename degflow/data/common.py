@@ -305,11 +305,16 @@ class TrainCropDataset(Dataset):
             index, generator = key, None
         i = int(index) % len(self.records)
         rec, size = self.records[i], self.crop_size
-        hr, lr = rec.load(self.scales)
+        held = isinstance(rec, MemoryRecord)  # crop the held images: copy the crops, not the images
+        hr, lr = (rec.hr_image, None) if held else rec.load(self.scales)
         h, w = hr.shape[-2:]
         top, left = random_crop_position(h, w, size, generator, align=self.crop_align)
         k = int(torch.randint(0, NUM_DIHEDRAL, (1,), generator=generator))
-        hr, lr = (dihedral(crop(x, top, left, size, size), k).contiguous() for x in (hr, lr))
+        hr = crop(hr, top, left, size, size)
+        lr = (torch.stack([crop(rec.lr_images[s], top, left, size, size) for s in self.scales]) if held
+              else crop(lr, top, left, size, size))
+        # fresh tensors, never views of a held image (a caller may modify its item)
+        hr, lr = (dihedral(x, k).clone(memory_format=torch.contiguous_format) for x in (hr, lr))
         if self.crop_align > 1:  # the latent cache encodes the aligned part of the image
             h, w = h - h % self.crop_align, w - w % self.crop_align
         where = torch.tensor([i, *dihedral_box(top, left, size, h, w, k), k])

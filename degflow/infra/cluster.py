@@ -8,6 +8,8 @@
   ``OMP_NUM_THREADS`` as an upper bound when it is set. :func:`set_threads` applies it to torch
   and to child processes. Jobs that share a node then do not oversubscribe it (three
   2-thread runs on 2 cores ran 3.9x slower than the same runs with 1 thread each).
+  :func:`resolve_workers` sizes the training DataLoader (``num_workers: auto``) from the same
+  allocation.
 - :func:`job_record`: ``job.json`` (status, scheduler ids, host, threads, timings, one entry
   per attempt: a requeued job appends one) and, when the job raises, ``error.txt`` with the
   traceback, so a sweep's failed jobs are findable from the sweep folder.
@@ -106,6 +108,33 @@ def resolve_threads(setting: Any, environ: dict[str, str] | None = None,
         raise ValueError(f"threads={setting!r}: expected 'auto' (follow the CPU allocation: SLURM cpus_per_task, "
                          f"CPU affinity, OMP_NUM_THREADS) or a positive integer (config key threads)")
     return setting, "threads setting"
+
+
+#: Most DataLoader workers ``num_workers: auto`` starts: a training batch is a few crops of
+#: in-memory images, which a handful of processes prepare far faster than a GPU step consumes.
+MAX_AUTO_WORKERS = 4
+
+
+def resolve_workers(setting: Any, device_type: str, environ: dict[str, str] | None = None,
+                    affinity: int | None = None) -> tuple[int, str]:
+    """DataLoader worker count for config ``num_workers``: ``"auto"`` or an integer >= 0.
+
+    ``auto``: none on the CPU (the step itself uses every allocated core, and a batch of
+    in-memory crops costs about 1% of a CPU step); on a GPU the allocation less one core
+    (the process that drives the GPU), at most :data:`MAX_AUTO_WORKERS`, so batches are
+    prepared while the GPU computes. The allocation is :func:`allocated_cpus`'s, as for
+    ``threads``. Returns ``(count, where it comes from)``.
+    """
+    if setting == "auto":
+        if device_type != "cuda":
+            return 0, "auto: none on the CPU"
+        cpus, source = allocated_cpus(environ, affinity)
+        count = max(0, min(MAX_AUTO_WORKERS, cpus - 1))
+        return count, f"auto: {source}, one core for the GPU process, at most {MAX_AUTO_WORKERS}"
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
+        raise ValueError(f"num_workers={setting!r}: expected 'auto' (none on the CPU; on a GPU the CPU allocation "
+                         f"less one, at most {MAX_AUTO_WORKERS}) or an integer >= 0 (config key num_workers)")
+    return setting, "num_workers setting"
 
 
 def set_threads(setting: Any) -> int:

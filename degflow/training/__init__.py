@@ -10,8 +10,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 
 from degflow.data.memory import in_memory_training_set
+from degflow.infra.cluster import resolve_workers
 from degflow.infra.console import log_to_file
-from degflow.infra.runtime import resolve_device, seed_everything
+from degflow.infra.runtime import resolve_device, seed_everything, set_tf32
 from degflow.metrics.image import eval_protocol
 from degflow.training.accel import accelerate
 from degflow.training.distributed import (
@@ -100,6 +101,9 @@ def _train(config: dict[str, Any], run_dir: Path, overrides: list[str]) -> dict[
     local_batch_size(settings.batch_size, dist_env.world_size)  # a bad batch is refused before anyone waits
     log_on_main_only(dist_env)
     device = process_device(resolve_device(config["device"]), dist_env)
+    workers, source = resolve_workers(config["num_workers"], device.type)
+    log.info("data loader workers: %d (%s)", workers, source)
+    set_tf32(config["tf32"])
     with process_group(dist_env, device):
         data = instantiate(config["data"])
         log.info("data: %s", data.description)
@@ -111,7 +115,7 @@ def _train(config: dict[str, Any], run_dir: Path, overrides: list[str]) -> dict[
             logger = build_logger(logger_cfg.pop("kind"), run_dir, config, **logger_cfg)
         ctx = RunContext(run_dir=run_dir, device=device, precision=config["precision"], logger=logger,
                          config=config, overrides=list(overrides), resume=config["resume"], seed=config["seed"],
-                         num_workers=config["num_workers"], dist=dist_env)
+                         num_workers=workers, dist=dist_env)
         try:
             metrics = fit(stage, stage.training_set(data.train), settings, ctx)
         except TrainingStopped as stopped:

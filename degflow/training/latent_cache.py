@@ -17,6 +17,9 @@ sees zero padding instead of the neighbouring pixels (measured by
 ``norm="group"`` the encoder is not local (GroupNorm statistics cover the whole input) and the
 difference is larger.
 
+On a GPU the cache is held there when it fits (:func:`place_latent_cache`): one padded
+table, and the crops of a batch are one gather on the device.
+
 The cache is keyed by the RAE checkpoint's sha256 and a fingerprint of the training
 images. With a ``cache_dir`` it is also stored on disk (``{fingerprint}-{rae}.pt``, atomic
 write, ``weights_only`` load) so a resumed or requeued job does not encode again; files of
@@ -54,10 +57,32 @@ class LatentCache:
     stride: int
     rae_sha256: str
     fingerprint: str
+    #: ``[N, 8, K, C, S, S]`` on the device (:meth:`make_resident`), every latent zero-padded to
+    #: the largest side S; None: crops are cut from :attr:`latents` one by one on the host
+    table: torch.Tensor | None = None
 
     @property
     def nbytes(self) -> int:
         return sum(z.numel() * z.element_size() for rec in self.latents for z in rec)
+
+    def table_nbytes(self) -> int:
+        """Bytes of the padded device table :meth:`make_resident` would allocate."""
+        first = self.latents[0][0]
+        side = max(max(z.shape[-2:]) for rec in self.latents for z in rec)
+        return len(self.latents) * NUM_DIHEDRAL * first.shape[0] * first.shape[1] * side * side * first.element_size()
+
+    def make_resident(self, device: torch.device) -> "LatentCache":
+        """Hold every latent in one padded table on ``device``: :meth:`crops` is then a single
+        gather there (no host round trip, no per-crop copies); the crops are the same numbers."""
+        first = self.latents[0][0]
+        side = max(max(z.shape[-2:]) for rec in self.latents for z in rec)
+        table = torch.zeros(len(self.latents), NUM_DIHEDRAL, *first.shape[:2], side, side, dtype=first.dtype,
+                            device=device)
+        for i, rec in enumerate(self.latents):
+            for k, z in enumerate(rec):
+                table[i, k, :, :, :z.shape[-2], :z.shape[-1]] = z.to(device)
+        self.table = table
+        return self
 
     def crops(self, where: torch.Tensor, size: int) -> torch.Tensor:
         """Knot latents of a batch of aligned crops.
@@ -70,6 +95,8 @@ class LatentCache:
             ``[B, K, C, size/stride, size/stride]``.
         """
         n = size // self.stride
+        if self.table is not None:
+            return self._gather(where, n)
         out = []
         for i, top, left, k in where.tolist():
             if top % self.stride or left % self.stride or size % self.stride:
@@ -79,9 +106,40 @@ class LatentCache:
             out.append(z[:, :, top // self.stride:top // self.stride + n, left // self.stride:left // self.stride + n])
         return torch.stack(out)
 
+    def _gather(self, where: torch.Tensor, n: int) -> torch.Tensor:
+        """:meth:`crops` from the device table (the dataset puts every crop on the stride grid,
+        inside the image: :func:`degflow.training.lfm.aligned_training_set`)."""
+        where = where.to(self.table.device, non_blocking=True)
+        i, top, left, k = where.unbind(1)                                        # [B] each
+        steps = torch.arange(n, device=where.device)
+        rows = (top // self.stride)[:, None] + steps                             # [B, n]
+        cols = (left // self.stride)[:, None] + steps                            # [B, n]
+        picked = self.table[i[:, None, None], k[:, None, None], :, :, rows[:, :, None], cols[:, None, :]]
+        return picked.permute(0, 3, 4, 1, 2).contiguous()                       # [B,n,n,K,C] -> [B,K,C,n,n]
+
     def to(self, device: torch.device) -> "LatentCache":
         self.latents = [[z.to(device) for z in rec] for rec in self.latents]
         return self
+
+
+#: Share of the GPU's free memory the latent cache may take as a device-resident table.
+RESIDENT_SHARE = 0.25
+
+
+def place_latent_cache(cache: LatentCache, device: torch.device) -> LatentCache:
+    """On a GPU, make the cache resident there (:meth:`LatentCache.make_resident`) when its
+    padded table takes at most :data:`RESIDENT_SHARE` of the free device memory; otherwise (and
+    on the CPU) the crops are cut on the host and copied at each step. Logs the choice."""
+    if device.type != "cuda":
+        return cache
+    need = cache.table_nbytes()
+    free, _ = torch.cuda.mem_get_info(device)
+    if need > RESIDENT_SHARE * free:
+        log.info("latent cache: %.1f MiB as a padded table is more than %d%% of the %.1f GiB free on %s; crops "
+                 "are cut on the host at every step", need / 2**20, 100 * RESIDENT_SHARE, free / 2**30, device)
+        return cache
+    log.info("latent cache: resident on %s (%.1f MiB padded table)", device, need / 2**20)
+    return cache.make_resident(device)
 
 
 def aligned_knot_images(record, scales: Sequence[float], stride: int) -> torch.Tensor:

@@ -35,9 +35,9 @@ from degflow.infra.files import file_sha256
 from degflow.metrics.image import EVAL_PROTOCOLS, EvalProtocol, eval_protocol
 from degflow.metrics.perceptual import load_lpips
 from degflow.models.registry import build_model, model_entry
-from degflow.training.accel import accelerate
+from degflow.training.accel import accelerate, held_for_precision
 from degflow.training.ema import check_ema_decay, ema_decay_at, ema_update_
-from degflow.training.latent_cache import LatentCache, load_or_build_latent_cache
+from degflow.training.latent_cache import LatentCache, load_or_build_latent_cache, place_latent_cache
 from degflow.training.loop import Stage
 from degflow.training.validation import ScaleAverages, validation_items
 from degflow.viz.strips import labelled_strip
@@ -171,7 +171,11 @@ class LFMStage(Stage):
         self.val_set, self.val_scales = val_set, tuple(float(s) for s in val_scales)
         self.device, self.precision = device, precision
         self.rae_source = rae_source
-        self.lpips_loss, self.lpips_metric = lpips_loss, lpips_metric
+        # the frozen networks of the step, held once in the compute dtype (fp32: the same objects);
+        # self.rae keeps fp32 weights for checkpoints and validation
+        self.rae_step = held_for_precision(self.rae, precision)
+        self.lpips_loss = None if lpips_loss is None else held_for_precision(lpips_loss, precision)
+        self.lpips_metric = lpips_metric
         self.max_val_images, self.strip_images = max_val_images, strip_images
         self.latent_cache = latent_cache   # knot latents of the training images (stage.latent_cache)
         self.protocol = protocol
@@ -197,6 +201,13 @@ class LFMStage(Stage):
     def train_modules(self) -> list[torch.nn.Module]:
         return [self.velocity]
 
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        """The frozen networks (RAE encoder and decoder, the step's copies when they differ,
+        the LPIPS loss), for the throughput switches of :func:`~degflow.training.accel.accelerate`."""
+        raes = [self.rae] + ([self.rae_step] if self.rae_step is not self.rae else [])
+        return [part for rae in raes for part in (rae.encoder, rae.decoder)] + (
+            [self.lpips_loss] if self.lpips_loss is not None else [])
+
     @torch.no_grad()
     def encode_knots(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Latents of the knot images and the HR skip features.
@@ -207,7 +218,7 @@ class LFMStage(Stage):
             knots ``[B, K, C, h, w]`` and the HR skip features (list of ``[B, ...]``).
         """
         b, k = images.shape[:2]
-        z, feats = self.rae.encode(images.flatten(0, 1))                      # [B*K,C,h,w]
+        z, feats = self.rae_step.encode(images.flatten(0, 1))                 # [B*K,C,h,w]
         hr_feats = [f.view(b, k, *f.shape[1:])[:, 0] for f in feats]
         return z.view(b, k, *z.shape[1:]).float(), hr_feats
 
@@ -225,7 +236,7 @@ class LFMStage(Stage):
         else:  # knots from the cache; the decoder still needs this crop's HR skip features
             knots = self.latent_cache.crops(batch["where"], hr.shape[-1]).to(hr.device)   # [B,K,C,h,w]
             with torch.no_grad():
-                hr_feats = self.rae.features(hr) if self.loss_settings.lpips_weight > 0 else None
+                hr_feats = self.rae_step.features(hr) if self.loss_settings.lpips_weight > 0 else None
         knot_times = self.knots()                                            # [K]
         b = hr.shape[0]
         u = batch["draws"].rand(b, hr.device)                                # [B] (data parallel: see RowDraws)
@@ -240,7 +251,7 @@ class LFMStage(Stage):
         if self.loss_settings.lpips_weight > 0:
             dt = point.right_time - t                                        # [B]
             z_hat = taylor_extrapolate(point, v.float(), dt, self.loss_settings.taylor_order)
-            x_hat = self.rae.decode(z_hat, hr_feats)                         # [B,3,H,W]
+            x_hat = self.rae_step.decode(z_hat, hr_feats)                    # [B,3,H,W]
             target = images[torch.arange(b, device=hr.device), point.segment + 1]
             perceptual = self.lpips_loss(x_hat.float(), target.float())      # [B]
             segment_length = point.right_time - knot_times[point.segment]    # [B]
@@ -408,16 +419,14 @@ def build_lfm_stage(config: dict[str, Any], data, device: torch.device) -> LFMSt
         aligned_training_set(data.train, rae.stride)        # refuse a bad crop size before encoding
         cache = load_or_build_latent_cache(rae.to(device), data.train.records, data.train.scales, rae_sha256,
                                            device, config["stage"]["latent_cache_dir"])
-    velocity = instantiate(config["model"]["lfm"])
-    for module in (velocity, rae.encoder, rae.decoder):
-        accelerate(module, config["channels_last"], config["compile"])
+        cache = place_latent_cache(cache, device)
+    velocity = accelerate(instantiate(config["model"]["lfm"]), config["channels_last"], config["compile"])
     lpips_loss = lpips_metric = None
     if loss.lpips_weight > 0:
-        lpips_loss = accelerate(load_lpips(loss.lpips_net, loss.lpips_backbone_weights, device=device,
-                                           pooling=loss.lpips_pooling), config["channels_last"], config["compile"])
+        lpips_loss = load_lpips(loss.lpips_net, loss.lpips_backbone_weights, device=device, pooling=loss.lpips_pooling)
     if config["eval"]["lpips"]:
         lpips_metric = load_lpips("alex", config["eval"]["lpips_backbone_weights"], device=device)
-    return LFMStage(
+    stage = LFMStage(
         rae, velocity, data.train_scales, spline, loss, solver, data.val, data.val_scales, device,
         rae_source={"path": str(rae_path), "sha256": rae_sha256, "step": int(rae_ckpt["step"])},
         lpips_loss=lpips_loss, lpips_metric=lpips_metric, max_val_images=config["eval"]["max_images"],
@@ -425,3 +434,6 @@ def build_lfm_stage(config: dict[str, Any], data, device: torch.device) -> LFMSt
         protocol=eval_protocol(config["eval"]["protocol"]), latent_cache=cache,
         ema_decay=config["stage"].get("ema_decay"), hr_size_output=config["eval"]["hr_size_output"],
     )
+    for module in stage.frozen_modules():  # after the stage holds its compute copies
+        accelerate(module, config["channels_last"], config["compile"])
+    return stage

@@ -14,6 +14,9 @@ module owns everything else, identically for both stages:
   at every validation, at the end and on a stop signal (``stop.py``); a kept
   ``step_XXXXXXX.pt`` copy every ``keep_every`` steps when set;
 - validation every ``val_every`` steps and at the end, a one-line summary, ``metrics.json``;
+- at every log step, besides the losses: steps per second and the data-wait share of the
+  step time (:data:`TIMING_SCALARS`); nothing in a step waits for the GPU except the loss
+  values the stage reads (scalars such as the gradient norm are read at log steps only);
 - data parallel when the job has several processes (``distributed.py``): each takes its rows of
   the same global batch, DDP averages the gradients, rank 0 alone logs, validates and writes
   files while the others wait at a barrier, and every decision that must match across ranks
@@ -57,6 +60,12 @@ from degflow.training.sampling import RowDraws, step_seed, train_batches
 from degflow.training.stop import StopSignals
 
 log = logging.getLogger(__name__)
+
+#: Logged training scalars that measure the machine, not the run (a resumed run logs other
+#: values): steps per second and ``data_wait``, the share of the step time spent waiting for
+#: the next batch (DataLoader workers, ``num_workers``, keep it near 0 on a GPU).
+TIMING_SCALARS = ("steps_per_s", "data_wait")
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -254,10 +263,13 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
     bar = progress_bar(requested=ctx.progress and dp.is_main, total=settings.steps, initial=step,
                        desc=f"{stage.kind}", mininterval=1.0)
     t_last = time.perf_counter()
+    waited = stepping = 0.0  # seconds waiting for batches / in steps, since the last log line
     with StopSignals() as stop, contextlib.closing(bar), contextlib.closing(batches), \
             bar_safe_logging(bar):  # closing: workers end
         while step < settings.steps:
+            t_step = time.perf_counter()
             batch = next(batches)
+            waited += time.perf_counter() - t_step
             batch["draws"] = RowDraws(ctx.seed, step, dp.rank, dp.world_size)  # the loss's per-row draws
             torch.manual_seed(step_seed(ctx.seed, step, dp.rank))  # draws inside the networks (dropout)
             with autocast(ctx.device, ctx.precision):
@@ -267,19 +279,23 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
                                          f"last good checkpoint: {last}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if settings.grad_clip is not None:
-                scalars["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, settings.grad_clip))
+            if settings.grad_clip is not None:  # a tensor: read at log steps only (no wait for the GPU here)
+                scalars["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
             optimizer.step()
             scheduler.step()
             step += 1
             stage.after_step(step)
+            stepping += time.perf_counter() - t_step
             bar.update(1)
             if step % settings.log_every == 0 or step == settings.steps:
+                scalars = {k: float(v) for k, v in scalars.items()}
                 scalars = mean_over_ranks({**scalars, "loss": float(loss.detach())}, dp)  # of the global batch
                 now = time.perf_counter()
+                # data_wait: the share of the steps' time spent waiting for the next batch
                 scalars.update(lr=scheduler.get_last_lr()[0],
-                               steps_per_s=settings.log_every / max(now - t_last, 1e-9))
-                t_last = now
+                               steps_per_s=settings.log_every / max(now - t_last, 1e-9),
+                               data_wait=waited / max(stepping, 1e-9))
+                t_last, waited, stepping = now, 0.0, 0.0
                 bar.set_postfix(loss=f"{scalars['loss']:.4g}")
                 if ctx.logger is not None:
                     ctx.logger.log({f"train/{k}": v for k, v in scalars.items()}, step)

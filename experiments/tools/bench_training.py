@@ -4,6 +4,7 @@ stage-2 step against a reference step that does what the authors' loop does.
     python -m experiments.tools.bench_training                       # CPU: small + paper presets
     python -m experiments.tools.bench_training --ours fp32,fp32+channels_last,bf16   # layouts side by side
     python -m experiments.tools.bench_training --device cuda --ours bf16+channels_last --compile
+    python -m experiments.tools.bench_training --against main --out /tmp/against.json   # vs another revision
 
 Writes ``experiments/tools/results/bench_training.json`` (``--out``; one entry per device kind) and
 prints markdown tables. Not a test: timings depend on the machine.
@@ -21,6 +22,9 @@ cost of a step does not depend on the weights), on the demo photos downscaled to
   ``--ours`` variant: fp32 or bf16 autocast, optionally ``+channels_last`` (NHWC weights and
   activations of the velocity network, the RAE and LPIPS, as ``channels_last=true`` does in
   training: the same function, another memory layout); ``--compile`` applies to all of ours.
+  The frozen RAE and LPIPS run as the stage holds them (bf16: once cast to bf16,
+  :func:`degflow.training.accel.held_for_precision`), the latent cache resident on a GPU when
+  it fits (:func:`degflow.training.latent_cache.place_latent_cache`).
 - **LFM step, reference**: what the authors' ``training_step`` does: every image of the
   crop tuple (HR, x2, x3, x4; x3 is encoded and then dropped) through the full encoder at
   every step, fp32, no cache, unaligned crops, torch's default (unfused) Adam; the rest is the
@@ -31,7 +35,11 @@ latent (decoder + LPIPS backward), then that gradient and the flow-matching loss
 velocity network (velocity backward); the summed gradients equal ``loss.backward()``.
 Configurations are interleaved round by round (``--rounds`` x ``--steps`` steps each, after
 ``--warmup`` steps) so load from other processes hits all of them alike; the tables report
-medians over rounds and, for ours vs reference, the median of the per-round ratios. ``--profile N``
+medians over rounds and, for ours vs reference, the median of the per-round ratios. Batches
+come from ``--workers`` DataLoader workers (default as training's ``num_workers=auto``); the
+"data" part is the wait for the next batch, and ``data_wait_share`` its share of the step.
+``--against REV`` alternates whole runs of the benchmark between a temporary checkout of
+``REV`` and this one and reports the ratio of their seconds per step (same machine, same run). ``--profile N``
 adds one step of each configuration under torch.profiler (its N costliest operators).
 """
 
@@ -56,13 +64,14 @@ from degflow.core.losses import LossSettings, flow_matching_loss, taylor_extrapo
 from degflow.core.solvers import SolverSpec
 from degflow.core.spline import evaluate_path
 from degflow.data.demo import demo_data
+from degflow.infra.cluster import resolve_workers
 from degflow.infra.files import atomic_write_text
 from degflow.infra.runtime import autocast, resolve_device
 from degflow.metrics.perceptual import load_lpips
 from degflow.models.rae import RAE
 from degflow.models.unet import VelocityUNet
 from degflow.training.accel import accelerate
-from degflow.training.latent_cache import load_or_build_latent_cache
+from degflow.training.latent_cache import load_or_build_latent_cache, place_latent_cache
 from degflow.training.lfm import LFMStage, SplineSettings, aligned_training_set
 from degflow.training.sampling import train_batches
 
@@ -130,7 +139,7 @@ def lfm_step(stage: LFMStage, batches, optimizer, clock: Clock, precision: str, 
                 knots, images = latents[:, keep], images[:, keep]
             else:
                 knots = stage.latent_cache.crops(batch["where"], hr.shape[-1]).to(hr.device)
-                hr_feats = stage.rae.features(hr)
+                hr_feats = stage.rae_step.features(hr)
         clock.mark("encoder (knots + HR skips)")
         knot_times = stage.knots()
         t = knot_times[0] + torch.rand(b, device=hr.device) * (knot_times[-1] - knot_times[0])
@@ -140,7 +149,7 @@ def lfm_step(stage: LFMStage, batches, optimizer, clock: Clock, precision: str, 
         z_hat = taylor_extrapolate(point, v.float(), point.right_time - t, stage.loss_settings.taylor_order)
         clock.mark("velocity fwd")
         z_leaf = z_hat.detach().requires_grad_()
-        x_hat = stage.rae.decode(z_leaf, hr_feats)
+        x_hat = stage.rae_step.decode(z_leaf, hr_feats)
         target = images[torch.arange(b, device=hr.device), point.segment + 1]
         perceptual = stage.lpips_loss(x_hat.float(), target.float()).mean()
         clock.mark("decoder+LPIPS fwd")
@@ -174,14 +183,14 @@ def build(args, device: torch.device) -> tuple[dict, dict]:
         # stage 1
         rae = accelerate(RAE(**preset("rae", name)).to(device), False, args.compile)
         opt = torch.optim.Adam(rae.parameters(), lr=1e-4, betas=(0.5, 0.9), fused=True)
-        batches = train_batches(data2.train, 0, 0, batch, 0, device)
+        batches = train_batches(data2.train, 0, 0, batch, args.workers, device)
         steps[f"rae {name}"] = (lambda r=rae, bt=batches, o=opt: lambda c: rae_step(r, bt, o, c, "fp32"))()
         # stage 2: the frozen RAE, one velocity network per configuration
         frozen = RAE(**preset("rae", name)).to(device).eval().requires_grad_(False)
         t0 = time.perf_counter()
         before = set(args.cache_dir.glob("*.pt")) if args.cache_dir and args.cache_dir.is_dir() else set()
-        cache = load_or_build_latent_cache(frozen, data2.train.records, data2.train.scales, f"bench-{name}", device,
-                                           args.cache_dir)
+        cache = place_latent_cache(load_or_build_latent_cache(
+            frozen, data2.train.records, data2.train.scales, f"bench-{name}", device, args.cache_dir), device)
         loaded = args.cache_dir is not None and not (set(args.cache_dir.glob("*.pt")) - before)
         once[f"latent cache {'load' if loaded else 'build'} {name}"] = {
             "seconds": round(time.perf_counter() - t0, 2), "mib": round(cache.nbytes / 2**20, 2),
@@ -194,22 +203,23 @@ def build(args, device: torch.device) -> tuple[dict, dict]:
             channels_last = layout == "channels_last"
             torch.manual_seed(1)
             velocity = VelocityUNet(**preset("lfm", name)).to(device)
-            rae_used, lpips_used = frozen, lpips
-            if not reference:  # as build_lfm_stage: the switches on velocity, encoder, decoder and LPIPS
+            switched = not reference and (channels_last or args.compile)
+            if not reference:
                 velocity = accelerate(velocity, channels_last, args.compile)
-                if channels_last or args.compile:
-                    rae_used, lpips_used = copy.deepcopy(frozen), accelerate(copy.deepcopy(lpips), channels_last,
-                                                                             args.compile)
-                    for part in (rae_used.encoder, rae_used.decoder):
-                        accelerate(part, channels_last, args.compile)
-            stage = LFMStage(rae_used, velocity, (1.0, 2.0, 4.0), SplineSettings(), LossSettings(),
-                             SolverSpec.create(method="euler", steps=2), None, (1.0, 2.0, 4.0), device,
-                             rae_source={}, lpips_loss=lpips_used, lpips_metric=None,
-                             latent_cache=None if reference else cache)
+            # as build_lfm_stage: the stage holds the frozen networks in the compute dtype (bf16: its
+            # own copies), then the switches go on its velocity, encoder, decoder and LPIPS
+            stage = LFMStage(copy.deepcopy(frozen) if switched else frozen, velocity, (1.0, 2.0, 4.0),
+                             SplineSettings(), LossSettings(), SolverSpec.create(method="euler", steps=2), None,
+                             (1.0, 2.0, 4.0), device, rae_source={},
+                             lpips_loss=copy.deepcopy(lpips) if switched else lpips, lpips_metric=None,
+                             latent_cache=None if reference else cache, precision=precision)
+            if switched:
+                for module in stage.frozen_modules():
+                    accelerate(module, channels_last, args.compile)
             dataset = data3.train if reference else aligned_training_set(data2.train, frozen.stride)
             # ours: Adam fused as in degflow.training.loop.fit; reference: torch's default Adam
             opt = torch.optim.Adam(stage.trainable_parameters(), lr=2e-4, fused=None if reference else True)
-            batches = train_batches(dataset, 0, 0, batch, 0, device)
+            batches = train_batches(dataset, 0, 0, batch, args.workers, device)
             steps[f"lfm {name} {label}"] = (lambda s=stage, bt=batches, o=opt, p=precision, r=reference:
                                             lambda c: lfm_step(s, bt, o, c, p, r))()
             stage.velocity.train()
@@ -249,6 +259,9 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep the latent caches here between runs")
     parser.add_argument("--compile", action="store_true", help="torch.compile, ours only")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--workers", default="auto",
+                        help="DataLoader workers preparing the batches of every configuration: auto (as training's "
+                             "num_workers=auto: none on the CPU, the allocation less one, at most 4, on a GPU) | N")
     parser.add_argument("--presets", default="small,paper")
     parser.add_argument("--crop", type=int, default=64, help="training crop side, pixels")
     parser.add_argument("--batch", default="small=8,paper=2", help="batch size per preset")
@@ -263,7 +276,15 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=None, help="use only the first N demo training photos")
     parser.add_argument("--tag", default="", help="results key suffix: '<device type>-<tag>'")
     parser.add_argument("--out", type=Path, default=REPO / "experiments/tools/results/bench_training.json")
+    parser.add_argument("--against", default=None, metavar="REV",
+                        help="compare with the code of git revision REV: whole runs of this benchmark (the other "
+                             "arguments as given, each run in its own process) alternate between a temporary checkout "
+                             "of REV and this one; reports the per-configuration ratio of seconds per step")
+    parser.add_argument("--against-repeats", type=int, default=3, help="--against: runs of each checkout")
     args = parser.parse_args()
+    if args.against:
+        compare_against(args)
+        return
     args.presets = args.presets.split(",")
     args.ours = args.ours.split(",")
     for v in args.ours:
@@ -273,6 +294,7 @@ def main() -> None:
     args.batch = {k: int(v) for k, v in (kv.split("=") for kv in args.batch.split(","))}
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    args.workers = resolve_workers(args.workers if args.workers == "auto" else int(args.workers), device.type)[0]
     print(f"device {device}, torch.get_num_threads()={torch.get_num_threads()}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, crop {args.crop}, batch {args.batch}, "
           f"ours variants={args.ours}, compile={args.compile}", flush=True)
@@ -299,6 +321,8 @@ def main() -> None:
         totals = [sum(row.values()) for row in rows]
         results[name] = {"seconds_per_step": statistics.median(totals), "steps_per_s": 1 / statistics.median(totals),
                          "parts": {k: statistics.median(row[k] for row in rows) for k in rows[0]},
+                         # the share of the step spent waiting for the batch (the "data" part)
+                         "data_wait_share": statistics.median(row["data"] / sum(row.values()) for row in rows),
                          "round_seconds": totals}
     ratios = {}
     for name in args.presets:
@@ -324,6 +348,72 @@ def main() -> None:
     print_tables(entry)
 
 
+def _forwarded(argv: list[str]) -> list[str]:
+    """``argv`` without the options of :func:`compare_against` itself (and ``--out``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--against", "--against-repeats", "--out"):
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return out
+
+
+def compare_against(args) -> None:
+    """Alternate whole runs of this benchmark between a checkout of ``args.against`` and this
+    one (same arguments, one process at a time, REV first in every pair), then write
+    ``{"against": ...}`` to ``args.out``: per configuration, the median over pairs of
+    REV's seconds per step / this checkout's (> 1: this checkout is faster)."""
+    import sys
+    import tempfile
+
+    forwarded = _forwarded(sys.argv[1:])
+    with tempfile.TemporaryDirectory(prefix="bench-against-") as tmp:
+        old = Path(tmp) / "rev"
+        (Path(tmp) / "shared").symlink_to(REPO.parent / "shared")   # the LPIPS weights, as beside this checkout
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old), args.against], check=True,
+                       capture_output=True)
+        commits = {who: subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                       text=True).stdout.strip() for who, root in (("rev", old), ("this", REPO))}
+        runs: dict[str, list[dict]] = {"rev": [], "this": []}
+        try:
+            for r in range(args.against_repeats):
+                for who, root in (("rev", old), ("this", REPO)):
+                    out = Path(tmp) / f"{who}{r}.json"
+                    print(f"--- run {r + 1}/{args.against_repeats} of {who} ({commits[who][:10]})", flush=True)
+                    subprocess.run([sys.executable, "-m", "experiments.tools.bench_training", *forwarded, "--out",
+                                    str(out)], cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, check=True)
+                    runs[who].append(next(iter(json.loads(out.read_text()).values())))
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], capture_output=True)
+    names = [n for n in runs["this"][0]["results"] if n in runs["rev"][0]["results"]]
+    table = {}
+    for n in names:
+        rev = [e["results"][n]["seconds_per_step"] for e in runs["rev"]]
+        this = [e["results"][n]["seconds_per_step"] for e in runs["this"]]
+        ratios = [a / b for a, b in zip(rev, this)]
+        table[n] = {"rev_seconds_per_step": rev, "this_seconds_per_step": this, "rev_over_this": ratios,
+                    "median_rev_over_this": statistics.median(ratios),
+                    "this_data_wait_share": [e["results"][n].get("data_wait_share") for e in runs["this"]]}
+    report = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    report["against"] = {"rev": args.against, "commits": commits, "argv": forwarded,
+                         "load": [[e["load_before"]["loadavg"], e["load_after"]["loadavg"]] for e in runs["this"]],
+                         "torch_threads": runs["this"][0]["torch_threads"], "device": runs["this"][0]["device"],
+                         "configurations": table}
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+    print(f"\n{args.against} ({commits['rev'][:10]}) vs this checkout ({commits['this'][:10]}): seconds per step, "
+          f"medians of {args.against_repeats} alternating runs each\n")
+    print("| configuration | REV s/step | this s/step | REV / this (median of pairs) |")
+    print("|---|---:|---:|---:|")
+    for n, row in table.items():
+        print(f"| {n} | {statistics.median(row['rev_seconds_per_step']):.3f} | "
+              f"{statistics.median(row['this_seconds_per_step']):.3f} | {row['median_rev_over_this']:.3f} |")
+
+
 def print_tables(entry: dict) -> None:
     res = entry["results"]
     parts = []
@@ -331,11 +421,12 @@ def print_tables(entry: dict) -> None:
         parts += [p for p in row["parts"] if p not in parts]
     print(f"\n{entry['device']} ({entry['device_name']}), {entry['torch_threads']} torch thread(s); "
           f"load {entry['load_before']['loadavg']} -> {entry['load_after']['loadavg']}\n")
-    print("| configuration | steps/s | s/step | " + " | ".join(parts) + " |")
-    print("|---|---:|---:|" + "---:|" * len(parts))
+    print("| configuration | steps/s | s/step | data wait | " + " | ".join(parts) + " |")
+    print("|---|---:|---:|---:|" + "---:|" * len(parts))
     for name, row in res.items():
         cells = [f"{row['parts'][p] * 1000:.0f} ms" if p in row["parts"] else "" for p in parts]
-        print(f"| {name} | {row['steps_per_s']:.2f} | {row['seconds_per_step']:.3f} | " + " | ".join(cells) + " |")
+        print(f"| {name} | {row['steps_per_s']:.2f} | {row['seconds_per_step']:.3f} | "
+              f"{100 * row.get('data_wait_share', 0):.1f}% | " + " | ".join(cells) + " |")
     for name, r in entry["lfm_speedup_reference_over_ours"].items():
         print(f"\nLFM {name}: reference / ours = {r['median']:.2f}x (median of per-round ratios "
               f"{', '.join(f'{x:.2f}' for x in r['per_round'])})")
