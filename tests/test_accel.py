@@ -214,3 +214,114 @@ def test_tf32_switches_matrix_products_and_convolutions_together():
     finally:  # torch's defaults
         torch.backends.cuda.matmul.fp32_precision = "none"
         torch.backends.cudnn.conv.fp32_precision = "tf32"
+
+
+# ------------------------------------------------------------------ synthesis in batches
+
+
+@pytest.fixture(scope="module")
+def lfm_ckpt(tmp_path_factory):
+    from test_synthesis import _write_lfm_checkpoint
+
+    return _write_lfm_checkpoint(tmp_path_factory.mktemp("accel") / "lfm.pt", SolverSpec.create("rk4", steps=4))
+
+
+def synthesizer(ckpt, **kwargs):
+    from degflow.generation import Synthesizer
+
+    return Synthesizer.from_checkpoint(ckpt, solver=SolverSpec.create("rk4", steps=4), **kwargs)
+
+
+#: Batched synthesis (several tiles per encoder call, several scales per decoder call) agrees
+#: with one tile and one scale at a time to this relative tolerance: max |a - b| / max |b|.
+BATCHED_RTOL = 1e-5
+
+
+@pytest.mark.parametrize("tile_size,tile_overlap", [(None, 0), (64, 32)])
+def test_batched_tiles_and_scales_give_todays_images_within_1e_5_relative(lfm_ckpt, tile_size, tile_overlap):
+    torch.manual_seed(5)
+    hr = torch.rand(2, 3, 150, 230) * 2 - 1
+    scales = [1.5, 2.25, 3.0, 4.0]
+    one = synthesizer(lfm_ckpt, tile_size=tile_size, tile_overlap=tile_overlap)
+    assert (one.decode_batch, one.tile_batch) == (1, 1)                    # auto on the CPU: today's path
+    batched = synthesizer(lfm_ckpt, tile_size=tile_size, tile_overlap=tile_overlap, decode_batch=3, tile_batch=4)
+    a, b = one.generate(hr, scales), batched.generate(hr, scales)
+    assert a.tiles == b.tiles == (1 if tile_size is None else 28) and a.nfe == b.nfe
+    for s in scales:
+        err = float((b.images[s] - a.images[s]).abs().max()) / float(a.images[s].abs().max())
+        assert err <= BATCHED_RTOL, (s, err)
+
+
+def test_an_out_of_memory_decode_halves_the_batch_and_gives_the_same_images(lfm_ckpt, monkeypatch, caplog):
+    torch.manual_seed(6)
+    hr = torch.rand(1, 3, 64, 96) * 2 - 1
+    scales = [1.5, 2.0, 3.0, 4.0, 2.5]
+    want = synthesizer(lfm_ckpt, decode_batch=1).generate(hr, scales).images
+    synth = synthesizer(lfm_ckpt, decode_batch=4, tile_batch=4)
+    decode = synth.rae.decode
+
+    def small_memory(z, feats):
+        if z.shape[0] > 2:
+            raise torch.OutOfMemoryError("simulated")
+        return decode(z, feats)
+
+    monkeypatch.setattr(synth.rae, "decode", small_memory)
+    got = synth.generate(hr, scales).images
+    assert synth.decode_batch == 2 and "decode_batch: out of memory with 4 per call" in caplog.text
+    for s in scales:
+        assert float((got[s] - want[s]).abs().max()) <= BATCHED_RTOL * float(want[s].abs().max())
+
+
+def test_batch_settings_are_auto_or_positive_integers(lfm_ckpt):
+    for bad in (0, -2, "many", 1.5, True):
+        with pytest.raises(ValueError, match="decode_batch: expected 'auto'.*or a positive integer"):
+            synthesizer(lfm_ckpt, decode_batch=bad)
+    with pytest.raises(ValueError, match="tile_batch: expected 'auto'"):
+        synthesizer(lfm_ckpt, tile_batch=0)
+
+
+def test_the_writer_thread_writes_the_same_files_and_manifest(lfm_ckpt, tmp_path):
+    from test_synthesis import _folder, _manifest
+
+    from degflow.jobs.lr_dataset import write_lr_dataset
+
+    src = _folder(tmp_path / "in", 5)
+    synth = synthesizer(lfm_ckpt)
+    outs = {}
+    for threaded in (False, True):
+        out = tmp_path / f"out-{threaded}"
+        summary = write_lr_dataset(synth, src, out, [1.5, 3.0], size="both", baseline=["bicubic"], batch_size=2,
+                                   progress=False, writer_thread=threaded)
+        assert (summary.processed, summary.failed) == (5, 0)
+        lines = sorted(_manifest(out / "manifest.jsonl"), key=lambda e: e["output"])
+        outs[threaded] = (out, [{k: v for k, v in e.items() if k != "seconds"} for e in lines])
+    (a, lines_a), (b, lines_b) = outs[False], outs[True]
+    assert lines_a == lines_b
+    files = sorted(p.relative_to(a) for p in a.rglob("*.png") if "logs" not in p.parts)
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*.png") if "logs" not in p.parts)
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+def test_a_kill_during_threaded_writing_leaves_whole_images_and_resumes(lfm_ckpt, tmp_path):
+    from test_synthesis import _folder, _manifest
+
+    from degflow.jobs.lr_dataset import write_lr_dataset
+
+    src = _folder(tmp_path / "in", 5)
+    out = tmp_path / "out"
+    synth = synthesizer(lfm_ckpt)
+    done = []
+
+    def killer(source: str) -> None:
+        done.append(source)
+        if len(done) == 2:
+            raise KeyboardInterrupt("simulated kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        write_lr_dataset(synth, src, out, [1.5, 3.0], progress=False, after_image=killer, writer_thread=True)
+    recorded = {e["output"] for e in _manifest(out / "manifest.jsonl")}
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*.png")}
+    assert recorded == on_disk and len(on_disk) % 3 == 0 and len(on_disk) >= 2 * 3   # whole images only
+    summary = write_lr_dataset(synth, src, out, [1.5, 3.0], progress=False, writer_thread=True)
+    assert summary.processed + summary.skipped == 5 and summary.failed == 0
+    assert len(_manifest(out / "manifest.jsonl")) == 5 * 3

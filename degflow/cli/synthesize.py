@@ -79,7 +79,8 @@ def _synthesize(cfg: DictConfig) -> int:
     scales = expand_scales(c["scales"])
     solver = SolverSpec.create(**c["solver"])
     synth = Synthesizer.from_checkpoint(c["ckpt"], device=c["device"], solver=solver, precision=c["precision"],
-                                        tile_size=c["tile_size"], tile_overlap=c["tile_overlap"])
+                                        tile_size=c["tile_size"], tile_overlap=c["tile_overlap"],
+                                        decode_batch=c["decode_batch"], tile_batch=c["tile_batch"])
     log.info("checkpoint %s (sha256 %s), device %s, solver %s, %d scales %s..%s",
              c["ckpt"], synth.checkpoint_sha256[:12], synth.device, solver, len(scales), scales[0], scales[-1])
     summary = write_lr_dataset(

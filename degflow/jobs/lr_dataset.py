@@ -13,6 +13,7 @@ import json
 import math
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -305,6 +306,7 @@ def write_lr_dataset(
     *,
     spec: SynthesisSpec | None = None,
     after_image: Callable[[str], None] | None = None,
+    writer_thread: bool | None = None,
     **options: Any,
 ) -> FolderSummary:
     """Turn a folder of HR images into an SR training set at every scale.
@@ -349,6 +351,9 @@ def write_lr_dataset(
         spec: a ready :class:`SynthesisSpec` (then no ``scales`` / ``options``).
         after_image: called with the source name after each image is complete (tests use it
             to simulate a kill).
+        writer_thread: write an image's files in a background thread while the next batch
+            is generated (at most one batch in flight; the same files and manifest lines);
+            None: when the model runs on a GPU.
     """
     from degflow.infra.console import progress_bar
 
@@ -420,7 +425,8 @@ def write_lr_dataset(
 
     bar = progress_bar(requested=spec.progress, total=len(todo), unit="img", desc="synthesize")
     job = _FolderJob(synth, out_dir, times, baselines, lr_root, procedural_seed,
-                     manifest, failed_file, bar, after_image, hr_size_output)
+                     manifest, failed_file, bar, after_image, hr_size_output,
+                     writer_thread=synth.device.type == "cuda" if writer_thread is None else writer_thread)
     groups: dict[tuple[int, int], list[_Item]] = {}
     for item in todo:                           # batches of equal size, sized from the file headers
         try:
@@ -429,18 +435,23 @@ def write_lr_dataset(
             job.fail(item, err, count=True)
             continue
         groups.setdefault((h, w), []).append(item)
-    for group in groups.values():
-        for k in range(0, len(group), spec.batch_size):
-            loaded: dict[tuple[int, ...], list[tuple[_Item, torch.Tensor]]] = {}
-            for item in group[k:k + spec.batch_size]:
-                try:
-                    x = _crop_to_multiple(read_image(item.path), multiple)
-                except (ImageReadError, OSError, ValueError) as err:
-                    job.fail(item, err, count=True)
-                    continue
-                loaded.setdefault(tuple(x.shape), []).append((item, x))
-            for pairs in loaded.values():
-                job.run([it for it, _ in pairs], torch.stack([x for _, x in pairs]))
+    try:
+        for group in groups.values():
+            for k in range(0, len(group), spec.batch_size):
+                loaded: dict[tuple[int, ...], list[tuple[_Item, torch.Tensor]]] = {}
+                for item in group[k:k + spec.batch_size]:
+                    try:
+                        x = _crop_to_multiple(read_image(item.path), multiple)
+                    except (ImageReadError, OSError, ValueError) as err:
+                        job.fail(item, err, count=True)
+                        continue
+                    loaded.setdefault(tuple(x.shape), []).append((item, x))
+                for pairs in loaded.values():
+                    job.run([it for it, _ in pairs], torch.stack([x for _, x in pairs]))
+        job.close()
+    except BaseException:
+        job.close(abandon=True)   # images being written are finished (files + manifest lines), then stop
+        raise
     bar.close()
     if spec.layout == "toolbox":
         _write_meta_info(out_dir)
@@ -539,7 +550,8 @@ class _FolderJob:
 
     def __init__(self, synth: Synthesizer, out_dir: Path, times: ScaleTimes, baselines: tuple[str, ...],
                  lr_root: Path | None, seed: int, manifest: Path, failed_file: Path, bar,
-                 after_image: Callable[[str], None] | None, hr_size_output: str = "decoded"):
+                 after_image: Callable[[str], None] | None, hr_size_output: str = "decoded",
+                 writer_thread: bool = False):
         self.synth, self.out_dir, self.times = synth, out_dir, times
         self.scales = list(times)
         self.hr_size_output = hr_size_output
@@ -549,6 +561,9 @@ class _FolderJob:
         self.failures: list[dict[str, str]] = []
         self.processed = self.written = 0
         atomic_write_text(failed_file, "")                  # failures of this run only
+        # the writer thread: files of one batch are written while the next batch is generated
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="lr-writer") if writer_thread else None
+        self.in_flight: list[tuple[_Item, Future]] = []
 
     def fail(self, item: _Item, err: BaseException, count: bool = False) -> None:
         """Record a failure of ``item``; ``count`` advances the progress bar (item given up)."""
@@ -587,17 +602,50 @@ class _FolderJob:
             for i, item in enumerate(batch):
                 self.run([item], hr[i:i + 1])
             return
+        self.drain()                                         # the previous batch's files are written
         for b, item in enumerate(batch):
+            if self.writer is not None:
+                self.in_flight.append((item, self.writer.submit(self._commit, item, self._render(item, hr, b, results))))
+                continue
             try:
                 self._commit(item, self._render(item, hr, b, results))
             except Exception as err:  # noqa: BLE001 - the image's files are removed, the run goes on
-                self.fail(item, err, count=True)
+                self._written(item, err)
                 continue
-            self.processed += 1
-            self.bar.update(1)
-            self.bar.set_postfix(written=self.written, failed=len(self.failures), refresh=False)
-            if self.after_image is not None:
-                self.after_image(item.source)
+            self._written(item, None)
+
+    def _written(self, item: _Item, err: BaseException | None) -> None:
+        """Bookkeeping once the files of ``item`` are written (``err``: why they are not)."""
+        if err is not None:
+            self.fail(item, err, count=True)
+            return
+        self.processed += 1
+        self.bar.update(1)
+        self.bar.set_postfix(written=self.written, failed=len(self.failures), refresh=False)
+        if self.after_image is not None:
+            self.after_image(item.source)
+
+    def drain(self) -> None:
+        """Wait for the writer thread's images, in order, and do their bookkeeping."""
+        while self.in_flight:
+            item, future = self.in_flight.pop(0)
+            try:
+                future.result()
+            except Exception as err:  # noqa: BLE001 - the image's files are removed, the run goes on
+                self._written(item, err)
+                continue
+            self._written(item, None)
+
+    def close(self, abandon: bool = False) -> None:
+        """Finish every write and stop the writer thread; ``abandon``: after an error or an
+        interruption, wait for the writes under way without further bookkeeping."""
+        if abandon:
+            self.in_flight.clear()
+        try:
+            self.drain()
+        finally:
+            if self.writer is not None:
+                self.writer.shutdown(wait=True)
 
     def _check(self, item: _Item, hr: torch.Tensor) -> dict[float, torch.Tensor] | None:
         """Everything about image ``hr [3, H, W]`` that can fail before generation: an LR image
