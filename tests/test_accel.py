@@ -325,3 +325,27 @@ def test_a_kill_during_threaded_writing_leaves_whole_images_and_resumes(lfm_ckpt
     summary = write_lr_dataset(synth, src, out, [1.5, 3.0], progress=False, writer_thread=True)
     assert summary.processed + summary.skipped == 5 and summary.failed == 0
     assert len(_manifest(out / "manifest.jsonl")) == 5 * 3
+
+
+# ------------------------------------------------------------------ the prepared GPU check
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_its_cpu_path_and_reports_every_figure(tmp_path):
+    from experiments.tools.gpu_check import main
+
+    report = main(["--device", "cpu", "--tiny", "--steps", "2", "--out", str(tmp_path / "check")])
+    assert json.loads((tmp_path / "check" / "gpu_check.json").read_text()) == report
+    bench = report["bench"]
+    assert set(bench["configurations"]) == {"ours fp32", "ours fp32+channels_last", "ours bf16",
+                                            "ours bf16+channels_last", "reference"}
+    assert all(v > 0 for v in bench["reference_over_ours"].values())
+    best = bench["fastest_ours"]
+    assert set(report["training"]) == {f"{stage} {v}" for stage in ("rae", "lfm") for v in dict.fromkeys(["fp32", best])}
+    for run in report["training"].values():
+        assert run["steps"] == 2 and run["seconds_per_step"] > 0 and 0 <= run["data_wait_share"] < 1
+    synth = report["synthesis"]
+    assert synth["scales"] == 3 and synth["job_outputs"] == 4 and synth["job_failed"] == 0
+    assert synth["generate_seconds_per_scale"] > 0 and synth["batched_vs_one_scale_max_rel_diff"] <= 1e-5
+    assert report["checks"]["training_steps"] == {k: 2 for k in report["training"]}
+    assert report["env"]["num_workers_auto"] == 0 and report["env"]["gpus"] == 0

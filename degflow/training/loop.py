@@ -62,9 +62,10 @@ from degflow.training.stop import StopSignals
 log = logging.getLogger(__name__)
 
 #: Logged training scalars that measure the machine, not the run (a resumed run logs other
-#: values): steps per second and ``data_wait``, the share of the step time spent waiting for
-#: the next batch (DataLoader workers, ``num_workers``, keep it near 0 on a GPU).
-TIMING_SCALARS = ("steps_per_s", "data_wait")
+#: values): steps per second, ``data_wait``, the share of the step time spent waiting for
+#: the next batch (DataLoader workers, ``num_workers``, keep it near 0 on a GPU), and on a
+#: GPU ``gpu_peak_gib``, the peak memory allocated by this process so far.
+TIMING_SCALARS = ("steps_per_s", "data_wait", "gpu_peak_gib")
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,8 @@ def fit(stage: Stage, train_set, settings: TrainSettings, ctx: RunContext) -> di
                                steps_per_s=settings.log_every / max(now - t_last, 1e-9),
                                data_wait=waited / max(stepping, 1e-9))
                 t_last, waited, stepping = now, 0.0, 0.0
+                if ctx.device.type == "cuda":
+                    scalars["gpu_peak_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
                 bar.set_postfix(loss=f"{scalars['loss']:.4g}")
                 if ctx.logger is not None:
                     ctx.logger.log({f"train/{k}": v for k, v in scalars.items()}, step)

@@ -179,7 +179,7 @@ def plot_crops(crops: Mapping[str, Mapping[float, torch.Tensor]], path: str | Pa
 
 
 #: history keys that are not losses (drawn nowhere, or in their own panel)
-_NOT_LOSSES = ("train/lr", "train/steps_per_s", "train/data_wait", "train/grad_norm")
+_NOT_LOSSES = ("train/lr", "train/steps_per_s", "train/data_wait", "train/gpu_peak_gib", "train/grad_norm")
 
 
 def plot_loss_curve(history: Sequence[Mapping[str, object]], path: str | Path, title: str = "") -> Path | None:

@@ -89,7 +89,7 @@ class Clock:
 
     def __init__(self, device: torch.device):
         self.device, self.parts = device, {}
-        self.last = self.now()
+        self.last = self.start = self.now()
 
     def now(self) -> float:
         if self.device.type == "cuda":
@@ -174,7 +174,7 @@ def build(args, device: torch.device) -> tuple[dict, dict]:
     if args.records:
         for d in (data3, data2):
             d.train.records = d.train.records[:args.records]
-    lpips = load_lpips("vgg", str(WEIGHTS) if WEIGHTS.is_file() else None, device=device,
+    lpips = load_lpips("vgg", str(args.lpips_weights) if args.lpips_weights else None, device=device,
                        pooling=LossSettings().lpips_pooling)
     steps, once = {}, {}
     for name in args.presets:
@@ -257,6 +257,9 @@ def main() -> None:
                         help="'ours' LFM variants: <precision>[+channels_last], precision fp32 | bf16 (autocast, "
                              "CUDA or CPU); the reference is fp32, NCHW")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep the latent caches here between runs")
+    parser.add_argument("--lpips-weights", type=Path, default=WEIGHTS if WEIGHTS.is_file() else None,
+                        help="VGG-16 backbone file of the LPIPS loss (default: ../shared/weights/vgg16_features.pth "
+                             "when present; the cost of a step does not depend on the weights)")
     parser.add_argument("--compile", action="store_true", help="torch.compile, ours only")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--workers", default="auto",
@@ -302,10 +305,13 @@ def main() -> None:
     steps, once = build(args, device)
     if args.only:
         steps = {k: v for k, v in steps.items() if k in args.only.split(",")}
+    warmup_seconds = {}
     for name, step in steps.items():
+        clock = Clock(device)
         for _ in range(args.warmup):
-            step(Clock(device))
-        print(f"warmed up {name}", flush=True)
+            step(clock)
+        warmup_seconds[name] = clock.now() - clock.start   # with --compile: includes compiling
+        print(f"warmed up {name} in {warmup_seconds[name]:.1f}s", flush=True)
     rounds: dict[str, list[dict]] = {k: [] for k in steps}
     for r in range(args.rounds):
         for name, step in steps.items():
@@ -323,6 +329,7 @@ def main() -> None:
                          "parts": {k: statistics.median(row[k] for row in rows) for k in rows[0]},
                          # the share of the step spent waiting for the batch (the "data" part)
                          "data_wait_share": statistics.median(row["data"] / sum(row.values()) for row in rows),
+                         "warmup_seconds": warmup_seconds[name],
                          "round_seconds": totals}
     ratios = {}
     for name in args.presets:
