@@ -49,7 +49,7 @@ from degflow.core.timemap import TimeMap
 from degflow.generation.condition import condition_kind, velocity_condition
 from degflow.generation.tiling import Span, blend_tile_batches, blend_tiles, tile_grid
 from degflow.infra.checkpoint import CheckpointError, load_checkpoint
-from degflow.infra.checks import check_int
+from degflow.infra.checks import check_int, check_positive_int
 from degflow.infra.conf import synthesis_defaults
 from degflow.infra.files import file_sha256
 from degflow.infra.runtime import autocast, check_precision, resolve_device
@@ -80,9 +80,7 @@ def _batch_setting(value: int | str, key: str, device: torch.device, auto: int) 
     """A batch setting: ``"auto"`` (``auto`` on CUDA, 1 elsewhere) or a positive integer."""
     if value == "auto":
         return auto if device.type == "cuda" else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key}: expected 'auto' ({auto} on a GPU, 1 on the CPU) or a positive integer, got {value!r}")
-    return value
+    return check_positive_int(value, key, hint=f" or 'auto' ({auto} on a GPU, 1 on the CPU)")
 
 
 class ScaleTimes(dict):

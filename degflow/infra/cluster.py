@@ -27,6 +27,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterator
 
+from degflow.infra.checks import check_int
 from degflow.infra.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -131,10 +132,10 @@ def resolve_workers(setting: Any, device_type: str, environ: dict[str, str] | No
         cpus, source = allocated_cpus(environ, affinity)
         count = max(0, min(MAX_AUTO_WORKERS, cpus - 1))
         return count, f"auto: {source}, one core for the GPU process, at most {MAX_AUTO_WORKERS}"
-    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
-        raise ValueError(f"num_workers={setting!r}: expected 'auto' (none on the CPU; on a GPU the CPU allocation "
-                         f"less one, at most {MAX_AUTO_WORKERS}) or an integer >= 0 (config key num_workers)")
-    return setting, "num_workers setting"
+    count = check_int(setting, "num_workers", minimum=0,
+                      hint=f" or 'auto' (none on the CPU; on a GPU the CPU allocation less one, at most "
+                           f"{MAX_AUTO_WORKERS})")
+    return count, "num_workers setting"
 
 
 def set_threads(setting: Any) -> int:

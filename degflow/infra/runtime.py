@@ -12,7 +12,7 @@ import random
 import numpy as np
 import torch
 
-from degflow.infra.checks import check_int
+from degflow.infra.checks import check_bool, check_int
 
 __all__ = ["PRECISIONS", "autocast", "check_precision", "resolve_device", "seed_everything", "set_tf32"]
 
@@ -74,9 +74,7 @@ def set_tf32(enabled: bool) -> None:
     gradient noise is far larger. torch's own default is TF32 for cuDNN convolutions and IEEE
     for matrix products; ``enabled=True`` extends TF32 to the products (attention, linear
     layers). No effect on the CPU."""
-    if not isinstance(enabled, bool):
-        raise ValueError(f"tf32: expected true or false, got {enabled!r}")
-    mode = "tf32" if enabled else "ieee"
+    mode = "tf32" if check_bool(enabled, "tf32") else "ieee"
     try:
         torch.backends.cuda.matmul.fp32_precision = mode
         torch.backends.cudnn.conv.fp32_precision = mode

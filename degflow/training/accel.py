@@ -23,6 +23,8 @@ import copy
 import torch
 from torch import nn
 
+from degflow.infra.runtime import check_precision
+
 #: Modules whose weights bf16 autocast runs in bf16 (convolutions and linear layers). Others
 #: (norms, gains) autocast runs in fp32, so their weights stay fp32.
 AUTOCAST_BF16_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
@@ -46,10 +48,8 @@ def held_for_precision(module: nn.Module, precision: str) -> nn.Module:
     it under bf16 autocast only (its weights no longer match fp32 inputs outside autocast).
     The original keeps its fp32 weights (checkpoints and validation use it).
     """
-    if precision == "fp32":
+    if check_precision(precision) == "fp32":
         return module
-    if precision != "bf16":
-        raise ValueError(f"precision={precision!r} is not one of ['fp32', 'bf16']")
     held = copy.deepcopy(module).requires_grad_(False)
     for sub in held.modules():
         if isinstance(sub, AUTOCAST_BF16_MODULES):
