@@ -5,6 +5,7 @@
     python -m experiments.tools.bench_synthesis --random-small                   # smoke test, no checkpoint
     python -m experiments.tools.bench_synthesis --memory                         # paper-size 2040x1356 peak RSS
     python -m experiments.tools.bench_synthesis --memory --memory-size 1356x2040,4096x4096   # side by side
+    python -m experiments.tools.bench_synthesis --batching             # batched tiles and scales vs one at a time
 
 Writes ``experiments/tools/results/bench_synthesis.json`` (``--out``) and prints markdown tables.
 
@@ -23,6 +24,9 @@ Writes ``experiments/tools/results/bench_synthesis.json`` (``--out``) and prints
    conf/model/lfm/paper.yaml) on a random 2040x1356 image (``--memory-size``: one or more
    HxW, each in its own subprocess, one after another), default tiling;
    peak RSS from ``resource.getrusage``.
+4. Batching (``--batching``): the same random paper-size model, encode + decode time with one
+   tile and one scale per network call against ``decode_batch`` / ``tile_batch`` per call
+   (interleaved rounds, medians) and the largest relative difference of the images.
 
 Not a test: timings depend on the machine; numbers are only comparable on the same one.
 """
@@ -33,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -265,6 +270,45 @@ def memory(height: int, width: int, n_scales: int) -> dict:
             "processor": platform.processor()}
 
 
+def batching(args) -> dict:
+    """Paper-size random model on a random ``--batching-size`` image at ``--batching-scales``
+    scales, tiled (``--batching-tile``): ``generate`` with one tile and one scale per network
+    call against ``decode_batch`` / ``tile_batch`` = ``--batching-batch``, interleaved rounds;
+    medians, their ratio and the largest relative difference of the images."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from degflow.core.timemap import TimeMap
+
+    torch.manual_seed(0)
+    rae = instantiate(OmegaConf.load(REPO / "conf/model/rae/paper.yaml"))
+    vel = instantiate(OmegaConf.load(REPO / "conf/model/lfm/paper.yaml"), _convert_="all")
+    h, w = (int(v) for v in args.batching_size.split("x"))
+    x = torch.rand(1, 3, h, w) * 2 - 1
+    n = args.batching_scales
+    scales = [1.0 + 3.0 * (i + 1) / n for i in range(n)]
+    batch = args.batching_batch
+    synths = {k: Synthesizer(rae, vel, TimeMap.nominal([1, 2, 4]), SolverSpec.create("euler", steps=2),
+                             device=args.device, tile_size=args.batching_tile, tile_overlap=args.batching_tile // 4,
+                             decode_batch=b, tile_batch=b) for k, b in (("one", 1), ("batched", batch))}
+    seconds: dict[str, list[float]] = {k: [] for k in synths}
+    images = {}
+    load = [round(v, 2) for v in os.getloadavg()]
+    for _ in range(args.repeats):
+        for k, synth in synths.items():
+            res = synth.generate(x, scales)
+            seconds[k].append(res.seconds - res.solve_seconds)          # encode + decode + blending
+            images[k] = res.images
+    rel = max(float((images["batched"][s] - images["one"][s]).abs().max()) / float(images["one"][s].abs().max())
+              for s in scales)
+    med = {k: statistics.median(v) for k, v in seconds.items()}
+    return {"image": f"{w}x{h}", "scales": n, "tile_size": args.batching_tile, "tiles": res.tiles,
+            "batch": batch, "device": args.device, "threads": torch.get_num_threads(),
+            "seconds_without_solve": seconds, "median_one": med["one"], "median_batched": med["batched"],
+            "one_over_batched": med["one"] / med["batched"], "max_rel_diff": rel,
+            "loadavg_before": load, "loadavg_after": [round(v, 2) for v in os.getloadavg()]}
+
+
 # ------------------------------------------------------------------------------ report
 def markdown(report: dict) -> str:
     lines = []
@@ -289,6 +333,13 @@ def markdown(report: dict) -> str:
                          f"{r['min_psnr_vs_reference']:.2f} | {'n/a' if delta is None else f'{delta:.3f}'} |")
         lines += ["", f"cheapest fixed-step setting meeting the goal: {report['reference']['cheapest_meeting_goal']}",
                   ""]
+    if "batching" in report:
+        b = report["batching"]
+        lines += [f"### Batched tiles and scales: paper-size model, {b['image']}, {b['scales']} scales, tiles "
+                  f"{b['tile_size']} ({b['tiles']} tiles), {b['device']} with {b['threads']} thread(s): encode + "
+                  f"decode {b['median_one']:.2f} s one at a time, {b['median_batched']:.2f} s with {b['batch']} per "
+                  f"call (x{b['one_over_batched']:.2f}); images differ by at most {b['max_rel_diff']:.1e} relative",
+                  ""]
     for m in report.get("memory", {}).values():
         lines += [f"### Memory: paper-size model, {m['width']}x{m['height']}, {m['scales']} scale(s), tiles "
                   f"{m['tile_size']}/{m['tile_overlap']} ({m['tiles']} tiles): peak RSS {m['peak_rss_gib']:.2f} GiB "
@@ -300,7 +351,9 @@ def write_report(args, report: dict) -> None:
     """Write ``report`` to ``args.out``, keeping the sections of an earlier run that this one did not rerun."""
     args.out.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    if args.memory:                         # keep the other sections of an earlier run, and vice versa
+    if args.batching:
+        report = {**old, "batching": report["batching"]}
+    elif args.memory:                       # keep the other sections of an earlier run, and vice versa
         report = {**old, "memory": {**old.get("memory", {}), **report["memory"]}}
     else:
         if "memory" in old:
@@ -331,13 +384,21 @@ def main() -> None:
                         help="HxW of the memory case; comma-separated for several, one subprocess each, in order "
                              "(e.g. 1356x2040,4096x4096)")
     parser.add_argument("--memory-scales", type=int, default=1)
+    parser.add_argument("--batching", action="store_true",
+                        help="measure only batched tiles and scales (decode_batch / tile_batch) against one at a time")
+    parser.add_argument("--batching-size", default="512x768", help="HxW of the --batching image")
+    parser.add_argument("--batching-scales", type=int, default=8)
+    parser.add_argument("--batching-tile", type=int, default=256, help="tile_size of --batching")
+    parser.add_argument("--batching-batch", type=int, default=4, help="decode_batch and tile_batch of --batching")
     parser.add_argument("--out", type=Path, default=REPO / "experiments/tools/results/bench_synthesis.json")
     args = parser.parse_args()
 
     report: dict = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                                 "torch": torch.__version__, "threads": torch.get_num_threads(),
                                 "device": args.device}}
-    if args.memory:
+    if args.batching:
+        report["batching"] = batching(args)
+    elif args.memory:
         sizes = [tuple(int(v) for v in size.split("x")) for size in args.memory_size.split(",")]
         report["memory"] = {}
         for h, w in sizes:  # one child process per size; the file is rewritten after each

@@ -23,8 +23,9 @@ cost of a step does not depend on the weights), on the demo photos downscaled to
   activations of the velocity network, the RAE and LPIPS, as ``channels_last=true`` does in
   training: the same function, another memory layout); ``--compile`` applies to all of ours.
   The frozen RAE and LPIPS run as the stage holds them (bf16: once cast to bf16,
-  :func:`degflow.training.accel.held_for_precision`), the latent cache resident on a GPU when
-  it fits (:func:`degflow.training.latent_cache.place_latent_cache`).
+  :func:`degflow.training.accel.held_for_precision`; ``+recast`` keeps them fp32, so autocast
+  casts them at every call, as before), the latent cache resident on a GPU when it fits
+  (:func:`degflow.training.latent_cache.place_latent_cache`).
 - **LFM step, reference**: what the authors' ``training_step`` does: every image of the
   crop tuple (HR, x2, x3, x4; x3 is encoded and then dropped) through the full encoder at
   every step, fp32, no cache, unaligned crops, torch's default (unfused) Adam; the rest is the
@@ -199,8 +200,8 @@ def build(args, device: torch.device) -> tuple[dict, dict]:
         variants = [(f"ours {v}", v) for v in args.ours] + [("reference", None)]
         for label, variant in variants:
             reference = variant is None
-            precision, _, layout = (variant or "fp32").partition("+")
-            channels_last = layout == "channels_last"
+            precision, *flags = (variant or "fp32").split("+")
+            channels_last, recast = "channels_last" in flags, "recast" in flags
             torch.manual_seed(1)
             velocity = VelocityUNet(**preset("lfm", name)).to(device)
             switched = not reference and (channels_last or args.compile)
@@ -212,7 +213,9 @@ def build(args, device: torch.device) -> tuple[dict, dict]:
                              SplineSettings(), LossSettings(), SolverSpec.create(method="euler", steps=2), None,
                              (1.0, 2.0, 4.0), device, rae_source={},
                              lpips_loss=copy.deepcopy(lpips) if switched else lpips, lpips_metric=None,
-                             latent_cache=None if reference else cache, precision=precision)
+                             latent_cache=None if reference else cache,
+                             # +recast: the frozen networks held in fp32, autocast casts them at every call
+                             precision="fp32" if recast else precision)
             if switched:
                 for module in stage.frozen_modules():
                     accelerate(module, channels_last, args.compile)
@@ -254,8 +257,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--ours", default="fp32,bf16",
-                        help="'ours' LFM variants: <precision>[+channels_last], precision fp32 | bf16 (autocast, "
-                             "CUDA or CPU); the reference is fp32, NCHW")
+                        help="'ours' LFM variants: <precision>[+channels_last][+recast], precision fp32 | bf16 "
+                             "(autocast, CUDA or CPU); +recast: the frozen RAE and LPIPS kept in fp32, so bf16 "
+                             "autocast casts their weights at every call (as before they were held in bf16); the "
+                             "reference is fp32, NCHW")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep the latent caches here between runs")
     parser.add_argument("--lpips-weights", type=Path, default=WEIGHTS if WEIGHTS.is_file() else None,
                         help="VGG-16 backbone file of the LPIPS loss (default: ../shared/weights/vgg16_features.pth "
@@ -291,9 +296,9 @@ def main() -> None:
     args.presets = args.presets.split(",")
     args.ours = args.ours.split(",")
     for v in args.ours:
-        precision, plus, layout = v.partition("+")
-        if precision not in ("fp32", "bf16") or (plus and layout != "channels_last"):
-            parser.error(f"--ours: {v!r} is not <precision>[+channels_last] with precision fp32 or bf16")
+        precision, *flags = v.split("+")
+        if precision not in ("fp32", "bf16") or not set(flags) <= {"channels_last", "recast"}:
+            parser.error(f"--ours: {v!r} is not <precision>[+channels_last][+recast] with precision fp32 or bf16")
     args.batch = {k: int(v) for k, v in (kv.split("=") for kv in args.batch.split(","))}
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
