@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from degflow.infra.checkpoint import CheckpointError, load_checkpoint
 from degflow.cli.app import CONF_DIR, register_resolvers, to_plain
-from degflow.infra.files import file_sha256
+from degflow.infra.digests import file_digest
 from degflow.generation import Synthesizer
 from degflow.core.timemap import TimeMap
 from degflow.training import train
@@ -141,7 +141,7 @@ def test_lfm_refuses_to_resume_on_another_rae_and_names_both_sources(tmp_path):
     lfm(rae_a, 4)                                                # the original RAE resumes
     last = load_checkpoint(run / "checkpoints" / "last.pt", kind="lfm")
     assert last["step"] == 4 and last["extra"]["rae_source"]["path"] == str(rae_a)
-    assert last["extra"]["rae_source"]["sha256"] == file_sha256(rae_a)
+    assert last["extra"]["rae_source"]["sha256"] == file_digest(rae_a).sha256    # its checkpoint_sha256
 
 
 def test_training_scales_without_the_hr_knot_are_refused_before_anything_is_written(tmp_path):

@@ -22,6 +22,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "merge-shards": ("merge_shards", "verify and merge a dataset synthesized in shards"),
     "check-data": ("check_data", "validate a data tree before training"),
     "convert-official": ("convert_official", "the authors' released weights as a degflow checkpoint"),
+    "checkpoint": ("checkpoint", "verify the digest of checkpoints, or add it to files written without one"),
     "sr-compare": ("sr_compare", "train and score SR networks on degflow, procedural, bicubic and real pairs"),
 }
 

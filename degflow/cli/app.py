@@ -18,8 +18,10 @@ import argparse
 import difflib
 import functools
 import hashlib
+import logging
 import os
 import re
+import socket
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -98,10 +100,19 @@ def run_slug(stage: str, overrides: Iterable[str]) -> str:
     return f"{slug}-{digest[:8]}" if lossy else slug
 
 
+def process_label() -> str:
+    """``{host}-{pid}``: with the time, a log folder name no other run shares (two runs started in
+    the same second, on one node or on two nodes writing to one shared folder)."""
+    return f"{socket.gethostname().split('.')[0]}-{os.getpid()}"
+
+
 def register_resolvers() -> None:
-    """Register the ``${run_slug:stage,overrides}`` resolver used in ``conf/config.yaml`` (idempotent)."""
+    """Register the resolvers of the configs (idempotent): ``${run_slug:stage,overrides}``
+    (``conf/config.yaml``) and ``${process_label:}`` (:func:`process_label`, in log folder names)."""
     if not OmegaConf.has_resolver("run_slug"):
         OmegaConf.register_new_resolver("run_slug", lambda stage, overrides: run_slug(str(stage), list(overrides)))
+    if not OmegaConf.has_resolver("process_label"):
+        OmegaConf.register_new_resolver("process_label", process_label)
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
@@ -146,6 +157,7 @@ def run_cli(task: Callable[[DictConfig], Any], config_name: str, *,
     ``DEGFLOW_DEBUG=1`` or ``HYDRA_FULL_ERROR=1`` shows the traceback of usage errors too.
     """
     full_error = debug()
+    quiet_logging_errors()
     started = False
     statuses: list[int] = []
 
@@ -196,6 +208,14 @@ def command_name() -> str:
     return path.name
 
 
+def quiet_logging_errors() -> None:
+    """A log line that cannot be written (a full disk under the log file) is dropped instead of
+    printing logging's multi-line "--- Logging error ---" report, unless :func:`debug`: the error
+    that matters reaches stderr as its one ``error:`` line."""
+    if not debug():
+        logging.raiseExceptions = False
+
+
 def debug() -> bool:
     """Whether errors show their traceback (``DEGFLOW_DEBUG=1`` or ``HYDRA_FULL_ERROR=1``)."""
     return os.environ.get("DEGFLOW_DEBUG") == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1"
@@ -217,6 +237,7 @@ def run_tool(main: Callable[[list[str]], int | None], argv: list[str] | None = N
     """Run ``main(argv)`` (default ``sys.argv[1:]``) and exit with its status; a usage or
     environment error (:data:`USAGE_ERRORS`) prints one ``error:`` line and exits 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_logging_errors()
     try:
         status = main(argv)
     except USAGE_ERRORS as err:

@@ -17,21 +17,28 @@ Exit status:
        program crashed (Python traceback);
     2  usage or environment error, one ``error: ...`` line on stderr and no traceback: an
        unknown key or unparsable override, a missing setting, a bad value (scales, sizes,
-       tiling, more than ``max_scales`` scales), a missing or unreadable checkpoint or input
-       folder, an output folder that cannot be created or written.
-    128+N  killed by signal N (130 Ctrl-C, 143 SIGTERM), like any process: re-run the same
-       command; it removes what the kill left half-written and continues.
+       tiling, more than ``max_scales`` scales), a missing, unreadable or damaged checkpoint or
+       input folder, an output folder that cannot be created or written (a full disk
+       included), an out folder in use by another synthesis of the same shard, a damaged
+       ``synthesis.json``, settings other than the ones the out folder was made with. A run
+       refused so writes nothing into ``out`` (its log folder is removed).
+    128+N  stopped by signal N (130 Ctrl-C, 143 SIGTERM): the image in progress is finished,
+       ``job.json`` says ``interrupted``; a second signal stops at once. Re-run the same
+       command; it removes what a kill left half-written and continues.
 In a multirun (``-m``) every job runs; the process exits with the largest status of its
 in-process jobs.
 """
 
 import logging
 import sys
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from degflow.cli.app import hoist_multirun_flag, run_cli, to_plain
+from degflow.cli.app import USAGE_ERRORS, hoist_multirun_flag, register_resolvers, run_cli, to_plain
+
+register_resolvers()
 
 log = logging.getLogger("synthesize")
 
@@ -60,9 +67,10 @@ def _baselines(value) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _synthesize(cfg: DictConfig) -> int:
+def _synthesize(cfg: DictConfig, on_start=None) -> int:
     """One synthesis job; returns its exit status (0 or 1). Usage and environment errors
-    raise (``ValueError``, ``OSError``): :func:`degflow.cli.app.run_cli` turns them into 2."""
+    raise (``ValueError``, ``OSError``): :func:`degflow.cli.app.run_cli` turns them into 2.
+    ``on_start`` is called once the job has passed every check (:func:`write_lr_dataset`)."""
     from degflow.core.scales import expand_scales
     from degflow.core.solvers import SolverSpec
     from degflow.generation import Synthesizer
@@ -89,6 +97,7 @@ def _synthesize(cfg: DictConfig) -> int:
         allow_extrapolation=c["allow_extrapolation"], shard=c["shard"], num_shards=c["num_shards"],
         baselines=_baselines(c["baseline"]), baseline_lr_root=c["baseline_lr_root"],
         procedural_seed=c["procedural_seed"], max_scales=c["max_scales"], progress=c["progress"], layout=c["layout"],
+        on_start=on_start,
     )
     print(f"synthesis summary: {summary.line()}", flush=True)
     if summary.failures:
@@ -104,13 +113,50 @@ def main(cfg: DictConfig) -> int:
     if not HydraConfig.initialized():
         return _synthesize(cfg)
     hydra_cfg = HydraConfig.get()
-    with job_record(hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)) as record:
-        record["exit_code"] = _synthesize(cfg)
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    started: list[bool] = []
+    try:
+        with job_record(run_dir, list(hydra_cfg.overrides.task)) as record:
+            record["exit_code"] = _synthesize(cfg, on_start=lambda: started.append(True))
+    except USAGE_ERRORS:
+        if not started:         # refused before it wrote anything: leave nothing in out
+            _forget_run_folder(run_dir)
+        raise
     return record["exit_code"]
+
+
+#: Folders named by ``out=`` on the command line and whether each existed before this process ran.
+_EXISTED: dict[Path, bool] = {}
+_RUN_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", ".hydra", "synthesize.log",
+              "job.json", "error.txt")
+
+
+def _forget_run_folder(run_dir: Path) -> None:
+    """Remove the log folder of a refused run (the files Hydra and the job record wrote), then
+    ``out/logs`` and ``out`` when this process created them and they are empty."""
+    for name in _RUN_FILES:
+        path = run_dir / name
+        try:
+            path.rmdir() if path.is_dir() else path.unlink(missing_ok=True)
+        except OSError:
+            return                  # something else is in there: keep it all
+    for folder in (run_dir, *[f for f, existed in _EXISTED.items() if not existed]):
+        try:
+            folder.rmdir()          # only when empty
+        except OSError:
+            pass
+
+
+def _note_out_folders(argv: list[str]) -> None:
+    for arg in argv:
+        if arg.startswith("out=") and arg[4:] and "," not in arg:
+            out = Path(arg[4:])
+            _EXISTED.update({out / "logs": (out / "logs").exists(), out: out.exists()})
 
 
 def cli() -> None:
     logging.captureWarnings(True)
+    _note_out_folders(sys.argv[1:])
     sys.argv = hoist_multirun_flag(sys.argv[:1] + _list_overrides(sys.argv[1:]))
     run_cli(main, "synthesize", exit_status=int)
 

@@ -5,10 +5,11 @@ Wiring only: compose the config (Hydra), convert it to plain Python, hand it to
 :func:`degflow.training.train`. Sweeps: ``python train.py stage=lfm -m solver.steps=8,16,32``.
 
 Exit status: 0 trained (or already finished); 1 training failed (traceback); 2 usage or
-environment error (bad override or value, missing/unreadable path, unwritable folder: one
-``error:`` line, no traceback); 128+N stopped by signal N after writing a checkpoint of the
-current step (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1, 140 SIGUSR2); re-run the same command to
-continue.
+environment error (bad override or value, missing/unreadable/damaged path, unwritable folder,
+a full disk, the run folder in use by another process: one ``error:`` line, no traceback);
+128+N stopped by signal N after writing a checkpoint of the current step (130 Ctrl-C, 143
+SIGTERM, 138 SIGUSR1, 140 SIGUSR2; a second signal stops at once, ``job.json`` then says
+``interrupted`` too); re-run the same command to continue.
 """
 
 import sys
@@ -33,17 +34,24 @@ OmegaConf.register_new_resolver("main_process_only", _on_main_process)
 
 
 def main(cfg: DictConfig) -> float | None:
-    from degflow.infra.cluster import job_record, set_threads
+    import contextlib
+
+    from degflow.infra.cluster import is_main_process, job_record, set_threads
+    from degflow.infra.locks import FolderLock
     from degflow.training import TrainingStopped, train
 
     hydra_cfg = HydraConfig.get()
     config, overrides = to_plain(cfg), list(hydra_cfg.overrides.task)
-    threads = set_threads(config["threads"])
-    with job_record(hydra_cfg.runtime.output_dir, overrides, threads):
-        try:
-            metrics = train(config, hydra_cfg.runtime.output_dir, overrides)
-        except TrainingStopped as stopped:
-            raise SystemExit(stopped.exit_code) from None
+    run_dir = hydra_cfg.runtime.output_dir
+    # one writer per run folder: a second process on it is refused before it logs or writes job.json
+    lock = FolderLock(run_dir, "run", "training run folder") if is_main_process() else contextlib.nullcontext()
+    with lock:
+        threads = set_threads(config["threads"])
+        with job_record(run_dir, overrides, threads):
+            try:
+                metrics = train(config, run_dir, overrides)
+            except TrainingStopped as stopped:
+                raise SystemExit(stopped.exit_code) from None
     return metrics.get("objective")
 
 

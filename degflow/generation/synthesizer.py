@@ -51,7 +51,6 @@ from degflow.generation.tiling import Span, blend_tile_batches, blend_tiles, til
 from degflow.infra.checkpoint import CheckpointError, load_checkpoint
 from degflow.infra.checks import check_int, check_positive_int
 from degflow.infra.conf import synthesis_defaults
-from degflow.infra.files import file_sha256
 from degflow.infra.runtime import autocast, check_precision, resolve_device
 from degflow.models.registry import build_model
 
@@ -195,7 +194,7 @@ class Synthesizer:
         Raises :class:`~degflow.infra.checkpoint.CheckpointError` (naming ``ckpt``) for a missing,
         corrupt, stage-1 or incomplete checkpoint.
         """
-        ckpt = load_checkpoint(path, kind="lfm", key="ckpt")
+        ckpt, digest = load_checkpoint(path, kind="lfm", key="ckpt", with_digest=True)   # verified
         try:
             rae = build_model(ckpt["models"]["rae"])
             # the EMA of the velocity weights when the run kept one (stage.ema_decay)
@@ -214,7 +213,7 @@ class Synthesizer:
                    device=resolve_device(device),
                    precision=precision, max_trained_scale=max(train_scales), tile_size=tile_size,
                    tile_overlap=tile_overlap, train_scales=train_scales, spline_path=spline_path,
-                   checkpoint_sha256=file_sha256(path), decode_batch=decode_batch, tile_batch=tile_batch)
+                   checkpoint_sha256=digest.sha256, decode_batch=decode_batch, tile_batch=tile_batch)
 
     def to(self, device: torch.device | str) -> "Synthesizer":
         """Move the networks to ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``); returns self."""

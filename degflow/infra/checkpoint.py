@@ -18,6 +18,11 @@ so it loads with ``torch.load(..., weights_only=True)``:
 
 Everything a later stage needs (architecture arguments, training scales, the scale-to-time
 map) is written here once, never re-derived from YAML.
+
+Every checkpoint is sealed with the sha256 of its content (:mod:`degflow.infra.digests`) and
+every load verifies it first: a damaged file is refused (:class:`CheckpointError`, one line
+naming the file) before anything is read from it. A file written before digests existed loads
+with one warning (``python -m degflow checkpoint seal FILE`` adds the digest).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numpy as np
 import torch
 
 from degflow import __version__
-from degflow.infra.files import atomic_write_bytes
+from degflow.infra.digests import FileDigest, damage_message, describe_load_error, file_digest, save_sealed
 
 log = logging.getLogger(__name__)
 
@@ -44,36 +49,45 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, of another kind or of an unsupported version."""
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Atomically save a checkpoint dict (must already be plain tensors and containers)."""
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> str:
+    """Atomically save a checkpoint dict (must already be plain tensors and containers), sealed
+    with its digest; returns the digest (its ``checkpoint_sha256``)."""
     if payload.get("kind") not in KINDS:
         raise ValueError(f"checkpoint kind must be one of {list(KINDS)}, got {payload.get('kind')!r}")
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, "degflow_version": __version__, **payload}
-    atomic_write_bytes(path, lambda f: torch.save(full, f))
+    return save_sealed(path, full)
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str | torch.device = "cpu",
-                    key: str = "ckpt") -> dict[str, Any]:
-    """Load a degflow checkpoint safely (``weights_only=True``) and check what it is.
+                    key: str = "ckpt", *, with_digest: bool = False) -> dict[str, Any]:
+    """Verify a degflow checkpoint's digest, load it safely (``weights_only=True``), check what it is.
 
     Args:
         path: checkpoint file.
         kind: expected ``"rae"`` or ``"lfm"`` (None accepts either).
         key: the config key that named this file, quoted in error messages.
+        with_digest: return ``(checkpoint, FileDigest)``: the digest is the file's
+            ``checkpoint_sha256`` (the sha256 of its content as written; for a file written
+            before digests existed, the sha256 of the file).
     Raises:
-        CheckpointError: missing file, unreadable/corrupt file, not a degflow checkpoint,
-            unsupported format version, or a checkpoint of another kind.
+        CheckpointError: missing file, damaged file (digest mismatch), unreadable/corrupt file,
+            pickled objects beyond plain tensors, not a degflow checkpoint, unsupported format
+            version, or a checkpoint of another kind. Always one line.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{key}={str(path)!r}: no such checkpoint file")
     try:
+        found = file_digest(path)
+    except OSError as err:
+        raise CheckpointError(f"{key}={str(path)!r} cannot be read: {err.strerror or err}") from None
+    if not found.intact:
+        raise CheckpointError(damage_message(found, key))
+    try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # corrupt, truncated, or holding non-plain objects
-        raise CheckpointError(
-            f"{key}={str(path)!r} could not be read as a degflow checkpoint "
-            f"(corrupt, truncated, or not a plain-tensor checkpoint): {type(err).__name__}: {err}"
-        ) from None
+        raise CheckpointError(f"{key}={str(path)!r} could not be read as a degflow checkpoint: "
+                              f"{describe_load_error(err)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{key}={str(path)!r} is not a degflow checkpoint (expected a dict with format='degflow')"
@@ -89,7 +103,15 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str
             f"{key}={str(path)!r} is a stage-{ckpt.get('kind')!r} checkpoint, expected a stage-{kind!r} "
             f"checkpoint ({'train one with `python train.py stage=' + kind + '`'})"
         )
-    return ckpt
+    if not found.sealed:
+        _warn_unsealed(found, key)
+    return (ckpt, found) if with_digest else ckpt
+
+
+def _warn_unsealed(found: FileDigest, key: str) -> None:
+    log.warning("%s=%r carries no digest (written before degflow sealed checkpoints, or by another tool), so "
+                "damage to it cannot be detected; seal it once: python -m degflow checkpoint seal %r",
+                key, str(found.path), str(found.path))
 
 
 def capture_rng_state() -> dict[str, Any]:

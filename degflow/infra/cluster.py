@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import time
 import traceback
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from degflow.infra.checks import check_int
+from degflow.infra.exits import JobSignals, stop_point
 from degflow.infra.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -186,8 +188,11 @@ def job_record(run_dir: str | Path, overrides: list[str], threads: int | None = 
     traceback goes to ``{run_dir}/error.txt`` and the exception propagates) or ``interrupted``
     (SystemExit / KeyboardInterrupt, e.g. a preempted job that requeues itself, or an error
     raised while one unwinds: then that SystemExit / KeyboardInterrupt propagates, not the error). Only the main process of a multi-task job writes it. A requeued
-    or re-run job keeps the earlier attempts in ``attempts``. A job killed outright (SIGKILL,
-    out of memory) stays ``running``; the scheduler's logs tell the rest.
+    or re-run job keeps the earlier attempts in ``attempts``. Stop signals end the job through
+    Python (:class:`~degflow.infra.exits.JobSignals`), so a stop during start-up or a second
+    signal ends it ``interrupted`` too; only a job killed outright (SIGKILL, out of memory) stays
+    ``running``: the scheduler's logs tell the rest. Recording the end is best effort: a full
+    disk never hides the job's own error.
     """
     if not is_main_process():   # one record per job, not per task of a multi-task job
         yield {}
@@ -208,23 +213,36 @@ def job_record(run_dir: str | Path, overrides: list[str], threads: int | None = 
             attempt.update(status=status, seconds=record["seconds"], error=error)
         atomic_write_text(run_dir / JOB_FILE, json.dumps(record, indent=2) + "\n")
 
+    def end(status: str, error: str | None = None) -> None:
+        try:
+            write(status, error)
+        except OSError as err:
+            log.warning("could not record the end of the job in %s: %s", run_dir / JOB_FILE, err)
+
     write("running")
     error_file = run_dir / ERROR_FILE
-    try:
-        yield record
-    except BaseException as err:
-        atomic_write_text(error_file, traceback.format_exc())
-        # SystemExit (a preempted job requeueing itself), KeyboardInterrupt, or an error raised
-        # while one was unwinding (e.g. a logger whose service the requeue already killed)
-        stopped = _interrupted(err)
-        write("interrupted" if stopped else "failed",
-              f"{type(err).__name__}: {err}"
-              + (f" (while stopping: {type(stopped).__name__}({stopped}))" if stopped and stopped is not err else ""))
-        if stopped is not None and stopped is not err:
-            # leave as the stop that was under way: an error while a requeued job shuts down
-            # (a logger whose service SLURM already killed) must not turn into a job failure,
-            # which the launcher would report as the job's final result
-            raise stopped from err
-        raise
-    error_file.unlink(missing_ok=True)   # an earlier attempt's error is resolved
-    write("completed")
+    stop_now = JobSignals(on_hard_stop=lambda signum: end("interrupted", f"stopped at once by a second "
+                                                                      f"{signal.Signals(signum).name}"))
+    with stop_now:        # a second stop signal, even while the end is recorded, ends it at once
+        try:
+            yield record
+            stop_point()    # a stop signal whose exit the interrupted code swallowed: the job did not end normally
+        except BaseException as err:
+            try:
+                atomic_write_text(error_file, traceback.format_exc())
+            except OSError:
+                pass
+            # SystemExit (a preempted job requeueing itself), KeyboardInterrupt, or an error raised
+            # while one was unwinding (e.g. a logger whose service the requeue already killed)
+            stopped = _interrupted(err)
+            end("interrupted" if stopped else "failed",
+                f"{type(err).__name__}: {err}"
+                + (f" (while stopping: {type(stopped).__name__}({stopped}))" if stopped and stopped is not err else ""))
+            if stopped is not None and stopped is not err:
+                # leave as the stop that was under way: an error while a requeued job shuts down
+                # (a logger whose service SLURM already killed) must not turn into a job failure,
+                # which the launcher would report as the job's final result
+                raise stopped from err
+            raise
+        error_file.unlink(missing_ok=True)   # an earlier attempt's error is resolved
+        end("completed")

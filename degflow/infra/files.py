@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "append_lines", "file_sha256", "temp_target"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_texts", "append_lines", "file_sha256",
+           "temp_target"]
 
 #: Temporary files of :func:`atomic_write_bytes` are ``.{name}.{random}.tmp`` beside ``name``
 #: (``random``: the dot-free part :func:`tempfile.mkstemp` draws).
@@ -43,7 +44,8 @@ def atomic_write_bytes(path: str | Path, write: Callable[[BinaryIO], object]) ->
     """Write a file atomically: ``write(fileobj)`` into a temp file beside ``path``, then rename.
 
     A crash mid-write leaves the previous file (or nothing) in place, never a partial file.
-    The file ends up with mode ``0o666 & ~umask``, like a file opened for writing.
+    The file ends up with mode ``0o666 & ~umask``, like a file opened for writing. An OSError
+    (a full disk) names ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,9 +57,11 @@ def atomic_write_bytes(path: str | Path, write: Callable[[BinaryIO], object]) ->
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None and err.errno:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
 
 
@@ -78,6 +82,33 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def atomic_write_texts(texts: dict[Path, str]) -> None:
+    """Write several UTF-8 text files as one set: each goes to a synced temporary file beside it
+    first, and only when all of them are written are they renamed into place. A failure (a full
+    disk) before that leaves the previous set (or nothing) and no temporary file."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, text in texts.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+            staged.append((tmp, path))
+            os.fchmod(fd, 0o666 & ~_current_umask())
+            with os.fdopen(fd, "wb") as f:
+                f.write(text.encode("utf-8"))
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException as err:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None and err.errno:
+            raise OSError(err.errno, err.strerror or str(err), str(staged[-1][1])) from err
+        raise
+    for tmp, path in staged:
+        os.replace(tmp, path)
+
+
 def atomic_write_json(path: str | Path, data: object) -> None:
     """Atomically write strict JSON (no NaN/Infinity), indented, one trailing newline; folders made."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -87,18 +118,31 @@ def atomic_write_json(path: str | Path, data: object) -> None:
 def append_lines(path: str | Path, lines: Sequence[str]) -> None:
     """Append whole lines to ``path`` with one ``O_APPEND`` write, then fsync.
 
-    A kill can cut only the last line short (readers drop a partial last line); lines of
-    different writers never interleave within a line. Creates the file (``0o666 & ~umask``).
+    All or nothing: an append that fails or is interrupted (a full disk, a stop signal) is
+    rolled back (the file is cut back to its size before it) before the error propagates;
+    only a kill between the write and the rollback can leave a cut last line (readers drop
+    it). Meant for files with one writer (degflow's folder locks). Creates the file
+    (``0o666 & ~umask``). An OSError names ``path``.
     """
     if not lines:
         return
     data = ("\n".join(lines) + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from err
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException as err:
+            os.ftruncate(fd, start)
+            if isinstance(err, OSError):
+                raise OSError(err.errno, err.strerror, str(path)) from err
+            raise
     finally:
         os.close(fd)
 

@@ -44,6 +44,7 @@ from degflow.core.losses import LossSettings
 from degflow.core.solvers import SolverSpec
 from degflow.core.timemap import TimeMap
 from degflow.infra.checkpoint import save_checkpoint
+from degflow.infra.digests import describe_load_error
 from degflow.infra.files import file_sha256
 from degflow.models.official import (
     AE_TOP_KEYS,
@@ -149,7 +150,7 @@ def load_official(path: str | Path, top_keys: tuple[str, ...], key: str,
     except Exception as err:  # corrupt, truncated, or pickling objects weights_only refuses
         raise ConversionError(
             f"{key}={str(path)!r} could not be read with torch.load(weights_only=True) (corrupt, "
-            f"truncated, or not a plain weight file): {type(err).__name__}: {err}") from None
+            f"truncated, or not a plain weight file): {describe_load_error(err)}") from None
     return _flatten(obj, top_keys, key, path, problems, notes)
 
 

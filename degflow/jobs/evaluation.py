@@ -47,7 +47,7 @@ from degflow.data.images import find_images, read_image
 from degflow.data.options import build_data, option_of_target
 from degflow.generation import Synthesizer
 from degflow.infra.checks import check_int, check_positive_int
-from degflow.infra.files import atomic_write_text
+from degflow.infra.files import atomic_write_text, atomic_write_texts
 from degflow.infra.runtime import resolve_device
 from degflow.metrics.image import psnr_y, ssim_y
 from degflow.metrics.noise import akld, histogram_kl
@@ -607,13 +607,13 @@ def csv_table(result: EvalResult) -> str:
 
 
 def write_results(result: EvalResult, out_dir: str | Path, objective: float | None = None) -> dict[str, Path]:
-    """Write ``eval.json``, ``eval.md`` and ``eval.csv`` atomically into ``out_dir``."""
+    """Write ``eval.json``, ``eval.md`` and ``eval.csv`` into ``out_dir`` as one set (all or none:
+    :func:`~degflow.infra.files.atomic_write_texts`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "eval.json", "markdown": out / "eval.md", "csv": out / "eval.csv"}
-    atomic_write_text(paths["json"], json.dumps(result.to_json(objective), indent=1, allow_nan=False) + "\n")
-    atomic_write_text(paths["markdown"], markdown_table(result))
-    atomic_write_text(paths["csv"], csv_table(result))
+    atomic_write_texts({paths["json"]: json.dumps(result.to_json(objective), indent=1, allow_nan=False) + "\n",
+                        paths["markdown"]: markdown_table(result), paths["csv"]: csv_table(result)})
     return paths
 
 

@@ -45,7 +45,10 @@ from degflow.generation import SynthesisResult, Synthesizer
 from degflow.generation.synthesizer import ScaleTimes
 from degflow.infra.checks import check_bool, check_int, check_positive_int
 from degflow.infra.conf import synthesis_defaults
+from degflow.infra.digests import checked_line, checked_record_text, read_checked_line, read_checked_record
+from degflow.infra.exits import graceful, stop_point
 from degflow.infra.files import append_lines, atomic_write_text, temp_target
+from degflow.infra.locks import FolderLock
 
 __all__ = ["BASELINES", "LAYOUTS", "OUTPUT_SIZES", "FolderSummary", "SynthesisSpec", "toolbox_multiple",
            "write_lr_dataset"]
@@ -130,22 +133,24 @@ def _in_shard(source: str, shard: int, num_shards: int) -> bool:
     return int(hashlib.sha256(source.encode("utf-8")).hexdigest(), 16) % num_shards == shard
 
 
-def _read_manifest(path: Path) -> tuple[dict[str, str], bool]:
-    """``{output: line}`` of a manifest (last line per output wins) and whether the file had
-    duplicate or unreadable lines."""
+def _read_manifest(path: Path) -> tuple[dict[str, str], int]:
+    """``{output: line}`` of a manifest (last line per output wins) and how many of its lines were
+    duplicates or not whole (cut short by a kill, or damaged: their checksum does not hold)."""
     lines: dict[str, str] = {}
-    dirty = False
+    dropped = 0
     if not path.is_file():
-        return lines, False
-    for raw in path.read_text(encoding="utf-8").splitlines():
+        return lines, 0
+    for raw in path.read_bytes().splitlines():
         try:
-            output = json.loads(raw)["output"]
-        except (ValueError, KeyError, TypeError):
-            dirty = True
+            entry, _status = read_checked_line(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            entry = None
+        if entry is None or not isinstance(entry.get("output"), str):
+            dropped += 1
             continue
-        dirty |= output in lines
-        lines[output] = raw
-    return lines, dirty
+        dropped += entry["output"] in lines
+        lines[entry["output"]] = raw.decode("utf-8")
+    return lines, dropped
 
 
 def _find_real_lr(root: Path, name: str, scale: float) -> Path | None:
@@ -190,26 +195,40 @@ def _check_folders(input_dir: Path, out_dir: Path) -> None:
                              "choose another out folder")
 
 
+#: Keys a settings record of an earlier degflow may hold (one written before records were checked).
+_SETTINGS_KEYS = ("checkpoint_sha256", "solver", "precision", "tile_size", "tile_overlap", "LR_folder",
+                  "hr_size_output", "procedural_seed")
+
+
 def _check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
-    """Refuse to mix outputs of different generation settings in one out folder."""
+    """Refuse to mix outputs of different generation settings in one out folder, and to resume
+    from a settings record that is damaged (its checksum does not hold, it does not parse):
+    what the folder was made with is then unknown, and never guessed."""
     path = out_dir / _SETTINGS_FILE
-    if path.is_file():
+    if path.exists():
         try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError:
-            old = None
-        if isinstance(old, dict):
-            diff = {k: (old[k], v) for k, v in settings.items() if k in old and old[k] != v}
-            if diff:
-                raise ValueError(
-                    f"out={str(out_dir)!r} holds outputs generated with other settings "
-                    f"({'; '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
-                    f"resuming would mix them. Use a new out folder (or delete {path} to force it)"
-                )
-            if all(k in old for k in settings):
-                return
-            settings = {**old, **settings}      # a setting used for the first time (a new baseline)
-    atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+            old, status = read_checked_record(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            old, status = None, "damaged"
+        if old is not None and status == "unchecked" and not set(old) <= {*_SETTINGS_KEYS, *settings}:
+            old, status = None, "damaged"
+        if old is None:
+            raise ValueError(
+                f"out={str(out_dir)!r}: its settings record {path.name} is damaged or unreadable, so how the "
+                f"outputs there were made is unknown and resuming could mix settings; it is left as it is. "
+                f"Start fresh in a new out folder (or move {str(out_dir)!r} away)"
+            )
+        diff = {k: (old[k], v) for k, v in settings.items() if k in old and old[k] != v}
+        if diff:
+            raise ValueError(
+                f"out={str(out_dir)!r} holds outputs generated with other settings "
+                f"({'; '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
+                f"resuming would mix them. Use a new out folder (or delete {path} to force it)"
+            )
+        if status == "ok" and all(k in old for k in settings):
+            return
+        settings = {**old, **settings}      # a setting used for the first time (a new baseline), or a checksum added
+    atomic_write_text(path, checked_record_text(settings))
 
 
 @dataclass(frozen=True)
@@ -307,6 +326,7 @@ def write_lr_dataset(
     spec: SynthesisSpec | None = None,
     after_image: Callable[[str], None] | None = None,
     writer_thread: bool | None = None,
+    on_start: Callable[[], None] | None = None,
     **options: Any,
 ) -> FolderSummary:
     """Turn a folder of HR images into an SR training set at every scale.
@@ -354,9 +374,15 @@ def write_lr_dataset(
         writer_thread: write an image's files in a background thread while the next batch
             is generated (at most one batch in flight; the same files and manifest lines);
             None: when the model runs on a GPU.
-    """
-    from degflow.infra.console import progress_bar
+        on_start: called once every check has passed, before the first output is written
+            (a run refused before it is called has written nothing but ``synthesis.json``).
 
+    One writer per folder: the job holds the lock of ``out_dir`` for its shard
+    (:class:`~degflow.infra.locks.FolderLock`); another writer of the same shard (or of an
+    overlapping one) is refused with :class:`~degflow.infra.locks.FolderLocked` (an OSError)
+    naming the holder. Manifest lines carry a checksum; a damaged line is dropped on resume
+    and its image made again. A damaged ``synthesis.json`` stops the job (ValueError).
+    """
     started = time.perf_counter()
     if spec is None:
         spec = SynthesisSpec.create(scales, **options)
@@ -379,7 +405,6 @@ def write_lr_dataset(
         raise ValueError(f"input={str(input_dir)!r} holds no images (searched recursively for "
                          f"{', '.join(IMAGE_EXTENSIONS)})")
     names = _output_names(sources, input_dir, flat=spec.layout == "toolbox")
-    multiple = toolbox_multiple(scales) if spec.layout == "toolbox" else 1
     size, hr_size_output, shard, num_shards = spec.size, spec.hr_size_output, spec.shard, spec.num_shards
     procedural_seed = spec.procedural_seed
 
@@ -394,7 +419,22 @@ def write_lr_dataset(
         settings["layout"] = spec.layout
     if "procedural" in baselines:
         settings["procedural_seed"] = procedural_seed
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # one writer per out folder and shard; a run refused before it writes leaves no new folder behind
+    with FolderLock(out_dir, f"shard{shard}-of-{num_shards}", "synthesis out folder", create=True):
+        return _write_folder(synth, input_dir, out_dir, spec, times, sources, names, settings, started,
+                             after_image, on_start, writer_thread)
+
+
+def _write_folder(synth: Synthesizer, input_dir: Path, out_dir: Path, spec: SynthesisSpec, times: ScaleTimes,
+                  sources: list[Path], names: dict[Path, str], settings: dict[str, Any], started: float,
+                  after_image: Callable[[str], None] | None, on_start: Callable[[], None] | None,
+                  writer_thread: bool | None) -> FolderSummary:
+    """:func:`write_lr_dataset` once its settings are known and its out folder is held."""
+    from degflow.infra.console import progress_bar
+
+    scales, baselines, lr_root = spec.scales, spec.baselines, spec.baseline_lr_root
+    size, hr_size_output, shard, num_shards = spec.size, spec.hr_size_output, spec.shard, spec.num_shards
+    multiple = toolbox_multiple(scales) if spec.layout == "toolbox" else 1
     _check_settings(out_dir, settings)
     suffix = "" if num_shards == 1 else f".shard{shard}-of-{num_shards}"
     manifest, failed_file = out_dir / f"manifest{suffix}.jsonl", out_dir / f"failed{suffix}.jsonl"
@@ -422,9 +462,11 @@ def write_lr_dataset(
     if not items:
         log.info("shard %d of %d holds none of the %d input images", shard, num_shards, len(sources))
     todo = [it for it in items if it.pending]
+    if on_start is not None:
+        on_start()
 
     bar = progress_bar(requested=spec.progress, total=len(todo), unit="img", desc="synthesize")
-    job = _FolderJob(synth, out_dir, times, baselines, lr_root, procedural_seed,
+    job = _FolderJob(synth, out_dir, times, baselines, lr_root, spec.procedural_seed,
                      manifest, failed_file, bar, after_image, hr_size_output,
                      writer_thread=synth.device.type == "cuda" if writer_thread is None else writer_thread)
     groups: dict[tuple[int, int], list[_Item]] = {}
@@ -436,18 +478,20 @@ def write_lr_dataset(
             continue
         groups.setdefault((h, w), []).append(item)
     try:
-        for group in groups.values():
-            for k in range(0, len(group), spec.batch_size):
-                loaded: dict[tuple[int, ...], list[tuple[_Item, torch.Tensor]]] = {}
-                for item in group[k:k + spec.batch_size]:
-                    try:
-                        x = _crop_to_multiple(read_image(item.path), multiple)
-                    except (ImageReadError, OSError, ValueError) as err:
-                        job.fail(item, err, count=True)
-                        continue
-                    loaded.setdefault(tuple(x.shape), []).append((item, x))
-                for pairs in loaded.values():
-                    job.run([it for it, _ in pairs], torch.stack([x for _, x in pairs]))
+        with graceful():            # a stop signal ends the job between batches, never inside an image
+            for group in groups.values():
+                for k in range(0, len(group), spec.batch_size):
+                    stop_point()
+                    loaded: dict[tuple[int, ...], list[tuple[_Item, torch.Tensor]]] = {}
+                    for item in group[k:k + spec.batch_size]:
+                        try:
+                            x = _crop_to_multiple(read_image(item.path), multiple)
+                        except (ImageReadError, OSError, ValueError) as err:
+                            job.fail(item, err, count=True)
+                            continue
+                        loaded.setdefault(tuple(x.shape), []).append((item, x))
+                    for pairs in loaded.values():
+                        job.run([it for it, _ in pairs], torch.stack([x for _, x in pairs]))
         job.close()
     except BaseException:
         job.close(abandon=True)   # images being written are finished (files + manifest lines), then stop
@@ -527,17 +571,19 @@ def _remove_leftovers(out_dir: Path, items: list[_Item], own: set[Path] | None) 
 
 
 def _recorded_outputs(out_dir: Path, manifest: Path) -> set[str]:
-    """Outputs recorded in any manifest of ``out_dir``. This job's own manifest is cleaned
-    first: lines of deleted files, duplicates and a partial last line (a kill mid-append)
-    are dropped, atomically."""
-    own, dirty = _read_manifest(manifest)
+    """Outputs recorded in any manifest of ``out_dir`` (whole lines only). This job's own manifest
+    is cleaned first: lines of deleted files, duplicates, a partial last line (a kill mid-append)
+    and damaged lines (their checksum does not hold) are dropped, atomically; their outputs are
+    then made again."""
+    own, dropped = _read_manifest(manifest)
     stale = [o for o in own if not (out_dir / o).is_file()]
-    if dirty or stale:
+    if dropped or stale:
         for o in stale:
             del own[o]
         atomic_write_text(manifest, "".join(line + "\n" for line in own.values()))
-        log.info("manifest %s: dropped the lines of %d deleted outputs and any duplicate or partial line",
-                 manifest.name, len(stale))
+        (log.warning if dropped else log.info)(
+            "manifest %s: dropped %d duplicate, cut or damaged line(s) and the lines of %d deleted outputs; "
+            "those outputs are made again", manifest.name, dropped, len(stale))
     recorded = set(own)
     for other in out_dir.glob("manifest*.jsonl"):
         if other != manifest:
@@ -569,8 +615,12 @@ class _FolderJob:
         """Record a failure of ``item``; ``count`` advances the progress bar (item given up)."""
         record = {"file": item.source, "error": f"{type(err).__name__}: {err}"}
         self.failures.append(record)
-        append_lines(self.failed_file, [json.dumps(record)])
         log.error("%s: %s", item.source, record["error"])
+        try:
+            append_lines(self.failed_file, [json.dumps(record)])
+        except OSError as write_err:        # a full disk: the summary and the exit status still say it
+            log.error("could not record that failure in %s: %s", self.failed_file.name,
+                      write_err.strerror or write_err)
         if count:
             self.bar.update(1)
 
@@ -724,7 +774,7 @@ class _FolderJob:
             for out, image, entry in rendered:
                 write_image(self.out_dir / out.rel, image)
                 written.append(self.out_dir / out.rel)
-                lines.append(json.dumps(entry))
+                lines.append(checked_line(entry))
             append_lines(self.manifest, lines)
         except BaseException:
             for path in written:

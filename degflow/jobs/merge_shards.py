@@ -8,6 +8,8 @@ per output file with at least ``source``, ``output`` (path under OUT_DIR), ``kin
 - every (image, output kind, size, scale) was produced exactly once: no output in two shard
   manifests, no image with a scale that the other images have and it lacks;
 - every listed file exists;
+- every line is whole and its checksum holds (a damaged line blocks the merge: re-running that
+  shard's synthesis drops it and makes its image again);
 - no shard recorded failures (``failed.shard{i}-of-{N}.jsonl``);
 - with ``--input HR_FOLDER``: every image of the input appears;
 
@@ -24,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from degflow.infra.digests import checked_line, read_checked_line
 from degflow.infra.files import atomic_write_text
 
 SHARD_MANIFEST = re.compile(r"^manifest\.shard(\d+)-of-(\d+)\.jsonl$")
@@ -49,21 +52,21 @@ class Verification:
         return len({e["source"] for e in self.entries.values()})
 
 
-def _read_lines(path: Path) -> tuple[list[dict], int]:
-    """Entries of a manifest and the number of unreadable lines (e.g. a kill mid-append)."""
-    entries, bad = [], 0
-    for raw in path.read_text(encoding="utf-8").splitlines():
+def _read_lines(path: Path) -> tuple[list[dict], list[int]]:
+    """Entries of a manifest and the numbers of its lines that are not whole (cut short by a kill,
+    damaged: their checksum does not hold, or missing a field)."""
+    entries, bad = [], []
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
         if not raw.strip():
             continue
         try:
-            entry = json.loads(raw)
-        except ValueError:
-            bad += 1
-            continue
-        if isinstance(entry, dict) and all(k in entry for k in REQUIRED_FIELDS):
+            entry, _status = read_checked_line(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            entry = None
+        if entry is not None and all(k in entry for k in REQUIRED_FIELDS):
             entries.append(entry)
         else:
-            bad += 1
+            bad.append(number)
     return entries, bad
 
 
@@ -102,7 +105,9 @@ def verify_shards(out_dir: str | Path, input_dir: str | Path | None = None) -> V
     for index, path in sorted(shards.items()):
         entries, bad = _read_lines(path)
         if bad:
-            result.notes.append(f"{path.name}: {bad} unreadable line(s) ignored (synthesis drops them when it resumes)")
+            result.problems.append(f"{path.name}: line(s) {', '.join(map(str, bad[:10]))} cut short or damaged; "
+                                   f"re-run shard {index}'s synthesis command (it drops them and makes those "
+                                   "images again)")
         for entry in entries:
             output = entry["output"]
             if output in owner and owner[output] != index:
@@ -163,5 +168,6 @@ def merge_shards(out_dir: str | Path, input_dir: str | Path | None = None) -> Ve
     if result.ok:
         entries = sorted(result.entries.values(),
                          key=lambda e: (e["source"], e["kind"] != "hr", e["kind"], e["size"], float(e["scale"])))
-        atomic_write_text(Path(out_dir) / MERGED, "".join(json.dumps(e) + "\n" for e in entries))
+        atomic_write_text(Path(out_dir) / MERGED, "".join(checked_line({k: v for k, v in e.items() if k != "check"})
+                                                           + "\n" for e in entries))
     return result

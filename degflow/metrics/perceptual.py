@@ -36,6 +36,8 @@ from urllib.parse import urlparse
 import torch
 from torch import Tensor, nn
 
+from degflow.infra.digests import describe_load_error
+
 __all__ = [
     "ENV_VAR",
     "VALID_NETS",
@@ -173,9 +175,9 @@ def _read_state_dict(path: Path, net: str, config_key: str) -> Mapping[str, Tens
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, not a torch file, pickled code, ...
         raise InvalidLPIPSWeightsError(
-            f"Cannot read LPIPS backbone file {str(path)!r} ({type(exc).__name__}: {exc}). "
-            f"Expected a torchvision-format state dict saved with torch.save.\n"
-            + _how_to_provide(net, config_key)
+            f"Cannot read LPIPS backbone file {str(path)!r} ({describe_load_error(exc)}). Expected a "
+            f"torchvision-format state dict saved with torch.save (`{config_key}` or ${ENV_VAR}: see the docstring "
+            f"of degflow.metrics.perceptual)"
         ) from exc
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]

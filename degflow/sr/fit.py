@@ -16,7 +16,6 @@ their coordinates and cell size, so one batch mixes any scales.
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 
 from degflow.data.sr_pairs import sample_patches
 from degflow.infra.checks import check_positive_int
-from degflow.infra.files import atomic_write_bytes
+from degflow.infra.digests import damage_message, describe_load_error, file_digest, save_sealed
 from degflow.models.sr import make_coord
 
 __all__ = ["SRTrainSettings", "train_sr", "load_sr_checkpoint", "sr_loss"]
@@ -93,8 +92,16 @@ def sr_loss(model: nn.Module, batch: list[tuple[Tensor, Tensor, float]], query_p
 
 
 def load_sr_checkpoint(path: str | Path) -> dict:
-    """A checkpoint written by :func:`train_sr` (``weights_only=True``: no code is unpickled)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """A checkpoint written by :func:`train_sr`, its digest verified first (``weights_only=True``:
+    no code is unpickled). ValueError, one line naming the file, for a damaged or unreadable one."""
+    path = Path(path)
+    found = file_digest(path)
+    if not found.intact:
+        raise ValueError(damage_message(found))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # cut short, or not a plain-tensor file
+        raise ValueError(f"{str(path)!r} could not be read as an SR checkpoint: {describe_load_error(err)}") from None
 
 
 def train_sr(model: nn.Module, data: Sequence[tuple[Tensor, Tensor, float]] | None, settings: SRTrainSettings,
@@ -140,9 +147,7 @@ def train_sr(model: nn.Module, data: Sequence[tuple[Tensor, Tensor, float]] | No
                  "settings": asdict(settings), "model_config": model.config}
         if scale_log is not None:
             state["scale_log"] = scale_log.records
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write_bytes(ckpt_path, lambda f: f.write(buf.getvalue()))
+        save_sealed(ckpt_path, state)           # atomic, with its digest (docs/INTEGRITY.md)
 
     model.train()
     start, running = time.perf_counter(), []

@@ -12,6 +12,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from degflow.data.memory import in_memory_training_set
 from degflow.infra.cluster import resolve_workers
 from degflow.infra.console import log_to_file
+from degflow.infra.locks import FolderLock
 from degflow.infra.runtime import resolve_device, seed_everything, set_tf32
 from degflow.metrics.image import eval_protocol
 from degflow.training.accel import accelerate
@@ -77,7 +78,8 @@ def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()
 
     Builds data, stage and logger, trains with resume-by-default, always finishes the logger.
     Log lines go to ``{run_dir}/train.log`` (Hydra's file when run by train.py); at the end the
-    run says where its results, checkpoints and pictures are.
+    run says where its results, checkpoints and pictures are. One writer per run folder: a
+    folder another live process trains in is refused (:class:`~degflow.infra.locks.FolderLocked`).
     Returns the final validation metrics; raises :class:`TrainingStopped` after a stop signal
     (``last.pt`` then holds the step it stopped at). In a job of several processes (torchrun,
     submitit tasks) every process calls this: they train one model data-parallel, and only
@@ -86,7 +88,7 @@ def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()
     run_dir = Path(run_dir)
     if not detect_environment().is_main:  # rank 0 alone writes train.log and tells where things are
         return _train(config, run_dir, overrides)
-    with log_to_file(run_dir / LOG_FILE):
+    with FolderLock(run_dir, "run", "training run folder", create=True), log_to_file(run_dir / LOG_FILE):
         metrics = _train(config, run_dir, overrides)
         announce_outputs(run_dir, config["stage"]["name"])
     return metrics

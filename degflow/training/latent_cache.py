@@ -22,8 +22,10 @@ table, and the crops of a batch are one gather on the device.
 
 The cache is keyed by the RAE checkpoint's sha256 and a fingerprint of the training
 images. With a ``cache_dir`` it is also stored on disk (``{fingerprint}-{rae}.pt``, atomic
-write, ``weights_only`` load) so a resumed or requeued job does not encode again; files of
-the same images under another RAE are deleted when the RAE changes.
+write sealed with its digest, verified ``weights_only`` load) so a resumed or requeued job does
+not encode again; files of the same images under another RAE are deleted when the RAE changes.
+A damaged, unsealed or unreadable file is encoded again; a file that cannot be written (a full
+disk) leaves training on the cache in memory.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Sequence
 import torch
 
 from degflow.data.transforms import NUM_DIHEDRAL, dihedral
-from degflow.infra.files import atomic_write_bytes
+from degflow.infra.digests import describe_load_error, file_digest, save_sealed
 
 log = logging.getLogger(__name__)
 
@@ -210,9 +212,14 @@ def load_or_build_latent_cache(rae: torch.nn.Module, records: Sequence, scales: 
         path = cache_dir / f"{fingerprint[:16]}-{rae_sha256[:16]}.pt"
         if path.is_file():
             try:
+                found = file_digest(path)
+                if not (found.sealed and found.intact):
+                    raise ValueError(found.problem or ("damaged: its content does not match its digest" if found.sealed
+                                                       else "written without a digest"))
                 payload = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as err:  # a truncated or foreign file: rebuild, never crash
-                log.warning("latent cache %s is unreadable (%s); encoding again", path, err)
+            except Exception as err:  # damaged, truncated or foreign: rebuild, never crash
+                reason = str(err) if isinstance(err, ValueError) else describe_load_error(err)
+                log.warning("latent cache %s cannot be used (%s); encoding again", path, reason)
             else:
                 if (payload.get("format") == FORMAT and payload.get("rae_sha256") == rae_sha256
                         and payload.get("fingerprint") == fingerprint and payload.get("stride") == rae.stride):
@@ -232,5 +239,9 @@ def load_or_build_latent_cache(rae: torch.nn.Module, records: Sequence, scales: 
                 log.info("latent cache: removed %s (written for another RAE checkpoint)", stale)
         payload = {"format": FORMAT, "rae_sha256": rae_sha256, "fingerprint": fingerprint,
                    "stride": rae.stride, "latents": latents}
-        atomic_write_bytes(path, lambda f: torch.save(payload, f))
+        try:
+            save_sealed(path, payload)
+        except OSError as err:    # a full or read-only disk: the cache in memory serves this run
+            log.warning("latent cache: could not write %s (%s); training goes on with the cache in memory",
+                        path, err.strerror or err)
     return cache

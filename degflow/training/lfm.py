@@ -31,7 +31,6 @@ from degflow.core.spline import PATH_KINDS, evaluate_path
 from degflow.core.timemap import TimeMap, build_time_map
 from degflow.generation import Synthesizer, condition_kind, velocity_condition
 from degflow.infra.checkpoint import CheckpointError, find_latest_checkpoint, load_checkpoint
-from degflow.infra.files import file_sha256
 from degflow.metrics.image import EVAL_PROTOCOLS, EvalProtocol, eval_protocol
 from degflow.metrics.perceptual import load_lpips
 from degflow.models.registry import build_model, model_entry
@@ -405,12 +404,12 @@ def build_lfm_stage(config: dict[str, Any], data, device: torch.device) -> LFMSt
     loss = LossSettings(**config["loss"])
     solver = SolverSpec.create(**config["solver"])
     rae_path = resolve_rae_checkpoint(config["rae_ckpt"], config["output_root"])
-    rae_ckpt = load_checkpoint(rae_path, kind="rae", key="rae_ckpt")
+    rae_ckpt, rae_digest = load_checkpoint(rae_path, kind="rae", key="rae_ckpt", with_digest=True)
     rae = build_model(rae_ckpt["models"]["rae"])
     if [float(s) for s in rae_ckpt["train_scales"]] != [float(s) for s in data.train_scales]:
         log.warning("the RAE was trained on scales %s, the LFM trains on %s", rae_ckpt["train_scales"],
                     list(data.train_scales))
-    rae_sha256 = file_sha256(rae_path)
+    rae_sha256 = rae_digest.sha256   # verified by the load: the file's checkpoint_sha256
     cache = None
     if config["stage"]["latent_cache"]:
         if rae.config.get("norm") != "layer":

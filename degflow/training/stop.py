@@ -28,6 +28,8 @@ import signal
 import threading
 from pathlib import Path
 
+from degflow.infra.exits import stop_point
+
 log = logging.getLogger(__name__)
 
 STOP_SIGNAL_NAMES = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
@@ -78,6 +80,7 @@ class StopSignals:
         return self.signum is not None
 
     def __enter__(self) -> "StopSignals":
+        stop_point()    # a stop signal during start-up whose exit was swallowed stops the job before it trains
         if threading.current_thread() is not threading.main_thread():
             log.debug("not in the main thread: stop signals are not handled")
             return self

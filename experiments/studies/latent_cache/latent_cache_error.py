@@ -25,7 +25,6 @@ REPO = Path(__file__).resolve().parents[3]
 
 from degflow.data.demo import demo_data
 from degflow.infra.checkpoint import load_checkpoint
-from degflow.infra.files import file_sha256
 from degflow.metrics.image import psnr_y
 from degflow.models.registry import build_model
 from degflow.training.latent_cache import load_or_build_latent_cache
@@ -46,11 +45,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "experiments/studies/latent_cache/latent_cache_error.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rae = build_model(load_checkpoint(args.rae_ckpt, kind="rae")["models"]["rae"]).eval()
+    rae_ckpt, rae_digest = load_checkpoint(args.rae_ckpt, kind="rae", with_digest=True)
+    rae = build_model(rae_ckpt["models"]["rae"]).eval()
     demo = yaml.safe_load((REPO / "conf" / "data" / "demo.yaml").read_text())   # the demo defaults
     demo.pop("_target_")
     data = demo_data(**demo)
-    cache = load_or_build_latent_cache(rae, data.train.records, data.train.scales, file_sha256(args.rae_ckpt),
+    cache = load_or_build_latent_cache(rae, data.train.records, data.train.scales, rae_digest.sha256,
                                        torch.device("cpu"), args.cache_dir)
     report = {"rae_ckpt": str(args.rae_ckpt), "rae_config": rae.config, "crops_per_size": args.crops, "sizes": {}}
     for size in (int(s) for s in args.sizes.split(",")):
