@@ -90,11 +90,12 @@ def test_training_logs_its_thread_count_and_records_the_job(tmp_path):
 
 
 def test_only_the_main_process_of_a_multi_task_job_writes_the_record(tmp_path, monkeypatch):
-    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("RANK", "1")                      # rank 1 of a two-process torchrun job
+    monkeypatch.setenv("WORLD_SIZE", "2")
     with job_record(tmp_path, ["a=1"]) as record:
         assert record == {}
     assert read_job_record(tmp_path) is None
-    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("RANK", "0")
     with job_record(tmp_path, ["a=1"]):
         pass
     assert read_job_record(tmp_path)["status"] == "completed"

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from degflow.data import DataBundle, build_data, degrade
+from degflow.data import DataBundle, build_data
+from degflow.data import simulate_camera as degrade
 from degflow.data.demo import TEST_IMAGES, TRAIN_IMAGES, demo_image_paths, jpeg_quality
 from degflow.data.images import read_image
 from degflow.data.transforms import dihedral

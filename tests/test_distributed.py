@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import DEMO, REPO, TINY, config
 
 from degflow.infra.checkpoint import load_checkpoint
+from degflow.infra.cluster import SINGLE, DistEnv, detect_environment, submitit_port
 from degflow.training import train
+from degflow.training.distributed import local_batch_size
 from degflow.training.loop import TIMING_SCALARS
-from degflow.training.distributed import SINGLE, DistEnv, detect_environment, local_batch_size, submitit_port
 from degflow.training.sampling import RowDraws, batch_keys
 from degflow.training.stop import StopSignals, TrainingStopped
-from test_train import DEMO, REPO, TINY, config
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 STEPS = 8

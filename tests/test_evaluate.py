@@ -29,7 +29,7 @@ from degflow.metrics.image import psnr_y
 from degflow.core.resize import bicubic_baseline
 from degflow.models.rae import RAE
 from degflow.models.unet import VelocityUNet
-from degflow.baselines.procedural import degrade
+from degflow.baselines.procedural import realesrgan as degrade
 from degflow.core.timemap import TimeMap
 
 REPO = Path(__file__).resolve().parents[1]

@@ -61,7 +61,7 @@ def test_a_checkpoint_from_before_the_restructure_synthesizes_the_same_bytes(tmp
 
 
 def test_the_demo_datas_degraded_images_are_the_same_bytes():
-    from degflow.data.demo import degrade, demo_image_paths
+    from degflow.data.demo import demo_image_paths, simulate_camera as degrade
     from degflow.data.images import read_image
 
     pins = json.loads((PINNED / "pins.json").read_text())["demo_degrade"]

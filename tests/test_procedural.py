@@ -8,21 +8,20 @@ import torch
 from scipy import special, stats
 from skimage import data as skdata
 
+from degflow.baselines.filters import filter2d, jpeg_compress
+from degflow.baselines.filters import jpeg_roundtrip as _jpeg_roundtrip
 from degflow.baselines.procedural import (
     FIRST_ORDER,
     SECOND_ORDER,
-    _jpeg_roundtrip,
     add_gaussian_noise,
     add_poisson_noise,
-    degrade,
-    filter2d,
     gaussian_kernel,
     generalized_gaussian_kernel,
-    jpeg_compress,
     plateau_kernel,
     sample_blur_kernel,
     sinc_kernel,
 )
+from degflow.baselines.procedural import realesrgan as degrade
 
 
 def _photo(h=96, w=128) -> torch.Tensor:

@@ -595,7 +595,7 @@ def test_tile_size_below_the_models_minimum_is_refused_naming_tile_size(ckpt, sy
 
 
 def test_procedural_baseline_is_the_seeded_real_esrgan_pipeline_in_the_baseline_layout(synth, tmp_path):
-    from degflow.baselines.procedural import degrade, procedural_seed
+    from degflow.baselines.procedural import procedural_seed, realesrgan as degrade
 
     src = tmp_path / "in"
     for i, rel in enumerate(["a.png", "sub/b.png", "c.png"]):

@@ -39,17 +39,15 @@ works on [0, 1] internally, like the original.
 
 from __future__ import annotations
 
-import io
 import math
 import zlib
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
+from degflow.baselines.filters import filter2d, jpeg_compress
 from degflow.core.scales import scale_label
 from degflow.infra.checks import check_positive_int
 
@@ -63,11 +61,9 @@ __all__ = [
     "plateau_kernel",
     "sinc_kernel",
     "sample_blur_kernel",
-    "filter2d",
     "add_gaussian_noise",
     "add_poisson_noise",
-    "jpeg_compress",
-    "degrade",
+    "realesrgan",
     "procedural_seed",
 ]
 
@@ -250,21 +246,6 @@ def sample_blur_kernel(order: DegradationOrder, g: torch.Generator,
 
 
 # ------------------------------------------------------------------------------ operations
-def filter2d(x: Tensor, kernel: Tensor) -> Tensor:
-    """Convolve every channel of ``x [B, C, H, W]`` with ``kernel [K, K]`` (K odd), same size.
-
-    Borders are reflected (replicated when the image is smaller than the kernel radius).
-    """
-    k = kernel.shape[-1]
-    c = x.shape[1]
-    pad = k // 2
-    mode = "reflect" if min(x.shape[-2:]) > pad else "replicate"
-    xp = F.pad(x, (pad, pad, pad, pad), mode=mode)
-    weight = kernel.to(x.dtype).to(x.device).expand(c, 1, k, k)
-    # conv2d is a correlation; flip the kernel so this is a true convolution
-    return F.conv2d(xp, weight.flip(-1, -2), groups=c)
-
-
 def _luma(x01: Tensor) -> Tensor:
     """ITU-R BT.601 luma ``[B, 1, H, W]`` of RGB ``[B, 3, H, W]`` (weights 0.299, 0.587, 0.114)."""
     w = torch.tensor((0.299, 0.587, 0.114), dtype=x01.dtype, device=x01.device).view(1, 3, 1, 1)
@@ -300,30 +281,6 @@ def add_poisson_noise(x01: Tensor, scale: float, gray: bool, g: torch.Generator,
         out.append(img + noise)
     res = torch.stack(out)
     return res.clamp(0.0, 1.0) if clip else res
-
-
-def jpeg_compress(x01: Tensor, quality: int) -> Tensor:
-    """Encode and decode every image of ``x01 [B, 3, H, W]`` (in [0, 1]) as JPEG at ``quality``
-    (1..100, Pillow's baseline codec with 4:2:0 chroma subsampling). Returns [0, 1], 8-bit values."""
-    q = int(quality)
-    if not 1 <= q <= 100:
-        raise ValueError(f"JPEG quality must be an integer in [1, 100], got {quality!r}")
-    out = []
-    for img in x01:
-        arr = (img.detach().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        decoded = _jpeg_roundtrip(arr, q)[0]
-        out.append(torch.from_numpy(decoded).permute(2, 0, 1).to(x01.dtype) / 255.0)
-    return torch.stack(out).to(x01.device)
-
-
-def _jpeg_roundtrip(arr: np.ndarray, quality: int) -> tuple[np.ndarray, int]:
-    """``[H, W, 3]`` uint8 -> (decoded ``[H, W, 3]`` uint8, encoded size in bytes)."""
-    buf = io.BytesIO()
-    Image.fromarray(arr, mode="RGB").save(buf, format="JPEG", quality=quality)
-    size = buf.tell()
-    buf.seek(0)
-    with Image.open(buf) as im:
-        return np.asarray(im.convert("RGB")).copy(), size
 
 
 def _resize(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
@@ -390,7 +347,7 @@ def _degrade_one(x01: Tensor, scale: float, settings: ProceduralSettings, g: tor
     return torch.round(out.clamp(0.0, 1.0) * 255.0) / 255.0
 
 
-def degrade(hr: Tensor, scale: float, *, seed: int | None = None, generator: torch.Generator | None = None,
+def realesrgan(hr: Tensor, scale: float, *, seed: int | None = None, generator: torch.Generator | None = None,
             settings: ProceduralSettings | None = None, size: str = "lr") -> Tensor:
     """Real-ESRGAN second-order degradation of HR images to scale ``scale`` (any float >= 1).
 
@@ -409,7 +366,7 @@ def degrade(hr: Tensor, scale: float, *, seed: int | None = None, generator: tor
     if size not in ("lr", "hr"):
         raise ValueError(f"size={size!r} is not one of ['lr', 'hr']")
     if seed is not None and generator is not None:
-        raise ValueError("degrade: pass seed or generator, not both")
+        raise ValueError("realesrgan: pass seed or generator, not both")
     s = float(scale)
     if not math.isfinite(s) or s < 1.0:
         raise ValueError(f"scale must be a finite number >= 1 (downscaling factor), got {scale!r}")
@@ -428,7 +385,7 @@ def degrade(hr: Tensor, scale: float, *, seed: int | None = None, generator: tor
 
 
 def procedural_seed(base: int, image: str, scale: float) -> int:
-    """The seed of :func:`degrade` for one (image, scale) of a baseline set: independent of
+    """The seed of :func:`realesrgan` for one (image, scale) of a baseline set: independent of
     the order of the images and of the other images and scales, stable across processes and
     machines (``crc32("{base}:{image}:{scale label}") & 0x7FFFFFFF``).
 

@@ -25,9 +25,9 @@ register_resolvers()
 def _on_main_process(value):
     """``${main_process_only:value}``: ``value`` in rank 0 of a data-parallel job (or a plain run),
     null in the other ranks (conf/config.yaml: only rank 0 writes the run's ``.hydra`` folder)."""
-    from degflow.training.distributed import detect_environment
+    from degflow.infra.cluster import is_main_process
 
-    return value if detect_environment().is_main else None
+    return value if is_main_process() else None
 
 
 OmegaConf.register_new_resolver("main_process_only", _on_main_process)

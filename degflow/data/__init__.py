@@ -20,7 +20,7 @@ Dataset items are dicts ``{"name": str, "hr": [3, h, w], "lr": [S, 3, h, w],
 
 from degflow.core.scales import check_scales
 from degflow.data.common import DataBundle, Report, split_names
-from degflow.data.demo import degrade, demo_data, scan_demo
+from degflow.data.demo import demo_data, scan_demo, simulate_camera
 from degflow.data.images import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -46,7 +46,7 @@ __all__ = [
     "read_image",
     "write_image",
     "find_images",
-    "degrade",
+    "simulate_camera",
     "demo_data",
     "realsr_data",
     "scan_realsr",

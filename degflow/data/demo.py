@@ -4,7 +4,7 @@ procedural, camera-like process that is defined at every continuous scale s >= 1
 Nothing is downloaded: the photos are read directly from ``skimage/data/`` (never through
 scikit-image's network fetchers).
 
-The degradation ``degrade(hr, s, seed)`` mimics what zooming out does to a real camera
+The degradation ``simulate_camera(hr, s, seed)`` mimics what zooming out does to a real camera
 capture, each effect growing smoothly and non-linearly with u = s - 1 (all vanish at s = 1):
 
 1. optical blur at HR resolution: Gaussian PSF, sigma = 0.3 u^1.5 HR pixels;
@@ -34,17 +34,15 @@ image. The two TEST_IMAGES are the test split, built only when ``bundle.test`` i
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
+from degflow.baselines.filters import gaussian_blur, jpeg_fractional
 from degflow.core.scales import check_scale, format_scales
 from degflow.data.common import (
     DataBundle,
@@ -58,7 +56,7 @@ from degflow.data.common import (
 from degflow.data.images import read_image
 from degflow.infra.checks import check_int, check_number, check_positive_int
 
-__all__ = ["degrade", "demo_data", "demo_image_paths", "scan_demo", "skimage_data_dir", "TRAIN_IMAGES",
+__all__ = ["simulate_camera", "demo_data", "demo_image_paths", "scan_demo", "skimage_data_dir", "TRAIN_IMAGES",
            "TEST_IMAGES", "jpeg_quality"]
 
 log = logging.getLogger(__name__)
@@ -86,23 +84,6 @@ def jpeg_quality(scale: float) -> float:
     return 92.0 - 32.0 * (1.0 - math.exp(-0.9 * u ** 1.2))
 
 
-def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of [B, C, H, W] with reflect (or replicate) padding."""
-    if sigma < 1e-3:
-        return x
-    radius = max(1, math.ceil(3.0 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).to(x.dtype)
-    c = x.shape[1]
-    h, w = x.shape[-2:]
-    mode = "reflect" if radius < min(h, w) else "replicate"
-    x = F.pad(x, (radius, radius, 0, 0), mode=mode)
-    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    x = F.pad(x, (0, 0, radius, radius), mode=mode)
-    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-
-
 def _cubic(x: Tensor, a: float = -0.75) -> Tensor:
     """Keys cubic convolution kernel (a = -0.75, as torch / OpenCV bicubic)."""
     x = x.abs()
@@ -120,7 +101,7 @@ def _resample_matrix(n_out: int, n_in: int, step: float) -> Tensor:
 
     Because the grid is anchored at the top-left corner with the exact step, output pixel
     i moves continuously with the scale; a change of n_out only adds / removes the last
-    row or column. This is what makes :func:`degrade` continuous in s."""
+    row or column. This is what makes :func:`simulate_camera` continuous in s."""
     stretch = max(step, 1.0)
     support = 2.0 * stretch
     centers = (torch.arange(n_out, dtype=torch.float64) + 0.5) * step - 0.5
@@ -163,39 +144,16 @@ def _colour_tone(x: Tensor, u: float) -> Tensor:
     return (lum + sat * (x - lum)).clamp(0.0, 1.0)
 
 
-def _jpeg(x01: Tensor, quality: float) -> Tensor:
-    """JPEG round trip of [3, h, w] in [0, 1] at a fractional quality (blend of the two
-    nearest integer qualities, so the result is continuous in ``quality``)."""
-    arr = (x01.permute(1, 2, 0).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
-    img = Image.fromarray(arr)
-
-    def enc(q: int) -> Tensor:
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=int(q), subsampling=2, optimize=False)
-        buf.seek(0)
-        with Image.open(buf) as im:
-            out = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-        return torch.from_numpy(out).permute(2, 0, 1)
-
-    q = min(max(quality, 1.0), 100.0)
-    lo = math.floor(q)
-    frac = q - lo
-    out = enc(lo)
-    if frac > 1e-6:
-        out = (1.0 - frac) * out + frac * enc(lo + 1)
-    return out
-
-
-def degrade(hr: Tensor, scale: float, seed: int = 0) -> Tensor:
+def simulate_camera(hr: Tensor, scale: float, seed: int = 0) -> Tensor:
     """Camera-like degradation of ``hr`` ([3, H, W] or [B, 3, H, W] in [-1, 1]) at scale
     ``scale`` >= 1; returns the LR image at HR size, same shape, in [-1, 1].
 
     Deterministic given (image, scale, seed); every element of a batch uses the same
-    ``seed`` (so ``degrade(batch)[b] == degrade(batch[b])``). ``scale == 1`` returns
+    ``seed`` (so ``simulate_camera(batch)[b] == simulate_camera(batch[b])``). ``scale == 1`` returns
     the input unchanged (a copy).
     """
     if not isinstance(hr, Tensor) or hr.ndim not in (3, 4) or hr.shape[-3] != 3:
-        raise ValueError(f"degrade expects an RGB image [3, H, W] or batch [B, 3, H, W]; got "
+        raise ValueError(f"simulate_camera expects an RGB image [3, H, W] or batch [B, 3, H, W]; got "
                          f"{tuple(hr.shape) if isinstance(hr, Tensor) else type(hr).__name__}")
     s = check_scale(scale, "scale")
     if s == 1.0:
@@ -206,7 +164,7 @@ def degrade(hr: Tensor, scale: float, seed: int = 0) -> Tensor:
     H, W = x.shape[-2:]
     u = s - 1.0
     # 1. optical blur
-    x = _gaussian_blur(x, _blur_sigma(u))
+    x = gaussian_blur(x, _blur_sigma(u))
     # 2. sensor sampling
     lh, lw = max(1, round(H / s)), max(1, round(W / s))
     x = _resample(x, lh, lw, s).clamp(0.0, 1.0)
@@ -221,7 +179,7 @@ def degrade(hr: Tensor, scale: float, seed: int = 0) -> Tensor:
     # 5. JPEG, faded in near s = 1 so the process stays continuous there
     q = jpeg_quality(s)
     w_jpeg = 1.0 - math.exp(-u / 0.15)
-    x = torch.stack([(1.0 - w_jpeg) * xi + w_jpeg * _jpeg(xi, q) for xi in x])
+    x = torch.stack([(1.0 - w_jpeg) * xi + w_jpeg * jpeg_fractional(xi, q) for xi in x])
     # 6. back to HR size, 8-bit levels
     x = _resample(x, H, W, 1.0 / s).clamp(0.0, 1.0)
     x = (x * 255.0).round() / 255.0
@@ -320,7 +278,7 @@ def demo_data(*, train_scales, val_scales, crop_size, samples_per_epoch, multipl
               val_max_size, seed, max_side, val_fraction) -> DataBundle:
     """The default data option: 5 scikit-image photos for training, the bottom
     ``val_fraction`` band of each for validation, 2 more photos as the test split; degraded
-    by :func:`degrade` at every train / val scale once at construction (full images / bands,
+    by :func:`simulate_camera` at every train / val scale once at construction (full images / bands,
     then cropped), cached in memory. The test photos are read and degraded only when
     ``bundle.test`` is read. Defaults: conf/data/demo.yaml (:func:`degflow.data.build_data`)."""
     train_scales, val_scales, crop_size, samples_per_epoch, multiple_of, val_max_size = check_loader_args(
@@ -339,7 +297,7 @@ def demo_data(*, train_scales, val_scales, crop_size, samples_per_epoch, multipl
         recs = []
         for i, (name, hr) in enumerate(images):
             sd = _image_seed(seed, offset + i)
-            lrs = {s: degrade(hr, s, sd) for s in scales if s != 1.0}
+            lrs = {s: simulate_camera(hr, s, sd) for s in scales if s != 1.0}
             recs.append(MemoryRecord(name=name, hr_image=hr, lr_images=lrs))
         return recs
 

@@ -10,6 +10,9 @@
   2-thread runs on 2 cores ran 3.9x slower than the same runs with 1 thread each).
   :func:`resolve_workers` sizes the training DataLoader (``num_workers: auto``) from the same
   allocation.
+- :func:`detect_environment` / :func:`is_main_process`: where this process sits in a
+  multi-process job (torchrun, submitit), and the one rank-0 rule (rank 0 alone logs and writes
+  records; :mod:`degflow.training.distributed` builds the process group from the same answer).
 - :func:`job_record`: ``job.json`` (status, scheduler ids, host, threads, timings, one entry
   per attempt: a requeued job appends one) and, when the job raises, ``error.txt`` with the
   traceback, so a sweep's failed jobs are findable from the sweep folder.
@@ -25,8 +28,11 @@ import signal
 import socket
 import time
 import traceback
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from degflow.infra.checks import check_int
 from degflow.infra.exits import JobSignals, stop_point
@@ -152,11 +158,87 @@ def set_threads(setting: Any) -> int:
     return count
 
 
-def is_main_process(environ: dict[str, str] | None = None) -> bool:
-    """False in the non-zero ranks of a multi-process job (torchrun ``RANK``, SLURM ``SLURM_PROCID``,
-    submitit's local ``SUBMITIT_LOCAL_GLOBALID``)."""
-    env = os.environ if environ is None else environ
-    return all(env.get(var, "0") == "0" for var in ("RANK", "SLURM_PROCID", "SUBMITIT_LOCAL_GLOBALID"))
+# ------------------------------------------------------------------ where this process sits in its job
+LAUNCHERS = ("single", "torchrun", "submitit")
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in its job: rank ``rank`` of ``world_size`` processes."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    launcher: str = "single"
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size or self.local_rank < 0:
+            raise ValueError(f"inconsistent process environment: rank={self.rank}, world_size={self.world_size}, "
+                             f"local_rank={self.local_rank} (launcher {self.launcher}); expected "
+                             "0 <= rank < world_size and local_rank >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        """Several processes train together."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that logs, validates and writes files."""
+        return self.rank == 0
+
+
+SINGLE = DistEnv()
+
+
+def _int(environ: Mapping[str, str], key: str) -> int:
+    try:
+        return int(environ[key])
+    except ValueError:
+        raise ValueError(f"environment variable {key}={environ[key]!r} is not an integer") from None
+
+
+def submitit_port(job_id: str) -> int:
+    """The rendezvous port of a submitit job (``MASTER_PORT`` unset): in [20000, 60000), a
+    function of the job id, so every task of the job computes the same one and two jobs on a
+    node rarely collide."""
+    return 20000 + zlib.crc32(str(job_id).encode()) % 40000
+
+
+def detect_environment(environ: Mapping[str, str] | None = None) -> DistEnv:
+    """This process's place in a multi-process job, from the launcher's environment variables.
+
+    torchrun (``RANK`` and ``WORLD_SIZE`` set) first, then submitit (``SUBMITIT_EXECUTOR`` set:
+    SLURM, or ``submitit_local``) through its ``JobEnvironment``; a single process otherwise.
+    A plain ``sbatch`` or ``srun`` without torchrun or submitit is a single process.
+    ``environ`` defaults to ``os.environ``; submitit's ``JobEnvironment`` always reads the latter.
+    """
+    environ = os.environ if environ is None else environ
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        return DistEnv(rank=_int(environ, "RANK"), world_size=_int(environ, "WORLD_SIZE"),
+                       local_rank=_int(environ, "LOCAL_RANK") if "LOCAL_RANK" in environ else 0,
+                       master_addr=environ.get("MASTER_ADDR", "127.0.0.1"),
+                       master_port=_int(environ, "MASTER_PORT") if "MASTER_PORT" in environ else 29500,
+                       launcher="torchrun")
+    if environ.get("SUBMITIT_EXECUTOR"):
+        if environ is not os.environ:
+            raise ValueError("submitit's JobEnvironment reads os.environ; pass environ=None")
+        import submitit
+
+        job = submitit.JobEnvironment()
+        if job.num_tasks <= 1:
+            return SINGLE
+        port = _int(environ, "MASTER_PORT") if "MASTER_PORT" in environ else submitit_port(job.raw_job_id)
+        return DistEnv(rank=job.global_rank, world_size=job.num_tasks, local_rank=job.local_rank,
+                       master_addr=job.hostnames[0], master_port=port, launcher="submitit")
+    return SINGLE
+
+
+def is_main_process(environ: Mapping[str, str] | None = None) -> bool:
+    """The one rank-0 rule: rank 0 of a multi-process job (:func:`detect_environment`), or a plain run."""
+    return detect_environment(environ).is_main
 
 
 def read_job_record(run_dir: str | Path) -> dict[str, Any] | None:

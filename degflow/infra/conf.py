@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -34,3 +36,13 @@ def synthesis_defaults() -> dict[str, Any]:
     solver = {**read_yaml(f"solver/{group}.yaml"), **(job.pop("solver", None) or {})}
     job.pop("hydra", None)
     return {**job, "solver": solver}
+
+
+def instantiate(node: dict[str, Any]) -> Any:
+    """Build the object a config node's ``_target_`` names; bad values surface as their own ValueError."""
+    try:
+        return hydra_instantiate(node, _convert_="all")
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ValueError):
+            raise err.__cause__ from None
+        raise

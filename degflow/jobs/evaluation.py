@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from degflow.baselines.procedural import degrade, procedural_seed
+from degflow.baselines.procedural import procedural_seed, realesrgan
 from degflow.core.resize import bicubic_baseline, check_hr_size_output, lr_at_hr_size, upsample_to
 from degflow.core.scales import scale_label
 from degflow.core.solvers import SolverSpec
@@ -149,7 +149,8 @@ def evaluation_split(bundle: Any):
 def load_model(ckpt: str | Path, device: str, solver: Mapping[str, Any] | None, precision: str = "fp32",
                tile_size: int | None = 1024, tile_overlap: int = 256) -> Synthesizer:
     """A stage-2 checkpoint as a :class:`Synthesizer` under ``solver`` (the config's
-    ``solver`` group as a dict; None: the checkpoint's own solver). Raises
+    ``solver`` group as a dict; None: :data:`degflow.generation.DEFAULT_SOLVER`, as for
+    :meth:`Synthesizer.from_checkpoint`). Raises
     :class:`~degflow.infra.checkpoint.CheckpointError` naming ``ckpt`` for a wrong or broken file."""
     spec = SolverSpec.create(**solver) if solver is not None else None
     return Synthesizer.from_checkpoint(ckpt, device=device, solver=spec, precision=precision,
@@ -294,7 +295,7 @@ def _hr_baselines(methods: Sequence[str], hr: Tensor, scales: Sequence[float], n
         images["bicubic"], seconds["bicubic"] = _timed(lambda: {s: bicubic_baseline(hr_cpu, s) for s in scales})
     if "procedural" in methods:
         images["procedural"], seconds["procedural"] = _timed(lambda: {
-            s: degrade(hr_cpu, s, seed=procedural_seed(seed, name, s), size="hr") for s in scales})
+            s: realesrgan(hr_cpu, s, seed=procedural_seed(seed, name, s), size="hr") for s in scales})
     return images, seconds
 
 

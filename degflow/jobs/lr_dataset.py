@@ -746,7 +746,7 @@ class _FolderJob:
                 if out.scale not in degraded:
                     seed = procedural.procedural_seed(self.seed, item.name[: -len(".png")], out.scale)
                     start = time.perf_counter()
-                    lr = procedural.degrade(hr[b], out.scale, seed=seed, size="lr")
+                    lr = procedural.realesrgan(hr[b], out.scale, seed=seed, size="lr")
                     degraded[out.scale] = (lr, seed, time.perf_counter() - start)
                 lr, seed, seconds = degraded[out.scale]
                 image = lr if out.size == "lr" else upsample_to(lr, height, width)   # = degrade(size="hr")

@@ -6,18 +6,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate as hydra_instantiate
-
 from degflow.data.memory import in_memory_training_set
 from degflow.infra.cluster import resolve_workers
+from degflow.infra.cluster import detect_environment
+from degflow.infra.conf import instantiate
 from degflow.infra.console import log_to_file
 from degflow.infra.locks import FolderLock
 from degflow.infra.runtime import resolve_device, seed_everything, set_tf32
 from degflow.metrics.image import eval_protocol
 from degflow.training.accel import accelerate
 from degflow.training.distributed import (
-    detect_environment,
     local_batch_size,
     log_on_main_only,
     process_device,
@@ -40,16 +38,6 @@ def train_settings(stage: dict[str, Any]) -> TrainSettings:
     :data:`STAGE_OPTIONS`, which the stage's builder reads)."""
     options = STAGE_OPTIONS.get(stage["name"], ())
     return TrainSettings(**{k: v for k, v in stage.items() if k not in options})
-
-
-def instantiate(node: dict[str, Any]):
-    """Build the object a config node's ``_target_`` names; bad values surface as their own ValueError."""
-    try:
-        return hydra_instantiate(node, _convert_="all")
-    except InstantiationException as err:
-        if isinstance(err.__cause__, ValueError):
-            raise err.__cause__ from None
-        raise
 
 
 def build_stage(config: dict[str, Any], data, device):

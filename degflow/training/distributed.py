@@ -4,7 +4,7 @@ A job with several processes (``torchrun --nproc_per_node=N train.py ...`` on a 
 or ``hydra.launcher.tasks_per_node=N`` through submitit on SLURM) trains one model with
 :class:`torch.nn.parallel.DistributedDataParallel`:
 
-- :func:`detect_environment` reads who this process is: torchrun's ``RANK`` / ``WORLD_SIZE`` /
+- :func:`degflow.infra.cluster.detect_environment` reads who this process is: torchrun's ``RANK`` / ``WORLD_SIZE`` /
   ``LOCAL_RANK`` / ``MASTER_ADDR`` / ``MASTER_PORT``, or submitit's ``JobEnvironment`` (SLURM's
   ``SLURM_PROCID`` / ``SLURM_NTASKS`` / ``SLURM_LOCALID``, the master being the job's first node
   and the port derived from the job id). Anything else, or one process, is a plain run;
@@ -27,97 +27,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import zlib
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from degflow.infra.cluster import DistEnv
+
 log = logging.getLogger(__name__)
 
 #: How long a rank waits at a collective, e.g. while rank 0 validates alone (NCCL's default, 10
 #: minutes, is shorter than a full validation of a large model can take).
 COLLECTIVE_TIMEOUT = timedelta(hours=1)
-LAUNCHERS = ("single", "torchrun", "submitit")
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    """Where this process sits in its job: rank ``rank`` of ``world_size`` processes."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    master_addr: str = "127.0.0.1"
-    master_port: int = 29500
-    launcher: str = "single"
-
-    def __post_init__(self) -> None:
-        if self.world_size < 1 or not 0 <= self.rank < self.world_size or self.local_rank < 0:
-            raise ValueError(f"inconsistent process environment: rank={self.rank}, world_size={self.world_size}, "
-                             f"local_rank={self.local_rank} (launcher {self.launcher}); expected "
-                             "0 <= rank < world_size and local_rank >= 0")
-
-    @property
-    def enabled(self) -> bool:
-        """Several processes train together."""
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0: the one process that logs, validates and writes files."""
-        return self.rank == 0
-
-
-SINGLE = DistEnv()
-
-
-def _int(environ: Mapping[str, str], key: str) -> int:
-    try:
-        return int(environ[key])
-    except ValueError:
-        raise ValueError(f"environment variable {key}={environ[key]!r} is not an integer") from None
-
-
-def submitit_port(job_id: str) -> int:
-    """The rendezvous port of a submitit job (``MASTER_PORT`` unset): in [20000, 60000), a
-    function of the job id, so every task of the job computes the same one and two jobs on a
-    node rarely collide."""
-    return 20000 + zlib.crc32(str(job_id).encode()) % 40000
-
-
-def detect_environment(environ: Mapping[str, str] | None = None) -> DistEnv:
-    """This process's place in a multi-process job, from the launcher's environment variables.
-
-    torchrun (``RANK`` and ``WORLD_SIZE`` set) first, then submitit (``SUBMITIT_EXECUTOR`` set:
-    SLURM, or ``submitit_local``) through its ``JobEnvironment``; a single process otherwise.
-    A plain ``sbatch`` or ``srun`` without torchrun or submitit is a single process.
-    ``environ`` defaults to ``os.environ``; submitit's ``JobEnvironment`` always reads the latter.
-    """
-    environ = os.environ if environ is None else environ
-    if "RANK" in environ and "WORLD_SIZE" in environ:
-        return DistEnv(rank=_int(environ, "RANK"), world_size=_int(environ, "WORLD_SIZE"),
-                       local_rank=_int(environ, "LOCAL_RANK") if "LOCAL_RANK" in environ else 0,
-                       master_addr=environ.get("MASTER_ADDR", "127.0.0.1"),
-                       master_port=_int(environ, "MASTER_PORT") if "MASTER_PORT" in environ else 29500,
-                       launcher="torchrun")
-    if environ.get("SUBMITIT_EXECUTOR"):
-        if environ is not os.environ:
-            raise ValueError("submitit's JobEnvironment reads os.environ; pass environ=None")
-        import submitit
-
-        job = submitit.JobEnvironment()
-        if job.num_tasks <= 1:
-            return SINGLE
-        port = _int(environ, "MASTER_PORT") if "MASTER_PORT" in environ else submitit_port(job.raw_job_id)
-        return DistEnv(rank=job.global_rank, world_size=job.num_tasks, local_rank=job.local_rank,
-                       master_addr=job.hostnames[0], master_port=port, launcher="submitit")
-    return SINGLE
-
-
 def local_batch_size(batch_size: int, world_size: int) -> int:
     """Rows of the global batch each process takes; ValueError naming ``stage.batch_size``
     when the processes cannot share it evenly."""

@@ -31,6 +31,7 @@ from degflow.core.spline import PATH_KINDS, evaluate_path
 from degflow.core.timemap import TimeMap, build_time_map
 from degflow.generation import Synthesizer, condition_kind, velocity_condition
 from degflow.infra.checkpoint import CheckpointError, find_latest_checkpoint, load_checkpoint
+from degflow.infra.conf import instantiate
 from degflow.metrics.image import EVAL_PROTOCOLS, EvalProtocol, eval_protocol
 from degflow.metrics.perceptual import load_lpips
 from degflow.models.registry import build_model, model_entry
@@ -398,8 +399,6 @@ def aligned_training_set(dataset, stride: int):
 
 def build_lfm_stage(config: dict[str, Any], data, device: torch.device) -> LFMStage:
     """Wire stage 2 from a plain config: frozen RAE from its checkpoint, velocity net, losses, solver."""
-    from degflow.training import instantiate
-
     spline = SplineSettings(**config["spline"])
     loss = LossSettings(**config["loss"])
     solver = SolverSpec.create(**config["solver"])

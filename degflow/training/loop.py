@@ -41,12 +41,11 @@ import torch
 
 from degflow.infra.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from degflow.infra.checks import check_positive_int
+from degflow.infra.cluster import SINGLE, DistEnv
 from degflow.infra.console import bar_safe_logging, progress_bar
 from degflow.infra.files import atomic_write_text
 from degflow.infra.runtime import autocast
 from degflow.training.distributed import (
-    SINGLE,
-    DistEnv,
     agree,
     barrier,
     data_parallel_loss,
