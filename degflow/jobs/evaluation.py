@@ -24,8 +24,6 @@ and ``eval.csv``. One bad image is reported (log, ``failures`` in eval.json) and
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
@@ -52,6 +50,8 @@ from degflow.infra.runtime import resolve_device
 from degflow.metrics.image import psnr_y, ssim_y
 from degflow.metrics.noise import akld, histogram_kl
 from degflow.metrics.perceptual import load_lpips
+from degflow.viz.tables import csv_text, fmt, write_table
+from degflow.viz.tables import markdown_table as table_lines
 
 __all__ = [
     "METHODS",
@@ -329,7 +329,7 @@ class _Collector:
             rows = {"real": {s: _center_crop(x, size)[0] for s, x in real.items()}}
             rows.update({m: {s: _center_crop(x, size)[0] for s, x in outputs[m].items()} for m in self.result.methods})
             self.result.crops[name] = rows
-        line = ", ".join(f"{m} {_fmt(_mean([r['psnr_y'] for r in records if r['method'] == m]), 'psnr_y')}"
+        line = ", ".join(f"{m} {fmt(_mean([r['psnr_y'] for r in records if r['method'] == m]), None, 'psnr_y')}"
                          for m in self.result.methods)
         log.info("[%d] %s: mean PSNR-Y over %d scales: %s", self.result.images, name, len(self.result.scales), line)
 
@@ -541,12 +541,6 @@ def evaluate_folders(generated: str | Path, real: str | Path, hr: str | Path, sc
 
 
 # ------------------------------------------------------------------------------ writing
-def _fmt(v: float | None, metric: str) -> str:
-    if v is None:
-        return "–"  # not measured, or infinite (PSNR of identical images)
-    return f"{v:.2f}" if metric == "psnr_y" else f"{v:.4f}"
-
-
 def _scale_header(result: EvalResult, s: float) -> str:
     return f"x{scale_label(s)}" + ("*" if result.heldout(s) else "")
 
@@ -562,22 +556,21 @@ def markdown_table(result: EvalResult, title: str = "degflow evaluation") -> str
     lines += ["", "## Summary", ""]
     groups = ["seen", "heldout"] if result.seen_scales is not None else ["all"]
     header = ["method"] + [f"{METRICS[m][0]} {g}" for g in groups for m in METRICS] + ["NFE", "s / image"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for m in result.methods:
         row = [m]
         for g in groups:
             vals = summary[m].get(g) or {}
-            row += [_fmt(vals.get(k), k) for k in METRICS]
-        nfe = summary[m]["nfe"]
-        row += ["–" if nfe is None else f"{nfe:.0f}", _fmt(summary[m]["seconds_per_image"], "s")]
-        lines.append("| " + " | ".join(row) + " |")
+            row += [fmt(vals.get(k), None, k) for k in METRICS]   # "–": not measured, or infinite PSNR
+        rows.append(row + [fmt(summary[m]["nfe"], None, "nfe"), fmt(summary[m]["seconds_per_image"], None, "seconds")])
+    lines += table_lines(header, rows)
     if result.seen_scales is not None:
         lines += ["", f"Seen (training) scales: {', '.join('x' + scale_label(s) for s in result.seen_scales)}; "
                       "every other scale is held out (marked *)."]
     for metric, (label, higher) in METRICS.items():
         lines += ["", f"## {label} ({'higher' if higher else 'lower'} is better)", ""]
         header = ["method"] + [_scale_header(result, s) for s in result.scales]
-        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        rows = []
         best = {}
         for s in result.scales:
             vals = [per_scale[m].get(scale_label(s), {}).get(metric) for m in result.methods]
@@ -587,9 +580,10 @@ def markdown_table(result: EvalResult, title: str = "degflow evaluation") -> str
             row = [m]
             for s in result.scales:
                 v = per_scale[m].get(scale_label(s), {}).get(metric)
-                cell = _fmt(v, metric)
+                cell = fmt(v, None, metric)
                 row.append(f"**{cell}**" if v is not None and v == best[s] else cell)
-            lines.append("| " + " | ".join(row) + " |")
+            rows.append(row)
+        lines += table_lines(header, rows)
     if result.failures:
         lines += ["", "## Skipped images", ""] + [f"- {f['image']}: {f['error']}" for f in result.failures]
     return "\n".join(lines) + "\n"
@@ -597,14 +591,10 @@ def markdown_table(result: EvalResult, title: str = "degflow evaluation") -> str
 
 def csv_table(result: EvalResult) -> str:
     """One row per (method, scale): mean metrics over the images."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["method", "scale", "heldout", "n", *METRICS])
-    for m, rows in result.per_scale().items():
-        for label, vals in rows.items():
-            writer.writerow([m, label, vals["heldout"], vals["n"],
-                             *("" if vals[k] is None else f"{vals[k]:.6f}" for k in METRICS)])
-    return buf.getvalue()
+    return csv_text(["method", "scale", "heldout", "n", *METRICS],
+                    [[m, label, vals["heldout"], vals["n"], *(None if vals[k] is None else f"{vals[k]:.6f}"
+                                                              for k in METRICS)]
+                     for m, rows in result.per_scale().items() for label, vals in rows.items()])
 
 
 def write_results(result: EvalResult, out_dir: str | Path, objective: float | None = None) -> dict[str, Path]:
@@ -641,14 +631,6 @@ def write_plots(result: EvalResult, out_dir: str | Path) -> list[Path]:
     return paths
 
 
-def _sweep_cell(column: str, value: Any) -> str:
-    if value is None or isinstance(value, str):
-        return "–" if value is None else value
-    if column == "nfe":
-        return f"{value:.0f}"
-    return _fmt(value, "psnr_y" if column.startswith("psnr") else column)
-
-
 def collect_sweep(root: str | Path, out_dir: str | Path | None = None, metric: str = "psnr_y") -> dict[str, Path]:
     """Combine the ``eval.json`` files under a sweep folder (one per solver setting) into
     ``sweep.md`` / ``sweep.csv`` (model rows: solver, NFE, s / image, seen and held-out
@@ -677,15 +659,8 @@ def collect_sweep(root: str | Path, out_dir: str | Path | None = None, metric: s
     rows.sort(key=lambda r: (r["nfe"] is None, r["nfe"] or 0))
     out = Path(out_dir) if out_dir is not None else root
     cols = ["label", "nfe", "seconds_per_image"] + [f"{k}_{g}" for g in ("heldout", "seen") for k in METRICS] + ["run"]
-    md = ["# Solver sweep", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(_sweep_cell(c, r[c]) for c in cols) + " |" for r in rows]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    paths = {"markdown": out / "sweep.md", "csv": out / "sweep.csv", "plot": out / "psnr_vs_nfe.png"}
-    atomic_write_text(paths["markdown"], "\n".join(md) + "\n")
-    atomic_write_text(paths["csv"], buf.getvalue())
+    paths = {**write_table(out, "sweep", cols, [[r[c] for c in cols] for r in rows], title="Solver sweep"),
+             "plot": out / "psnr_vs_nfe.png"}
     plot_psnr_vs_nfe([{"label": r["label"], "group": r["group"], "nfe": r["nfe"],
                        metric: r[f"{metric}_heldout"] if r[f"{metric}_heldout"] is not None else r[f"{metric}_seen"]}
                       for r in rows], paths["plot"], metric=metric)

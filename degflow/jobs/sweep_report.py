@@ -20,8 +20,6 @@ no folder yet). Exit code 0 when a report was written, 2 when the folder holds n
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -31,7 +29,7 @@ from typing import Any
 import yaml
 
 from degflow.infra.cluster import ERROR_FILE, JOB_FILE, read_job_record
-from degflow.infra.files import atomic_write_text
+from degflow.viz.tables import write_table
 
 METRICS = ("psnr_y", "ssim_y", "lpips")
 SUBMITIT_DIR = ".submitit"
@@ -179,14 +177,6 @@ def scale_columns(jobs: list[Job]) -> list[tuple[str, bool]]:
     return sorted(scales.items(), key=lambda kv: _scale_value(kv[0]))
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.{max(digits - 2, 1)}f}"
-    return str(value)
-
-
 def table(jobs: list[Job], sweep_dir: Path) -> tuple[list[str], list[list[Any]]]:
     """Header and rows of the report (one row per job)."""
     keys = swept_keys(jobs)
@@ -228,32 +218,16 @@ def _failure_lines(jobs: list[Job], sweep_dir: Path) -> list[str]:
     return lines
 
 
-def markdown(jobs: list[Job], sweep_dir: Path) -> str:
-    """The report as Markdown: summary line, table, then failed / unfinished jobs."""
-    header, rows = table(jobs, sweep_dir)
+def _report_lines(jobs: list[Job], sweep_dir: Path) -> tuple[list[str], list[str]]:
+    """The lines above the report's table (summary, column legend) and below it (failed jobs)."""
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.status] = counts.get(job.status, 0) + 1
-    shown = [i for i, h in enumerate(header) if h != "run_dir"]
-    out = [f"# Sweep report: {sweep_dir}", "",
-           f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
-           "Columns `x<s>/<metric>`: validation metric at scale s (`*` = scale held out from training); "
-           "`heldout_psnr_y`: mean Y-PSNR over held-out scales; `job_seconds`: wall time over all attempts.", "",
-           "| " + " | ".join(header[i] for i in shown) + " |", "|" + "---|" * len(shown)]
-    for row in rows:
-        out.append("| " + " | ".join(_fmt(row[i]) for i in shown) + " |")
+    before = [f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
+              "Columns `x<s>/<metric>`: validation metric at scale s (`*` = scale held out from training); "
+              "`heldout_psnr_y`: mean Y-PSNR over held-out scales; `job_seconds`: wall time over all attempts."]
     failures = _failure_lines(jobs, sweep_dir)
-    if failures:
-        out += ["", "## Failed or unfinished jobs", "", *failures]
-    return "\n".join(out) + "\n"
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows([["" if v is None else v for v in row] for row in rows])
-    atomic_write_text(path, buffer.getvalue())
+    return before, (["## Failed or unfinished jobs", "", *failures] if failures else [])
 
 
 def _label(job: Job, keys: list[str]) -> str:
@@ -307,12 +281,11 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> di
         raise ValueError(f"{str(sweep_dir)!r} holds no sweep jobs (no job.json, metrics.json or .hydra/overrides.yaml "
                          f"below it, no multirun.yaml)")
     out_dir = Path(out_dir) if out_dir else sweep_dir / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
     header, rows = table(jobs, sweep_dir)
-    paths = {"markdown": out_dir / "report.md", "csv": out_dir / "report.csv"}
-    text = markdown(jobs, sweep_dir)
-    atomic_write_text(paths["markdown"], text)
-    write_csv(paths["csv"], header, rows)
+    before, after = _report_lines(jobs, sweep_dir)
+    paths = write_table(out_dir, "report", header, rows, title=f"Sweep report: {sweep_dir}", before=before,
+                        after=after, shown=[h for h in header if h != "run_dir"])
+    text = paths["markdown"].read_text(encoding="utf-8")
     if plot_psnr_vs_nfe(jobs, out_dir / "psnr_vs_nfe.png"):
         paths["psnr_vs_nfe"] = out_dir / "psnr_vs_nfe.png"
     if plot_metric_vs_scale(jobs, out_dir / "metric_vs_scale.png"):

@@ -16,7 +16,8 @@ from typing import Any
 
 from degflow.infra.files import atomic_write_text
 
-__all__ = ["DIGITS", "fmt", "fmt_value", "mean_sd", "markdown_table", "write_csv", "csv_text"]
+__all__ = ["DIGITS", "csv_text", "fmt", "fmt_cell", "markdown_table", "mean_sd", "metric_of", "write_csv",
+           "write_table"]
 
 #: Decimals per metric (PSNR and seconds 2, NFE 0, everything else 4).
 DIGITS = {"psnr_y": 2, "seconds": 2, "seconds_per_image": 2, "nfe": 0}
@@ -32,14 +33,24 @@ def fmt(mean: float | None, sd: float | None = None, metric: str = "") -> str:
     return text if sd is None else f"{text} ± {sd:.{digits}f}"
 
 
-def fmt_value(value: Any, metric: str = "") -> str:
-    """A table cell: numbers through :func:`fmt` (ints as they are), None empty, anything else as text."""
+def metric_of(column: str) -> str:
+    """The metric a column holds, for its number of decimals: ``x2*/psnr_y``, ``psnr_y_heldout``
+    and ``heldout_psnr_y`` hold ``psnr_y``; ``nfe``; ``seconds_per_image``, ``job_seconds``."""
+    name = column.rsplit("/", 1)[-1]
+    if "psnr" in name:
+        return "psnr_y"
+    if name == "nfe":
+        return "nfe"
+    return "seconds" if "seconds" in name else name
+
+
+def fmt_cell(value: Any, column: str = "") -> str:
+    """A Markdown table cell: floats through :func:`fmt` with the decimals of the column's
+    metric (:func:`metric_of`), integers and text as they are, ``–`` for no value."""
     if value is None:
-        return ""
-    if isinstance(value, bool) or isinstance(value, int):
-        return str(value)
+        return "–"
     if isinstance(value, float):
-        return fmt(value, None, metric)
+        return fmt(value, None, metric_of(column))
     return str(value)
 
 
@@ -71,3 +82,21 @@ def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def write_csv(path: str | Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Atomically write :func:`csv_text`."""
     atomic_write_text(path, csv_text(header, rows))
+
+
+def write_table(out_dir: str | Path, stem: str, header: Sequence[str], rows: Sequence[Sequence[Any]], *,
+                title: str, before: Sequence[str] = (), after: Sequence[str] = (),
+                shown: Sequence[str] | None = None) -> dict[str, Path]:
+    """The one writer of result tables (sweep reports, evaluation sweeps): ``{stem}.md`` (a title,
+    ``before`` lines, the table of the ``shown`` columns formatted by :func:`fmt_cell`, ``after``
+    lines) and ``{stem}.csv`` (every column, raw values), atomically. Returns both paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cols = [i for i, h in enumerate(header) if shown is None or h in shown]
+    table = markdown_table([header[i] for i in cols], [[fmt_cell(row[i], header[i]) for i in cols] for row in rows])
+    text = "\n".join([f"# {title}", "", *before, *([""] if before else []), *table,
+                       *([""] if after else []), *after]) + "\n"
+    paths = {"markdown": out / f"{stem}.md", "csv": out / f"{stem}.csv"}
+    atomic_write_text(paths["markdown"], text)
+    write_csv(paths["csv"], header, rows)
+    return paths
