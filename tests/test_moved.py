@@ -153,3 +153,13 @@ def test_python_m_degflow_lists_its_tools():
     unknown = subprocess.run([sys.executable, "-m", "degflow", "evaluat"], cwd=REPO, capture_output=True,
                              text=True, timeout=120)
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: tool 'evaluat'")
+
+
+@pytest.mark.slow  # one interpreter per command
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_every_tools_help_ends_with_what_to_change_not_a_config_dump(tool):
+    done = subprocess.run([sys.executable, "-m", "degflow", tool, "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Exit status" in done.stdout, done.stdout
+    assert "== Settings" not in done.stdout and "_target_" not in done.stdout      # no raw config dump

@@ -14,7 +14,9 @@ from degflow.jobs import merge_shards as job
 
 
 def main(argv: list[str]) -> int:
-    parser = ToolParser("python -m degflow.merge_shards", job.__doc__)
+    parser = ToolParser("python -m degflow.merge_shards", job.__doc__,
+                        epilog="Exit status: 0 verified and merged, 1 problems found (nothing written), "
+                               "2 usage error (one error: line).")
     parser.add_argument("out_dir", help="the out= folder the shards wrote into")
     parser.add_argument("--input", default=None, help="the HR input folder: also check that every image was done")
     args = parser.parse_args(argv)

@@ -12,7 +12,8 @@ from degflow.jobs import sweep_report
 
 
 def main(argv: list[str]) -> int:
-    parser = ToolParser("python -m degflow.report", sweep_report.__doc__)
+    parser = ToolParser("python -m degflow.report", sweep_report.__doc__,
+                        epilog="Exit status: 0 a report was written, 2 usage error (one error: line).")
     parser.add_argument("sweep_dir", help="a sweep folder, e.g. outputs/sweeps/solvers")
     parser.add_argument("--out", default=None, help="output folder (default: <sweep_dir>/report)")
     args = parser.parse_args(argv)
