@@ -77,7 +77,7 @@ def test_a_global_batch_the_processes_cannot_share_evenly_is_refused(tmp_path, m
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match=r"stage.batch_size=3 is the global batch .* \(world_size=2\)"):
-        train(config(["stage.batch_size=3", "stage.steps=1"]), tmp_path / "run")  # before anyone waits for rank 1
+        train(config([f"output_root={tmp_path}", "stage.batch_size=3", "stage.steps=1"]), tmp_path / "run")  # before anyone waits for rank 1
     assert not (tmp_path / "run").exists()
 
 
@@ -177,11 +177,11 @@ def rae_ddp(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.mark.slow
 def test_two_processes_train_the_rae_as_one_process_on_the_same_global_batch(tmp_path, rae_ddp):
     run, record = rae_ddp
-    train(config([*DEMO, *RUN]), tmp_path / "single")
+    train(config([f"output_root={tmp_path}", *DEMO, *RUN]), tmp_path / "single")
     assert_same_training(run, tmp_path / "single")
     assert json.loads((run / "metrics.json").read_text())["step"] == STEPS
     # what one process alone would do with its share of the batch is far from the DDP run
-    train(config([*DEMO, *RUN, "stage.batch_size=2"]), tmp_path / "half")
+    train(config([f"output_root={tmp_path}", *DEMO, *RUN, "stage.batch_size=2"]), tmp_path / "half")
     assert max_difference(weights(tmp_path / "half"), weights(run)) > 100 * WEIGHT_ATOL
 
 
@@ -218,10 +218,10 @@ def test_two_process_run_resumed_from_a_checkpoint_equals_the_uninterrupted_run_
 @pytest.mark.slow
 def test_two_processes_train_the_lfm_as_one_process_learned_knots_included(tmp_path):
     stage1 = tmp_path / "stage1"
-    train(config(["stage.steps=2", "stage.val_every=2"]), stage1)
+    train(config([f"output_root={tmp_path}", "stage.steps=2", "stage.val_every=2"]), stage1)
     rae = f"rae_ckpt={stage1 / 'checkpoints' / 'last.pt'}"
     run = torchrun(tmp_path / "ddp", tmp_path / "record", *LFM, rae)
-    train(config([*DEMO, *RUN, *LFM, rae]), tmp_path / "single")
+    train(config([f"output_root={tmp_path}", *DEMO, *RUN, *LFM, rae]), tmp_path / "single")
     assert_same_training(run, tmp_path / "single")
     knots = weights(run)["knots.gap_logits"]
     assert not torch.equal(knots, load_checkpoint(run / "checkpoints" / "step_0000004.pt")["knot_state"]["gap_logits"])
@@ -257,6 +257,6 @@ def test_submitit_tasks_per_node_2_train_data_parallel_through_the_hydra_launche
     assert done.returncode == 0, done.stderr[-4000:]
     (run,) = [p.parents[1] for p in (tmp_path / "sweep" / "sweeps" / "rae").glob("*/checkpoints/last.pt")]
     assert "rank 0 of 2 (submitit, local rank 0)" in (run / "train.log").read_text()
-    train(config([*DEMO, *RUN]), tmp_path / "single")
+    train(config([f"output_root={tmp_path}", *DEMO, *RUN]), tmp_path / "single")
     assert_same_training(run, tmp_path / "single")
 
