@@ -852,7 +852,7 @@ def test_cli_help_explains_the_synthesis_settings_with_examples():
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = proc.stdout
     assert "python synthesize.py ckpt=" in text and "Examples:" in text and "Exit status" in text
-    explained = text.split("== Settings")[1].split("== Defaults")[0]
+    explained = text.split("Settings you will change most")[1].split("Exit status")[0]
     from omegaconf import OmegaConf
 
     for key in OmegaConf.load(REPO / "conf" / "synthesize.yaml"):

@@ -61,21 +61,14 @@ def _list_overrides(argv: list[str]) -> list[str]:
     return out
 
 
-def _baselines(value) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
-
-
 def _synthesize(cfg: DictConfig, on_start=None) -> int:
     """One synthesis job; returns its exit status (0 or 1). Usage and environment errors
     raise (``ValueError``, ``OSError``): :func:`degflow.cli.app.run_cli` turns them into 2.
     ``on_start`` is called once the job has passed every check (:func:`write_lr_dataset`)."""
-    from degflow.core.scales import expand_scales
     from degflow.core.solvers import SolverSpec
     from degflow.generation import Synthesizer
     from degflow.infra.cluster import set_threads
-    from degflow.jobs.lr_dataset import write_lr_dataset
+    from degflow.jobs.lr_dataset import SPEC_KEYS, SynthesisSpec, write_lr_dataset
 
     missing = [k for k in _REQUIRED if OmegaConf.is_missing(cfg, k)]
     if missing:
@@ -84,21 +77,14 @@ def _synthesize(cfg: DictConfig, on_start=None) -> int:
                          "(python synthesize.py --help for all settings)")
     c = to_plain(cfg)
     set_threads(c["threads"])
-    scales = expand_scales(c["scales"])
+    spec = SynthesisSpec.create(**{k: c[k] for k in SPEC_KEYS if k in c})   # every job setting checked once
     solver = SolverSpec.create(**c["solver"])
     synth = Synthesizer.from_checkpoint(c["ckpt"], device=c["device"], solver=solver, precision=c["precision"],
                                         tile_size=c["tile_size"], tile_overlap=c["tile_overlap"],
                                         decode_batch=c["decode_batch"], tile_batch=c["tile_batch"])
-    log.info("checkpoint %s (sha256 %s), device %s, solver %s, %d scales %s..%s",
-             c["ckpt"], synth.checkpoint_sha256[:12], synth.device, solver, len(scales), scales[0], scales[-1])
-    summary = write_lr_dataset(
-        synth, c["input"], c["out"], scales, size=c["size"], hr_size_output=c["hr_size_output"],
-        batch_size=c["batch_size"],
-        allow_extrapolation=c["allow_extrapolation"], shard=c["shard"], num_shards=c["num_shards"],
-        baselines=_baselines(c["baseline"]), baseline_lr_root=c["baseline_lr_root"],
-        procedural_seed=c["procedural_seed"], max_scales=c["max_scales"], progress=c["progress"], layout=c["layout"],
-        on_start=on_start,
-    )
+    log.info("checkpoint %s (sha256 %s), device %s, solver %s, %d scales %s..%s", c["ckpt"],
+             synth.checkpoint_sha256[:12], synth.device, solver, len(spec.scales), spec.scales[0], spec.scales[-1])
+    summary = write_lr_dataset(synth, c["input"], c["out"], spec=spec, on_start=on_start)
     print(f"synthesis summary: {summary.line()}", flush=True)
     if summary.failures:
         print(f"failed files are listed in {summary.failed_file}", flush=True)

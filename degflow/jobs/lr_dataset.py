@@ -50,7 +50,7 @@ from degflow.infra.exits import graceful, stop_point
 from degflow.infra.files import append_lines, atomic_write_text, temp_target
 from degflow.infra.locks import FolderLock
 
-__all__ = ["BASELINES", "LAYOUTS", "OUTPUT_SIZES", "FolderSummary", "SynthesisSpec", "toolbox_multiple",
+__all__ = ["BASELINES", "LAYOUTS", "OUTPUT_SIZES", "SPEC_KEYS", "FolderSummary", "SynthesisSpec", "toolbox_multiple",
            "write_lr_dataset"]
 
 log = logging.getLogger(__name__)
@@ -258,10 +258,10 @@ class SynthesisSpec:
     def create(cls, scales: Any = None, **options: Any) -> SynthesisSpec:
         """Defaults from ``conf/synthesize.yaml``, then ``options``; ValueError naming the key for
         any bad value (unknown keys included)."""
-        defaults = {k: v for k, v in synthesis_defaults().items() if k in _SPEC_KEYS}
-        unknown = sorted(set(options) - set(_SPEC_KEYS))
+        defaults = {k: v for k, v in synthesis_defaults().items() if k in SPEC_KEYS}
+        unknown = sorted(set(options) - set(SPEC_KEYS))
         if unknown:
-            raise ValueError(f"synthesis settings {unknown} are not among {sorted(_SPEC_KEYS)}")
+            raise ValueError(f"synthesis settings {unknown} are not among {sorted(SPEC_KEYS)}")
         c = {**defaults, **options, **({} if scales is None else {"scales": scales})}
         if c["size"] not in OUTPUT_SIZES:
             raise ValueError(f"size={c['size']!r} is not one of {list(OUTPUT_SIZES)}")
@@ -303,7 +303,7 @@ class SynthesisSpec:
 
 
 #: The settings of :class:`SynthesisSpec` as config keys (``baseline``: the list of baselines).
-_SPEC_KEYS = ("scales", "size", "hr_size_output", "batch_size", "allow_extrapolation", "shard", "num_shards",
+SPEC_KEYS = ("scales", "size", "hr_size_output", "batch_size", "allow_extrapolation", "shard", "num_shards",
               "baseline", "baselines", "baseline_lr_root", "procedural_seed", "max_scales", "progress", "layout")
 
 
