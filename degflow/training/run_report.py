@@ -63,7 +63,8 @@ def after_validation(run_dir: str | Path, kind: str, step: int, total: int, summ
     """
     log.info("[%s step %d/%d] validation: %s", kind, step, total, summary)
     try:
-        write_loss_curve(run_dir, title=f"{kind}: {Path(run_dir).name}")
+        name = Path(run_dir).name
+        write_loss_curve(run_dir, title=kind if name in (kind, "default") else f"{kind}: {name}")
     except (OSError, ValueError, RuntimeError) as err:
         log.warning("loss curve not drawn: %s", err)
 
