@@ -58,8 +58,8 @@ def test_the_local_preset_shares_the_cpus_between_the_jobs_it_runs_side_by_side(
 
 
 @pytest.mark.parametrize("override, message", [
-    ("hydra.launcher.no_such_key=1", "Key 'no_such_key' not in 'SlurmConf'"),
-    ("no_such_key=1,2", "Could not override 'no_such_key'"),
+    ("hydra.launcher.no_such_key=1", "error: 'hydra.launcher.no_such_key' is not a setting of train.py"),
+    ("no_such_key=1,2", "error: 'no_such_key' is not a setting of train.py"),
 ])
 def test_unknown_launcher_keys_and_sweeps_over_unknown_keys_fail_before_anything_is_submitted(override, message, tmp_path):
     proc = _train("-m", "stage=rae", "hydra/launcher=cpu", override, f"output_root={tmp_path}")

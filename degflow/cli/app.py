@@ -318,8 +318,8 @@ def _close_keys(key: str) -> list[str]:
 
     walk(OmegaConf.to_container(cfg, resolve=False), "")
     keys = [k for k in keys if not k.startswith("hydra")]
-    return difflib.get_close_matches(key, keys, n=1, cutoff=0.6) or difflib.get_close_matches(
-        key.rpartition(".")[2], keys, n=1, cutoff=0.75)
+    return difflib.get_close_matches(key, keys, n=1, cutoff=0.8) or difflib.get_close_matches(
+        key.rpartition(".")[2], keys, n=1, cutoff=0.8)
 
 
 def _usage_error(err: BaseException) -> None:
