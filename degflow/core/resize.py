@@ -104,8 +104,12 @@ def lr_at_hr_size(decoded: Tensor, scale: float, mode: str, key: str = "hr_size_
     """A model's LR at HR pixel size under ``mode`` (:data:`HR_SIZE_OUTPUTS`).
 
     ``decoded`` ``[B, 3, H, W]`` (or ``[3, H, W]``) -> the same shape: ``decoded`` itself, or
-    ``upsample_to(resize_to_lr(decoded, scale), H, W)``. ValueError naming ``key`` for another mode.
+    ``upsample_to(resize_to_lr(decoded, scale), H, W)``. ValueError naming ``key`` for another mode
+    (callers check the setting once, :func:`check_hr_size_output`; this only dispatches on it).
     """
-    if check_hr_size_output(mode, key) == "decoded":
+    if mode == "decoded":
         return decoded
-    return upsample_to(resize_to_lr(decoded, scale), *decoded.shape[-2:])
+    if mode == "from_lr":
+        return upsample_to(resize_to_lr(decoded, scale), *decoded.shape[-2:])
+    check_hr_size_output(mode, key)                  # any other mode: ValueError naming the key and the options
+    raise AssertionError(f"HR_SIZE_OUTPUTS has a mode lr_at_hr_size does not handle: {mode!r}")
