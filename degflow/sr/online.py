@@ -137,7 +137,7 @@ class BicubicOnline:
 
 class ProceduralOnline:
     """Real-ESRGAN second-order degradation, sample b drawn from ``seeds[b]``
-    (:func:`degflow.baselines.procedural.degrade`; JPEG on the CPU)."""
+    (:func:`degflow.baselines.procedural.realesrgan`; JPEG on the CPU)."""
 
     name = "procedural"
 
@@ -146,7 +146,7 @@ class ProceduralOnline:
 
     def __call__(self, hr: Tensor, scales: Sequence[float], seeds: Sequence[int]) -> list[Tensor]:
         _per_sample(hr, scales, seeds)
-        return [procedural.degrade(x, check_scale(s), seed=int(seed), settings=self.settings, size="lr")
+        return [procedural.realesrgan(x, check_scale(s), seed=int(seed), settings=self.settings, size="lr")
                 for x, s, seed in zip(hr, scales, seeds)]
 
     def to(self, device: torch.device | str) -> "ProceduralOnline":
