@@ -4,7 +4,7 @@ A degflow checkpoint is a plain dict of tensors and plain containers (no pickled
 so it loads with ``torch.load(..., weights_only=True)``:
 
     {
-      "format": "degflow", "format_version": 1, "kind": "rae" | "lfm",
+      "format": "degflow", "format_version": 1, "kind": "rae" | "lfm" | "noise",
       "degflow_version": str,
       "step": int,
       "models": {name: {"class": "degflow.models.rae.RAE", "config": {...}, "state_dict": {...}}},
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "degflow"
 FORMAT_VERSION = 1
-KINDS = ("rae", "lfm")
+KINDS = ("rae", "lfm", "noise")   # noise: a fitted noise model (degflow/baselines/noise.py)
 
 
 class CheckpointError(ValueError):

@@ -1,0 +1,465 @@
+"""A signal-dependent, spatially correlated noise model at true LR size: the stochastic part of a
+degradation, fitted on the residual between real LR images and a generator's deterministic LR.
+
+A deterministic generator (degflow's ODE, a fitted kernel) gives one LR image per HR image and
+scale; two real captures of one scene differ by noise it cannot predict. This module models the
+part of the real degradation the prediction lacks as zero-mean Gaussian noise, independent of the
+prediction, whose level follows the predicted image and whose spatial and colour correlation are
+measured on real pairs.
+Images are in [-1, 1], ``[B, 3, h, w]`` at true LR size. At scale ``s``::
+
+    n = sigma(x, s) * f          x: the predicted LR; sigma^2 per RGB channel from a table over
+                                 (that channel's intensity, the luminance gradient magnitude)
+    f = O^T L g                  O: the orthonormal opponent basis (luminance, two chroma),
+                                 L: Cholesky factor of the components' covariance
+    g_c = k_c(s) * w_c           w: white N(0, 1); k_c: the zero-phase square root of the
+                                 measured power spectrum of component c (unit energy)
+
+and a sample is ``x + strength * n``, clamped to [-1, 1] (``strength`` 0 returns ``x`` exactly).
+
+Why this form: the variance table is the signal-dependent part of camera noise models (shot +
+read noise grow with intensity; the Poisson-Gaussian noise level function) with a second axis for
+local structure, where residuals of a generator concentrate (edges, misregistration); the
+opponent basis with its own spectrum per component is what demosaicking and 4:2:0 JPEG make of
+sensor noise (luminance-correlated across RGB, chroma smoother than luminance), so plain white
+noise of the right variance is not what is fitted. A Gaussian with a learned variance function and
+spectrum is the maximum-likelihood stationary-Gaussian fit of those statistics; it has no network
+to train, so it fits in seconds on a few dozen images and adds no ODE work at sampling.
+
+Fit (:func:`fit`), from ``(predicted, real, scale[, HR])`` tuples at one or more scales (the knots),
+``target="residual"`` (the default): the statistics of ``r = real - predicted``, the part of the real
+LR the prediction does not explain:
+
+1. gradient bin edges: quantiles of the predicted images' luminance gradient magnitude;
+2. per knot, channel and (intensity, gradient) bin: the variance of ``r`` about the bin's mean,
+   shrunk toward the channel's variance with a prior weight of ``prior`` pixels;
+3. per knot: ``u = r / sigma(x)`` in the opponent basis; its covariance (scaled so the RGB channels
+   have unit variance) and, per component, the Welch power spectrum over ``patch x patch`` tiles
+   (mean removed, Hann window; the DC bin replaced by its neighbours' mean), normalized to mean 1.
+
+``target="excess"`` (needs ``HR``, the HR image resized to true LR size) fits what the real
+degradation residual ``b = real - HR`` has beyond the predicted one ``a = predicted - HR`` instead:
+noise independent of the prediction adds ``E[n^2]`` to ``E[a^2]``, so per bin ``E[b^2] - E[a^2]``
+(negative values 0), the opponent covariance ``Cov(b) - Cov(a)`` (made positive semi-definite) and the
+spectrum ``P_b - P_a`` (negative values 0). The two differ by ``2 E[a (a - b)]``: the residual fit
+counts the prediction's own errors that the real LR does not share, the excess fit counts a
+prediction that is too clean (too little blur) as missing noise. Measured on validation data
+(docs/STOCHASTIC.md) neither is better everywhere; ``residual`` is the default.
+
+Between knots every quantity is interpolated linearly in s; from s = 1 (the HR image itself: no
+noise) to the first knot the variance rises linearly from 0 with the first knot's correlations;
+beyond the last knot the last knot's model holds.
+
+Files: :meth:`NoiseModel.save` / :func:`load_noise_model` (a degflow checkpoint of kind ``noise``:
+plain tensors and containers, sealed with its digest and verified on load like every checkpoint,
+``weights_only=True``, with ``meta`` saying what it was fitted on).
+Per-image seeds that do not depend on order, batching or shards: :func:`noise_seed`.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from degflow.core.scales import check_scale, scale_label
+from degflow.infra.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+__all__ = ["OPPONENT", "TARGETS", "NoiseModel", "fit", "gradient_magnitude", "load_noise_model", "noise_seed"]
+
+#: Rows: the orthonormal opponent basis (luminance, red-blue, green-magenta) of RGB.
+OPPONENT = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, -1.0], [1.0, -2.0, 1.0]], dtype=torch.float64)
+OPPONENT = OPPONENT / OPPONENT.norm(dim=1, keepdim=True)
+#: BT.601 luminance weights (the gradient feature).
+_LUMA = (0.299, 0.587, 0.114)
+_KIND = "noise"
+
+
+def _as_batch(x: Tensor, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    x = x[None] if x.ndim == 3 else x
+    if x.ndim != 4 or x.shape[1] != 3 or min(x.shape[-2:]) < 1:
+        raise ValueError(f"{name} must be an RGB image [3, h, w] or batch [B, 3, h, w] in [-1, 1], "
+                         f"got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} holds non-finite values")
+    return x
+
+
+def gradient_magnitude(x: Tensor) -> Tensor:
+    """Luminance gradient magnitude (central differences, replicated borders), the second axis of
+    the variance table: ``[B, 3, h, w]`` in [-1, 1] -> ``[B, 1, h, w]`` float64."""
+    w = torch.tensor(_LUMA, dtype=torch.float64, device=x.device).view(1, 3, 1, 1)
+    y = (x.to(torch.float64) * w).sum(1, keepdim=True)
+    p = F.pad(y, (1, 1, 1, 1), mode="replicate")
+    gx = (p[..., 1:-1, 2:] - p[..., 1:-1, :-2]) / 2
+    gy = (p[..., 2:, 1:-1] - p[..., :-2, 1:-1]) / 2
+    return (gx * gx + gy * gy).sqrt()
+
+
+def _intensity_position(x: Tensor, bins: int) -> Tensor:
+    """Continuous bin coordinate of intensities ``x`` in [-1, 1]: bin i is centred at
+    ``(i + 0.5) / bins`` on the [0, 1] scale; clamped to [0, bins - 1]."""
+    return (((x.to(torch.float64) + 1) / 2).clamp(0, 1) * bins - 0.5).clamp(0, bins - 1)
+
+
+def _hann(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    w = torch.hann_window(n, periodic=False, dtype=dtype, device=device)
+    w2 = w[:, None] * w[None, :]
+    return w2 / w2.pow(2).mean().sqrt()          # mean(w^2) = 1: the periodogram keeps the variance
+
+
+def _kernels(spectra: Tensor, radius: int) -> Tensor:
+    """Colouring kernels ``[C, 2r+1, 2r+1]`` (unit energy) from power spectra ``[C, P, P]`` (mean 1):
+    the zero-phase square root of each spectrum, centred and cropped."""
+    p = spectra.shape[-1]
+    k = torch.fft.ifft2(spectra.clamp_min(0).sqrt()).real
+    k = torch.fft.fftshift(k, dim=(-2, -1))[..., p // 2 - radius:p // 2 + radius + 1, p // 2 - radius:p // 2 + radius + 1]
+    return k / k.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt()
+
+
+def noise_seed(base: int, image: str, scale: float, sample: int = 0) -> int:
+    """The seed of one sample of one (image, scale): ``crc32("{base}:{image}:{scale label}:{sample}")``
+    masked to 31 bits. It depends on nothing else (not the order, batch or shard of the image), so
+    a dataset, an evaluation and a resumed run draw the same noise for the same key."""
+    return zlib.crc32(f"{base}:{image}:{scale_label(scale)}:{sample}".encode()) & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """A fitted noise model (:func:`fit`); K knots, I intensity bins, G gradient bins, P patch size.
+
+    ``scales`` ``[K]`` knot scales (ascending, > 1); ``variance`` ``[K, 3, I, G]`` per-RGB-channel
+    variance tables (units of images in [-1, 1]); ``gradient_edges`` ``[G - 1]``;
+    ``covariance`` ``[K, 3, 3]`` of the normalized residual in the opponent basis;
+    ``spectra`` ``[K, 3, P, P]`` per opponent component, mean 1; ``radius``: colouring kernels
+    are ``2 radius + 1`` wide; ``meta``: plain provenance (what it was fitted on).
+    """
+
+    scales: tuple[float, ...]
+    variance: Tensor
+    gradient_edges: Tensor
+    covariance: Tensor
+    spectra: Tensor
+    radius: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- per scale
+    def _weights(self, scale: float) -> tuple[int, int, float, float]:
+        """``(i, j, a, b)``: the model at ``scale`` is ``a * knot_i + b * knot_j`` for the variance
+        and ``(1 - b') knot_i + b' knot_j`` for the correlations (see the module docstring)."""
+        s = check_scale(scale, "scale")
+        knots = self.scales
+        if s <= knots[0]:
+            return 0, 0, (s - 1.0) / (knots[0] - 1.0), 0.0
+        for i in range(len(knots) - 1):
+            if s <= knots[i + 1]:
+                w = (s - knots[i]) / (knots[i + 1] - knots[i])
+                return i, i + 1, 1.0 - w, w
+        return len(knots) - 1, len(knots) - 1, 1.0, 0.0
+
+    def at_scale(self, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+        """``(variance [3, I, G], covariance [3, 3], spectra [3, P, P])`` interpolated at ``scale``."""
+        i, j, a, b = self._weights(scale)
+        variance = a * self.variance[i] + b * self.variance[j]
+        c = b / (a + b) if a + b > 0 else 0.0
+        covariance = (1 - c) * self.covariance[i] + c * self.covariance[j]
+        spectra = (1 - c) * self.spectra[i] + c * self.spectra[j]
+        return variance, covariance, spectra
+
+    def variance_map(self, lr: Tensor, scale: float) -> Tensor:
+        """Per-pixel noise variance of the predicted LR ``lr [B, 3, h, w]`` at ``scale``: ``[B, 3, h, w]``
+        float64 (intensity axis interpolated linearly between bin centres, gradient axis by bin)."""
+        lr = _as_batch(lr, "lr")
+        table = self.at_scale(scale)[0].to(lr.device)                          # [3, I, G]
+        return _lookup(table, lr, self.gradient_edges.to(lr.device))
+
+    def field(self, shape: Sequence[int], scale: float, generators: Sequence[torch.Generator],
+              device: torch.device | str = "cpu") -> Tensor:
+        """The unit-variance correlated field ``f [B, 3, h, w]`` (float64) at ``scale``; image b's
+        white noise comes from ``generators[b]`` alone (drawn on the CPU, so a seed gives the same
+        field on every device)."""
+        b, _, h, w = shape
+        if len(generators) != b:
+            raise ValueError(f"generator: one generator per image expected ({b}), got {len(generators)}")
+        _, covariance, spectra = self.at_scale(scale)
+        r = self.radius
+        white = torch.stack([torch.randn(3, h + 2 * r, w + 2 * r, generator=g, dtype=torch.float64) for g in generators])
+        white = white.to(device)
+        kernels = _kernels(spectra, r).to(device)[:, None]                      # [3, 1, k, k]
+        g = F.conv2d(white, kernels, groups=3)                                  # [B, 3, h, w]
+        chol = torch.linalg.cholesky(covariance + 1e-9 * torch.eye(3, dtype=covariance.dtype)).to(device)
+        mix = OPPONENT.to(device).T @ chol                                      # RGB <- components
+        return torch.einsum("ij,bjhw->bihw", mix, g)
+
+    def sample(self, lr: Tensor, scale: float, generator: torch.Generator | Sequence[torch.Generator],
+               strength: float = 1.0) -> Tensor:
+        """One noisy sample of the predicted LR ``lr`` (``[B, 3, h, w]`` or ``[3, h, w]`` in [-1, 1], true
+        LR size): ``clamp(lr + strength * sigma(lr, s) * f, -1, 1)`` in the dtype of ``lr``.
+
+        ``generator``: one ``torch.Generator`` (used for the images in order) or one per image (then
+        each image's noise depends on its own generator only). ``strength`` >= 0 scales the noise
+        (0: ``lr`` itself, exactly; 1: as fitted; > 1: stronger).
+        """
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) \
+                or strength < 0:
+            raise ValueError(f"strength must be a finite number >= 0 (0 = deterministic, 1 = as fitted), got {strength!r}")
+        single = isinstance(lr, Tensor) and lr.ndim == 3
+        x = _as_batch(lr, "lr")
+        if strength == 0:
+            out = x.clone()
+        else:
+            gens = [generator] * x.shape[0] if isinstance(generator, torch.Generator) else list(generator)
+            sigma = self.variance_map(x, scale).sqrt()
+            noise = sigma * self.field(x.shape, scale, gens, x.device)
+            out = (x.to(torch.float64) + float(strength) * noise).clamp(-1, 1).to(x.dtype)
+        return out[0] if single else out
+
+    # ---------------------------------------------------------------- files
+    def to_dict(self) -> dict[str, Any]:
+        return {"scales": list(self.scales), "variance": self.variance, "gradient_edges": self.gradient_edges,
+                "covariance": self.covariance, "spectra": self.spectra, "radius": int(self.radius),
+                "meta": dict(self.meta)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NoiseModel:
+        """The model of :meth:`to_dict`; ValueError when a field is missing or inconsistent."""
+        try:
+            scales = tuple(float(s) for s in d["scales"])
+            model = cls(scales=scales, variance=d["variance"].to(torch.float64),
+                        gradient_edges=d["gradient_edges"].to(torch.float64),
+                        covariance=d["covariance"].to(torch.float64), spectra=d["spectra"].to(torch.float64),
+                        radius=int(d["radius"]), meta=dict(d.get("meta") or {}))
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
+            raise ValueError(f"not a noise model ({type(err).__name__}: {err})") from None
+        k = len(scales)
+        ok = (k >= 1 and all(s > 1 for s in scales) and list(scales) == sorted(set(scales))
+              and model.variance.ndim == 4 and model.variance.shape[:2] == (k, 3)
+              and model.gradient_edges.shape == (model.variance.shape[3] - 1,)
+              and model.covariance.shape == (k, 3, 3) and model.spectra.ndim == 4 and model.spectra.shape[:2] == (k, 3)
+              and 0 <= model.radius < model.spectra.shape[-1] // 2
+              and bool((model.variance >= 0).all()) and bool(torch.isfinite(model.spectra).all()))
+        if not ok:
+            raise ValueError("not a noise model: inconsistent shapes or values "
+                             f"(scales {list(scales)}, variance {tuple(model.variance.shape)}, "
+                             f"covariance {tuple(model.covariance.shape)}, spectra {tuple(model.spectra.shape)})")
+        return model
+
+    def save(self, path: str | Path) -> str:
+        """Write the model as a degflow checkpoint of kind ``noise`` (atomically, sealed with its digest);
+        returns the digest (the file's ``checkpoint_sha256``)."""
+        return save_checkpoint(path, {"kind": _KIND, "noise_model": self.to_dict()})
+
+
+def load_noise_model(path: str | Path, key: str = "noise", *, with_digest: bool = False
+                     ) -> NoiseModel | tuple[NoiseModel, str]:
+    """Load a noise model file like every checkpoint (digest verified, ``weights_only=True``);
+    :class:`CheckpointError` naming ``key`` for a missing, damaged, corrupt or other-kind file.
+    ``with_digest``: return ``(model, sha256)``, the file's digest (what manifests record)."""
+    ckpt, digest = load_checkpoint(path, kind=None, key=key, with_digest=True)
+    if ckpt.get("kind") != _KIND:
+        raise CheckpointError(f"{key}={str(path)!r} is a {ckpt.get('kind')!r} checkpoint, not a noise model "
+                              "(write one with degflow.baselines.noise.fit and NoiseModel.save)")
+    try:
+        model = NoiseModel.from_dict(ckpt["noise_model"])
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{key}={str(path)!r}: {err}") from None
+    return (model, digest.sha256) if with_digest else model
+
+
+def _lookup(table: Tensor, x: Tensor, edges: Tensor) -> Tensor:
+    """``table [3, I, G]`` read at every pixel of ``x [B, 3, h, w]``: linear in intensity, by bin in gradient."""
+    bins_i, bins_g = table.shape[1:]
+    pos = _intensity_position(x, bins_i)                                        # [B, 3, h, w]
+    lo = pos.floor().long().clamp(max=bins_i - 1)
+    hi = (lo + 1).clamp(max=bins_i - 1)
+    w = pos - lo
+    gbin = torch.bucketize(gradient_magnitude(x), edges).expand_as(x)         # [B, 3, h, w]
+    flat = table.reshape(3, -1)
+    b = x.shape[0]
+
+    def at(i: Tensor) -> Tensor:
+        idx = (i * bins_g + gbin).transpose(0, 1).reshape(3, -1)               # [3, B h w]
+        return flat.gather(1, idx).reshape(3, b, *x.shape[-2:]).transpose(0, 1)
+
+    return (1 - w) * at(lo) + w * at(hi)
+
+
+# ------------------------------------------------------------------------------ fitting
+#: What the noise is fitted to (``fit(target=...)``): ``excess`` = the real LR's degradation residual
+#: ``real - HR`` minus the prediction's ``predicted - HR`` in second-order statistics (needs the HR at
+#: true LR size); ``residual`` = the statistics of ``real - predicted`` itself.
+TARGETS: tuple[str, ...] = ("excess", "residual")
+
+
+def _pairs(pairs: Sequence[tuple], target: str) -> list[tuple[Tensor, Tensor, float, Tensor | None]]:
+    out = []
+    for i, item in enumerate(pairs):
+        if not (isinstance(item, (tuple, list)) and len(item) in (3, 4)):
+            raise ValueError(f"pairs[{i}]: expected (predicted LR, real LR, scale[, HR at true LR size]), got "
+                             f"{type(item).__name__}")
+        pred, real, s = item[:3]
+        pred, real = _as_batch(pred, f"pairs[{i}] predicted"), _as_batch(real, f"pairs[{i}] real")
+        hr = _as_batch(item[3], f"pairs[{i}] HR") if len(item) == 4 and item[3] is not None else None
+        if pred.shape != real.shape or (hr is not None and hr.shape != pred.shape):
+            raise ValueError(f"pairs[{i}]: predicted {tuple(pred.shape)}, real {tuple(real.shape)}"
+                             + ("" if hr is None else f" and HR {tuple(hr.shape)}")
+                             + " LR differ in shape (all at true LR size)")
+        if target == "excess" and hr is None:
+            raise ValueError(f"pairs[{i}]: target='excess' needs the HR image at true LR size as a 4th item "
+                             "(predicted, real, scale, HR)")
+        s = check_scale(s, f"pairs[{i}] scale")
+        if s == 1.0:
+            raise ValueError(f"pairs[{i}]: scale 1 is the HR image itself; the noise model is fitted at scales > 1")
+        out.append((pred.to(torch.float64).cpu(), real.to(torch.float64).cpu(), s,
+                    None if hr is None else hr.to(torch.float64).cpu()))
+    if not out:
+        raise ValueError("pairs: no (predicted LR, real LR, scale) pair to fit on")
+    return out
+
+
+def _tiles(x: Tensor, patch: int) -> Tensor:
+    """Non-overlapping ``patch x patch`` tiles of ``x [B, C, h, w]``: ``[N, C, patch, patch]``."""
+    t = x.unfold(2, patch, patch).unfold(3, patch, patch)                      # [B, C, nh, nw, p, p]
+    return t.permute(0, 2, 3, 1, 4, 5).reshape(-1, x.shape[1], patch, patch)
+
+
+def _opponent(x: Tensor) -> Tensor:
+    return torch.einsum("ij,bjhw->bihw", OPPONENT, x)
+
+
+def _welch(v: Tensor, patch: int) -> tuple[Tensor, int]:
+    """Sum of the periodograms ``[C, patch, patch]`` of the tiles of ``v [B, C, h, w]`` (mean removed,
+    Hann window) and the number of tiles."""
+    if min(v.shape[-2:]) < patch:
+        return torch.zeros(v.shape[1], patch, patch, dtype=torch.float64), 0
+    t = _tiles(v, patch)
+    t = (t - t.mean(dim=(-2, -1), keepdim=True)) * _hann(patch, torch.float64, v.device)
+    return torch.fft.fft2(t).abs().pow(2).sum(0) / (patch * patch), t.shape[0]
+
+
+def _bin_sums(x: Tensor, pred: Tensor, edges: Tensor, bins_i: int, bins_g: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per channel and (intensity, gradient) bin of ``pred``: pixel count, sum and sum of squares of
+    ``x`` (both ``[B, 3, h, w]``) -> three ``[3, I G]``."""
+    ibin = _intensity_position(pred, bins_i).round().long()
+    gbin = torch.bucketize(gradient_magnitude(pred), edges).expand_as(pred)
+    idx = (ibin * bins_g + gbin).transpose(0, 1).reshape(3, -1)
+    vals = x.transpose(0, 1).reshape(3, -1)
+    n = torch.zeros(3, bins_i * bins_g, dtype=torch.float64)
+    return (n.scatter_add(1, idx, torch.ones_like(vals)), n.scatter_add(1, idx, vals),
+            n.scatter_add(1, idx, vals * vals))
+
+
+def _psd(c: Tensor) -> Tensor:
+    """The nearest positive semi-definite matrix of a symmetric ``c [3, 3]`` (negative eigenvalues to 0)."""
+    w, q = torch.linalg.eigh((c + c.T) / 2)
+    return q @ torch.diag(w.clamp_min(0)) @ q.T
+
+
+def _finish(cov: Tensor, power: Tensor) -> tuple[Tensor, Tensor]:
+    """Covariance scaled to unit variance per RGB channel (in the opponent basis) and spectra with the DC
+    bin from its neighbours, normalized to mean 1 (flat where a component has no power)."""
+    rgb = OPPONENT.T @ cov @ OPPONENT
+    d = torch.diag(rgb)
+    d = torch.where(d > 1e-20, d, torch.ones_like(d)).rsqrt()
+    rgb = d[:, None] * rgb * d[None, :]
+    power = power.clone()
+    power[:, 0, 0] = (power[:, 0, 1] + power[:, 1, 0] + power[:, 0, -1] + power[:, -1, 0]) / 4
+    mean = power.mean(dim=(-2, -1), keepdim=True)
+    flat = torch.ones_like(power)
+    return OPPONENT @ rgb @ OPPONENT.T, torch.where(mean > 1e-30, power / mean.clamp_min(1e-30), flat)
+
+
+def _fit_knot(data: list, target: str, edges: Tensor, bins_i: int, bins_g: int, patch: int,
+              prior: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(variance [3, I, G], covariance [3, 3], spectra [3, P, P])`` of one knot's pairs."""
+    nb = bins_i * bins_g
+    if target == "residual":                     # the statistics of real - predicted
+        n, s1, s2 = (torch.zeros(3, nb, dtype=torch.float64) for _ in range(3))
+        for pred, real, _, _ in data:
+            dn, d1, d2 = _bin_sums(real - pred, pred, edges, bins_i, bins_g)
+            n, s1, s2 = n + dn, s1 + d1, s2 + d2
+        total = n.sum(1, keepdim=True)
+        channel = (s2.sum(1, keepdim=True) - s1.sum(1, keepdim=True) ** 2 / total) / total
+        table = ((s2 - s1 * s1 / n.clamp_min(1) + prior * channel) / (n + prior).clamp_min(1e-12)).clamp_min(0)
+        table = table.reshape(3, bins_i, bins_g)
+        cov, power, count, tiles = torch.zeros(3, 3, dtype=torch.float64), 0, 0, 0
+        for pred, real, _, _ in data:
+            u = (real - pred) / _lookup(table, pred, edges).clamp_min(1e-12).sqrt()
+            v = _opponent(u - u.mean(dim=(0, 2, 3), keepdim=True))
+            flat = v.transpose(0, 1).reshape(3, -1)
+            cov, count = cov + flat @ flat.T, count + flat.shape[1]
+            p, k = _welch(v, patch)
+            power, tiles = power + p, tiles + k
+    else:                                        # what the real residual has beyond the predicted one
+        n, sa, sb = (torch.zeros(3, nb, dtype=torch.float64) for _ in range(3))
+        cov, power, count, tiles = torch.zeros(3, 3, dtype=torch.float64), 0, 0, 0
+        for pred, real, _, hr in data:
+            a, b = pred - hr, real - hr
+            dn, _, da = _bin_sums(a, pred, edges, bins_i, bins_g)
+            _, _, db = _bin_sums(b, pred, edges, bins_i, bins_g)
+            n, sa, sb = n + dn, sa + da, sb + db
+            va, vb = _opponent(a), _opponent(b)
+            fa, fb = va.transpose(0, 1).reshape(3, -1), vb.transpose(0, 1).reshape(3, -1)
+            cov, count = cov + fb @ fb.T - fa @ fa.T, count + fa.shape[1]
+            (pa, k), (pb, _) = _welch(va, patch), _welch(vb, patch)
+            power, tiles = power + (pb - pa), tiles + k
+        excess = sb - sa
+        channel = (excess.sum(1, keepdim=True) / n.sum(1, keepdim=True)).clamp_min(0)
+        table = ((excess + prior * channel) / (n + prior).clamp_min(1e-12)).clamp_min(0).reshape(3, bins_i, bins_g)
+        cov = _psd(cov / count) * count
+        power = power.clamp_min(0) if tiles else power
+    if tiles == 0:
+        raise ValueError(f"scale {scale_label(data[0][2])}: no LR image of at least patch={patch} pixels per side to "
+                         "measure the noise spectrum on; give larger images or a smaller patch")
+    cov, spectra = _finish(cov / count, power / tiles)
+    return table, cov, spectra
+
+
+def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int = 8, gradient_bins: int = 4,
+        patch: int = 32, radius: int = 7, prior: float = 64.0, meta: dict[str, Any] | None = None) -> NoiseModel:
+    """Fit a :class:`NoiseModel` on ``(predicted LR, real LR, scale[, HR at true LR size])`` tuples (each
+    image ``[B, 3, h, w]`` or ``[3, h, w]`` in [-1, 1], all of a tuple the same size: true LR size), one
+    knot per distinct scale.
+
+    ``target`` (:data:`TARGETS`, module docstring): ``residual`` (the default) fits the statistics of
+    ``real - predicted``; ``excess`` (needs the HR item) fits what ``real - HR`` has beyond
+    ``predicted - HR`` in second-order statistics. ``intensity_bins`` x ``gradient_bins``: the variance table;
+    ``patch``: Welch tile side (LR pixels; every knot needs at least one image of that size);
+    ``radius``: colouring kernels of side ``2 radius + 1`` (< patch / 2); ``prior``: pixels of shrinkage of
+    each bin toward its channel's value; ``meta``: plain data stored with the model. ValueError for bad input.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r} is not one of {list(TARGETS)}")
+    for key, val, low in (("intensity_bins", intensity_bins, 1), ("gradient_bins", gradient_bins, 1),
+                          ("patch", patch, 4), ("radius", radius, 0)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < low:
+            raise ValueError(f"{key} must be an integer >= {low}, got {val!r}")
+    if not radius < patch // 2:
+        raise ValueError(f"radius={radius} must be below patch / 2 = {patch // 2}")
+    if isinstance(prior, bool) or not isinstance(prior, (int, float)) or not prior >= 0:
+        raise ValueError(f"prior must be a number >= 0 (pixels), got {prior!r}")
+    data = _pairs(pairs, target)
+    scales = sorted({d[2] for d in data})
+
+    # gradient bin edges: quantiles of the predicted images' gradient magnitude (a strided subsample)
+    grads = torch.cat([gradient_magnitude(d[0]).flatten() for d in data])
+    grads = grads[:: max(1, grads.numel() // 2_000_000)]
+    q = torch.linspace(0, 1, gradient_bins + 1, dtype=torch.float64)[1:-1]
+    edges = torch.quantile(grads, q) if gradient_bins > 1 else torch.zeros(0, dtype=torch.float64)
+    knots = [_fit_knot([d for d in data if d[2] == s], target, edges, intensity_bins, gradient_bins, patch, prior)
+             for s in scales]
+    info = {"target": target, "pairs": len(data),
+            "pixels_per_scale": {scale_label(s): int(sum(d[0].numel() // 3 for d in data if d[2] == s))
+                                 for s in scales}}
+    return NoiseModel(scales=tuple(scales), variance=torch.stack([k[0] for k in knots]), gradient_edges=edges,
+                      covariance=torch.stack([k[1] for k in knots]), spectra=torch.stack([k[2] for k in knots]),
+                      radius=radius, meta={**info, **(meta or {})})

@@ -1,0 +1,218 @@
+"""The noise model of degflow/baselines/noise.py: it recovers known signal-dependent, spatially and
+colour-correlated noise, samples reproducibly from a seed, scales with the strength, interpolates
+across scales and round-trips through its file."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from degflow.baselines.noise import NoiseModel, fit, load_noise_model, noise_seed
+from degflow.infra.checkpoint import CheckpointError, save_checkpoint
+
+
+def _smooth_image(seed: int, size: int = 192) -> torch.Tensor:
+    """A smooth RGB image in [-0.9, 0.9] covering the intensity range: [1, 3, size, size]."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(1, 3, 6, 6, generator=g, dtype=torch.float64)
+    return (F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False) * 1.8 - 0.9)
+
+
+def _white(seed: int, shape) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _box3(x: torch.Tensor) -> torch.Tensor:
+    """Each channel convolved with a 3x3 box of weights 1/3 (unit energy), circular borders."""
+    p = F.pad(x, (1, 1, 1, 1), mode="circular")
+    return F.conv2d(p, torch.full((3, 1, 3, 3), 1 / 3, dtype=x.dtype), groups=3)
+
+
+def _autocorr(x: np.ndarray, dy: int, dx: int) -> float:
+    """Sample autocorrelation of the 2-D field x at lag (dy, dx) (numpy, independent of the module)."""
+    x = x - x.mean()
+    a = x[: x.shape[0] - dy, : x.shape[1] - dx]
+    b = x[dy:, dx:]
+    return float((a * b).mean() / (x * x).mean())
+
+
+@pytest.mark.parametrize("target", ["excess", "residual"])
+def test_fit_recovers_a_signal_dependent_variance(target):
+    a, b = 4e-3, 1e-4                                        # var = a * x01 + b (images in [-1, 1])
+    pairs = []
+    for i in range(4):
+        pred = _smooth_image(i)
+        std = (a * (pred + 1) / 2 + b).sqrt()
+        pairs.append((pred, pred + std * _white(100 + i, pred.shape), 4.0, pred))   # the prediction is the HR
+    model = fit(pairs, intensity_bins=8, gradient_bins=2, prior=0, target=target)
+    # the variance each bin should hold: the mean of a x + b over the pixels of the bin (nearest centre)
+    x01 = torch.cat([((p + 1) / 2) for p, *_ in pairs]).transpose(0, 1).reshape(3, -1)
+    bins = (x01 * 8 - 0.5).clamp(0, 7).round().long()
+    for c in range(3):
+        for i in range(8):
+            inside = x01[c][bins[c] == i]
+            if inside.numel() < 2000:                            # too few pixels for a 5 % estimate
+                continue
+            expected = float((a * inside + b).mean())
+            got = model.variance[0, c, i]                        # [gradient bins]: noise ignores gradients
+            assert float((got / expected - 1).abs().max()) < 0.08, (c, i, got, expected)
+
+
+@pytest.mark.parametrize("target", ["excess", "residual"])
+def test_fit_recovers_spatial_and_colour_correlation(target):
+    sigma = 0.05
+    pairs = []
+    for i in range(3):
+        pred = _smooth_image(i)
+        luma = _white(200 + i, (1, 1, 192, 192)).expand(1, 3, 192, 192)
+        chroma = _white(300 + i, (1, 3, 192, 192))
+        field = _box3(0.8 * luma + 0.6 * chroma)             # channel correlation 0.64, box-correlated in space
+        pairs.append((pred, pred + sigma * field, 2.0, pred))
+    model = fit(pairs, gradient_bins=1, radius=7, target=target)
+    flat = torch.zeros(1, 3, 224, 224, dtype=torch.float64)
+    noise = model.sample(flat, 2.0, torch.Generator().manual_seed(5)) - flat
+    n = noise[0].numpy()
+    assert abs(n.std() / sigma - 1) < 0.06
+    corr = np.corrcoef(n.reshape(3, -1))
+    assert np.allclose(corr[np.triu_indices(3, 1)], 0.64, atol=0.05)
+    for (dy, dx), rho in {(0, 1): 2 / 3, (1, 0): 2 / 3, (1, 1): 4 / 9, (0, 2): 1 / 3, (0, 3): 0.0}.items():
+        measured = np.mean([_autocorr(n[c], dy, dx) for c in range(3)])
+        assert abs(measured - rho) < 0.06, ((dy, dx), measured, rho)
+
+
+def test_white_noise_fits_white():
+    pairs = [(p, p + 0.03 * _white(400 + i, p.shape), 3.0, p) for i, p in enumerate(_smooth_image(i, 128) for i in range(2))]
+    model = fit(pairs, gradient_bins=1)
+    n = (model.sample(torch.zeros(1, 3, 192, 192), 3.0, torch.Generator().manual_seed(1)))[0].double().numpy()
+    assert abs(np.mean([_autocorr(n[c], 0, 1) for c in range(3)])) < 0.04
+    assert abs(np.corrcoef(n.reshape(3, -1))[0, 1]) < 0.04
+
+
+@pytest.fixture(scope="module")
+def model() -> NoiseModel:
+    pairs = [(p, p + 0.04 * _white(500 + i, p.shape), s, p)
+             for i, (p, s) in enumerate((_smooth_image(i, 96), s) for i in range(2) for s in (2.0, 4.0))]
+    return fit(pairs, meta={"fitted_on": "test"})
+
+
+def test_same_seed_same_sample_and_strength_scales_the_noise(model):
+    x = _smooth_image(9, 64).float() * 0.5                   # far from the clamp
+    one = model.sample(x, 3.0, torch.Generator().manual_seed(7))
+    assert torch.equal(one, model.sample(x, 3.0, torch.Generator().manual_seed(7)))
+    assert not torch.equal(one, model.sample(x, 3.0, torch.Generator().manual_seed(8)))
+    assert torch.equal(model.sample(x, 3.0, torch.Generator().manual_seed(7), strength=0), x)
+    two = model.sample(x, 3.0, torch.Generator().manual_seed(7), strength=2.0)
+    assert torch.allclose(two - x, 2 * (one - x), atol=1e-5)
+    assert one.dtype == x.dtype and one.shape == x.shape
+
+
+def test_per_image_generators_make_each_image_independent_of_its_batch(model):
+    x = torch.cat([_smooth_image(1, 48), _smooth_image(2, 48)]).float()
+    seeds = [11, 12]
+    batch = model.sample(x, 2.5, [torch.Generator().manual_seed(s) for s in seeds])
+    for b, s in enumerate(seeds):
+        assert torch.equal(batch[b], model.sample(x[b], 2.5, torch.Generator().manual_seed(s)))
+
+
+def test_scale_interpolation_between_knots(model):
+    x = torch.zeros(1, 3, 8, 8)
+    v2, v4 = model.variance_map(x, 2.0), model.variance_map(x, 4.0)
+    assert torch.equal(model.variance_map(x, 1.0), torch.zeros_like(v2))
+    assert torch.allclose(model.variance_map(x, 1.5), v2 / 2)
+    assert torch.allclose(model.variance_map(x, 3.0), (v2 + v4) / 2)
+    assert torch.equal(model.variance_map(x, 6.0), v4)
+    assert torch.equal(model.sample(x, 1.0, torch.Generator().manual_seed(0)), x)
+
+
+def test_save_and_load_round_trip(model, tmp_path):
+    path = tmp_path / "noise.pt"
+    model.save(path)
+    back = load_noise_model(path)
+    assert back.scales == model.scales and back.meta["fitted_on"] == "test"
+    for name in ("variance", "gradient_edges", "covariance", "spectra"):
+        assert torch.equal(getattr(back, name), getattr(model, name))
+    x = _smooth_image(3, 32).float()
+    g = lambda: torch.Generator().manual_seed(3)
+    assert torch.equal(back.sample(x, 2.2, g()), model.sample(x, 2.2, g()))
+
+
+def test_load_refuses_other_files(model, tmp_path):
+    other = tmp_path / "rae.pt"
+    save_checkpoint(other, {"kind": "rae", "models": {}})
+    with pytest.raises(CheckpointError, match="noise=.*not a noise model"):
+        load_noise_model(other)
+    broken = tmp_path / "broken.pt"
+    save_checkpoint(broken, {"kind": "noise", "noise_model": {**model.to_dict(), "covariance": torch.zeros(2, 2)}})
+    with pytest.raises(CheckpointError, match="inconsistent"):
+        load_noise_model(broken)
+    with pytest.raises(CheckpointError, match="no such"):
+        load_noise_model(tmp_path / "missing.pt")
+
+
+def test_fit_and_sample_refuse_bad_input(model):
+    p = _smooth_image(0, 64)
+    with pytest.raises(ValueError, match="scale 1 is the HR image"):
+        fit([(p, p, 1.0, p)])
+    with pytest.raises(ValueError, match="differ in shape"):
+        fit([(p, p[..., :32], 2.0, p)])
+    with pytest.raises(ValueError, match="target='excess' needs the HR image"):
+        fit([(p, p, 2.0)], target="excess")
+    with pytest.raises(ValueError, match="target='white' is not one of"):
+        fit([(p, p, 2.0, p)], target="white")
+    with pytest.raises(ValueError, match="no .* pair"):
+        fit([])
+    with pytest.raises(ValueError, match="patch=32"):
+        fit([(p[..., :16, :16], p[..., :16, :16], 2.0, p[..., :16, :16])])
+    with pytest.raises(ValueError, match="strength"):
+        model.sample(p, 2.0, torch.Generator(), strength=-1)
+    with pytest.raises(ValueError, match="strength"):
+        model.sample(p, 2.0, torch.Generator(), strength=math.nan)
+    with pytest.raises(ValueError, match=r"\[B, 3, h, w\]"):
+        model.sample(p[:, :1], 2.0, torch.Generator())
+    with pytest.raises(ValueError, match="one generator per image"):
+        model.sample(torch.cat([p, p]), 2.0, [torch.Generator()])
+
+
+def test_noise_seed_depends_only_on_its_key():
+    seeds = {noise_seed(0, name, s, k) for name in ("a", "b") for s in (2.0, 2.5) for k in (0, 1)}
+    assert len(seeds) == 8
+    assert noise_seed(3, "sub/img", 2.5, 1) == noise_seed(3, "sub/img", 2.50, 1)
+    assert noise_seed(3, "sub/img", 2.5, 1) != noise_seed(4, "sub/img", 2.5, 1)
+
+
+def test_excess_noise_brings_the_predicted_residual_to_the_real_one_where_the_residual_fit_overshoots():
+    """A prediction with an error of its own (e, sigma 0.03) that the real LR (noise n, sigma 0.05) does
+    not share: real - predicted = n - e has variance 0.05^2 + 0.03^2, but the noise the prediction lacks
+    is 0.05^2 - 0.03^2. Only the excess fit makes the sample's residual to HR as strong as the real one's."""
+    pairs, hrs = [], []
+    for i in range(2):
+        hr = _smooth_image(i, 128)
+        pred = hr + 0.03 * _white(600 + i, hr.shape)
+        pairs.append((pred, hr + 0.05 * _white(700 + i, hr.shape), 2.0, hr))
+        hrs.append(hr)
+    real_power = 0.05 ** 2
+    for target, expected in (("excess", 0.05 ** 2 - 0.03 ** 2), ("residual", 0.05 ** 2 + 0.03 ** 2)):
+        model = fit(pairs, target=target, gradient_bins=1, prior=0)
+        assert float(model.variance.mean()) == pytest.approx(expected, rel=0.06)
+        pred, _, _, hr = pairs[0]
+        sample = model.sample(pred, 2.0, torch.Generator().manual_seed(1))
+        power = float((sample - hr).pow(2).mean())
+        if target == "excess":
+            assert power == pytest.approx(real_power, rel=0.06)
+        else:
+            assert power > 1.3 * real_power
+
+
+def test_a_damaged_noise_file_is_refused_and_the_digest_is_returned(model, tmp_path):
+    path = tmp_path / "noise.pt"
+    digest = model.save(path)
+    assert load_noise_model(path, with_digest=True)[1] == digest
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF                                  # one flipped byte inside the tensors
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="noise="):
+        load_noise_model(path)
