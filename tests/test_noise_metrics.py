@@ -99,3 +99,64 @@ def test_shapes_must_agree():
     with pytest.raises(ValueError, match="same shape"):
         akld(hr[..., :-1], hr, hr)
     assert residual_8bit(hr, hr).abs().max() == 0
+
+
+def _ref_radial_spectrum(r: np.ndarray, fmax: float, bands: int) -> np.ndarray:
+    """numpy reference of residual_spectrum for one image [C, H, W]: loops over frequency bins."""
+    c, h, w = r.shape
+    win = np.outer(np.hanning(h), np.hanning(w))
+    win /= np.sqrt((win ** 2).mean())
+    power = np.mean([np.abs(np.fft.fft2((x - x.mean()) * win)) ** 2 for x in r], axis=0) / (h * w)
+    sums, counts = np.zeros(bands), np.zeros(bands)
+    for i, fy in enumerate(np.fft.fftfreq(h)):
+        for j, fx in enumerate(np.fft.fftfreq(w)):
+            rad = np.hypot(fy, fx)
+            if rad == 0 or rad > fmax:
+                continue
+            k = min(int(np.ceil(rad / fmax * bands)) - 1, bands - 1)
+            sums[k] += power[i, j]
+            counts[k] += 1
+    return sums / counts
+
+
+def test_residual_spectrum_matches_a_numpy_loop():
+    from degflow.metrics.noise import residual_spectrum
+
+    g = torch.Generator().manual_seed(3)
+    r = torch.randn(2, 3, 24, 30, generator=g, dtype=torch.float64)
+    got = residual_spectrum(r, 0.25, 6).numpy()
+    for b in range(2):
+        assert np.allclose(got[b], _ref_radial_spectrum(r[b].numpy(), 0.25, 6))
+
+
+def test_spectrum_of_white_noise_is_flat_and_of_filtered_noise_follows_the_filter():
+    from degflow.metrics.noise import residual_spectrum
+
+    g = torch.Generator().manual_seed(4)
+    white = torch.randn(4, 3, 128, 128, generator=g, dtype=torch.float64)
+    flat = residual_spectrum(white).mean(0)
+    assert torch.allclose(flat, torch.ones_like(flat), rtol=0.08)
+    smooth = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(white, (1, 1, 0, 0), mode="circular"),
+                                            (1, 3), stride=1)              # [1, 1, 1] / 3 along x
+    falling = residual_spectrum(smooth).mean(0)
+    assert bool((falling[1:] < falling[:-1]).all())                        # a low-pass falls with frequency
+    assert float(falling[0]) == pytest.approx(float(flat[0]) * 0.9, rel=0.15)   # |H|^2 ~ (1 + 2 cos 2 pi f)^2 / 9 near 0
+
+
+def test_spectrum_distance_tells_white_from_correlated_noise_that_kl_and_akld_accept():
+    from degflow.metrics.noise import spectrum_distance
+
+    hr, g = _scene(seed=5, b=1, h=96, w=96)
+    white = torch.randn(hr.shape, generator=g)
+    box = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(torch.randn(hr.shape, generator=g), (1, 1, 1, 1),
+                                                                 mode="circular"), 3, stride=1) * 3  # unit variance
+    real, fake = (hr + 0.06 * box).clamp(-1, 1), (hr + 0.06 * white).clamp(-1, 1)
+    same = (hr + 0.06 * torch.roll(box, 7, dims=-1)).clamp(-1, 1)
+    assert float(spectrum_distance(real, real, hr)) == 0
+    # variance matched: white noise passes KL and AKLD as well as another draw of the real noise does
+    assert float(histogram_kl(fake, real, hr)) < 0.01
+    assert float(akld(fake, real, hr)) <= 1.2 * float(akld(same, real, hr))
+    assert float(spectrum_distance(fake, real, hr)) > 4 * float(spectrum_distance(same, real, hr))
+    assert float(spectrum_distance(fake, real, hr)) > 2.0                  # dB
+    # scale keeps the LR band only (here its low frequencies, where the box filter passes 9x the power)
+    assert float(spectrum_distance(fake, real, hr, scale=4.0)) > 2.0

@@ -17,6 +17,7 @@ TOOLS: dict[str, tuple[str, str]] = {
                                  "a picture and an evaluation"),
     "train": ("train", "train a stage: stage=rae (autoencoder) or stage=lfm (latent flow matching)"),
     "synthesize": ("synthesize", "LR datasets at any scale from a folder of HR images"),
+    "fit-noise": ("fit_noise", "fit the stochastic part (a noise model at true LR size) of a checkpoint's degradation"),
     "evaluate": ("evaluate", "generated LR vs real LR per scale, with baselines (and sweep tables)"),
     "report": ("report", "the table, CSV and plots of a training sweep"),
     "merge-shards": ("merge_shards", "verify and merge a dataset synthesized in shards"),

@@ -46,7 +46,7 @@ UNUSED_BY_STAGE = {
     "rae": ("loss", "spline", "solver", "model/lfm", "model.lfm", "eval.lpips", "eval.lpips_backbone_weights"),
     "lfm": ("model/rae", "model.rae"),
     # python -m degflow.evaluate: a sweep job is named by its settings, not by its files
-    "evaluate": ("ckpt", "out", "generated", "real", "hr", "collect"),
+    "evaluate": ("ckpt", "out", "generated", "real", "hr", "collect", "noise"),
 }
 SLUG_MAX = 120
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")

@@ -47,6 +47,7 @@ from degflow.core.solvers import SolverSpec, integrate
 from degflow.core.spline import PATH_KINDS, evaluate_path, extrapolation_time
 from degflow.core.timemap import TimeMap
 from degflow.generation.condition import condition_kind, velocity_condition
+from degflow.generation.stochastic import StochasticOption, noisy_at_hr_size
 from degflow.generation.tiling import Span, blend_tile_batches, blend_tiles, tile_grid
 from degflow.infra.checkpoint import CheckpointError, load_checkpoint
 from degflow.infra.checks import check_int, check_positive_int
@@ -448,19 +449,31 @@ class Synthesizer:
                                solve_seconds=solve, tiles=tiles, per_sample=images.pop(_PER_SAMPLE, None))
 
     def __call__(self, hr: torch.Tensor, scales: Sequence[float], allow_extrapolation: bool = False,
-                 size: str = "hr") -> dict[float, torch.Tensor]:
+                 size: str = "hr", *, noise: StochasticOption | None = None, seed: int = 0
+                 ) -> dict[float, torch.Tensor]:
         """``synth(hr_batch, scales) -> {scale: lr_batch}`` (see :meth:`generate`).
 
         ``size="hr"``: LR images at HR pixel size ``[B, 3, H, W]``; ``size="lr"``: at true LR
         size ``[B, 3, round(H/s), round(W/s)]`` (antialiased bicubic of the HR-size decode,
         :func:`degflow.core.resize.resize_to_lr`).
+
+        ``noise``: the stochastic option (:class:`~degflow.generation.stochastic.StochasticOption`):
+        each call draws a new sample from ``seed`` (image b of the batch uses the seed
+        ``noise_seed(seed, str(b), s, 0)``: the same ``seed`` gives the same sample); the noise
+        is added at true LR size (for ``size="hr"``: the decoded LR plus the noise upsampled to HR
+        size). Without it (the default), or at strength 0, the output is the deterministic LR.
         """
         if size not in ("hr", "lr"):
             raise ValueError(f"size={size!r} is not one of ['hr', 'lr']")
         images = self.generate(hr, scales, allow_extrapolation).images
-        if size == "lr":
-            images = {s: resize_to_lr(x, s) for s, x in images.items()}
-        return images
+        if noise is None:
+            return {s: resize_to_lr(x, s) for s, x in images.items()} if size == "lr" else images
+        out = {}
+        for s, decoded in images.items():
+            lr = resize_to_lr(decoded, s)
+            noisy = noise.sample(lr, s, noise.seeds(seed, [str(b) for b in range(lr.shape[0])], s))
+            out[s] = noisy if size == "lr" else noisy_at_hr_size(decoded, lr, noisy, s, "decoded")
+        return out
 
     # -------------------------------------------------------------------------- ae_interp
     def _decode_real_path(self, crops: list[torch.Tensor], times: dict[float, float]) -> dict[float, torch.Tensor]:

@@ -10,11 +10,15 @@ image of that scale:
 - ``procedural``: the Real-ESRGAN second-order pipeline (:mod:`degflow.baselines.procedural`), seeded
   per (image, scale) so the table is reproducible;
 - ``ae_interp``: the oracle spline through the REAL encoded training-scale latents
-  (needs the real LR images at the training scales, so not a usable generator).
+  (needs the real LR images at the training scales, so not a usable generator);
+- ``stochastic``: the stochastic option (``noise=`` a fitted noise model, ``strength``): ``samples``
+  noisy samples of degflow's LR per image and scale, each seeded by its (image, scale, sample);
+  its metrics are the means over the samples, plus ``diversity``, the mean LPIPS between the
+  samples of one image (SDFlow's measure); ``stochastic_mean``: the mean of those samples.
 
 Metrics per (image, scale, method): Y-PSNR and SSIM in the SR convention with a
 configurable border shave (0 by default: LR vs LR), LPIPS (AlexNet), and the residual
-noise statistics KL and AKLD (:mod:`degflow.metrics.noise`). Scales the model was trained
+noise statistics KL and AKLD and the residuals' spectrum distance (:mod:`degflow.metrics.noise`). Scales the model was trained
 on are "seen", all others "held-out", and the two are summarized apart.
 
 :func:`evaluate_folders` compares a folder written by ``synthesize.py`` with a folder of
@@ -37,18 +41,19 @@ import torch
 from torch import Tensor
 
 from degflow.baselines.procedural import procedural_seed, realesrgan
-from degflow.core.resize import bicubic_baseline, check_hr_size_output, lr_at_hr_size, upsample_to
+from degflow.core.resize import bicubic_baseline, check_hr_size_output, lr_at_hr_size, resize_to_lr, upsample_to
 from degflow.core.scales import scale_label
 from degflow.core.solvers import SolverSpec
 from degflow.data.common import size_relation
 from degflow.data.images import find_images, read_image
 from degflow.data.options import build_data, option_of_target
-from degflow.generation import Synthesizer
-from degflow.infra.checks import check_int, check_positive_int
+from degflow.generation import StochasticOption, Synthesizer
+from degflow.generation.stochastic import noisy_at_hr_size
+from degflow.infra.checks import check_int, check_number, check_positive_int
 from degflow.infra.files import atomic_write_text, atomic_write_texts
 from degflow.infra.runtime import resolve_device
 from degflow.metrics.image import psnr_y, ssim_y
-from degflow.metrics.noise import akld, histogram_kl
+from degflow.metrics.noise import akld, histogram_kl, spectrum_distance
 from degflow.metrics.perceptual import load_lpips
 from degflow.viz.tables import csv_text, fmt, write_table
 from degflow.viz.tables import markdown_table as table_lines
@@ -69,7 +74,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Methods of a checkpoint evaluation (config key ``methods``).
-METHODS: tuple[str, ...] = ("degflow", "bicubic", "procedural", "ae_interp")
+#: Methods that need a noise model (config key ``noise``).
+STOCHASTIC_METHODS: tuple[str, ...] = ("stochastic", "stochastic_mean")
+#: Methods evaluated unless ``methods`` says otherwise (the stochastic ones need a noise model).
+DEFAULT_METHODS: tuple[str, ...] = ("degflow", "bicubic", "procedural", "ae_interp")
+METHODS: tuple[str, ...] = DEFAULT_METHODS + STOCHASTIC_METHODS
 #: Methods of a folder evaluation: the generated folder plus the HR-only baselines.
 FOLDER_METHODS: tuple[str, ...] = ("generated", "bicubic", "procedural")
 #: Metric name -> (table header, higher is better).
@@ -79,7 +88,11 @@ METRICS: dict[str, tuple[str, bool]] = {
     "lpips": ("LPIPS", False),
     "kl": ("KL", False),
     "akld": ("AKLD", False),
+    "spec": ("Spectrum dist. (dB)", False),
+    "diversity": ("Diversity (LPIPS)", True),
 }
+#: Metrics shown without a "best" mark (a description, not a score).
+_UNRANKED = ("diversity",)
 _SCALE_TOL = 1e-6
 
 
@@ -88,7 +101,7 @@ _SCALE_TOL = 1e-6
 class EvalSettings:
     """Plain evaluation settings (config keys of ``conf/evaluate.yaml``)."""
 
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     shave: int = 0                                  # eval.shave
     lpips: bool = True                              # eval.lpips
     lpips_backbone_weights: str | None = None       # eval.lpips_backbone_weights
@@ -98,11 +111,18 @@ class EvalSettings:
     crop_size: int = 64                             # crops.size (HR pixels)
     crop_images: int = 1                            # crops.images
     hr_size_output: str = "decoded"                 # eval.hr_size_output (degflow.core.resize.HR_SIZE_OUTPUTS)
+    noise: str | None = None                        # noise: a fitted noise model file (stochastic methods)
+    strength: float = 1.0                           # strength of the noise (0 = deterministic)
+    samples: int = 4                                # samples per image and scale (stochastic methods)
+    noise_seed: int = 0                             # base seed of the samples
 
     def __post_init__(self) -> None:
         check_hr_size_output(self.hr_size_output, "eval.hr_size_output")
         check_int(self.shave, "eval.shave", minimum=0, hint=" (border pixels)")
         check_positive_int(self.max_images, "eval.max_images", allow_none=True)
+        check_number(self.strength, "strength", low=0.0)
+        check_int(self.samples, "samples", minimum=1)
+        check_int(self.noise_seed, "noise_seed")
 
 
 def _methods(value: Sequence[str] | str, valid: Sequence[str], allow_empty: bool = False) -> tuple[str, ...]:
@@ -261,7 +281,7 @@ class _Scorer:
         self.device = device
         self.lpips = load_lpips("alex", settings.lpips_backbone_weights, device=device) if settings.lpips else None
 
-    def __call__(self, fake: Tensor, real: Tensor, hr: Tensor) -> dict[str, float]:
+    def __call__(self, fake: Tensor, real: Tensor, hr: Tensor, scale: float = 1.0) -> dict[str, float]:
         fake, real, hr = fake.float().cpu(), real.float().cpu(), hr.float().cpu()
         if fake.shape != real.shape:
             raise ValueError(f"generated image of shape {tuple(fake.shape)} vs real {tuple(real.shape)}")
@@ -270,12 +290,28 @@ class _Scorer:
             "ssim_y": float(ssim_y(fake, real, shave=self.shave)),
             "kl": float(histogram_kl(fake, real, hr)),
             "akld": float(akld(fake, real, hr)),
+            "spec": float(spectrum_distance(fake, real, hr, scale)),
+            "diversity": None,
         }
         if self.lpips is not None:
             with torch.no_grad():
                 out["lpips"] = float(self.lpips(fake.to(self.device), real.to(self.device)))
         else:
             out["lpips"] = None
+        return out
+
+    def scored_samples(self, samples: Sequence[Tensor], real: Tensor, hr: Tensor, scale: float) -> dict[str, float]:
+        """Metrics of each sample, averaged, and ``diversity``: the mean LPIPS over the pairs of
+        samples (None with one sample or LPIPS off)."""
+        each = [self(x, real, hr, scale) for x in samples]
+        out = {k: _mean([e[k] for e in each]) for k in each[0] if k != "diversity"}
+        if self.lpips is not None and len(samples) > 1:
+            with torch.no_grad():
+                pairs = [float(self.lpips(a.float().to(self.device), b.float().to(self.device)))
+                         for i, a in enumerate(samples) for b in samples[i + 1:]]
+            out["diversity"] = _mean(pairs)
+        else:
+            out["diversity"] = None
         return out
 
 
@@ -317,7 +353,10 @@ class _Collector:
         records = []
         for method in self.result.methods:
             for s, fake in outputs[method].items():
-                metrics = self.scorer(fake, real[s], hr)
+                if isinstance(fake, Tensor):
+                    metrics = self.scorer(fake, real[s], hr, s)
+                else:                                   # a stochastic method's samples
+                    metrics = self.scorer.scored_samples(fake, real[s], hr, s)
                 records.append({"image": name, "method": method, "scale": s,
                                 "heldout": self.result.heldout(s), **metrics})
         # everything of this image measured: only now does it count
@@ -327,7 +366,8 @@ class _Collector:
         if len(self.result.crops) < self.settings.crop_images:
             size = self.settings.crop_size
             rows = {"real": {s: _center_crop(x, size)[0] for s, x in real.items()}}
-            rows.update({m: {s: _center_crop(x, size)[0] for s, x in outputs[m].items()} for m in self.result.methods})
+            rows.update({m: {s: _center_crop(x if isinstance(x, Tensor) else x[0], size)[0]
+                             for s, x in outputs[m].items()} for m in self.result.methods})
             self.result.crops[name] = rows
         line = ", ".join(f"{m} {fmt(_mean([r['psnr_y'] for r in records if r['method'] == m]), None, 'psnr_y')}"
                          for m in self.result.methods)
@@ -368,6 +408,7 @@ def evaluate_dataset(synth: Synthesizer, dataset: Any, data_scales: Sequence[flo
                         f"data.val_scales={[scale_label(a) for a in data_scales]}")
     if "degflow" in methods:
         synth.scale_times(wanted, settings.allow_extrapolation)          # fails early, naming `scales`
+    noise = _stochastic_option(methods, settings, synth)
     train_scales = [float(s) for s in synth.train_scales or ()]
     knots = [s for s in train_scales if s > 1.0] if "ae_interp" in methods else []
     if knots:
@@ -381,7 +422,8 @@ def evaluate_dataset(synth: Synthesizer, dataset: Any, data_scales: Sequence[flo
                         settings={"data": description, "methods": list(methods), "shave": settings.shave,
                                   "solver": synth.solver.to_dict(), "checkpoint_sha256": synth.checkpoint_sha256,
                                   "procedural_seed": settings.procedural_seed,
-                                  "hr_size_output": settings.hr_size_output})
+                                  "hr_size_output": settings.hr_size_output,
+                                  **({} if noise is None else noise.record(settings.noise_seed, settings.samples))})
     collector = _Collector(result, _Scorer(settings, synth.device), settings)
     n = len(dataset) if settings.max_images is None else min(len(dataset), settings.max_images)
     for i in range(n):
@@ -401,7 +443,7 @@ def evaluate_dataset(synth: Synthesizer, dataset: Any, data_scales: Sequence[flo
                 if real[s].shape != hr.shape:
                     raise ValueError(f"real x{scale_label(s)} image has shape {tuple(real[s].shape)}, "
                                      f"the HR {tuple(hr.shape)}")
-            outputs, costs = _model_outputs(synth, methods, hr, real, wanted, knots, settings)
+            outputs, costs = _model_outputs(synth, methods, hr, real, wanted, knots, settings, name, noise)
             base, seconds = _hr_baselines(methods, hr, wanted, name, settings.procedural_seed)
             outputs.update(base)
             costs.update({m: {"seconds": t, "nfe": None} for m, t in seconds.items()})
@@ -420,19 +462,48 @@ def _item_name(dataset: Any, i: int) -> str:
         return f"#{i}"
 
 
+def _stochastic_option(methods: Sequence[str], settings: EvalSettings, synth: Synthesizer) -> StochasticOption | None:
+    """The noise model of the stochastic methods (None when none is evaluated); ValueError naming
+    ``noise`` when one is asked for without a file, or the file was fitted for another checkpoint."""
+    if not any(m in STOCHASTIC_METHODS for m in methods):
+        return None
+    if not settings.noise:
+        raise ValueError(f"methods: {[m for m in methods if m in STOCHASTIC_METHODS]} need noise=<a noise model file> "
+                         "(python -m degflow fit-noise ckpt=<this checkpoint> ... out=noise.pt)")
+    return StochasticOption.load(settings.noise, settings.strength, checkpoint_sha256=synth.checkpoint_sha256)
+
+
 def _model_outputs(synth: Synthesizer, methods: Sequence[str], hr: Tensor, real: Mapping[float, Tensor],
-                   scales: Sequence[float], knots: Sequence[float], settings: EvalSettings
-                   ) -> tuple[dict[str, dict[float, Tensor]], dict[str, dict[str, Any]]]:
-    outputs: dict[str, dict[float, Tensor]] = {}
+                   scales: Sequence[float], knots: Sequence[float], settings: EvalSettings, name: str = "",
+                   noise: StochasticOption | None = None) -> tuple[dict[str, dict[float, Any]], dict[str, dict[str, Any]]]:
+    outputs: dict[str, dict[float, Any]] = {}
     costs: dict[str, dict[str, Any]] = {}
 
     def scored(x: Tensor, s: float) -> Tensor:
         return lr_at_hr_size(x, s, settings.hr_size_output, key="eval.hr_size_output")
 
-    if "degflow" in methods:
+    stochastic = [m for m in STOCHASTIC_METHODS if m in methods]
+    if "degflow" in methods or stochastic:
         res = synth.generate(hr, scales, settings.allow_extrapolation)
-        outputs["degflow"] = {s: scored(res.images[s], s) for s in scales}
-        costs["degflow"] = {"seconds": res.seconds, "nfe": res.nfe}
+        if "degflow" in methods:
+            outputs["degflow"] = {s: scored(res.images[s], s) for s in scales}
+            costs["degflow"] = {"seconds": res.seconds, "nfe": res.nfe}
+    if stochastic:
+        assert noise is not None
+        start = time.perf_counter()
+        samples: dict[float, list[Tensor]] = {}
+        for s in scales:                         # noise at true LR size, scored at HR size like the LR
+            lr = resize_to_lr(res.images[s], s)
+            samples[s] = [noisy_at_hr_size(res.images[s], lr, noise.sample(lr, s, noise.seeds(settings.noise_seed,
+                                                                                               [name], s, k)),
+                                           s, settings.hr_size_output) for k in range(settings.samples)]
+        seconds = res.seconds + (time.perf_counter() - start) / settings.samples
+        if "stochastic" in methods:
+            outputs["stochastic"] = samples
+            costs["stochastic"] = {"seconds": seconds, "nfe": res.nfe}
+        if "stochastic_mean" in methods:
+            outputs["stochastic_mean"] = {s: torch.stack(v).mean(0) for s, v in samples.items()}
+            costs["stochastic_mean"] = {"seconds": seconds * settings.samples, "nfe": res.nfe}
     if "ae_interp" in methods:
         res = synth.interpolate_real(hr, {s: real[s] for s in knots}, scales, settings.allow_extrapolation)
         outputs["ae_interp"] = {s: scored(res.images[s], s) for s in scales}
@@ -575,7 +646,7 @@ def markdown_table(result: EvalResult, title: str = "degflow evaluation") -> str
         for s in result.scales:
             vals = [per_scale[m].get(scale_label(s), {}).get(metric) for m in result.methods]
             vals = [v for v in vals if v is not None]
-            best[s] = (max if higher else min)(vals) if vals else None
+            best[s] = (max if higher else min)(vals) if vals and metric not in _UNRANKED else None
         for m in result.methods:
             row = [m]
             for s in result.scales:
@@ -591,9 +662,11 @@ def markdown_table(result: EvalResult, title: str = "degflow evaluation") -> str
 
 def csv_table(result: EvalResult) -> str:
     """One row per (method, scale): mean metrics over the images."""
-    return csv_text(["method", "scale", "heldout", "n", *METRICS],
+    strength = result.settings.get("strength")          # recorded when a stochastic method was evaluated
+    return csv_text(["method", "scale", "heldout", "n", *METRICS, *(["strength"] if strength is not None else [])],
                     [[m, label, vals["heldout"], vals["n"], *(None if vals[k] is None else f"{vals[k]:.6f}"
-                                                              for k in METRICS)]
+                                                              for k in METRICS),
+                      *([strength if m in STOCHASTIC_METHODS else None] if strength is not None else [])]
                      for m, rows in result.per_scale().items() for label, vals in rows.items()])
 
 
@@ -643,11 +716,14 @@ def collect_sweep(root: str | Path, out_dir: str | Path | None = None, metric: s
     for f in files:
         try:
             data = json.loads(f.read_text(encoding="utf-8"))
-            model = data["summary"]["degflow"]
+            summary = data["summary"]
+            model = summary["stochastic"] if "stochastic" in summary else summary["degflow"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
         solver = data["settings"].get("solver") or {}
-        row = {"label": _solver_label(solver), "group": solver.get("method", "?"),
+        strength = data["settings"].get("strength") if "stochastic" in summary else None
+        label = _solver_label(solver) + ("" if strength is None else f" strength={strength:g}")
+        row = {"label": label, "group": solver.get("method", "?"),
                "run": str(f.parent.relative_to(root)),
                "nfe": model.get("nfe"), "seconds_per_image": model.get("seconds_per_image")}
         for g in ("seen", "heldout"):
@@ -685,6 +761,8 @@ def run(config: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
         max_images=ev["max_images"], procedural_seed=config["procedural_seed"],
         allow_extrapolation=config["allow_extrapolation"], crop_size=config["crops"]["size"],
         crop_images=config["crops"]["images"], hr_size_output=ev["hr_size_output"],
+        noise=config.get("noise"), strength=config.get("strength", 1.0), samples=config.get("samples", 4),
+        noise_seed=config.get("noise_seed", 0),
     )
     scales = config.get("scales")
     if scales is not None and not isinstance(scales, (list, tuple)):
@@ -711,7 +789,8 @@ def run(config: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
         result = evaluate_dataset(synth, evaluation_split(data), data.val_scales, scales, settings,
                                   description=data.description)
         result.settings["checkpoint"] = str(config["ckpt"])
-        objective = result.objective("degflow", metric) if "degflow" in result.methods else None
+        model_row = "stochastic" if "stochastic" in result.methods else "degflow"
+        objective = result.objective(model_row, metric) if model_row in result.methods else None
     paths = write_results(result, out, objective)
     if config.get("plots", True):
         paths["plots"] = write_plots(result, out)

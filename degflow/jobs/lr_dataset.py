@@ -3,7 +3,7 @@
 :func:`write_lr_dataset` drives a :class:`~degflow.generation.Synthesizer` over a folder (the
 ``synthesize.py`` CLI is a thin wiring of it): output layout, ``manifest.jsonl``, resume,
 shards, comparison baselines (``bicubic``, ``procedural`` Real-ESRGAN and the ``ae_interp``
-oracle), failure records. An image gets all its outputs and manifest lines or none.
+oracle), the stochastic option's samples (``noise``, ``strength``, ``samples``), failure records. An image gets all its outputs and manifest lines or none.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ from degflow.data.images import (
     read_image_size,
     write_image,
 )
-from degflow.generation import SynthesisResult, Synthesizer
+from degflow.generation import StochasticOption, SynthesisResult, Synthesizer
+from degflow.generation.stochastic import noisy_at_hr_size
 from degflow.generation.synthesizer import ScaleTimes
-from degflow.infra.checks import check_bool, check_int, check_positive_int
+from degflow.infra.checks import check_bool, check_int, check_number, check_positive_int
 from degflow.infra.conf import synthesis_defaults
 from degflow.infra.digests import checked_line, checked_record_text, read_checked_line, read_checked_record
 from degflow.infra.exits import graceful, stop_point
@@ -92,10 +93,11 @@ class FolderSummary:
 
 @dataclass
 class _Output:
-    kind: str           # "hr" | "degflow" | "bicubic" | "procedural" | "ae_interp"
+    kind: str           # "hr" | "degflow" | "stochastic" | "bicubic" | "procedural" | "ae_interp"
     size: str           # "lr" | "hr"
     scale: float
     rel: str            # path relative to out, posix
+    sample: int | None = None   # stochastic: the sample index
 
 
 @dataclass
@@ -106,7 +108,7 @@ class _Item:
     pending: list[_Output]  # outputs still to write
 
 
-_MANAGED = ("HR", "LR", "LR_hrsize", "baselines")
+_MANAGED = ("HR", "LR", "LR_hrsize", "baselines", "samples")
 _SETTINGS_FILE = "synthesis.json"
 
 
@@ -253,6 +255,10 @@ class SynthesisSpec:
     max_scales: int | None
     progress: bool
     layout: str = "degflow"
+    noise: Path | None = None
+    strength: float = 1.0
+    samples: int = 1
+    noise_seed: int = 0
 
     @classmethod
     def create(cls, scales: Any = None, **options: Any) -> SynthesisSpec:
@@ -296,15 +302,21 @@ class SynthesisSpec:
                                  f"docs/TOOLBOXES.md for non-integer scales")
             if c["size"] != "lr":
                 raise ValueError(f"layout=toolbox writes LR at true size (HR = LR x s): use size=lr, not size={c['size']}")
+        noise = Path(c["noise"]) if c.get("noise") else None
+        strength = check_number(c.get("strength", 1.0), "strength", low=0.0)
+        samples = check_positive_int(c.get("samples", 1), "samples")
+        noise_seed = check_int(c.get("noise_seed", 0), "noise_seed")
         return cls(scales=requested, size=c["size"], hr_size_output=c["hr_size_output"], batch_size=c["batch_size"],
                    allow_extrapolation=c["allow_extrapolation"], shard=c["shard"], num_shards=c["num_shards"],
                    baselines=baselines, baseline_lr_root=root, procedural_seed=c["procedural_seed"],
-                   max_scales=c["max_scales"], progress=c["progress"], layout=c["layout"])
+                   max_scales=c["max_scales"], progress=c["progress"], layout=c["layout"], noise=noise,
+                   strength=strength, samples=samples, noise_seed=noise_seed)
 
 
 #: The settings of :class:`SynthesisSpec` as config keys (``baseline``: the list of baselines).
 SPEC_KEYS = ("scales", "size", "hr_size_output", "batch_size", "allow_extrapolation", "shard", "num_shards",
-              "baseline", "baselines", "baseline_lr_root", "procedural_seed", "max_scales", "progress", "layout")
+              "baseline", "baselines", "baseline_lr_root", "procedural_seed", "max_scales", "progress", "layout",
+              "noise", "strength", "samples", "noise_seed")
 
 
 def toolbox_multiple(scales: Sequence[float]) -> int:
@@ -339,6 +351,8 @@ def write_lr_dataset(
                                            size=hr: HR pixel size (RealSR convention)
         LR_hrsize/x{label}/name.png        size=both: HR pixel size
         baselines/{bicubic|procedural|ae_interp}/LR[_hrsize]/x{label}/name.png   same layout
+        samples/{k}/LR[_hrsize]/x{label}/name.png   noise=: stochastic sample k = 0..samples-1 (same layout;
+                                           LR/ keeps the deterministic LR)
         manifest.jsonl                     one JSON line per output file
         failed.jsonl                       {"file", "error"} per failure of this run
         synthesis.json                     generation settings (checkpoint, solver, tiling)
@@ -419,16 +433,20 @@ def write_lr_dataset(
         settings["layout"] = spec.layout
     if "procedural" in baselines:
         settings["procedural_seed"] = procedural_seed
+    noise = None
+    if spec.noise is not None:   # a resume refuses another noise model, strength, sample count or seed
+        noise = StochasticOption.load(spec.noise, spec.strength, checkpoint_sha256=synth.checkpoint_sha256)
+        settings.update({k: v for k, v in noise.record(spec.noise_seed, spec.samples).items() if k != "noise_fitted_for"})
     # one writer per out folder and shard; a run refused before it writes leaves no new folder behind
     with FolderLock(out_dir, f"shard{shard}-of-{num_shards}", "synthesis out folder", create=True):
         return _write_folder(synth, input_dir, out_dir, spec, times, sources, names, settings, started,
-                             after_image, on_start, writer_thread)
+                             after_image, on_start, writer_thread, noise)
 
 
 def _write_folder(synth: Synthesizer, input_dir: Path, out_dir: Path, spec: SynthesisSpec, times: ScaleTimes,
                   sources: list[Path], names: dict[Path, str], settings: dict[str, Any], started: float,
                   after_image: Callable[[str], None] | None, on_start: Callable[[], None] | None,
-                  writer_thread: bool | None) -> FolderSummary:
+                  writer_thread: bool | None, noise: StochasticOption | None = None) -> FolderSummary:
     """:func:`write_lr_dataset` once its settings are known and its out folder is held."""
     from degflow.infra.console import progress_bar
 
@@ -449,12 +467,13 @@ def _write_folder(synth: Synthesizer, input_dir: Path, out_dir: Path, spec: Synt
             continue
         name = names[path]
         outputs = [_Output("hr", "hr", 1.0, f"HR/{name}")]
-        for kind in ("degflow", *baselines):
-            prefix = "" if kind == "degflow" else f"baselines/{kind}/"
+        sets = [("degflow", "", None), *((b, f"baselines/{b}/", None) for b in baselines),
+                *(("stochastic", f"samples/{k}/", k) for k in range(spec.samples if noise is not None else 0))]
+        for kind, prefix, sample in sets:
             for s in scales:
                 for sz in sizes:
                     folder = "LR" if sz == "lr" or size == "hr" else "LR_hrsize"
-                    outputs.append(_Output(kind, sz, s, f"{prefix}{folder}/{scale_key(s)}/{name}"))
+                    outputs.append(_Output(kind, sz, s, f"{prefix}{folder}/{scale_key(s)}/{name}", sample))
         own.update(out_dir / o.rel for o in outputs)
         items.append(_Item(path, source, name,
                            [o for o in outputs if not (o.rel in recorded and (out_dir / o.rel).is_file())]))
@@ -468,7 +487,8 @@ def _write_folder(synth: Synthesizer, input_dir: Path, out_dir: Path, spec: Synt
     bar = progress_bar(requested=spec.progress, total=len(todo), unit="img", desc="synthesize")
     job = _FolderJob(synth, out_dir, times, baselines, lr_root, spec.procedural_seed,
                      manifest, failed_file, bar, after_image, hr_size_output,
-                     writer_thread=synth.device.type == "cuda" if writer_thread is None else writer_thread)
+                     writer_thread=synth.device.type == "cuda" if writer_thread is None else writer_thread,
+                     noise=noise, noise_seed=spec.noise_seed, samples=spec.samples)
     groups: dict[tuple[int, int], list[_Item]] = {}
     for item in todo:                           # batches of equal size, sized from the file headers
         try:
@@ -597,8 +617,10 @@ class _FolderJob:
     def __init__(self, synth: Synthesizer, out_dir: Path, times: ScaleTimes, baselines: tuple[str, ...],
                  lr_root: Path | None, seed: int, manifest: Path, failed_file: Path, bar,
                  after_image: Callable[[str], None] | None, hr_size_output: str = "decoded",
-                 writer_thread: bool = False):
+                 writer_thread: bool = False, noise: StochasticOption | None = None, noise_seed: int = 0,
+                 samples: int = 1):
         self.synth, self.out_dir, self.times = synth, out_dir, times
+        self.noise, self.noise_seed, self.samples = noise, noise_seed, samples
         self.scales = list(times)
         self.hr_size_output = hr_size_output
         self.baselines, self.lr_root, self.seed = baselines, lr_root, seed
@@ -713,7 +735,7 @@ class _FolderJob:
         """The model outputs of a checked batch: ``{kind: (result, {image index: row of the result})}``."""
         synth = self.synth
         results: dict[str, tuple[SynthesisResult, dict[int, int]]] = {}
-        needed = sorted({o.scale for it in batch for o in it.pending if o.kind == "degflow"})
+        needed = sorted({o.scale for it in batch for o in it.pending if o.kind in ("degflow", "stochastic")})
         if needed:
             result = synth.generate(hr, self.times, decode=needed)
             results["degflow"] = (result, {b: b for b in range(len(batch))})
@@ -731,6 +753,7 @@ class _FolderJob:
         one at a time (a paper-size image at 30 scales would not fit in memory three times over);
         anything that can fail for a reason known in advance was checked by :meth:`_check`."""
         degraded: dict[float, tuple[torch.Tensor, int, float]] = {}     # procedural: scale -> (LR, seed, s)
+        sampled: dict[tuple[float, int], tuple[torch.Tensor, torch.Tensor, int]] = {}   # (scale, k) -> (LR, noisy, seed)
         height, width = hr.shape[-2:]
         for out in item.pending:
             entry: dict[str, Any] = {"source": item.source, "output": out.rel, "kind": out.kind, "size": out.size,
@@ -751,6 +774,19 @@ class _FolderJob:
                 lr, seed, seconds = degraded[out.scale]
                 image = lr if out.size == "lr" else upsample_to(lr, height, width)   # = degrade(size="hr")
                 entry.update(t=None, seed=seed, seconds=seconds)
+            elif out.kind == "stochastic":                  # noise at true LR size on the deterministic LR
+                result, rows = results["degflow"]
+                decoded = result.images[out.scale][rows[b]]
+                key = (out.scale, out.sample)
+                if key not in sampled:
+                    lr = resize_to_lr(decoded, out.scale)
+                    seed = self.noise.seeds(self.noise_seed, [item.name[: -len(".png")]], out.scale, out.sample)[0]
+                    sampled[key] = (lr, self.noise.sample(lr[None], out.scale, [seed])[0], seed)
+                lr, noisy, seed = sampled[key]
+                image = noisy if out.size == "lr" else noisy_at_hr_size(decoded[None], lr[None], noisy[None], out.scale,
+                                                                       self.hr_size_output)[0]
+                entry.update(nfe=result.nfe, tiles=result.tiles, seconds=result.seconds / len(rows), solver=self.solver,
+                             sample=out.sample, seed=seed, **self.noise.record(self.noise_seed, self.samples))
             else:
                 result, rows = results[out.kind]
                 image = result.images[out.scale][rows[b]]

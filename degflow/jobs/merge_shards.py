@@ -5,7 +5,8 @@ manifest per shard in the dataset folder, ``manifest.shard{i}-of-{N}.jsonl``: on
 per output file with at least ``source``, ``output`` (path under OUT_DIR), ``kind``
 (``hr``, ``degflow`` or a baseline), ``size`` and ``scale``. This command checks that
 
-- every (image, output kind, size, scale) was produced exactly once: no output in two shard
+- every (image, output kind, size, scale, sample) was produced exactly once (``sample``: the
+  stochastic option's sample index, absent elsewhere): no output in two shard
   manifests, no image with a scale that the other images have and it lacks;
 - every listed file exists;
 - every line is whole and its checksum holds (a damaged line blocks the merge: re-running that
@@ -113,7 +114,7 @@ def verify_shards(out_dir: str | Path, input_dir: str | Path | None = None) -> V
             if output in owner and owner[output] != index:
                 result.problems.append(f"{output} is listed by shard {owner[output]} and shard {index}")
                 continue
-            key = (entry["source"], entry["kind"], entry["size"], float(entry["scale"]))
+            key = (entry["source"], entry["kind"], entry["size"], float(entry["scale"]), entry.get("sample"))
             if by_key.get(key, output) != output:
                 result.problems.append(f"{entry['source']} ({entry['kind']}, {entry['size']}, x{entry['scale']}) has two "
                                        f"outputs: {by_key[key]} and {output}")
@@ -141,15 +142,15 @@ def _read_failures(path: Path) -> tuple[list[dict], int]:
 
 
 def _check_complete(result: Verification, input_dir: str | Path | None) -> None:
-    """Every image has every (kind, size, scale) that any image has, and its HR copy."""
+    """Every image has every (kind, size, scale, sample) that any image has, and its HR copy."""
     per_source: dict[str, set[tuple]] = {}
     for e in result.entries.values():
-        per_source.setdefault(e["source"], set()).add((e["kind"], e["size"], float(e["scale"])))
+        per_source.setdefault(e["source"], set()).add((e["kind"], e["size"], float(e["scale"]), e.get("sample")))
     union = set().union(*per_source.values()) if per_source else set()
     for source, have in sorted(per_source.items()):
         missing = sorted(union - have)
         if missing:
-            shown = ", ".join(f"{k}/{s}/x{v:g}" for k, s, v in missing[:6])
+            shown = ", ".join(f"{k}/{s}/x{v:g}" + ("" if n is None else f"/sample{n}") for k, s, v, n in missing[:6])
             result.problems.append(f"{source}: {len(missing)} output(s) missing ({shown}{', ...' if len(missing) > 6 else ''})")
     if input_dir is not None:
         from degflow.data.images import find_images
@@ -167,7 +168,8 @@ def merge_shards(out_dir: str | Path, input_dir: str | Path | None = None) -> Ve
     result = verify_shards(out_dir, input_dir)
     if result.ok:
         entries = sorted(result.entries.values(),
-                         key=lambda e: (e["source"], e["kind"] != "hr", e["kind"], e["size"], float(e["scale"])))
+                         key=lambda e: (e["source"], e["kind"] != "hr", e["kind"], e["size"], float(e["scale"]),
+                                        e.get("sample", -1)))
         atomic_write_text(Path(out_dir) / MERGED, "".join(checked_line({k: v for k, v in e.items() if k != "check"})
                                                            + "\n" for e in entries))
     return result

@@ -26,6 +26,15 @@ deterministic).
 
 Lower is better for both; 0 when the generated degradation equals the real one.
 
+Spectrum distance (:func:`spectrum_distance`). KL and AKLD see the residuals' histogram and local
+variance, not their correlation: white noise of the right variance passes them. The residuals'
+radially averaged power spectra (8-bit residuals, mean removed, 2-D Hann window) in
+:data:`SPECTRUM_BANDS` equal bands of radial frequency up to the LR image's Nyquist frequency
+(``0.5 / scale`` cycles per pixel of images stored at HR size; 0.5 at true LR size) are compared
+band by band: ``mean_k |10 log10(P_gen[k] / P_real[k])|`` in dB (a log-spectral distance; lower is
+better, 0 when the spectra agree). By the Wiener-Khinchin theorem this is the comparison of the
+residuals' spatial autocorrelations, read in the frequency domain.
+
 :func:`noise_sigma` is a no-reference noise level of one grey image (Immerkaer 1996).
 All functions take images in [-1, 1], ``[B, 3, H, W]`` (or ``[3, H, W]``), every image of a
 triple the same size, and return ``[B]`` float64 tensors.
@@ -50,6 +59,9 @@ __all__ = [
     "local_variance",
     "akld",
     "noise_sigma",
+    "SPECTRUM_BANDS",
+    "residual_spectrum",
+    "spectrum_distance",
 ]
 
 #: Histogram bin width on the 8-bit residual scale, and the half range: bins [-260, 260).
@@ -152,6 +164,60 @@ def akld(generated: Tensor, real: Tensor, hr: Tensor) -> Tensor:
     v_real = local_variance(residual_8bit(real, hr) / 255.0)
     rho = (v_gen / v_real).clamp(_RATIO_MIN, _RATIO_MAX)
     return (0.5 * (rho - 1.0 - torch.log(rho))).flatten(1).mean(dim=1)
+
+
+#: Radial frequency bands of :func:`spectrum_distance`.
+SPECTRUM_BANDS = 8
+
+
+def residual_spectrum(residual: Tensor, max_frequency: float = 0.5, bands: int = SPECTRUM_BANDS) -> Tensor:
+    """Radially averaged power spectrum of residuals ``[B, C, H, W]`` -> ``[B, bands]`` float64.
+
+    Per image: mean removed per channel, 2-D Hann window (scaled so ``mean(w^2) = 1``), ``|FFT|^2 / (H W)``
+    averaged over the channels and over the frequency bins whose radius (cycles per pixel) lies in
+    each of ``bands`` equal bands of ``(0, max_frequency]`` (DC excluded). A band without bins
+    (a tiny image) is NaN.
+    """
+    if residual.ndim != 4 or min(residual.shape[-2:]) < 2:
+        raise ValueError(f"residual_spectrum: expected [B, C, H, W] with H, W >= 2, got {tuple(residual.shape)}")
+    if not 0 < max_frequency <= 0.5 or bands < 1:
+        raise ValueError(f"residual_spectrum: max_frequency must be in (0, 0.5] and bands >= 1, got "
+                         f"{max_frequency!r}, {bands!r}")
+    x = residual.to(torch.float64)
+    h, w = x.shape[-2:]
+    win = torch.hann_window(h, periodic=False, dtype=torch.float64, device=x.device)[:, None] \
+        * torch.hann_window(w, periodic=False, dtype=torch.float64, device=x.device)[None, :]
+    win = win / win.pow(2).mean().sqrt()
+    x = (x - x.mean(dim=(-2, -1), keepdim=True)) * win
+    power = torch.fft.fft2(x).abs().pow(2).mean(1) / (h * w)                         # [B, H, W]
+    fy = torch.fft.fftfreq(h, dtype=torch.float64, device=x.device)[:, None]
+    fx = torch.fft.fftfreq(w, dtype=torch.float64, device=x.device)[None, :]
+    radius = (fy * fy + fx * fx).sqrt()                                                # [H, W]
+    band = torch.ceil(radius / max_frequency * bands).long() - 1                       # (edge_k, edge_k+1] -> k
+    valid = (radius > 0) & (band < bands)
+    idx = band[valid]
+    sums = torch.zeros(x.shape[0], bands, dtype=torch.float64, device=x.device)
+    sums.index_add_(1, idx, power[:, valid])
+    counts = torch.bincount(idx, minlength=bands).to(torch.float64)
+    return sums / counts.where(counts > 0, torch.tensor(float("nan"), dtype=torch.float64, device=x.device))
+
+
+def spectrum_distance(generated: Tensor, real: Tensor, hr: Tensor, scale: float = 1.0,
+                      bands: int = SPECTRUM_BANDS) -> Tensor:
+    """Log-spectral distance (dB) of the generated vs the real residual ``LR - HR``, per image ``[B]``.
+
+    ``mean_k |10 log10(P_gen[k] / P_real[k])|`` over the bands of :func:`residual_spectrum` up to the
+    LR Nyquist frequency ``0.5 / scale`` (``scale``: how much larger than the LR image the given
+    images are; 1 at true LR size). Residuals on the 8-bit scale, as for :func:`histogram_kl`.
+    """
+    generated, real, hr = _triple(generated, real, hr)
+    if not scale >= 1.0:
+        raise ValueError(f"spectrum_distance: scale must be >= 1 (images stored at HR size: the LR scale), got {scale!r}")
+    limit = 0.5 / float(scale)
+    p_gen = residual_spectrum(residual_8bit(generated, hr), limit, bands)
+    p_real = residual_spectrum(residual_8bit(real, hr), limit, bands)
+    ratio = (10.0 * torch.log10(p_gen.clamp_min(1e-12) / p_real.clamp_min(1e-12))).abs()
+    return ratio.nanmean(dim=1)
 
 
 def noise_sigma(gray: Tensor) -> Tensor:
