@@ -33,7 +33,8 @@ LAYERS: dict[int, tuple[tuple[str, ...], str]] = {
 TOP_LEVEL = {"degflow": 0, "degflow._moved": 0, "degflow.__main__": 6}
 #: folders / modules of one layer that must not import each other (independent jobs).
 SEPARATE_JOBS = ("degflow.training", "degflow.jobs.lr_dataset", "degflow.jobs.evaluation",
-                 "degflow.jobs.sweep_report", "degflow.jobs.merge_shards", "degflow.jobs.convert_official")
+                 "degflow.jobs.sweep_report", "degflow.jobs.merge_shards", "degflow.jobs.convert_official",
+                 "degflow.jobs.noise_fit")
 
 
 def _module_name(path: Path) -> str:

@@ -41,6 +41,7 @@ TRAINING_SETS: dict[str, str] = {
     "degflow": "(d) degflow-generated LR at the generation scales + the real pairs",
     "oracle": "(e) real pairs at the test scales (and every generation scale where they exist)",
     "degflow_photos": "(f) (d) + degflow-generated LR of extra HR-only photos",
+    "degflow_stochastic": "(g) (d) with N stochastic samples per HR (degflow + fitted noise) for the degflow LR",
 }
 
 
@@ -123,7 +124,7 @@ def load_pairs(pairs: Sequence[Pair]) -> list[tuple[Tensor, Tensor, float]]:
 
 def training_set(name: str, *, real: PairFolder | None, generated: str | Path | None, hr_root: str | Path,
                  real_scales: Sequence[float], gen_scales: Sequence[float], test_scales: Sequence[float],
-                 photos: Sequence[str | Path] = ()) -> list[PairFolder]:
+                 photos: Sequence[str | Path] = (), samples: Sequence[str | Path] = ()) -> list[PairFolder]:
     """The pair folders of training set ``name`` (:data:`TRAINING_SETS`, config key ``trainset``).
 
     Args:
@@ -136,6 +137,8 @@ def training_set(name: str, *, real: PairFolder | None, generated: str | Path | 
         gen_scales: the (continuous) scales of the generated sets.
         test_scales: the scales the SR network is tested at (the oracle's scales).
         photos: ``synthesize.py`` outputs of extra HR-only photos at ``gen_scales`` (set f).
+        samples: the sample folders ``samples/{k}`` of a ``synthesize.py noise=... samples=N`` output
+            of the training HR images (set g; its ``HR/`` two levels up).
     """
     if name not in TRAINING_SETS:
         raise ValueError(f"trainset={name!r} is not one of {list(TRAINING_SETS)}")
@@ -162,6 +165,11 @@ def training_set(name: str, *, real: PairFolder | None, generated: str | Path | 
     if name == "oracle":
         extra = [s for s in gen_scales if real is not None and s in real.lr_dirs and s not in test_scales]
         return [real_at(sorted({*test_scales, *extra}), "the test scales sr_setup.test_scales")]
+    if name == "degflow_stochastic":
+        if not samples:
+            raise ValueError("trainset=degflow_stochastic needs stochastic samples (stochastic.noise=<noise model>)")
+        return [*(pair_folder(p, gen_scales, f"degflow_stochastic:{Path(p).name}", hr_root=Path(p).parent.parent,
+                              key="gen_scales") for p in samples), real_at(real_scales, "sr_setup.real_scales")]
     sets = [gen("", "degflow"), real_at(real_scales, "sr_setup.real_scales")]
     if name == "degflow_photos":
         if not photos:

@@ -8,8 +8,11 @@ deterministic LR **at true LR size**, where sensor noise lives (docs/STOCHASTIC.
 and not in the latent). ``strength`` scales the noise: 0 returns the deterministic LR exactly,
 1 the fitted noise, > 1 more of it.
 
-Seeds: sample ``k`` of image ``name`` at scale ``s`` draws its noise from
-``noise_seed(seed, name, s, k)`` (:func:`degflow.baselines.noise.noise_seed`), so it depends on
+The same option is :class:`~degflow.generation.Degrader`'s noise hook (``degrader(hr, s, noise=option,
+seed=...)``: the SR training loops' online path, where one generator per batch draws the samples in order).
+
+Seeds (datasets, evaluation, :meth:`Synthesizer.__call__`): sample ``k`` of image ``name`` at scale
+``s`` draws its noise from ``noise_seed(seed, name, s, k)`` (:func:`degflow.baselines.noise.noise_seed`), so it depends on
 nothing else: not the order, batch, shard or device of the run, nor the other scales or samples.
 """
 
@@ -26,7 +29,6 @@ from torch import Tensor
 from degflow.baselines.noise import NoiseModel, load_noise_model, noise_seed
 from degflow.core.resize import lr_at_hr_size
 from degflow.infra.checks import check_number
-from degflow.infra.files import file_sha256
 
 __all__ = ["StochasticOption", "noisy_at_hr_size"]
 
@@ -50,13 +52,13 @@ class StochasticOption:
         will be used with; a model fitted for another checkpoint (its ``meta``) is refused, naming
         ``key``, because its residual statistics belong to that checkpoint's LR."""
         check_number(strength, "strength", low=0.0)
-        model = load_noise_model(path, key=key)
+        model, sha256 = load_noise_model(path, key=key, with_digest=True)
         fitted_for = model.meta.get("checkpoint_sha256")
         if checkpoint_sha256 is not None and fitted_for is not None and fitted_for != checkpoint_sha256:
             raise ValueError(f"{key}={str(path)!r} was fitted for the checkpoint with sha256 {str(fitted_for)[:12]}..., "
                              f"not this one ({checkpoint_sha256[:12]}...); fit one for this checkpoint: "
                              "python -m degflow fit-noise ckpt=<this checkpoint> ...")
-        return cls(model=model, strength=float(strength), sha256=file_sha256(path))
+        return cls(model=model, strength=float(strength), sha256=sha256)
 
     def seeds(self, base: int, images: Sequence[str], scale: float, sample: int = 0) -> list[int]:
         """The seed of sample ``sample`` of each image at ``scale`` (:func:`noise_seed`)."""
@@ -67,6 +69,12 @@ class StochasticOption:
         sample; image b's noise from ``seeds[b]`` alone. Strength 0 returns ``lr`` unchanged (a copy)."""
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         return self.model.sample(lr, scale, generators, strength=self.strength)
+
+    def __call__(self, lr: Tensor, scale: float, generator: torch.Generator) -> Tensor:
+        """The :class:`~degflow.generation.degrade.NoiseHook` of :class:`~degflow.generation.Degrader`:
+        ``degrader(hr, scale, noise=option, seed=...)`` adds a sample to each true-size LR ``[1, 3, h, w]``,
+        drawn from the call's ``generator``."""
+        return self.model.sample(lr, scale, generator, strength=self.strength)
 
     def record(self, base_seed: int, samples: int) -> dict[str, Any]:
         """What results files and manifests record about the option."""

@@ -157,13 +157,16 @@ def _requested(scales: Sequence[float] | None, sources: Mapping[str, Sequence[fl
     return sorted(set(wanted))
 
 
-def evaluation_split(bundle: Any):
-    """The images a data option offers for evaluation.
+def evaluation_split(bundle: Any, split: str = "test"):
+    """The images a data option offers for evaluation (config key ``eval.split``).
 
-    The data option's test split (``bundle.test``: full, uncropped images, read from disk
-    only now). Training and sweeps never read it; they validate on ``bundle.val``.
+    ``test`` (the default): the data option's test split (``bundle.test``: full, uncropped images,
+    read from disk only now); training and sweeps never read it. ``val``: the validation split
+    (``bundle.val``, centre-cropped as training validates), where settings may be compared and chosen.
     """
-    return bundle.test
+    if split not in ("test", "val"):
+        raise ValueError(f"eval.split={split!r} is not one of ['test', 'val']")
+    return bundle.test if split == "test" else bundle.val
 
 
 def load_model(ckpt: str | Path, device: str, solver: Mapping[str, Any] | None, precision: str = "fp32",
@@ -786,9 +789,10 @@ def run(config: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
                            config["tile_size"], config["tile_overlap"])
         data_settings = dict(config["data"])
         data = build_data(option_of_target(data_settings.pop("_target_", "")), **data_settings)
-        result = evaluate_dataset(synth, evaluation_split(data), data.val_scales, scales, settings,
+        split = ev.get("split", "test")
+        result = evaluate_dataset(synth, evaluation_split(data, split), data.val_scales, scales, settings,
                                   description=data.description)
-        result.settings["checkpoint"] = str(config["ckpt"])
+        result.settings.update(checkpoint=str(config["ckpt"]), split=split)
         model_row = "stochastic" if "stochastic" in result.methods else "degflow"
         objective = result.objective(model_row, metric) if model_row in result.methods else None
     paths = write_results(result, out, objective)

@@ -7,6 +7,8 @@ One command, a Hydra multirun with one job per (training set, network, seed)::
         trainset=bicubic,procedural,real,degflow,degflow_photos seed=0,1
     python -m degflow sr-compare -m sr_setup=demo ckpt=<demo lfm checkpoint> \\
         trainset=bicubic,procedural,real,degflow,oracle,degflow_photos seed=0
+    python -m degflow sr-compare -m ... trainset=degflow,degflow_stochastic,online_degflow_stochastic \
+        stochastic.noise=<noise model of ckpt> seed=0,1            # many stochastic LR per HR (docs/STOCHASTIC.md)
     # on SLURM, one job per training set and seed: add hydra/launcher=cpu (or gpu)
 
 Each job (``conf/sr_compare.yaml``):
@@ -44,13 +46,18 @@ METRICS = ("psnr_y", "ssim_y", "lpips")
 NEEDS_GENERATION = ("bicubic", "procedural", "degflow", "degflow_photos")
 #: training sets degraded on the fly (:mod:`degflow.sr.online`): trainset -> ``online.degradation``.
 ONLINE_SETS: dict[str, str] = {"online_degflow": "degflow", "online_procedural": "procedural",
-                               "online_bicubic": "bicubic"}
+                               "online_bicubic": "bicubic", "online_degflow_stochastic": "degflow"}
 #: what each online set holds (the table's legend).
 ONLINE_DESCRIPTIONS: dict[str, str] = {
-    name: f"the training HR images degraded on the fly by {deg}, a new scale per batch from online.scale_range"
+    name: f"the training HR images degraded on the fly by {deg}"
+          + (" plus a new noise sample (stochastic.*)" if name.endswith("_stochastic") else "")
+          + ", a new scale per batch from online.scale_range"
     for name, deg in ONLINE_SETS.items()}
+#: the training sets that use the stochastic option (config node ``stochastic``).
+STOCHASTIC_SETS = ("degflow_stochastic", "online_degflow_stochastic")
 #: row order of the tables.
-TABLE_ORDER = ("bicubic", "procedural", "real", "degflow", "oracle", "degflow_photos", *ONLINE_SETS)
+TABLE_ORDER = ("bicubic", "procedural", "real", "degflow", "oracle", "degflow_photos", "degflow_stochastic",
+               *ONLINE_SETS)
 
 
 @contextlib.contextmanager
@@ -103,8 +110,9 @@ def _prepare_demo(setup: dict, root: Path) -> None:
                       **wanted})
 
 
-def _generate(cfg: dict, hr_dir: Path, out_dir: Path, baselines: list[str]) -> float:
-    """``synthesize.py``'s job on ``hr_dir`` at the generation scales (resumes; cached); wall seconds."""
+def _generate(cfg: dict, hr_dir: Path, out_dir: Path, baselines: list[str], stochastic: dict | None = None) -> float:
+    """``synthesize.py``'s job on ``hr_dir`` at the generation scales (resumes; cached); wall seconds.
+    ``stochastic``: the config's ``stochastic`` node (noise, samples, strength, seed) for set (g)."""
     from degflow.generation import Synthesizer
     from degflow.jobs.lr_dataset import write_lr_dataset
 
@@ -112,8 +120,10 @@ def _generate(cfg: dict, hr_dir: Path, out_dir: Path, baselines: list[str]) -> f
     start = time.perf_counter()
     with _locked(out_dir.parent / f".{out_dir.name}.lock"):
         synth = Synthesizer.from_checkpoint(cfg["ckpt"], device=cfg["device"])
+        noise = {} if stochastic is None else {"noise": stochastic["noise"], "samples": stochastic["samples"],
+                                               "strength": stochastic["strength"], "noise_seed": stochastic["seed"]}
         summary = write_lr_dataset(synth, hr_dir, out_dir, [float(s) for s in setup["gen_scales"]], size="lr",
-                                   baselines=baselines, procedural_seed=cfg["procedural_seed"], progress=False)
+                                   baselines=baselines, procedural_seed=cfg["procedural_seed"], progress=False, **noise)
     if summary.failed:
         raise RuntimeError(f"generation failed for {summary.failed} image(s) of {hr_dir}: see {out_dir}/failed.jsonl")
     seconds = time.perf_counter() - start
@@ -181,10 +191,32 @@ def prepare(cfg: dict) -> dict[str, Any]:
                 out = gen_root / f"photos-{Path(p).name}"
                 gen_seconds[out.name] = _generate(cfg, Path(p).resolve(), out, [])
                 photos.append(out)
+    samples = []
+    if name == "degflow_stochastic":
+        st = _stochastic(cfg)
+        gen_root = cache / f"gen-{file_sha256(cfg['ckpt'])[:12]}"
+        out = gen_root / (f"stochastic-{st['noise_sha256'][:12]}-strength{float(st['strength']):g}"
+                          f"-n{st['samples']}-seed{st['seed']}")
+        gen_seconds[out.name] = _generate(cfg, src / "train" / "HR", out, [], stochastic=st)
+        samples = [out / "samples" / str(k) for k in range(int(st["samples"]))]
+        generated = out
     folders = training_set(name, real=real, generated=generated, hr_root=generated, real_scales=setup["real_scales"],
-                           gen_scales=setup["gen_scales"], test_scales=setup["test_scales"], photos=photos)
+                           gen_scales=setup["gen_scales"], test_scales=setup["test_scales"], photos=photos,
+                           samples=samples)
     return {"folders": folders, "tests": test_pairs, "generation_seconds": gen_seconds,
             "generation_cache": str(generated.parent) if generated else None}
+
+
+def _stochastic(cfg: dict) -> dict[str, Any]:
+    """The ``stochastic`` node of a stochastic training set, with the noise file's digest; ValueError
+    naming ``stochastic.noise`` without one."""
+    from degflow.baselines.noise import load_noise_model
+
+    st = dict(cfg["stochastic"])
+    if not st.get("noise"):
+        raise ValueError(f"trainset={cfg['trainset']} needs stochastic.noise=<a noise model file of ckpt> "
+                         "(python -m degflow fit-noise)")
+    return {**st, "noise_sha256": load_noise_model(st["noise"], key="stochastic.noise", with_digest=True)[1]}
 
 
 def _test_pairs(cfg: dict, tests: dict[str, list]) -> dict[str, list]:
@@ -279,6 +311,7 @@ def run_job(cfg: dict, run_dir: Path) -> dict:
         "generation_seconds": prep["generation_seconds"], "generation_cache": prep["generation_cache"],
         "eval_seconds": time.perf_counter() - start, "scores": scores, "bicubic_interpolation": reference,
         "ckpt": str(cfg["ckpt"]), "settings": sr,
+        **({"stochastic": _stochastic(cfg)} if cfg["trainset"] in STOCHASTIC_SETS else {}),
         "online": None if online is None else {"degradation": online["degradation"].describe(),
                                                "scales": online["log"].summary(), "hr_crop": online["hr_crop"],
                                                "scale_range": online["scale_range"], "per": online["per"]},
@@ -298,8 +331,12 @@ def _online(cfg: dict, hr_dir: Path, settings, device, run_dir: Path) -> dict[st
     if cfg["sr"]["network"] == "edsr" and low != high:
         raise ValueError(f"sr.network=edsr is a fixed-scale network: online.scale_range must be one scale "
                          f"[s, s], got {on['scale_range']}")
+    noise = {}
+    if cfg["trainset"] in STOCHASTIC_SETS:
+        st = _stochastic(cfg)
+        noise = {"noise": st["noise"], "strength": st["strength"]}
     degradation = build_online_degradation(name, {"ckpt": cfg["ckpt"], "device": device, "max_scale": on["max_scale"],
-                                                  "solver": on["solver"]})
+                                                  "solver": on["solver"], **noise})
     sampler = ScaleSampler(low, high, on["per"])
     scale_log = ScaleLog()
     batcher = OnlineBatcher(degradation, sampler, settings.lr_patch, on["hr_crop"], log=scale_log)
@@ -333,7 +370,7 @@ def aggregate(results: list[dict]) -> dict:
                         continue
                     cells[_label(test, key)] = {m: list(mean_sd([r["scores"][test]["summary"][key][m] for r in runs]))
                                                 for m in METRICS}
-            out[net][t] = {"cells": cells, "seeds": [r["seed"] for r in runs],
+            out[net][t] = {"cells": cells, "seeds": [r["seed"] for r in runs], "stochastic": runs[0].get("stochastic"),
                            "train_seconds": list(mean_sd([r["training"]["seconds_total"] for r in runs])),
                            "generation_seconds": runs[0]["generation_seconds"],
                            "threads": sorted({r["threads"] for r in runs}), "pairs": runs[0]["training_pairs"]}
@@ -373,6 +410,13 @@ def markdown(agg: dict, generation: dict[str, float]) -> str:
     shown = {t for sets in agg.values() for t in sets}
     lines.append("Training sets: " + "; ".join(f"`{k}` {v}" for k, v in {**TRAINING_SETS, **ONLINE_DESCRIPTIONS}.items()
                                                if k in shown) + ".")
+    for net, sets in agg.items():
+        for t in STOCHASTIC_SETS:
+            st = (sets.get(t) or {}).get("stochastic")
+            if st:
+                many = f"{st['samples']} samples per HR image and scale, " if t == "degflow_stochastic" else ""
+                lines.append(f"{t} ({net}): {many}strength {st['strength']:g}, noise_seed {st['seed']}, noise model "
+                             f"sha256 {st['noise_sha256'][:12]}.")
     lines.append("Mean ± sample SD over the seeds listed (SR training seeds; the data and the degflow model are "
                  "the same for every seed); bold = best PSNR-Y per column. Y channel BT.601 in [16, 235], "
                  "data range 255, border shave = ceil(scale), SSIM on Y, LPIPS AlexNet on RGB.")

@@ -204,7 +204,13 @@ def _degflow(options: Mapping[str, Any]) -> OnlineDegradation:
     solver = SolverSpec.create(**solver) if isinstance(solver, Mapping) else solver
     deg = Degrader.from_checkpoint(options["ckpt"], device=options.get("device", "cpu"), solver=solver,
                                    precision=options.get("precision", "fp32"), max_scale=options.get("max_scale"))
-    return DegflowOnline(deg)
+    noise = None
+    if options.get("noise"):               # the stochastic option (degflow.generation.stochastic)
+        from degflow.generation.stochastic import StochasticOption
+
+        noise = StochasticOption.load(options["noise"], options.get("strength", 1.0),
+                                      checkpoint_sha256=deg.synth.checkpoint_sha256, key="stochastic.noise")
+    return DegflowOnline(deg, noise)
 
 
 # ----------------------------------------------------------------------------- scales
