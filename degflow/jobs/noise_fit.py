@@ -4,9 +4,9 @@ at true LR size and at the checkpoint's training knots -> a :class:`~degflow.bas
 ``python -m degflow fit-noise ckpt=<lfm> data=<the option it was trained on> out=noise.pt``.
 For every training image (the data option's ``train`` split only; validation and test images are
 never read): one ODE solve for all knots, each decoded LR resized to true LR size
-(:func:`~degflow.core.resize.resize_to_lr`, what ``synthesize.py`` writes), and the real LR at true
+(:func:`~degflow.core.resize.resize_to_lr`, what ``synthesize.py`` writes), the real LR at true
 LR size (the file itself where it is stored at true size, else the stored HR-size image resized the
-same way). ``crops`` random aligned crops of ``crop_size`` LR pixels per image and knot (seeded by
+same way) and the HR image resized the same way (the reference of the degradation residuals). ``crops`` random aligned crops of ``crop_size`` LR pixels per image and knot (seeded by
 ``seed``; ``crops=0``: the whole images, no randomness) are the fit's pairs. The file records the
 checkpoint's sha256, the data, split, crops and seed it came from.
 """
@@ -50,8 +50,8 @@ def real_lr_true_size(record: Any, scale: float, stored: Tensor) -> Tensor:
 
 
 def noise_fit_pairs(synth: Synthesizer, records: Sequence[Any], scales: Sequence[float], *, crops: int,
-                    crop_size: int, seed: int) -> list[tuple[Tensor, Tensor, float]]:
-    """``(predicted LR, real LR, scale)`` pairs at true LR size from ``records`` (objects with
+                    crop_size: int, seed: int) -> list[tuple[Tensor, Tensor, float, Tensor]]:
+    """``(predicted LR, real LR, scale, HR)`` at true LR size from ``records`` (objects with
     ``load(scales) -> (hr [3, H, W], lr [S, 3, H, W])``, the data options' records): whole images
     (``crops=0``) or ``crops`` random aligned crops of ``crop_size`` LR pixels (at most the image)
     per image and scale, drawn from ``torch.Generator().manual_seed(seed)`` in record order."""
@@ -63,8 +63,9 @@ def noise_fit_pairs(synth: Synthesizer, records: Sequence[Any], scales: Sequence
         for k, s in enumerate(scales):
             pred = resize_to_lr(decoded[s][0].cpu(), s)
             real = real_lr_true_size(rec, s, lrs[k])
+            ref = resize_to_lr(hr, s)                       # the HR image at true LR size
             if crops == 0:
-                pairs.append((pred, real, s))
+                pairs.append((pred, real, s, ref))
                 continue
             h, w = pred.shape[-2:]
             ch, cw = min(crop_size, h), min(crop_size, w)
@@ -72,7 +73,7 @@ def noise_fit_pairs(synth: Synthesizer, records: Sequence[Any], scales: Sequence
                 top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
                 left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
                 box = (..., slice(top, top + ch), slice(left, left + cw))
-                pairs.append((pred[box], real[box], s))
+                pairs.append((pred[box], real[box], s, ref[box]))
     return pairs
 
 
@@ -116,7 +117,7 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
     bundle = build_data(option_of_target(data_settings.pop("_target_", "")), **data_settings)
     f = config["fit"]
     model = fit_noise(synth, bundle, seed=config["seed"], crops=f["crops"], crop_size=f["crop_size"],
-                      intensity_bins=f["intensity_bins"], gradient_bins=f["gradient_bins"], patch=f["patch"],
+                      target=f["target"], intensity_bins=f["intensity_bins"], gradient_bins=f["gradient_bins"], patch=f["patch"],
                       radius=f["radius"], prior=f["prior"])
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)

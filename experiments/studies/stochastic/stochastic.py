@@ -2,7 +2,7 @@
 
 For one stage-2 checkpoint and its data option: fit the noise model once per seed (``python -m degflow
 fit-noise``, training split only, seeded random crops), then evaluate every test set with the
-deterministic LR, the stochastic samples and their mean (``python -m degflow.evaluate
+deterministic LR, the stochastic samples and their mean (``python -m degflow evaluate
 methods=[degflow,stochastic,stochastic_mean] eval.hr_size_output=from_lr``: LR at true LR size,
 scored against the real LR), the samples of seed S drawn with ``noise_seed=S``. The table puts the
 deterministic row beside each seed's stochastic row and says, per metric and scale, whether the
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             folder = out / name / f"seed-{seed}"
             if not (folder / "eval.json").is_file():
-                runner(["-m", "degflow.evaluate", f"ckpt={args.ckpt}", *args.data, *extra.split(),
+                runner(["-m", "degflow", "evaluate", f"ckpt={args.ckpt}", *args.data, *extra.split(),
                         f"noise={noise[seed]}", f"noise_seed={seed}", f"samples={args.samples}",
                         f"strength={args.strength}", f"methods={list_arg(METHODS)}", "eval.hr_size_output=from_lr",
                         "plots=false", *([f"scales={args.scales}"] if args.scales else []), f"out={folder}",
