@@ -126,7 +126,7 @@ def test_a_noise_model_of_another_checkpoint_is_refused(synth, noise_file, tmp_p
     other = Synthesizer.from_checkpoint(_checkpoint(tmp_path / "other.pt", seed=1))
     with pytest.raises(ValueError, match=r"noise=.*fitted for the checkpoint with sha256"):
         StochasticOption.load(noise_file, checkpoint_sha256=other.checkpoint_sha256)
-    with pytest.raises(ValueError, match="strength must be a finite number"):
+    with pytest.raises(ValueError, match="strength must be a .*number"):
         StochasticOption.load(noise_file, strength=-0.5)
 
 
@@ -251,3 +251,22 @@ def test_noise_fit_on_the_deterministic_lr_of_the_model_itself_is_near_zero(synt
     det = synth(hr, [4.0], size="lr")[4.0]
     model = fit([(det, det, 4.0)], patch=8, radius=3)
     assert float(model.variance.max()) < 1e-12
+
+
+# ------------------------------------------------------------------------------ degrade API / online SR
+def test_the_option_is_the_degrade_noise_hook_and_the_online_degradation_uses_it(ckpt, noise_file):
+    from degflow.generation import Degrader
+    from degflow.sr.online import build_online_degradation
+
+    deg = Degrader.from_checkpoint(ckpt)
+    opt = StochasticOption.load(noise_file, 1.0, checkpoint_sha256=deg.synth.checkpoint_sha256)
+    hr = torch.stack([_hr(30), _hr(31)])
+    det = deg(hr, 2.0).lr
+    a, b, c = (deg(hr, 2.0, noise=opt, seed=s).lr for s in (3, 3, 4))
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, det)
+    assert torch.equal(deg(hr, 2.0, noise=StochasticOption(opt.model, 0.0), seed=3).lr, det)
+    online = build_online_degradation("degflow", {"ckpt": str(ckpt), "noise": str(noise_file), "strength": 1.0})
+    first = online(hr, [2.0, 2.0], [3, 9])
+    assert all(torch.equal(x, y) for x, y in zip(first, a))        # the batch's first seed drives its generator
+    plain = build_online_degradation("degflow", {"ckpt": str(ckpt)})(hr, [2.0, 2.0], [3, 9])
+    assert all(torch.equal(x, y) for x, y in zip(plain, det))

@@ -267,7 +267,7 @@ def load_noise_model(path: str | Path, key: str = "noise", *, with_digest: bool 
     ckpt, digest = load_checkpoint(path, kind=None, key=key, with_digest=True)
     if ckpt.get("kind") != _KIND:
         raise CheckpointError(f"{key}={str(path)!r} is a {ckpt.get('kind')!r} checkpoint, not a noise model "
-                              "(write one with degflow.baselines.noise.fit and NoiseModel.save)")
+                              "(fit one with `python -m degflow fit-noise`)")
     try:
         model = NoiseModel.from_dict(ckpt["noise_model"])
     except (KeyError, ValueError) as err:
