@@ -78,7 +78,7 @@ def small_pairs(src: Path, dst: Path, names: list[str], hr_side: int = 96) -> li
 
 
 def test_split_rule_is_fixed_and_documented():
-    from experiments.reproduce.realsr_x4 import split_of
+    from degflow.data.sr_pairs import split_of
 
     split = split_of([f"Canon_{i:03d}" for i in range(50, 0, -1)])  # order of the input does not matter
     assert [len(split[k]) for k in ("train", "val", "test")] == [35, 5, 10]

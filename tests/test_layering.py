@@ -131,3 +131,13 @@ def test_the_documented_layer_table_is_this_one():
     rows = re.findall(r"^\| (\d) \| ([^|]+) \|", text, flags=re.M)
     documented = {int(n): tuple(re.findall(r"`(\w+)/`", folders)) for n, folders in rows}
     assert documented == {n: folders for n, (folders, _) in LAYERS.items()}
+
+
+def test_the_package_imports_nothing_above_it():
+    """Library code never imports the experiments, the tests or the top-level scripts (they sit above it)."""
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for name in names:
+                assert name.split(".")[0] not in ("experiments", "tests", "train", "synthesize"), (module, name)

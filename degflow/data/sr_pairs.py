@@ -19,6 +19,7 @@ For fractional scales the HR patch matches the LR patch to within half an HR pix
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +30,12 @@ from torch import Tensor
 from degflow.core.scales import check_scale, scale_key
 from degflow.data.images import find_images, read_image
 from degflow.data.transforms import NUM_DIHEDRAL, dihedral
+from degflow.infra.files import atomic_write_json
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TRAINING_SETS", "PairFolder", "Pair", "lr_folder", "pair_folder", "find_pairs", "load_pairs",
-           "training_set", "sample_patches", "aligned_patch"]
+           "training_set", "sample_patches", "aligned_patch", "split_of", "paired_files", "make_split"]
 
 #: The training sets of the comparison (config key ``trainset``), in table order, with what they hold.
 TRAINING_SETS: dict[str, str] = {
@@ -209,3 +213,53 @@ def aligned_patch(hr: Tensor, lr: Tensor, lr_patch: int, top: int, left: int) ->
     htop = min(round(top * ry), H - size)
     hleft = min(round(left * rx), W - size)
     return lr[..., top:top + lr_patch, left:left + lr_patch], hr[..., htop:htop + size, hleft:hleft + size]
+
+
+# ----------------------------------------------------------------- a fixed split of a paired folder
+def split_of(names: list[str]) -> dict[str, list[str]]:
+    """The fixed train / val / test split of a paired folder (the Canon x4 split of the results):
+    sorted names, position ``i % 5 == 4`` test, ``i % 10 == 2`` validation, the rest training.
+    Needs at least 5 names (one test, one val image)."""
+    names = sorted(names)
+    if len(names) < 5:
+        raise ValueError(f"need at least 5 HR/LR pairs for a train/val/test split, found {len(names)}")
+    out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for i, name in enumerate(names):
+        out["test" if i % 5 == 4 else "val" if i % 10 == 2 else "train"].append(name)
+    return out
+
+
+def paired_files(root: Path, scale: int, key: str) -> dict[str, tuple[Path, Path]]:
+    """``{name: (HR file, x{scale} file)}`` of a ``HR/`` + ``x{scale}/`` tree (names present in both;
+    names without a partner are skipped with a warning). ValueError naming ``key`` without the folders."""
+    root = Path(root)
+    hr_dir, lr_dir = root / "HR", root / f"x{scale}"
+    if not hr_dir.is_dir() or not lr_dir.is_dir():
+        raise ValueError(f"{key}={str(root)!r} must hold HR/ and x{scale}/ folders")
+    hr = {p.stem: p for p in find_images(hr_dir, recursive=False)}
+    lr = {p.stem: p for p in find_images(lr_dir, recursive=False)}
+    missing = sorted(set(hr) ^ set(lr))
+    if missing:
+        log.warning("%s: %d names without a partner skipped: %s", key, len(missing), missing[:5])
+    return {n: (hr[n], lr[n]) for n in sorted(set(hr) & set(lr))}
+
+
+def make_split(root: Path, out: Path, scale: int, key: str) -> dict[str, list[str]]:
+    """The :func:`split_of` split of a ``HR/`` + ``x{scale}/`` tree as a symlink tree
+    ``out/{train,val,test}/{HR,x{scale}}/`` plus ``out/split.json``; idempotent."""
+    pairs = paired_files(root, scale, key)
+    split = split_of(list(pairs))
+    for part, names in split.items():
+        for name in names:
+            for sub, src in zip(("HR", f"x{scale}"), pairs[name]):
+                link = Path(out) / part / sub / src.name
+                link.parent.mkdir(parents=True, exist_ok=True)
+                if link.is_symlink() or link.exists():
+                    if link.resolve() == src.resolve():
+                        continue
+                    link.unlink()
+                link.symlink_to(src.resolve())
+    atomic_write_json(Path(out) / "split.json", {"source": str(Path(root).resolve()),
+                                                 "rule": "sorted names; i % 5 == 4 test, i % 10 == 2 val, else train",
+                                                 **split})
+    return split

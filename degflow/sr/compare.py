@@ -148,17 +148,13 @@ def prepare(cfg: dict) -> dict[str, Any]:
     setup, name = cfg["sr_setup"], cfg["trainset"]
     cache = Path(cfg["cache"])
     if setup["kind"] == "realsr_x4":
-        try:        # the fixed Canon split of experiments/reproduce/realsr_x4.py (run from the repository root)
-            from experiments.reproduce.realsr_x4 import make_split
-        except ImportError as err:
-            raise ValueError(f"sr_setup=realsr_x4 needs the Canon split rule of experiments/reproduce/realsr_x4.py: run "
-                             f"from the repository root ({err})") from None
+        from degflow.data.sr_pairs import make_split  # the fixed Canon split of the results
 
         canon, nikon = Path(setup["canon"]).resolve(), Path(setup["nikon"]).resolve()
         if canon == nikon:
             raise ValueError("sr_setup.canon and sr_setup.nikon are the same folder; Nikon is evaluation-only")
         with _locked(cache / ".split.lock"):
-            make_split(canon, cache / "split")
+            make_split(canon, cache / "split", 4, "sr_setup.canon")
         src = cache / "split"
         tests = {"canon_test": [pair_folder(src / "test", setup["test_scales"], "canon_test")],
                  "nikon": [pair_folder(nikon, setup["test_scales"], "nikon")]}

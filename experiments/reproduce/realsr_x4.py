@@ -44,7 +44,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from degflow.data.images import find_images
+from degflow.data.sr_pairs import make_split, paired_files, split_of  # noqa: F401  (split_of: the documented rule)
 from degflow.infra.files import atomic_write_json, atomic_write_text
 from experiments._runner import (
     METRIC_KEYS,
@@ -61,50 +61,6 @@ from experiments._runner import (
 SCALE = 4
 SETS = {"canon_test": "Canon held-out test", "nikon": "Nikon (unseen camera, eval only)"}
 METHODS = ("degflow", "bicubic", "procedural", "ae_interp")
-
-
-def split_of(names: list[str]) -> dict[str, list[str]]:
-    """The fixed Canon split: sorted names, position ``i % 5 == 4`` test, ``i % 10 == 2``
-    validation, the rest training. Needs at least 5 names (one test, one val image)."""
-    names = sorted(names)
-    if len(names) < 5:
-        raise ValueError(f"--canon: need at least 5 HR/x{SCALE} pairs for a train/val/test split, found {len(names)}")
-    out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    for i, name in enumerate(names):
-        out["test" if i % 5 == 4 else "val" if i % 10 == 2 else "train"].append(name)
-    return out
-
-
-def _pairs(root: Path, key: str) -> dict[str, tuple[Path, Path]]:
-    """``{name: (HR file, x4 file)}`` of a ``HR/`` + ``x4/`` tree (names present in both)."""
-    hr_dir, lr_dir = root / "HR", root / f"x{SCALE}"
-    if not hr_dir.is_dir() or not lr_dir.is_dir():
-        raise SystemExit(f"error: {key}={root} must hold HR/ and x{SCALE}/ folders")
-    hr = {p.stem: p for p in find_images(hr_dir, recursive=False)}
-    lr = {p.stem: p for p in find_images(lr_dir, recursive=False)}
-    missing = sorted(set(hr) ^ set(lr))
-    if missing:
-        print(f"warning: {key}: {len(missing)} names without a partner skipped: {missing[:5]}", flush=True)
-    return {n: (hr[n], lr[n]) for n in sorted(set(hr) & set(lr))}
-
-
-def make_split(canon: Path, out: Path) -> dict[str, list[str]]:
-    """Symlink tree ``out/{train,val,test}/{HR,x4}/`` and ``out/split.json``; idempotent."""
-    pairs = _pairs(canon, "--canon")
-    split = split_of(list(pairs))
-    for part, names in split.items():
-        for name in names:
-            for sub, src in zip(("HR", f"x{SCALE}"), pairs[name]):
-                link = out / part / sub / src.name
-                link.parent.mkdir(parents=True, exist_ok=True)
-                if link.is_symlink() or link.exists():
-                    if link.resolve() == src.resolve():
-                        continue
-                    link.unlink()
-                link.symlink_to(src.resolve())
-    atomic_write_json(out / "split.json", {"source": str(canon.resolve()), "rule": "sorted names; i % 5 == 4 test, "
-                                    "i % 10 == 2 val, else train", **split})
-    return split
 
 
 def aggregate(evals: dict[int, dict[str, dict]]) -> dict[str, dict[str, dict[str, list]]]:
@@ -193,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     canon, nikon = args.canon.resolve(), args.nikon.resolve()
     if canon == nikon:
         raise SystemExit("error: --canon and --nikon are the same folder; Nikon is evaluation-only")
-    _pairs(nikon, "--nikon")  # fail early on a wrong path (names only; no image is read here)
-    split = make_split(canon, out / "split")
+    paired_files(nikon, SCALE, "--nikon")  # fail early on a wrong path (names only; no image is read here)
+    split = make_split(canon, out / "split", SCALE, "--canon")
     print(f"Canon split ({out / 'split' / 'split.json'}): train {len(split['train'])}, val {len(split['val'])}, "
           f"test {len(split['test'])}", flush=True)
     runner = Runner({"DEGFLOW_LPIPS_WEIGHTS": args.lpips_weights} if args.lpips_weights else None)
