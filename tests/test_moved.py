@@ -20,25 +20,17 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from test_synthesis import _image  # the pinned inputs' generator (tests/ is on sys.path under pytest)
 
 from degflow import _moved
 from degflow.cli import TOOLS
 
 REPO = Path(__file__).resolve().parents[1]
 PINNED = REPO / "tests" / "data" / "pre_layers"
-
-
-def _image(h: int, w: int, seed: int) -> np.ndarray:
-    """The smooth-plus-texture uint8 RGB image of tests/test_synthesis.py (the pinned inputs)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
-    base = np.stack([np.sin(6 * xx + 3 * yy + seed), np.cos(20 * xx * yy), np.sin(9 * yy - seed)], -1)
-    img = 127.5 + 90 * base + rng.normal(0, 20, (h, w, 3))
-    return img.clip(0, 255).astype(np.uint8)
 
 
 def test_a_checkpoint_from_before_the_restructure_synthesizes_the_same_bytes(tmp_path, one_torch_thread):
