@@ -125,7 +125,7 @@ def test_realsr_x4_script_trains_on_canon_and_never_reads_nikon_or_canon_test_wh
     canon_test = {os.path.realpath(canon / sub / "Canon_005.png") for sub in ("HR", "x4")}
     canon_train = {os.path.realpath(canon / "HR" / f"Canon_{i:03d}.png") for i in (1, 2, 4, 6)}
     training = [r for r in rows if "train.py" in r[1]]
-    evaluation = [r for r in rows if "degflow/evaluate" in r[1] or "degflow.evaluate" in r[1]]
+    evaluation = [r for r in rows if any(s in r[1] for s in ("degflow/cli/evaluate", "degflow/evaluate", "degflow.evaluate"))]
     assert len({r[0] for r in training}) == 2  # two stages
     assert not [r for r in training if r[2] == nikon_real or r[2].startswith(nikon_real + os.sep)]
     assert not [r for r in training if r[2] in canon_test]

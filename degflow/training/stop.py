@@ -28,7 +28,7 @@ import signal
 import threading
 from pathlib import Path
 
-from degflow.infra.exits import stop_point
+from degflow.infra.exits import JobSignals, stop_point
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,11 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
 
 
 def _is_chainable(handler) -> bool:
-    return callable(handler) and handler is not signal.default_int_handler
+    """A launcher's own handler (submitit's), not Python's Ctrl-C default nor degflow's job-level
+    handler (:class:`~degflow.infra.exits.JobSignals`, which only stands in for the default action)."""
+    if not callable(handler) or handler is signal.default_int_handler:
+        return False
+    return not isinstance(getattr(handler, "__self__", None), JobSignals)
 
 
 class StopSignals:
