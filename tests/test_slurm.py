@@ -117,7 +117,7 @@ def test_a_sweep_through_the_slurm_preset_runs_every_job_under_slurm_and_writes_
 def test_a_job_that_raises_is_reported_with_its_error(sweep):
     sweep_dir, proc = sweep
     assert proc.returncode == 2                        # the sweep fails: one job had a usage error
-    assert "error: Job " in proc.stderr and "solver.steps: expected an integer >= 1" in proc.stderr
+    assert "error: Job " in proc.stderr and "solver.steps must be an integer >= 1" in proc.stderr
     failed, record = _jobs_by("solver.steps", sweep_dir)["-1"]
     assert record["status"] == "failed" and "ValueError" in record["error"] and "solver.steps" in record["error"]
     assert "Traceback" in (failed / "error.txt").read_text()
@@ -230,7 +230,7 @@ def test_sharded_synthesis_over_array_jobs_merges_into_one_verified_manifest(swe
     records = [json.loads(p.read_text()) for p in out.glob("logs/multirun-*/*/job.json")]
     assert len(records) == 3 and all(r["scheduler"] == "slurm" and r["exit_code"] == 0 for r in records)
     assert len({r["array_job_id"] for r in records}) == 1
-    merge = _run("-m", "degflow.jobs.merge_shards", str(out), "--input", str(src), timeout=120)
+    merge = _run("-m", "degflow.merge_shards", str(out), "--input", str(src), timeout=120)
     assert merge.returncode == 0, merge.stdout + merge.stderr
     merged = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     keys = [(e["source"], e["kind"], e["size"], e["scale"]) for e in merged]
