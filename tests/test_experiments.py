@@ -234,6 +234,27 @@ def test_cache_comparison_flags_a_gap_larger_than_the_pooled_seed_sd_and_passes_
     assert "| x3* | psnr_y | 32.05 ± 0.07 | 31.55 ± 0.07 |" in markdown(result)
 
 
+
+def test_stochastic_study_verdict_needs_every_seed_to_win_by_more_than_the_seed_range():
+    from experiments.studies.stochastic.stochastic import table, verdict
+
+    assert verdict(0.05, [0.02, 0.025], higher=False) == "better"          # gain 0.0275 > range 0.005
+    assert verdict(0.05, [0.02, 0.049], higher=False) == "within spread"   # one seed barely wins, range 0.029
+    assert verdict(0.05, [0.02, 0.06], higher=False) == "within spread"    # one seed loses
+    assert verdict(30.0, [28.0, 28.1], higher=True) == "worse"
+    assert verdict(30.0, [28.0, None], higher=True) == "" and verdict(1.0, [2.0, 2.0], higher=None) == ""
+
+    def run(kl: float) -> dict:
+        rows = {"degflow": {"2": {"kl": 0.05, "heldout": False}}, "stochastic": {"2": {"kl": kl, "diversity": 0.1}},
+                "stochastic_mean": {"2": {"kl": 0.04}}}
+        return {"settings": {"split": "val", "samples": 4, "strength": 1.0, "hr_size_output": "from_lr"},
+                "images": 5, "scales": ["2"], "per_scale": rows}
+
+    md, data = table({"demo_val": {0: run(0.02), 1: run(0.025)}}, [0, 1])
+    assert data["demo_val"]["2"]["kl"]["verdict"] == "better"
+    assert data["demo_val"]["2"]["kl"]["seed_range"] == pytest.approx(0.005)
+    assert "| KL | 0.0500 | 0.0200 | 0.0250 | 0.0050 | better | 0.0400 | 0.0400 |" in md
+
 @pytest.mark.slow
 def test_knot_ceiling_recovers_a_linear_camera_and_scores_bicubic_like_the_evaluation(tmp_path):
     """A tree whose LR is a known linear degradation of its HR (plus 8-bit rounding): the
