@@ -13,20 +13,52 @@ from degflow.infra.cluster import allocated_cpus, job_record, read_job_record, r
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_auto_threads_take_the_smallest_of_affinity_slurm_local_share_and_omp():
-    assert resolve_threads("auto", {}, affinity=8) == (8, "auto: CPU affinity")
-    assert resolve_threads("auto", {"SLURM_CPUS_PER_TASK": "3"}, affinity=8) == (3, "auto: SLURM_CPUS_PER_TASK=3")
-    assert resolve_threads("auto", {"SLURM_CPUS_PER_TASK": "16"}, affinity=4)[0] == 4   # cgroup/affinity is tighter
-    assert resolve_threads("auto", {"DEGFLOW_CPUS_PER_JOB": "2", "OMP_NUM_THREADS": "6"}, affinity=8)[0] == 2
-    assert resolve_threads("auto", {"OMP_NUM_THREADS": "1"}, affinity=8) == (1, "auto: OMP_NUM_THREADS=1")
-    assert allocated_cpus({"SLURM_CPUS_PER_TASK": "garbage", "OMP_NUM_THREADS": "0"}, affinity=5)[0] == 5
+def test_auto_threads_take_the_smallest_of_affinity_quota_slurm_local_share_and_omp():
+    idle = {"load": 0.0, "online": 8, "quota": None}   # an idle 8-CPU machine without a cgroup quota
+    assert resolve_threads("auto", {}, affinity=8, **idle) == (8, "auto: CPU affinity")
+    assert resolve_threads("auto", {"SLURM_CPUS_PER_TASK": "3"}, affinity=8, **idle) == (3, "auto: SLURM_CPUS_PER_TASK=3")
+    assert resolve_threads("auto", {"SLURM_CPUS_PER_TASK": "16"}, affinity=4, **idle)[0] == 4   # affinity is tighter
+    assert resolve_threads("auto", {"DEGFLOW_CPUS_PER_JOB": "2", "OMP_NUM_THREADS": "6"}, affinity=8, **idle)[0] == 2
+    assert resolve_threads("auto", {"OMP_NUM_THREADS": "1"}, affinity=8, **idle) == (1, "auto: OMP_NUM_THREADS=1")
+    assert allocated_cpus({"SLURM_CPUS_PER_TASK": "garbage", "OMP_NUM_THREADS": "0"}, affinity=5, quota=None)[0] == 5
+    assert resolve_threads("auto", {}, affinity=8, load=0.0, online=8, quota=2.5) == (3, "auto: cgroup CPU quota 2.5")
+
+
+def test_auto_threads_leave_the_cores_that_other_processes_keep_busy():
+    # 2 cores, two other jobs running: one thread, and the reason is said
+    count, source = resolve_threads("auto", {}, affinity=2, load=2.1, online=2, quota=None)
+    assert count == 1 and source == "auto: CPU affinity 2, load average 2.1 on 2 CPUs leaves 1 idle"
+    assert resolve_threads("auto", {}, affinity=8, load=2.6, online=8, quota=None)[0] == 5
+    assert resolve_threads("auto", {}, affinity=4, load=0.4, online=16, quota=None)[0] == 4      # the allocation caps it
+    # an explicit share (scheduler, launcher, OMP_NUM_THREADS) is trusted whatever the load
+    assert resolve_threads("auto", {"SLURM_CPUS_PER_TASK": "2"}, affinity=2, load=9.0, online=2, quota=None)[0] == 2
+    assert resolve_threads(2, {}, affinity=2, load=9.0, online=2, quota=None)[0] == 2              # and a number
+
+
+def test_the_cgroup_quota_is_read_from_cgroup_v2_and_v1_files(tmp_path):
+    from degflow.infra.cluster import cgroup_cpu_quota
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_quota(v2) == 1.5
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(v2) is None
+    v1 = tmp_path / "v1" / "cpu"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(tmp_path / "v1") == 2.0
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_quota(tmp_path / "v1") is None
+    assert cgroup_cpu_quota(tmp_path / "nothing") is None
 
 
 def test_an_explicit_thread_count_wins_and_bad_values_name_the_key():
     assert resolve_threads(3, {"SLURM_CPUS_PER_TASK": "1"}, affinity=1) == (3, "threads setting")
     for bad in (0, -2, "four", 2.5, True):
         with pytest.raises(ValueError, match="threads=.*'auto'.*positive integer.*config key threads"):
-            resolve_threads(bad, {}, affinity=2)
+            resolve_threads(bad, {}, affinity=2, load=0.0, online=2, quota=None)
 
 
 def test_scheduler_info_names_array_jobs_as_submitit_names_their_log_folders():

@@ -144,6 +144,20 @@ def test_validation_is_a_held_out_band_of_each_training_photo_and_test_is_separa
     assert not {r.name for r in test.records} & {r.name.removesuffix("_val") for r in bundle.val.records}
 
 
+def test_the_test_split_alone_equals_the_bundles_test_split_without_degrading_the_training_photos(bundle):
+    from degflow.data.demo import demo_test_split
+
+    scales = bundle.val_scales
+    alone, full = demo_test_split(list(reversed(scales)), seed=0, max_side=256), bundle.test
+    assert len(alone) == len(full) == len(TEST_IMAGES)
+    for i in range(len(full)):
+        a, b = alone[i], full[i]
+        assert a["name"] == b["name"] and torch.equal(a["hr"], b["hr"]) and torch.equal(a["lr"], b["lr"])
+        assert torch.equal(a["scales"], b["scales"])
+    # test photo i draws its noise from seed len(TRAIN_IMAGES) + i (data.seed 0)
+    assert torch.equal(alone[1]["lr"][-1], degrade(alone[1]["hr"], scales[-1], seed=len(TRAIN_IMAGES) + 1))
+
+
 def test_train_items_are_aligned_random_crops_with_the_documented_format(bundle):
     torch.manual_seed(0)
     item = bundle.train[0]

@@ -20,6 +20,7 @@ def test_demo_notebook_executes_top_to_bottom(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
+    monkeypatch.setenv("DEGFLOW_DEMO_TRAIN", "1")
     monkeypatch.setenv("DEGFLOW_DEMO_BUDGET", "tiny")
     monkeypatch.setenv("DEGFLOW_DEMO_OUT", str(tmp_path / "out"))
     monkeypatch.delenv("DEGFLOW_CKPT", raising=False)
@@ -32,6 +33,7 @@ def test_demo_notebook_executes_top_to_bottom(tmp_path, monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 4                                 # loss curves, the strip, metric vs scale, crops
+    assert len(images) >= 4                                 # loss curves, the figure, metric vs scale, crops
     assert any("bicubic" in o.get("data", {}).get("text/markdown", "") for o in outputs)
-    assert (tmp_path / "out" / "lfm" / "checkpoints" / "last.pt").is_file()
+    assert (tmp_path / "out" / "lfm" / "checkpoints" / "last.pt").is_file() and (tmp_path / "out" / "model.pt").is_file()
+    assert any("detail kept" in o.get("data", {}).get("text/markdown", "") for o in outputs)

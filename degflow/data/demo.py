@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from degflow.baselines.filters import gaussian_blur, jpeg_fractional
-from degflow.core.scales import check_scale, format_scales
+from degflow.core.scales import check_scale, check_scales, format_scales
 from degflow.data.common import (
     DataBundle,
     MemoryRecord,
@@ -56,8 +56,8 @@ from degflow.data.common import (
 from degflow.data.images import read_image
 from degflow.infra.checks import check_int, check_number, check_positive_int
 
-__all__ = ["simulate_camera", "demo_data", "demo_image_paths", "scan_demo", "skimage_data_dir", "TRAIN_IMAGES",
-           "TEST_IMAGES", "jpeg_quality"]
+__all__ = ["simulate_camera", "demo_data", "demo_image_paths", "demo_test_split", "scan_demo", "skimage_data_dir",
+           "TRAIN_IMAGES", "TEST_IMAGES", "jpeg_quality"]
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,6 @@ def _split_rows(height: int, val_fraction: float) -> int:
 def scan_demo(train_scales, val_scales, val_fraction, deep: bool = True) -> Report:
     """What the validator prints for data=demo (the photos, their train / val split, the
     test photos); problems for missing or unreadable photos."""
-    from degflow.core.scales import check_scales
     from degflow.data.images import ImageReadError, read_image_size
 
     ts = check_scales(train_scales, "data.train_scales")
@@ -274,6 +273,31 @@ def _image_seed(seed: int, index: int) -> int:
     return int(seed) * 1000003 + index
 
 
+def _records(images: list[tuple[str, Tensor]], scales, seed: int, offset: int) -> list[MemoryRecord]:
+    """Memory records of ``images`` with their LR at every scale > 1; image i uses noise seed
+    ``_image_seed(seed, offset + i)``."""
+    recs = []
+    for i, (name, hr) in enumerate(images):
+        sd = _image_seed(seed, offset + i)
+        lrs = {s: simulate_camera(hr, s, sd) for s in scales if s != 1.0}
+        recs.append(MemoryRecord(name=name, hr_image=hr, lr_images=lrs))
+    return recs
+
+
+def _load(paths: list[Path], max_side: int | None) -> list[tuple[str, Tensor]]:
+    return [(p.stem, _limit_side(read_image(p), max_side, p.name)) for p in paths]
+
+
+def demo_test_split(scales, seed: int = 0, max_side: int | None = 512) -> ValImageDataset:
+    """The demo's test split (the two TEST_IMAGES, full size, LR at every scale of ``scales`` above 1, sorted),
+    exactly as ``bundle.test`` of :func:`demo_data` with the same ``seed`` / ``max_side`` builds it,
+    without degrading the training photos first."""
+    scales = check_scales(sorted({1.0, *(float(s) for s in scales)}), "scales")
+    train_paths, test_paths = demo_image_paths()
+    recs = _records(_load(test_paths, max_side), scales, seed, len(train_paths))
+    return ValImageDataset(recs, [s for s in scales if s != 1.0], 1, None)
+
+
 def demo_data(*, train_scales, val_scales, crop_size, samples_per_epoch, multiple_of,
               val_max_size, seed, max_side, val_fraction) -> DataBundle:
     """The default data option: 5 scikit-image photos for training, the bottom
@@ -289,19 +313,7 @@ def demo_data(*, train_scales, val_scales, crop_size, samples_per_epoch, multipl
 
     train_paths, test_paths = demo_image_paths()
 
-    def load(paths: list[Path]) -> list[tuple[str, Tensor]]:
-        return [(p.stem, _limit_side(read_image(p), max_side, p.name)) for p in paths]
-
-    def build(images: list[tuple[str, Tensor]], scales: tuple[float, ...],
-              offset: int) -> list[MemoryRecord]:
-        recs = []
-        for i, (name, hr) in enumerate(images):
-            sd = _image_seed(seed, offset + i)
-            lrs = {s: simulate_camera(hr, s, sd) for s in scales if s != 1.0}
-            recs.append(MemoryRecord(name=name, hr_image=hr, lr_images=lrs))
-        return recs
-
-    photos = load(train_paths)
+    photos = _load(train_paths, max_side)
     cut = [_split_rows(x.shape[-2], fraction) for _, x in photos]
     train_imgs = [(n, x[:, :r]) for (n, x), r in zip(photos, cut)]
     val_imgs = [(f"{n}_val", x[:, r:]) for (n, x), r in zip(photos, cut)]
@@ -311,12 +323,11 @@ def demo_data(*, train_scales, val_scales, crop_size, samples_per_epoch, multipl
             raise ValueError(f"data.multiple_of={multiple_of} is larger than the demo "
                              f"validation band {n} ({x.shape[-1]}x{x.shape[-2]}); raise "
                              f"data.val_fraction or lower data.multiple_of")
-    train_recs = build(train_imgs, train_scales, 0)
-    val_recs = build(val_imgs, val_scales, _VAL_SEED_OFFSET)
+    train_recs = _records(train_imgs, train_scales, seed, 0)
+    val_recs = _records(val_imgs, val_scales, seed, _VAL_SEED_OFFSET)
 
     def test_set() -> ValImageDataset:
-        recs = build(load(test_paths), val_scales, len(train_paths))
-        return ValImageDataset(recs, [s for s in val_scales if s != 1.0], 1, None)
+        return demo_test_split(val_scales, seed, max_side)
 
     summary = (f"demo: {len(train_recs)} scikit-image photos (max side {max_side}) for training, "
                f"their bottom {fraction:g} for validation, {len(test_paths)} test photos "

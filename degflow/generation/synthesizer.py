@@ -49,7 +49,7 @@ from degflow.core.timemap import TimeMap
 from degflow.generation.condition import condition_kind, velocity_condition
 from degflow.generation.stochastic import StochasticOption, noisy_at_hr_size
 from degflow.generation.tiling import Span, blend_tile_batches, blend_tiles, tile_grid
-from degflow.infra.checkpoint import CheckpointError, load_checkpoint
+from degflow.infra.checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
 from degflow.infra.checks import check_int, check_positive_int
 from degflow.infra.conf import synthesis_defaults
 from degflow.infra.runtime import autocast, check_precision, resolve_device
@@ -193,8 +193,10 @@ class Synthesizer:
         (rk4, 16 steps, cubic output), the default of ``synthesize.py`` too; the solver the
         checkpoint's validation used is ``ckpt["extra"]["solver"]``.
         Raises :class:`~degflow.infra.checkpoint.CheckpointError` (naming ``ckpt``) for a missing,
-        corrupt, stage-1 or incomplete checkpoint.
+        corrupt, stage-1 or incomplete checkpoint. ``path`` may name a shipped model (``"demo"``,
+        :data:`degflow.infra.checkpoint.SHIPPED_MODELS`).
         """
+        path = resolve_checkpoint(path)
         ckpt, digest = load_checkpoint(path, kind="lfm", key="ckpt", with_digest=True)   # verified
         try:
             rae = build_model(ckpt["models"]["rae"])

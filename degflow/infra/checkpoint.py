@@ -23,6 +23,13 @@ Every checkpoint is sealed with the sha256 of its content (:mod:`degflow.infra.d
 every load verifies it first: a damaged file is refused (:class:`CheckpointError`, one line
 naming the file) before anything is read from it. A file written before digests existed loads
 with one warning (``python -m degflow checkpoint seal FILE`` adds the digest).
+
+A *weights-only* stage-2 file (:func:`save_weights_only`) keeps what synthesis needs and nothing
+that depends on where or when it was trained: ``models`` (``rae`` and ``velocity``: the EMA weights
+when the run kept them), ``train_scales``, ``time_map``, ``step`` and ``extra`` (``spline``,
+``solver``); no optimizer, RNG, config or version, so two runs with bitwise-equal weights give
+files with the same digest. Shipped models are such files inside the package, named by
+:data:`SHIPPED_MODELS` (``ckpt=demo``).
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ FORMAT = "degflow"
 FORMAT_VERSION = 1
 KINDS = ("rae", "lfm", "noise")   # noise: a fitted noise model (degflow/baselines/noise.py)
 
+#: models shipped inside the package: a ``ckpt`` value -> its file (weights only, stage 2)
+SHIPPED_MODELS = {"demo": Path(__file__).resolve().parents[1] / "assets" / "demo" / "model.pt"}
+
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, of another kind or of an unsupported version."""
@@ -56,6 +66,12 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> str:
         raise ValueError(f"checkpoint kind must be one of {list(KINDS)}, got {payload.get('kind')!r}")
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, "degflow_version": __version__, **payload}
     return save_sealed(path, full)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The file a ``ckpt`` value names: a shipped model's file for its name (:data:`SHIPPED_MODELS`,
+    e.g. ``demo``), else ``path`` itself."""
+    return SHIPPED_MODELS.get(str(path), Path(path))
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str | torch.device = "cpu",
@@ -74,7 +90,7 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str
             pickled objects beyond plain tensors, not a degflow checkpoint, unsupported format
             version, or a checkpoint of another kind. Always one line.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"{key}={str(path)!r}: no such checkpoint file")
     try:
@@ -112,6 +128,26 @@ def _warn_unsealed(found: FileDigest, key: str) -> None:
     log.warning("%s=%r carries no digest (written before degflow sealed checkpoints, or by another tool), so "
                 "damage to it cannot be detected; seal it once: python -m degflow checkpoint seal %r",
                 key, str(found.path), str(found.path))
+
+
+def weights_only(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The weights-only payload (module docstring) of a loaded stage-2 checkpoint ``ckpt``."""
+    if ckpt.get("kind") != "lfm":
+        raise CheckpointError(f"only stage-2 (lfm) checkpoints have a weights-only form, got kind {ckpt.get('kind')!r}")
+    models = ckpt["models"]
+    extra = ckpt.get("extra") or {}
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "lfm", "step": int(ckpt.get("step", 0)),
+            "models": {"rae": models["rae"], "velocity": models.get("velocity_ema", models["velocity"])},
+            "train_scales": list(ckpt["train_scales"]), "time_map": ckpt["time_map"],
+            "extra": {k: extra[k] for k in ("spline", "solver") if k in extra}}
+
+
+def save_weights_only(src: str | Path, dst: str | Path, key: str = "ckpt") -> str:
+    """Write the weights-only form of the stage-2 checkpoint ``src`` to ``dst`` (atomically, sealed);
+    returns its digest (``checkpoint_sha256``)."""
+    payload = weights_only(load_checkpoint(src, kind="lfm", key=key))
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    return save_sealed(dst, payload)
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -4,12 +4,13 @@
   its log folder, array task, restart count, node), ``{}`` outside a scheduler.
 - :func:`allocated_cpus` and :func:`resolve_threads`: the CPU count this process may use
   (``threads: auto``) from, in order, the per-job budget the local launcher hands its jobs
-  (``DEGFLOW_CPUS_PER_JOB``), SLURM's ``SLURM_CPUS_PER_TASK``, the CPU affinity mask, and
-  ``OMP_NUM_THREADS`` as an upper bound when it is set. :func:`set_threads` applies it to torch
-  and to child processes. Jobs that share a node then do not oversubscribe it (three
-  2-thread runs on 2 cores ran 3.9x slower than the same runs with 1 thread each).
-  :func:`resolve_workers` sizes the training DataLoader (``num_workers: auto``) from the same
-  allocation.
+  (``DEGFLOW_CPUS_PER_JOB``), SLURM's ``SLURM_CPUS_PER_TASK``, the CPU affinity mask, the cgroup
+  CPU quota, and ``OMP_NUM_THREADS`` as an upper bound when it is set; without such an explicit
+  share, only the CPUs the 1-minute load average leaves idle. :func:`set_threads` applies it to
+  torch and to child processes. Jobs that share a node then do not oversubscribe it (three
+  2-thread runs on 2 cores ran 3.9x slower than the same runs with 1 thread each; docs/CLUSTER.md,
+  "CPU threads"). :func:`resolve_workers` sizes the training DataLoader (``num_workers: auto``) from
+  the same allocation.
 - :func:`detect_environment` / :func:`is_main_process`: where this process sits in a
   multi-process job (torchrun, submitit), and the one rank-0 rule (rank 0 alone logs and writes
   records; :mod:`degflow.training.distributed` builds the process group from the same answer).
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -87,18 +89,45 @@ def scheduler_info(environ: dict[str, str] | None = None) -> dict[str, Any]:
     return {}
 
 
-def allocated_cpus(environ: dict[str, str] | None = None, affinity: int | None = None) -> tuple[int, str]:
+def cgroup_cpu_quota(root: str | Path = "/sys/fs/cgroup") -> float | None:
+    """CPUs the container's cgroup may use (``quota / period``), None when unlimited or unknown.
+
+    cgroup v2: ``<root>/cpu.max`` (``"max 100000"`` or ``"200000 100000"``); v1:
+    ``<root>/cpu/cpu.cfs_quota_us`` (-1 = unlimited) over ``cpu.cfs_period_us``.
+    """
+    root = Path(root)
+    try:
+        fields = (root / "cpu.max").read_text().split()
+        if fields and fields[0] != "max":
+            return float(fields[0]) / float(fields[1])
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        quota = float((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = float((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def allocated_cpus(environ: dict[str, str] | None = None, affinity: int | None = None,
+                   quota: float | None | str = "read") -> tuple[int, str]:
     """CPUs this process was given and where that number comes from.
 
     The smallest of: ``DEGFLOW_CPUS_PER_JOB`` (the local launcher's share per job),
     ``SLURM_CPUS_PER_TASK``, the CPU affinity mask (``affinity``, default
-    ``len(os.sched_getaffinity(0))``) and ``OMP_NUM_THREADS`` when set (an explicit limit
-    of the environment).
+    ``len(os.sched_getaffinity(0))``), the cgroup CPU quota rounded up (``quota``, default
+    :func:`cgroup_cpu_quota`; None: no quota) and ``OMP_NUM_THREADS`` when set (an explicit
+    limit of the environment).
     """
     env = os.environ if environ is None else environ
     if affinity is None:
         affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     candidates = [(affinity, "CPU affinity")]
+    quota = cgroup_cpu_quota() if quota == "read" else quota
+    if quota is not None:
+        candidates.append((max(1, math.ceil(quota - 1e-9)), f"cgroup CPU quota {quota:g}"))
     for var in (CPUS_PER_JOB_ENV, "SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
         value = _positive_int(env.get(var))
         if value is not None:
@@ -107,15 +136,46 @@ def allocated_cpus(environ: dict[str, str] | None = None, affinity: int | None =
     return max(1, count), source
 
 
+#: environment variables that hand this process an explicit CPU share (then the load is not consulted)
+_EXPLICIT_SHARES = (CPUS_PER_JOB_ENV, "SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS")
+
+
+def idle_cpus(cpus: int, load: float, online: int) -> int:
+    """Of ``cpus`` allocated CPUs, how many are idle on a machine of ``online`` CPUs whose 1-minute
+    load average is ``load`` (runnable processes): ``online - load`` rounded, between 1 and ``cpus``."""
+    return max(1, min(int(cpus), int(math.floor(online - load + 0.5))))
+
+
 def resolve_threads(setting: Any, environ: dict[str, str] | None = None,
-                    affinity: int | None = None) -> tuple[int, str]:
-    """Thread count for config ``threads``: ``"auto"`` (the allocation) or a positive integer."""
+                    affinity: int | None = None, load: float | None = None,
+                    online: int | None = None, quota: float | None | str = "read") -> tuple[int, str]:
+    """Thread count for config ``threads``: ``"auto"`` or a positive integer.
+
+    ``auto`` is the allocation (:func:`allocated_cpus`); when no scheduler, launcher or
+    ``OMP_NUM_THREADS`` set an explicit share, it is further limited to the CPUs other processes
+    leave idle (:func:`idle_cpus` with ``os.getloadavg()`` and ``os.cpu_count()``, or ``load`` /
+    ``online``), so a job started on a busy shared machine does not oversubscribe it: threads
+    beyond the idle cores only wait for each other.
+    """
     if setting == "auto":
-        count, source = allocated_cpus(environ, affinity)
+        env = os.environ if environ is None else environ
+        count, source = allocated_cpus(env, affinity, quota)
+        if any(_positive_int(env.get(var)) is not None for var in _EXPLICIT_SHARES):
+            return count, f"auto: {source}"
+        if load is None:
+            try:
+                load = os.getloadavg()[0]
+            except OSError:  # not available on this platform
+                return count, f"auto: {source}"
+        online = online if online is not None else (os.cpu_count() or count)
+        idle = idle_cpus(count, load, online)
+        if idle < count:
+            return idle, f"auto: {source} {count}, load average {load:.1f} on {online} CPUs leaves {idle} idle"
         return count, f"auto: {source}"
     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
         raise ValueError(f"threads={setting!r}: expected 'auto' (follow the CPU allocation: SLURM cpus_per_task, "
-                         f"CPU affinity, OMP_NUM_THREADS) or a positive integer (config key threads)")
+                         f"CPU affinity, cgroup quota, OMP_NUM_THREADS, and the CPUs the load leaves idle) or a "
+                         f"positive integer (config key threads)")
     return setting, "threads setting"
 
 

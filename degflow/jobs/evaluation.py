@@ -621,27 +621,33 @@ def _scale_header(result: EvalResult, s: float) -> str:
 
 def markdown_table(result: EvalResult, title: str = "degflow evaluation") -> str:
     """The paper-ready Markdown tables: a summary (seen / held-out) and one table per metric
-    with methods as rows and scales as columns (``*`` = held-out scale, best value bold)."""
+    with methods as rows and scales as columns (``*`` = held-out scale, best value bold).
+    A metric measured for no method at no scale (LPIPS with ``eval.lpips=false``) has no column
+    and no table; a line names it."""
     per_scale, summary = result.per_scale(), result.summary()
+    metrics = {k: v for k, v in METRICS.items()
+               if any(row.get(k) is not None for rows in per_scale.values() for row in rows.values())}
     lines = [f"# {title}", ""]
     for k, v in result.settings.items():
         lines.append(f"- {k}: `{json.dumps(v) if not isinstance(v, str) else v}`")
     lines.append(f"- images: {result.images} evaluated, {len(result.failures)} skipped")
+    if len(metrics) < len(METRICS):
+        lines.append(f"- not measured: {', '.join(METRICS[k][0] for k in METRICS if k not in metrics)}")
     lines += ["", "## Summary", ""]
     groups = ["seen", "heldout"] if result.seen_scales is not None else ["all"]
-    header = ["method"] + [f"{METRICS[m][0]} {g}" for g in groups for m in METRICS] + ["NFE", "s / image"]
+    header = ["method"] + [f"{metrics[m][0]} {g}" for g in groups for m in metrics] + ["NFE", "s / image"]
     rows = []
     for m in result.methods:
         row = [m]
         for g in groups:
             vals = summary[m].get(g) or {}
-            row += [fmt(vals.get(k), None, k) for k in METRICS]   # "–": not measured, or infinite PSNR
+            row += [fmt(vals.get(k), None, k) for k in metrics]   # "–": not measured, or infinite PSNR
         rows.append(row + [fmt(summary[m]["nfe"], None, "nfe"), fmt(summary[m]["seconds_per_image"], None, "seconds")])
     lines += table_lines(header, rows)
     if result.seen_scales is not None:
         lines += ["", f"Seen (training) scales: {', '.join('x' + scale_label(s) for s in result.seen_scales)}; "
                       "every other scale is held out (marked *)."]
-    for metric, (label, higher) in METRICS.items():
+    for metric, (label, higher) in metrics.items():
         lines += ["", f"## {label} ({'higher' if higher else 'lower'} is better)", ""]
         header = ["method"] + [_scale_header(result, s) for s in result.scales]
         rows = []

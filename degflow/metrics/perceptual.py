@@ -46,6 +46,8 @@ __all__ = [
     "MissingLPIPSWeightsError",
     "InvalidLPIPSWeightsError",
     "LPIPSModule",
+    "find_lpips_weights",
+    "lpips_weights_hint",
     "load_lpips",
 ]
 
@@ -125,9 +127,10 @@ def _check_net(net: str) -> str:
 
 
 def _resolve_weights(
-    net: str, backbone_weights: str | Path | None, config_key: str
+    net: str, backbone_weights: str | Path | None, config_key: str, download: bool = True
 ) -> tuple[Path, str]:
-    """Find the backbone file for ``net``. Returns (path, source description)."""
+    """Find the backbone file for ``net``. Returns (path, source description). ``download=False``
+    (or ``$DEGFLOW_LPIPS_NO_DOWNLOAD=1``) skips torchvision's download."""
     if backbone_weights is not None:
         path = Path(backbone_weights).expanduser()
         if not path.is_file():
@@ -155,7 +158,7 @@ def _resolve_weights(
     if cached.is_file():
         return cached, "torchvision cache"
     notes.append(f"No torchvision checkpoint at {cached}.")
-    if os.environ.get(NO_DOWNLOAD_ENV_VAR, "0") != "1":
+    if download and os.environ.get(NO_DOWNLOAD_ENV_VAR, "0") != "1":
         try:  # the normal torchvision download, into its cache; fails fast on offline machines
             torch.hub.download_url_to_file(_torchvision_url(net), str(cached), progress=False)
             return cached, "torchvision download"
@@ -168,6 +171,23 @@ def _resolve_weights(
         + "\n"
         + _how_to_provide(net, config_key)
     )
+
+
+def find_lpips_weights(net: str, backbone_weights: str | Path | None = None, config_key: str | None = None,
+                       download: bool = True) -> Path:
+    """The backbone file :func:`load_lpips` would use for ``net``, found without building anything:
+    for checking prerequisites before a job starts. With ``download=False`` only local files count
+    (``backbone_weights``, ``$DEGFLOW_LPIPS_WEIGHTS``, torchvision's cache). Raises
+    :class:`MissingLPIPSWeightsError` when there is none (the message says how to provide one)."""
+    net = _check_net(net)
+    key = config_key or ("loss.lpips_backbone_weights" if net == "vgg" else "eval.lpips_backbone_weights")
+    return _resolve_weights(net, backbone_weights, key, download=download)[0]
+
+
+def lpips_weights_hint(net: str, config_key: str) -> str:
+    """One line: how to give a job the LPIPS backbone of ``net`` offline."""
+    return (f"set {ENV_VAR}=<folder holding {_NETS[_check_net(net)][0]}> or {config_key}=<that file> "
+            f"(online, torchvision downloads it into {_torchvision_cache_path(net).parent})")
 
 
 def _read_state_dict(path: Path, net: str, config_key: str) -> Mapping[str, Tensor]:

@@ -23,6 +23,7 @@ from degflow.training.distributed import (
 )
 from degflow.training.loggers import build_logger
 from degflow.training.loop import RunContext, TrainSettings, fit
+from degflow.training.preflight import check_prerequisites
 from degflow.training.run_report import LOG_FILE, announce_outputs
 from degflow.training.stop import TrainingStopped
 
@@ -64,7 +65,8 @@ def build_stage(config: dict[str, Any], data, device):
 def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
     """Run one training job described by a resolved, plain ``config`` in ``run_dir``.
 
-    Builds data, stage and logger, trains with resume-by-default, always finishes the logger.
+    Checks the job's prerequisites first (:func:`degflow.training.preflight.check_prerequisites`),
+    then builds data, stage and logger, trains with resume-by-default, always finishes the logger.
     Log lines go to ``{run_dir}/train.log`` (Hydra's file when run by train.py); at the end the
     run says where its results, checkpoints and pictures are. One writer per run folder: a
     folder another live process trains in is refused (:class:`~degflow.infra.locks.FolderLocked`).
@@ -74,6 +76,7 @@ def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()
     rank 0 has a logger (see :mod:`degflow.training.distributed`).
     """
     run_dir = Path(run_dir)
+    check_prerequisites(config)  # seconds, before any work: a missing LPIPS backbone or data tree is said now
     if not detect_environment().is_main:  # rank 0 alone writes train.log and tells where things are
         return _train(config, run_dir, overrides)
     with FolderLock(run_dir, "run", "training run folder", create=True), log_to_file(run_dir / LOG_FILE):
