@@ -18,7 +18,8 @@ from degflow.models.sr import build_sr_model
 from degflow.sr.fit import SRTrainSettings, load_sr_checkpoint, train_sr
 from degflow.sr.online import (ONLINE_DEGRADATIONS, BicubicOnline, DegflowOnline, HRCropDataset, OnlineBatcher,
                                OnlineCollate, ProceduralOnline, ScaleLog, ScaleSampler, build_online_degradation,
-                               default_hr_crop, online_source, register_online_degradation)
+                               context_lr, default_hr_crop, mixed_source, online_source,
+                               register_online_degradation)
 from test_sr import TINY_SR, _compare, _rand_image
 from test_synthesis import _write_lfm_checkpoint
 
@@ -69,7 +70,7 @@ def test_the_hr_crop_holds_an_lr_patch_at_the_largest_scale():
 # --------------------------------------------------------------------------- batches
 def test_a_batch_holds_aligned_patches_of_the_degraded_crop_and_logs_its_scales():
     log = ScaleLog()
-    batcher = OnlineBatcher(BicubicOnline(), ScaleSampler(1.5, 3.5), lr_patch=12, log=log)
+    batcher = OnlineBatcher(BicubicOnline(), ScaleSampler(1.5, 3.5), lr_patch=12, log=log, context=0)
     assert batcher.hr_crop == 41
     g = torch.Generator().manual_seed(1)
     hr = _crops(3, batcher.hr_crop)
@@ -94,7 +95,31 @@ def test_a_batch_holds_aligned_patches_of_the_degraded_crop_and_logs_its_scales(
     with pytest.raises(ValueError, match=r"\[B, 3, 41, 41\] \(online.hr_crop\)"):
         batcher(_crops(2, 40), g)
     with pytest.raises(ValueError, match="online.hr_crop=30.*at least 41"):
-        OnlineBatcher(BicubicOnline(), ScaleSampler(1.5, 3.5), lr_patch=12, hr_crop=30)
+        OnlineBatcher(BicubicOnline(), ScaleSampler(1.5, 3.5), lr_patch=12, hr_crop=30, context=0)
+
+
+def test_the_lr_patch_keeps_its_context_away_from_the_crop_edges():
+    """online.context HR pixels (ceil(context / s) LR pixels) between the LR patch and the edges of
+    the degraded crop, at every scale of the range; the default crop is just large enough."""
+    batcher = OnlineBatcher(BicubicOnline(), ScaleSampler(1.0, 4.0, "sample"), lr_patch=8, context=12)
+    assert batcher.hr_crop == default_hr_crop(8, 4.0, context=12, low=1.0)
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(30):
+        hr = _crops(4, batcher.hr_crop, seed=int(torch.randint(100, (1,), generator=g)))
+        batch = batcher(hr, g)
+        for b, s in enumerate(batch.scales):
+            full = BicubicOnline()(hr[b:b + 1], [s], [0])[0]
+            h = full.shape[-1]
+            c = context_lr(12, s)
+            spots = [(i, j) for i in range(h - 7) for j in range(h - 7) if torch.equal(full[:, i:i + 8, j:j + 8],
+                                                                                        batch.lr[b])]
+            assert any(c <= i <= h - 8 - c and c <= j <= h - 8 - c for i, j in spots)
+            seen.add(min(i for i, _ in spots) == c)
+    assert True in seen                          # the innermost allowed position is drawn too
+    assert context_lr(12, 4.0) == 3 and context_lr(12, 1.5) == 8 and context_lr(0, 2.0) == 0
+    with pytest.raises(ValueError, match="online.context"):
+        OnlineBatcher(BicubicOnline(), ScaleSampler(1.0, 4.0), lr_patch=8, context=-1)
 
 
 @pytest.mark.parametrize("name", ["bicubic", "procedural"])
@@ -159,12 +184,23 @@ def test_one_config_key_chooses_the_degradation_and_a_new_one_registers_in_a_few
 
 
 def test_per_sample_scales_give_a_list_of_hr_patches():
-    batcher = OnlineBatcher(ProceduralOnline(), ScaleSampler(1.2, 3.8, "sample"), lr_patch=8)
+    batcher = OnlineBatcher(ProceduralOnline(), ScaleSampler(1.2, 3.8, "sample"), lr_patch=8, context=0)
     batch = batcher(_crops(4, batcher.hr_crop), torch.Generator().manual_seed(3))
     assert batch.lr.shape == (4, 3, 8, 8) and len(set(batch.scales)) == 4
     assert isinstance(batch.hr, list)
     assert [x.shape[-1] for x in batch.hr] == [round(8 * batcher.hr_crop / round(batcher.hr_crop / s))
                                                for s in batch.scales]
+
+
+def test_a_mixed_source_draws_the_offline_batches_at_its_fraction():
+    seen = []
+    source = mixed_source(lambda g: seen.append("online") or [], lambda g: seen.append("real") or [], 0.25)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(400):
+        source(g)
+    assert 0.2 < seen.count("real") / 400 < 0.3
+    with pytest.raises(ValueError, match="online.real_fraction"):
+        mixed_source(None, None, 1.5)
 
 
 @pytest.mark.slow
@@ -174,7 +210,7 @@ def test_cpu_workers_give_the_same_batches_whatever_their_number(tmp_path):
     for i, x in enumerate(images):
         write_image(tmp_path / f"{i}.png", x.float() / 127.5 - 1)
         paths.append(tmp_path / f"{i}.png")
-    batcher = OnlineBatcher(ProceduralOnline(), ScaleSampler(1.0, 4.0), lr_patch=8)
+    batcher = OnlineBatcher(ProceduralOnline(), ScaleSampler(1.0, 4.0), lr_patch=8, context=0)
 
     def batches(workers: int, images) -> list:
         data = HRCropDataset(images, batcher.hr_crop, length=12, seed=4)
@@ -203,7 +239,7 @@ def _train_online(tmp_path: Path, ckpt: Path, steps: int, stop_after: int | None
     settings = SRTrainSettings(steps=steps, batch_size=2, lr_patch=8, query_pixels=16, ckpt_every=2, log_every=1)
     deg = DegflowOnline(Degrader.from_checkpoint(ckpt, solver=SOLVER))
     log = ScaleLog()
-    batcher = OnlineBatcher(deg, ScaleSampler(1.0, 4.0), lr_patch=8, log=log)
+    batcher = OnlineBatcher(deg, ScaleSampler(1.0, 4.0), lr_patch=8, log=log, context=4)
     torch.manual_seed(0)
     model = build_sr_model("liif", None, n_feats=8, n_blocks=1, mlp_hidden=16)
 
@@ -232,24 +268,31 @@ def test_online_sr_training_resumes_exactly_with_its_scale_log(tmp_path, ckpt):
 
 # --------------------------------------------------------------------------- the comparison
 #: the comparison's tiny settings (tests/test_sr.py) with a validation test set
-TINY = [*(a for a in TINY_SR if not a.startswith("sr_setup.val_scales")), "sr_setup.val_scales=[1.25,2]"]
+TINY = [*(a for a in TINY_SR if not a.startswith(("sr_setup.val_scales", "sr_setup.max_side"))),
+        "sr_setup.val_scales=[1.25,2]", "sr_setup.max_side=96", "online.context=4"]
 
 
 @pytest.mark.slow
 def test_one_command_trains_the_online_sets_beside_an_offline_one_and_collects_the_table(tmp_path, ckpt):
     out = tmp_path / "out"
     proc = _compare("-m", "sr_setup=demo", f"ckpt={ckpt}", f"out={out}",
-                    "trainset=degflow,online_degflow,online_procedural,online_bicubic", "seed=0", *TINY)
+                    "trainset=degflow,online_degflow,online_degflow_real,online_procedural,online_bicubic", "seed=0",
+                    *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "results.json").read_text())["aggregate"]["liif"]
-    assert list(rows)[:4] == ["degflow", "online_degflow", "online_procedural", "online_bicubic"]
-    for name in ("online_degflow", "online_procedural", "online_bicubic"):
+    assert list(rows)[:5] == ["degflow", "online_degflow", "online_degflow_real", "online_procedural", "online_bicubic"]
+    for name in ("online_degflow", "online_degflow_real", "online_procedural", "online_bicubic"):
         assert set(rows[name]["cells"]) == {"demo_test x1.5", "demo_test x3", "demo_val x1.25", "demo_val x2"}
         assert all(math.isfinite(c["psnr_y"][0]) for c in rows[name]["cells"].values())
         run = out / "runs" / "liif" / name / "seed-0"
         result = json.loads((run / "result.json").read_text())
-        assert result["online"]["scales"]["batches"] == 2 and result["online"]["scale_range"] == [1.0, 4.0]
-        assert len((run / "online_scales.jsonl").read_text().splitlines()) == 2
+        assert result["online"]["scale_range"] == [1.0, 4.0] and result["online"]["context"] == 4
+        batches = result["online"]["scales"]["batches"]
+        assert len((run / "online_scales.jsonl").read_text().splitlines()) == batches
+        assert batches == 2 or name == "online_degflow_real"          # real batches are not online draws
+    real = json.loads((out / "runs/liif/online_degflow_real/seed-0/result.json").read_text())
+    assert real["online"]["real_fraction"] == pytest.approx(1 / 4)      # real x2 beside 3 generation scales
+    assert real["training_pairs"]["real"] == {"x2": 5}
     assert json.loads((out / "runs/liif/online_degflow/seed-0/result.json").read_text())["online"]["degradation"][
         "kind"] == "degflow"
     table = (out / "results.md").read_text()

@@ -45,14 +45,19 @@ log = logging.getLogger(__name__)
 METRICS = ("psnr_y", "ssim_y", "lpips")
 NEEDS_GENERATION = ("bicubic", "procedural", "degflow", "degflow_photos")
 #: training sets degraded on the fly (:mod:`degflow.sr.online`): trainset -> ``online.degradation``.
-ONLINE_SETS: dict[str, str] = {"online_degflow": "degflow", "online_procedural": "procedural",
-                               "online_bicubic": "bicubic", "online_degflow_stochastic": "degflow"}
+ONLINE_SETS: dict[str, str] = {"online_degflow": "degflow", "online_degflow_real": "degflow",
+                               "online_procedural": "procedural", "online_bicubic": "bicubic",
+                               "online_degflow_stochastic": "degflow"}
+#: online sets that mix in the real pairs of set ``degflow`` (at its share of real pairs).
+ONLINE_WITH_REAL = ("online_degflow_real",)
 #: what each online set holds (the table's legend).
 ONLINE_DESCRIPTIONS: dict[str, str] = {
-    name: f"the training HR images degraded on the fly by {deg}"
-          + (" plus a new noise sample (stochastic.*)" if name.endswith("_stochastic") else "")
-          + ", a new scale per batch from online.scale_range"
-    for name, deg in ONLINE_SETS.items()}
+    **{name: f"the training HR images degraded on the fly by {deg}"
+             + (" plus a new noise sample (stochastic.*)" if name.endswith("_stochastic") else "")
+             + ", a new scale per batch from online.scale_range"
+       for name, deg in ONLINE_SETS.items()},
+    "online_degflow_real": "online_degflow, each batch drawn instead from the real pairs of set degflow with the "
+                           "share those have in it (online.real_fraction)"}
 #: the training sets that use the stochastic option (config node ``stochastic``).
 STOCHASTIC_SETS = ("degflow_stochastic", "online_degflow_stochastic")
 #: row order of the tables.
@@ -170,12 +175,16 @@ def prepare(cfg: dict) -> dict[str, Any]:
             raise ValueError("sr_setup.val_scales: a validation test set exists for the demo setup only")
         tests["demo_val"] = [pair_folder(src / "val", setup["val_scales"], "demo_val")]
     test_pairs = _test_pairs(cfg, tests)
-    if name in ONLINE_SETS:
-        return {"folders": None, "online_hr": src / "train" / "HR", "tests": test_pairs, "generation_seconds": {},
-                "generation_cache": None}
     real_scales = sorted({float(s) for s in [*setup["real_scales"], *setup["gen_scales"], *setup["test_scales"]]
                           if lr_folder(src / "train", s).is_dir()})
     real = pair_folder(src / "train", real_scales, "real") if real_scales else None
+    if name in ONLINE_SETS:
+        # online_degflow_real: the real pairs of set degflow, at the real scales only
+        beside = training_set("real", real=real, generated=None, hr_root=src, real_scales=setup["real_scales"],
+                              gen_scales=setup["gen_scales"], test_scales=setup["test_scales"]) \
+            if name in ONLINE_WITH_REAL else None
+        return {"folders": None, "online_hr": src / "train" / "HR", "online_real": beside, "tests": test_pairs,
+                "generation_seconds": {}, "generation_cache": None}
     gen_seconds: dict[str, float] = {}
     generated, photos = None, []
     if name in NEEDS_GENERATION:
@@ -276,7 +285,7 @@ def run_job(cfg: dict, run_dir: Path) -> dict:
         log.info("training set %s: %d pairs %s", cfg["trainset"], len(pairs), counts)
         data = load_pairs(pairs)
     else:
-        online = _online(cfg, prep["online_hr"], settings, device, run_dir)
+        online = _online(cfg, prep["online_hr"], prep["online_real"], settings, device)
     scale = None
     if sr["network"] == "edsr":
         if len(setup["test_scales"]) != 1:
@@ -291,7 +300,8 @@ def run_job(cfg: dict, run_dir: Path) -> dict:
         training = train_sr(model, None, settings, cfg["seed"], run_dir, log=log.info, source=online["source"],
                             scale_log=online["log"])
         online["log"].write_jsonl(run_dir / "online_scales.jsonl")
-        counts = {"online": {"images": online["images"], "batches": len(online["log"].records)}}
+        counts = {"online": {"images": online["images"], "batches": len(online["log"].records)},
+                  **({"real": online["real_pairs"]} if online["real_pairs"] else {})}
     model.to(device).eval()
     lpips = load_lpips("alex", cfg["lpips_weights"], device=device, config_key="lpips_weights") \
         if cfg["eval"]["lpips"] else None
@@ -310,18 +320,23 @@ def run_job(cfg: dict, run_dir: Path) -> dict:
         **({"stochastic": _stochastic(cfg)} if cfg["trainset"] in STOCHASTIC_SETS else {}),
         "online": None if online is None else {"degradation": online["degradation"].describe(),
                                                "scales": online["log"].summary(), "hr_crop": online["hr_crop"],
-                                               "scale_range": online["scale_range"], "per": online["per"]},
+                                               "context": online["context"], "scale_range": online["scale_range"],
+                                               "per": online["per"], "real_fraction": online["real_fraction"]},
     }
 
 
-def _online(cfg: dict, hr_dir: Path, settings, device, run_dir: Path) -> dict[str, Any]:
-    """The online batch source of an ``online_*`` training set (:mod:`degflow.sr.online`)."""
+def _online(cfg: dict, hr_dir: Path, real: list | None, settings, device) -> dict[str, Any]:
+    """The batch source of an ``online_*`` training set (:mod:`degflow.sr.online`); with ``real`` (pair
+    folders), each batch comes from those pairs with probability ``online.real_fraction`` (null: their
+    share in set ``degflow``, real scales / (real + generation scales))."""
     import torch
 
     from degflow.data.images import find_images, read_image
-    from degflow.sr.online import OnlineBatcher, ScaleLog, ScaleSampler, build_online_degradation, online_source
+    from degflow.data.sr_pairs import find_pairs, load_pairs, sample_patches
+    from degflow.sr.online import (OnlineBatcher, ScaleLog, ScaleSampler, build_online_degradation, mixed_source,
+                                   online_source)
 
-    on = cfg["online"]
+    on, setup = cfg["online"], cfg["sr_setup"]
     name = ONLINE_SETS[cfg["trainset"]]
     low, high = (float(v) for v in on["scale_range"])
     if cfg["sr"]["network"] == "edsr" and low != high:
@@ -335,13 +350,26 @@ def _online(cfg: dict, hr_dir: Path, settings, device, run_dir: Path) -> dict[st
                                                   "solver": on["solver"], **noise})
     sampler = ScaleSampler(low, high, on["per"])
     scale_log = ScaleLog()
-    batcher = OnlineBatcher(degradation, sampler, settings.lr_patch, on["hr_crop"], log=scale_log)
+    batcher = OnlineBatcher(degradation, sampler, settings.lr_patch, on["hr_crop"], log=scale_log,
+                            context=on["context"])
     images = [((read_image(p) + 1.0) * 127.5).round().to(torch.uint8) for p in find_images(hr_dir)]
-    log.info("training set %s: %d HR images degraded on the fly by %s, scales U(%s, %s) per %s, HR crops %d px",
-             cfg["trainset"], len(images), name, low, high, on["per"], batcher.hr_crop)
-    return {"source": online_source(images, batcher, settings.batch_size, device), "log": scale_log,
-            "degradation": degradation, "images": len(images), "hr_crop": batcher.hr_crop,
-            "scale_range": [low, high], "per": on["per"]}
+    source = online_source(images, batcher, settings.batch_size, device)
+    fraction, real_pairs = 0.0, {}
+    if real:
+        pairs = find_pairs(real)
+        for p in pairs:
+            real_pairs[f"x{p.scale:g}"] = real_pairs.get(f"x{p.scale:g}", 0) + 1
+        data = load_pairs(pairs)
+        n_real, n_gen = len(setup["real_scales"]), len(setup["gen_scales"])
+        fraction = float(on["real_fraction"]) if on["real_fraction"] is not None else n_real / (n_real + n_gen)
+        source = mixed_source(source, lambda g: sample_patches(data, settings.batch_size, settings.lr_patch, g),
+                              fraction)
+    log.info("training set %s: %d HR images degraded on the fly by %s, scales U(%s, %s) per %s, HR crops %d px, "
+             "context %d px%s", cfg["trainset"], len(images), name, low, high, on["per"], batcher.hr_crop,
+             batcher.context, f"; real pairs {real_pairs} in {fraction:.3f} of the batches" if real else "")
+    return {"source": source, "log": scale_log, "degradation": degradation, "images": len(images),
+            "hr_crop": batcher.hr_crop, "context": batcher.context, "scale_range": [low, high], "per": on["per"],
+            "real_fraction": fraction, "real_pairs": real_pairs}
 
 
 # ----------------------------------------------------------------------------- collect

@@ -19,12 +19,13 @@ One batch (:class:`OnlineBatcher`, the same code on the CPU and on the GPU):
 1. scales: one per batch (``per=batch``, default) or one per sample (``per=sample``), uniform in
    ``scale_range`` (:class:`ScaleSampler`, rounded to 4 decimals), seeds one per sample, all from
    one ``torch.Generator``;
-2. the degradation of the whole ``Q x Q`` HR crop (``Q = hr_crop``: at least ``lr_patch`` times the
-   largest scale, so an LR patch always fits; a multiple of the degflow model's pad multiple, so no
-   padding enters its latent);
-3. an LR patch of ``lr_patch`` pixels at a random position of the LR and the HR patch covering it
-   (:func:`degflow.data.sr_pairs.aligned_patch`, the rule of the offline sets), as Real-ESRGAN crops
-   its training pair after degrading a larger crop.
+2. the degradation of the whole ``Q x Q`` HR crop (``Q = hr_crop``: large enough for an LR patch and
+   its context at every scale; a multiple of the degflow model's pad multiple, so no padding enters
+   its latent);
+3. an LR patch of ``lr_patch`` pixels at a random position of the LR at least ``context`` HR pixels
+   from the crop's edges (where a crop's degradation differs from the whole image's) and the HR
+   patch covering it (:func:`degflow.data.sr_pairs.aligned_patch`, the rule of the offline sets), as
+   Real-ESRGAN crops its training pair after degrading a larger crop.
 
 Two ways to run it:
 
@@ -62,7 +63,7 @@ from degflow.generation.degrade import Degrader, quantize_8bit
 
 __all__ = ["ONLINE_DEGRADATIONS", "SCALE_PER", "BicubicOnline", "DegflowOnline", "HRCropDataset", "OnlineBatch",
            "OnlineBatcher", "OnlineCollate", "OnlineDegradation", "ProceduralOnline", "ScaleLog", "ScaleSampler",
-           "build_online_degradation", "default_hr_crop", "online_source", "random_hr_crop",
+           "build_online_degradation", "context_lr", "default_hr_crop", "mixed_source", "online_source", "random_hr_crop",
            "register_online_degradation"]
 
 #: How scales are drawn (``online.per``): one for the whole batch (LIIF-style batches of one scale) or one per sample.
@@ -286,11 +287,23 @@ class ScaleLog:
         atomic_write_text(Path(path), "".join(json.dumps(r) + "\n" for r in self.records))
 
 
-def default_hr_crop(lr_patch: int, high: float, multiple: int = 1) -> int:
-    """The smallest HR crop side that holds an LR patch of ``lr_patch`` pixels at every scale up to
-    ``high`` (round(Q / high) >= lr_patch), rounded up to a multiple of ``multiple``."""
+def context_lr(context: int, scale: float) -> int:
+    """LR pixels kept between the LR patch and the degraded crop's edge: ``ceil(context / scale)``."""
+    return math.ceil(context / scale - 1e-9) if context else 0
+
+
+def default_hr_crop(lr_patch: int, high: float, multiple: int = 1, context: int = 0, low: float | None = None) -> int:
+    """The smallest HR crop side Q whose LR holds an LR patch of ``lr_patch`` pixels plus ``context`` HR pixels
+    (:func:`context_lr`) on each side at every scale in ``[low, high]`` (``round(Q / s) >= lr_patch +
+    2 context_lr(context, s)``, checked on a 1e-3 grid of scales), rounded up to a multiple of ``multiple``."""
+    low = high if low is None else low
+    grid = [high] + [low + (high - low) * k / 1000 for k in range(1000)]
+
+    def fits(q: int) -> bool:
+        return all(round(q / s) >= lr_patch + 2 * context_lr(context, s) for s in grid)
+
     q = max(lr_patch, math.floor((lr_patch - 0.5) * high))
-    while round(q / high) < lr_patch:
+    while not fits(q):
         q += 1
     return -(-q // multiple) * multiple
 
@@ -303,22 +316,30 @@ class OnlineBatcher:
         sampler: the :class:`ScaleSampler`.
         lr_patch: LR patch side in pixels (``sr.lr_patch``).
         hr_crop: HR crop side the degradation sees (``online.hr_crop``); None: the smallest that
-            holds the LR patch at the largest scale, rounded up to the degradation's pad multiple
-            (degflow) so no padding enters its latent.
+            holds the LR patch and its context at every scale of the sampler, rounded up to the
+            degradation's pad multiple (degflow) so no padding enters its latent.
+        context: HR pixels of the degraded crop kept between the LR patch and the crop's edges
+            (``online.context``; :func:`context_lr` LR pixels): the degradation of a crop differs
+            from that of the whole image near the crop's edges (degflow: by 33 dB Y-PSNR at the
+            outermost LR pixel, 41 dB from 2-4 LR pixels in, Canon x4; docs/ONLINE.md).
         log: a :class:`ScaleLog` every batch is added to (None: none).
     """
 
     def __init__(self, degradation: OnlineDegradation, sampler: ScaleSampler, lr_patch: int,
-                 hr_crop: int | None = None, log: ScaleLog | None = None):
+                 hr_crop: int | None = None, log: ScaleLog | None = None, context: int = 12):
         if isinstance(lr_patch, bool) or not isinstance(lr_patch, int) or lr_patch < 1:
             raise ValueError(f"sr.lr_patch must be a positive integer, got {lr_patch!r}")
+        if isinstance(context, bool) or not isinstance(context, int) or context < 0:
+            raise ValueError(f"online.context must be an integer >= 0 (HR pixels), got {context!r}")
         self.degradation, self.sampler, self.lr_patch, self.log = degradation, sampler, lr_patch, log
+        self.context = context
         multiple = degradation.degrader.synth.pad_multiple if isinstance(degradation, DegflowOnline) else 1
-        smallest = default_hr_crop(lr_patch, sampler.high)
+        smallest = default_hr_crop(lr_patch, sampler.high, context=context, low=sampler.low)
         if hr_crop is None:
-            hr_crop = default_hr_crop(lr_patch, sampler.high, multiple)
+            hr_crop = default_hr_crop(lr_patch, sampler.high, multiple, context, sampler.low)
         elif isinstance(hr_crop, bool) or not isinstance(hr_crop, int) or hr_crop < smallest:
-            raise ValueError(f"online.hr_crop={hr_crop!r}: an LR patch of sr.lr_patch={lr_patch} pixels at scale "
+            raise ValueError(f"online.hr_crop={hr_crop!r}: an LR patch of sr.lr_patch={lr_patch} pixels with "
+                             f"online.context={context} HR pixels around it at scales up to "
                              f"{scale_label(sampler.high)} needs an HR crop of at least {smallest} pixels")
         self.hr_crop = hr_crop
         self.count = 0
@@ -336,8 +357,9 @@ class OnlineBatcher:
         lr_out, hr_out = [], []
         for i, lr in enumerate(lrs):
             h, w = lr.shape[-2:]
-            top = int(torch.randint(h - self.lr_patch + 1, (1,), generator=generator))
-            left = int(torch.randint(w - self.lr_patch + 1, (1,), generator=generator))
+            c = min(context_lr(self.context, scales[i]), (h - self.lr_patch) // 2, (w - self.lr_patch) // 2)
+            top = c + int(torch.randint(h - self.lr_patch - 2 * c + 1, (1,), generator=generator))
+            left = c + int(torch.randint(w - self.lr_patch - 2 * c + 1, (1,), generator=generator))
             lr_p, hr_p = aligned_patch(hr[i], lr, self.lr_patch, top, left)
             lr_out.append(lr_p)
             hr_out.append(hr_p)
@@ -423,6 +445,21 @@ class OnlineCollate:
         first = int(items[0][1])
         g = torch.Generator().manual_seed(_mix(self.seed + 1, first))
         return self.batcher(crops, g, index=first)
+
+
+def mixed_source(online: Callable[[torch.Generator], list], offline: Callable[[torch.Generator], list],
+                 offline_fraction: float) -> Callable[[torch.Generator], list]:
+    """A batch source drawing each batch from ``offline`` with probability ``offline_fraction`` (the
+    real pairs beside the online degradation, as the offline set ``degflow`` mixes them), else from
+    ``online``; the choice comes from the run's generator."""
+    if not 0.0 <= float(offline_fraction) <= 1.0:
+        raise ValueError(f"online.real_fraction must lie in [0, 1], got {offline_fraction!r}")
+
+    def source(generator: torch.Generator) -> list:
+        pick = float(torch.rand((), generator=generator, dtype=torch.float64)) < offline_fraction
+        return offline(generator) if pick else online(generator)
+
+    return source
 
 
 def online_source(images: Sequence[Tensor], batcher: OnlineBatcher, batch_size: int,

@@ -1,7 +1,7 @@
 """Which solver for the online degradation? The LR of cheaper solvers against the default's and
 against the real LR, at true LR size, on VALIDATION images only.
 
-    python -m experiments.studies.online_solver.solver_check --ckpt <lfm.pt> --hr <val>/HR --lr <val>/LR \
+    python -m experiments.studies.online.solver_check --ckpt <lfm.pt> --hr <val>/HR --lr <val>/LR \
         --scales 1.1,1.25,1.5,2,2.5,3,3.5,4 --json <file>
 
 For each solver (rk4/16/cubic = synthesize.py's default, 65 NFE; euler/8/cubic, 9 NFE; euler/4/cubic,
