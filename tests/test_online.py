@@ -53,7 +53,12 @@ def test_scales_are_seeded_uniform_and_one_per_batch_or_per_sample():
     assert abs(sum(draws) / len(draws) - 2.5) < 0.1                            # uniform: mean 2.5
     assert all(round(s, 4) == s for s in draws)
     assert ScaleSampler(4.0, 4.0).draw(3, torch.Generator()) == [4.0, 4.0, 4.0]
-    for bad, message in [((4.0, 2.0), "low <= high"), ((0.5, 2.0), ">= 1"), ((1.0, 2.0, "image"), "online.per")]:
+    cell = [s for k in range(200) for s in ScaleSampler(1.0, 4.0, "sample", "cell").draw(4, torch.Generator().manual_seed(k))]
+    assert min(cell) >= 1.0 and max(cell) <= 4.0
+    assert abs(sum(1 / s for s in cell) / len(cell) - 0.625) < 0.02                 # 1/s uniform in [1/4, 1]
+    assert 0.45 < sum(s < 1.6 for s in cell) / len(cell) < 0.55
+    for bad, message in [((4.0, 2.0), "low <= high"), ((0.5, 2.0), ">= 1"), ((1.0, 2.0, "image"), "online.per"),
+                         ((1.0, 2.0, "batch", "log"), "online.scale_law")]:
         with pytest.raises(ValueError, match=message):
             ScaleSampler(*bad)
 

@@ -321,7 +321,8 @@ def run_job(cfg: dict, run_dir: Path) -> dict:
         "online": None if online is None else {"degradation": online["degradation"].describe(),
                                                "scales": online["log"].summary(), "hr_crop": online["hr_crop"],
                                                "context": online["context"], "scale_range": online["scale_range"],
-                                               "per": online["per"], "real_fraction": online["real_fraction"]},
+                                               "per": online["per"], "scale_law": online["scale_law"],
+                                               "real_fraction": online["real_fraction"]},
     }
 
 
@@ -348,7 +349,7 @@ def _online(cfg: dict, hr_dir: Path, real: list | None, settings, device) -> dic
         noise = {"noise": st["noise"], "strength": st["strength"]}
     degradation = build_online_degradation(name, {"ckpt": cfg["ckpt"], "device": device, "max_scale": on["max_scale"],
                                                   "solver": on["solver"], **noise})
-    sampler = ScaleSampler(low, high, on["per"])
+    sampler = ScaleSampler(low, high, on["per"], on["scale_law"])
     scale_log = ScaleLog()
     batcher = OnlineBatcher(degradation, sampler, settings.lr_patch, on["hr_crop"], log=scale_log,
                             context=on["context"])
@@ -369,6 +370,7 @@ def _online(cfg: dict, hr_dir: Path, real: list | None, settings, device) -> dic
              batcher.context, f"; real pairs {real_pairs} in {fraction:.3f} of the batches" if real else "")
     return {"source": source, "log": scale_log, "degradation": degradation, "images": len(images),
             "hr_crop": batcher.hr_crop, "context": batcher.context, "scale_range": [low, high], "per": on["per"],
+            "scale_law": on["scale_law"],
             "real_fraction": fraction, "real_pairs": real_pairs}
 
 

@@ -61,7 +61,7 @@ from degflow.data.sr_pairs import aligned_patch
 from degflow.data.transforms import NUM_DIHEDRAL, dihedral
 from degflow.generation.degrade import Degrader, quantize_8bit
 
-__all__ = ["ONLINE_DEGRADATIONS", "SCALE_PER", "BicubicOnline", "DegflowOnline", "HRCropDataset", "OnlineBatch",
+__all__ = ["ONLINE_DEGRADATIONS", "SCALE_LAWS", "SCALE_PER", "BicubicOnline", "DegflowOnline", "HRCropDataset", "OnlineBatch",
            "OnlineBatcher", "OnlineCollate", "OnlineDegradation", "ProceduralOnline", "ScaleLog", "ScaleSampler",
            "build_online_degradation", "context_lr", "default_hr_crop", "mixed_source", "online_source", "random_hr_crop",
            "register_online_degradation"]
@@ -70,6 +70,8 @@ __all__ = ["ONLINE_DEGRADATIONS", "SCALE_PER", "BicubicOnline", "DegflowOnline",
 SCALE_PER: tuple[str, ...] = ("batch", "sample")
 #: Decimals the drawn scales are rounded to (exact in logs and folder labels).
 SCALE_DECIMALS = 4
+#: How scales are distributed (``online.scale_law``): uniform in s, or uniform in the cell size 1/s.
+SCALE_LAWS: tuple[str, ...] = ("uniform", "cell")
 
 
 class OnlineDegradation(Protocol):
@@ -217,12 +219,15 @@ def _degflow(options: Mapping[str, Any]) -> OnlineDegradation:
 # ----------------------------------------------------------------------------- scales
 @dataclass(frozen=True)
 class ScaleSampler:
-    """Scales uniform in ``[low, high]`` (rounded to :data:`SCALE_DECIMALS` decimals), one per batch
-    or one per sample (``per``); config ``online.scale_range``, ``online.per``."""
+    """Scales in ``[low, high]`` (rounded to :data:`SCALE_DECIMALS` decimals), one per batch or one per
+    sample (``per``), drawn by ``law``: ``uniform`` in s (LIIF's U(1, 4)) or ``cell``: uniform in the
+    cell size 1/s (density proportional to 1/s^2: half of the draws of [1, 4] below s = 1.6);
+    config ``online.scale_range``, ``online.per``, ``online.scale_law``."""
 
     low: float
     high: float
     per: str = "batch"
+    law: str = "uniform"
 
     def __post_init__(self) -> None:
         lo, hi = check_scale(self.low, "online.scale_range"), check_scale(self.high, "online.scale_range")
@@ -230,12 +235,18 @@ class ScaleSampler:
             raise ValueError(f"online.scale_range=[{self.low}, {self.high}]: expected [low, high] with low <= high")
         if self.per not in SCALE_PER:
             raise ValueError(f"online.per={self.per!r} is not one of {list(SCALE_PER)}")
+        if self.law not in SCALE_LAWS:
+            raise ValueError(f"online.scale_law={self.law!r} is not one of {list(SCALE_LAWS)}")
 
     def draw(self, n: int, generator: torch.Generator) -> list[float]:
         """``n`` scales (all equal with ``per=batch``) from ``generator``."""
         k = 1 if self.per == "batch" else n
         u = torch.rand(k, generator=generator, dtype=torch.float64).tolist()
-        scales = [round(self.low + (self.high - self.low) * v, SCALE_DECIMALS) for v in u]
+        if self.law == "uniform":
+            scales = [self.low + (self.high - self.low) * v for v in u]
+        else:                       # 1/s uniform between 1/high and 1/low
+            scales = [1.0 / (1.0 / self.low + (1.0 / self.high - 1.0 / self.low) * v) for v in u]
+        scales = [min(max(round(v, SCALE_DECIMALS), self.low), self.high) for v in scales]
         return scales * n if self.per == "batch" else scales
 
 
