@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from test_synthesis import _hr, _image, _write_lfm_checkpoint
 
 from degflow.core.scales import scale_key
 from degflow.core.solvers import SolverSpec
@@ -19,7 +20,6 @@ from degflow.generation import Synthesizer
 from degflow.generation.degrade import INDEPENDENCE_ATOL, Degrader, quantize_8bit
 from degflow.infra.checkpoint import CheckpointError, save_checkpoint
 from degflow.jobs.lr_dataset import write_lr_dataset
-from test_synthesis import _hr, _image, _write_lfm_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

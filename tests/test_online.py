@@ -10,18 +10,31 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from test_sr import TINY_SR, _compare, _rand_image
+from test_synthesis import _write_lfm_checkpoint
 
 from degflow.core.solvers import SolverSpec
 from degflow.data.images import write_image
 from degflow.generation.degrade import Degrader
 from degflow.models.sr import build_sr_model
 from degflow.sr.fit import SRTrainSettings, load_sr_checkpoint, train_sr
-from degflow.sr.online import (ONLINE_DEGRADATIONS, BicubicOnline, DegflowOnline, HRCropDataset, OnlineBatcher,
-                               OnlineCollate, ProceduralOnline, ScaleLog, ScaleSampler, build_online_degradation,
-                               context_lr, default_hr_crop, mixed_source, online_source,
-                               register_online_degradation)
-from test_sr import TINY_SR, _compare, _rand_image
-from test_synthesis import _write_lfm_checkpoint
+from degflow.sr.online import (
+    ONLINE_DEGRADATIONS,
+    BicubicOnline,
+    DegflowOnline,
+    HRCropDataset,
+    OnlineBatcher,
+    OnlineCollate,
+    ProceduralOnline,
+    ScaleLog,
+    ScaleSampler,
+    build_online_degradation,
+    context_lr,
+    default_hr_crop,
+    mixed_source,
+    online_source,
+    register_online_degradation,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -258,7 +271,7 @@ def _train_online(tmp_path: Path, ckpt: Path, steps: int, stop_after: int | None
 
 @pytest.mark.slow
 def test_online_sr_training_resumes_exactly_with_its_scale_log(tmp_path, ckpt):
-    whole, info, log = _train_online(tmp_path / "whole", ckpt, 4)
+    whole, _info, log = _train_online(tmp_path / "whole", ckpt, 4)
     assert len(log.records) == 4 and len({r["scales"][0] for r in log.records}) == 4
     with pytest.raises(KeyboardInterrupt):
         _train_online(tmp_path / "cut", ckpt, 4, stop_after=3)

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_synthesis import _image, _write_lfm_checkpoint
 
 from degflow.core.resize import resize_to_lr
 from degflow.core.solvers import SolverSpec
 from degflow.generation import Synthesizer
 from degflow.generation.degrade import quantize_8bit
 from degflow.jobs.lr_dataset import META_INFO, toolbox_multiple, write_lr_dataset
-from test_synthesis import _image, _write_lfm_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -146,9 +146,9 @@ def test_liif_paired_folders_read_the_export_at_its_integer_scale(export, scale)
     for lr, hr in pairs:
         assert hr.shape[-2] // lr.shape[-2] == scale and hr.shape[-2] == lr.shape[-2] * scale
         crop_lr, crop_hr = liif_sr_implicit_paired(lr, hr)
-        assert torch.equal(crop_hr, hr)                                    # nothing cut off
+        assert torch.equal(crop_hr, hr) and torch.equal(crop_lr, lr)      # nothing cut off
         crop_lr, crop_hr = liif_sr_implicit_paired(lr, hr, inp_size=4)
-        assert crop_hr.shape[-1] == 4 * scale
+        assert crop_lr.shape[-2:] == (4, 4) and crop_hr.shape[-2:] == (4 * scale, 4 * scale)
     # LR and HR are the same picture, paired by position: the bicubic LR is exactly that of the cropped HR
     for lr, hr in liif_paired_folders(str(export / "baselines/bicubic/LR" / f"x{scale}"), str(export / "HR")):
         expected = (quantize_8bit(resize_to_lr(hr * 2 - 1, scale)) + 1) / 2

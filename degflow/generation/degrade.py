@@ -171,7 +171,7 @@ class Degrader:
                         precision: str = "fp32", *, max_scale: float | None = None,
                         allow_extrapolation: bool = False, value_range: tuple[float, float] = (-1.0, 1.0),
                         quantize: bool = True, hr_size_output: str = "decoded", tile_size: int | None = 1024,
-                        tile_overlap: int = 256) -> "Degrader":
+                        tile_overlap: int = 256) -> Degrader:
         """Load a stage-2 checkpoint (:meth:`Synthesizer.from_checkpoint`: the EMA velocity when
         stored, ``solver=None`` = :data:`~degflow.generation.synthesizer.DEFAULT_SOLVER`, the
         default of ``synthesize.py``). A stage-1 (``rae``), corrupt or missing file raises
@@ -196,7 +196,7 @@ class Degrader:
         float rounding): a fixed-step solver with ``output_mode=cubic`` (the default)."""
         return self.solver.is_fixed_step and self.solver.output_mode == "cubic"
 
-    def to(self, device: torch.device | str) -> "Degrader":
+    def to(self, device: torch.device | str) -> Degrader:
         """Move the model to ``device``; returns self."""
         self.synth.to(device)
         return self

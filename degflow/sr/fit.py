@@ -31,7 +31,7 @@ from degflow.infra.checks import check_positive_int
 from degflow.infra.digests import damage_message, describe_load_error, file_digest, save_sealed
 from degflow.models.sr import make_coord
 
-__all__ = ["SRTrainSettings", "train_sr", "load_sr_checkpoint", "sr_loss"]
+__all__ = ["SRTrainSettings", "load_sr_checkpoint", "sr_loss", "train_sr"]
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ appends to its ``log`` itself when it runs in the training process).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -86,7 +87,7 @@ class OnlineDegradation(Protocol):
 
     def __call__(self, hr: Tensor, scales: Sequence[float], seeds: Sequence[int]) -> list[Tensor]: ...
 
-    def to(self, device: torch.device | str) -> "OnlineDegradation": ...
+    def to(self, device: torch.device | str) -> OnlineDegradation: ...
 
     def describe(self) -> dict[str, Any]: ...
 
@@ -131,7 +132,7 @@ class BicubicOnline:
         _per_sample(hr, scales, seeds)
         return [quantize_8bit(resize_to_lr(x.float(), check_scale(s))).to(hr.dtype) for x, s in zip(hr, scales)]
 
-    def to(self, device: torch.device | str) -> "BicubicOnline":
+    def to(self, device: torch.device | str) -> BicubicOnline:
         return self
 
     def describe(self) -> dict[str, Any]:
@@ -152,7 +153,7 @@ class ProceduralOnline:
         return [procedural.realesrgan(x, check_scale(s), seed=int(seed), settings=self.settings, size="lr")
                 for x, s, seed in zip(hr, scales, seeds)]
 
-    def to(self, device: torch.device | str) -> "ProceduralOnline":
+    def to(self, device: torch.device | str) -> ProceduralOnline:
         return self
 
     def describe(self) -> dict[str, Any]:
@@ -179,7 +180,7 @@ class DegflowOnline:
         out = self.degrader(hr, scales[0] if one else list(scales), **extra).lr
         return list(out.unbind(0)) if one else out
 
-    def to(self, device: torch.device | str) -> "DegflowOnline":
+    def to(self, device: torch.device | str) -> DegflowOnline:
         self.degrader.to(device)
         return self
 
@@ -287,7 +288,7 @@ class ScaleLog:
             return {"batches": 0, "samples": 0}
         edges = list(bins)
         counts = {f"[{scale_label(a)}, {scale_label(b)})": sum(a <= s < b for s in scales)
-                  for a, b in zip(edges, edges[1:])}
+                  for a, b in itertools.pairwise(edges)}
         counts[f">= {scale_label(edges[-1])}"] = sum(s >= edges[-1] for s in scales)
         return {"batches": len(self.records), "samples": len(scales), "min": min(scales), "max": max(scales),
                 "mean": sum(scales) / len(scales), "counts": counts}

@@ -50,8 +50,14 @@ from degflow.models.rae import RAE
 from degflow.models.sr import build_sr_model
 from degflow.models.unet import VelocityUNet
 from degflow.sr.fit import SRTrainSettings, sr_loss
-from degflow.sr.online import (BicubicOnline, DegflowOnline, OnlineBatcher, ProceduralOnline, ScaleSampler,
-                               random_hr_crop)
+from degflow.sr.online import (
+    BicubicOnline,
+    DegflowOnline,
+    OnlineBatcher,
+    ProceduralOnline,
+    ScaleSampler,
+    random_hr_crop,
+)
 
 
 def _preset(kind: str) -> dict:
