@@ -290,6 +290,28 @@ TINY = [*(a for a in TINY_SR if not a.startswith(("sr_setup.val_scales", "sr_set
         "sr_setup.val_scales=[1.25,2]", "sr_setup.max_side=96", "online.context=4"]
 
 
+def test_a_test_pair_too_small_to_score_is_refused_before_any_training(tmp_path):
+    from degflow.data.sr_pairs import find_pairs, pair_folder
+    from degflow.sr.compare import _test_pairs
+
+    root = tmp_path / "val"
+    write_image(root / "HR" / "band.png", _rand_image(16, 64, 0))       # a 64x16 validation band
+    write_image(root / "LR" / "x1.25" / "band.png", _rand_image(13, 51, 1))
+    write_image(root / "LR" / "x2" / "band.png", _rand_image(8, 32, 2))
+    cfg = {"eval": {"max_images": None}, "sr": {"network": "liif"}}
+    ok = _test_pairs(cfg, {"demo_val": [pair_folder(root, [1.25, 2], "demo_val")]})   # 16 - 2 x 2 = 12 rows
+    assert len(ok["demo_val"]) == 2
+    write_image(root / "HR" / "band.png", _rand_image(14, 64, 0))       # 14 - 2 x 2 = 10 < 11 rows
+    with pytest.raises(ValueError, match=r"demo_val: band.png at x1.25 is 64x14, too small .* sr_setup.max_side"):
+        _test_pairs(cfg, {"demo_val": [pair_folder(root, [1.25, 2], "demo_val")]})
+    edsr = {"eval": {"max_images": None}, "sr": {"network": "edsr"}}    # scored at 4 x LR: 4 x 3 = 12 < 19
+    write_image(root / "HR" / "band.png", _rand_image(40, 64, 0))
+    write_image(root / "LR" / "x4" / "band.png", _rand_image(3, 16, 3))
+    assert [p.scale for p in find_pairs([pair_folder(root, [4], "t")])] == [4.0]
+    with pytest.raises(ValueError, match=r"at x4 is 64x12"):
+        _test_pairs(edsr, {"t": [pair_folder(root, [4], "t")]})
+
+
 @pytest.mark.slow
 def test_one_command_trains_the_online_sets_beside_an_offline_one_and_collects_the_table(tmp_path, ckpt):
     out = tmp_path / "out"

@@ -233,7 +233,28 @@ def _test_pairs(cfg: dict, tests: dict[str, list]) -> dict[str, list]:
         n = int(cfg["eval"]["max_images"])
         test_pairs = {k: [p for s in sorted({q.scale for q in v}) for p in [q for q in v if q.scale == s][:n]]
                       for k, v in test_pairs.items()}
+    for name, pairs in test_pairs.items():
+        _check_scorable(name, pairs, cfg["sr"]["network"])
     return test_pairs
+
+
+def _check_scorable(test: str, pairs: list, network: str) -> None:
+    """ValueError before any training when a test pair is too small for SSIM's 11x11 window after the
+    border shave ceil(s) (the scored size: HR for liif, scale x LR for edsr)."""
+    from degflow.data.images import read_image_size
+    from degflow.sr.scoring import sr_shave
+
+    for p in pairs:
+        w, h = read_image_size(p.hr_path)
+        if network == "edsr":
+            lw, lh = read_image_size(p.lr_path)
+            w, h = min(w, round(lw * p.scale)), min(h, round(lh * p.scale))
+        shave = sr_shave(p.scale)
+        if min(w, h) - 2 * shave < 11:
+            raise ValueError(f"test set {test}: {p.hr_path.name} at x{p.scale:g} is {w}x{h}, too small to score "
+                             f"(SSIM needs 11x11 pixels after a {shave}-pixel border shave: at least "
+                             f"{11 + 2 * shave} per side); raise sr_setup.max_side or drop the scale from "
+                             f"sr_setup.test_scales / sr_setup.val_scales")
 
 
 # ----------------------------------------------------------------------------- one job
