@@ -260,24 +260,28 @@ def test_the_report_lists_a_sweep_that_is_still_running(rae_ckpt, tmp_path):
 
 
 def test_the_downstream_sr_comparison_runs_one_slurm_job_per_training_set_and_collects_the_table(tmp_path):
-    """python -m degflow sr-compare through the SLURM preset: one array task per training set, each
-    job's record says it ran under SLURM, and the multirun's end writes the results table."""
-    from test_sr import TINY_SR
+    """python -m degflow sr-compare through the SLURM preset: one array task per training set (an offline
+    and an online one among them), each job's record says it ran under SLURM, and the multirun's end
+    writes the results table."""
+    from test_online import TINY as TINY_ONLINE      # test_sr's tiny settings with room for online crops
     from test_synthesis import _write_lfm_checkpoint
     from degflow.core.solvers import SolverSpec
 
     ckpt = _write_lfm_checkpoint(tmp_path / "lfm.pt", SolverSpec.create("rk4", steps=2))
     out = tmp_path / "out"
     proc = _run("-m", "degflow", "sr-compare", "-m", "sr_setup=demo", f"ckpt={ckpt}", f"out={out}", *SLURM,
-                "trainset=bicubic,degflow", "seed=0", *TINY_SR, timeout=500)
+                "trainset=bicubic,degflow,online_degflow", "seed=0", *TINY_ONLINE, timeout=500)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     records = [json.loads(p.read_text()) for p in (out / "runs").rglob("job.json")]
-    assert len(records) == 2
+    assert len(records) == 3
     assert {r["scheduler"] for r in records} == {"slurm"} and {r["status"] for r in records} == {"completed"}
     assert len({r["array_job_id"] for r in records}) == 1                  # one array, one task per set
     assert {o for r in records for o in r["overrides"] if o.startswith("trainset=")} == \
-        {"trainset=bicubic", "trainset=degflow"}
+        {"trainset=bicubic", "trainset=degflow", "trainset=online_degflow"}
     rows = json.loads((out / "results.json").read_text())["aggregate"]["liif"]
-    assert {"bicubic", "degflow"} <= set(rows)
-    assert all(math.isfinite(rows[name]["cells"]["demo_test x3"]["psnr_y"][0]) for name in ("bicubic", "degflow"))
+    assert {"bicubic", "degflow", "online_degflow"} <= set(rows)
+    assert all(math.isfinite(rows[name]["cells"]["demo_test x3"]["psnr_y"][0])
+               for name in ("bicubic", "degflow", "online_degflow"))
+    online = json.loads((out / "runs/liif/online_degflow/seed-0/result.json").read_text())["online"]
+    assert online["degradation"]["kind"] == "degflow" and online["scales"]["batches"] == 2
     assert "| degflow | 0 |" in (out / "results.md").read_text()

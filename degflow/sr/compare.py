@@ -355,8 +355,14 @@ def _online(cfg: dict, hr_dir: Path, real: list | None, settings, device) -> dic
 
     from degflow.data.images import find_images, read_image
     from degflow.data.sr_pairs import find_pairs, load_pairs, sample_patches
-    from degflow.sr.online import (OnlineBatcher, ScaleLog, ScaleSampler, build_online_degradation, mixed_source,
-                                   online_source)
+    from degflow.sr.online import (
+        OnlineBatcher,
+        ScaleLog,
+        ScaleSampler,
+        build_online_degradation,
+        mixed_source,
+        online_source,
+    )
 
     on, setup = cfg["online"], cfg["sr_setup"]
     name = ONLINE_SETS[cfg["trainset"]]
