@@ -44,6 +44,35 @@ def test_the_card_recipe_is_the_quickstarts_demo_budget(card):
     assert card["recipe"]["command"].startswith("python -m degflow.quickstart train=true threads=1 seed=0")
 
 
+def test_the_recipe_validates_each_stage_at_least_four_times():
+    from degflow.cli.quickstart import budget_overrides
+
+    def value(overrides: list[str], key: str) -> int:
+        return int(next(o.split("=", 1)[1] for o in overrides if o.startswith(key + "=")))
+
+    for stage, overrides in budget_overrides("demo").items():
+        if stage != "evaluate":   # four or more points on the validation panel of loss_curve.png
+            assert value(overrides, "stage.steps") // value(overrides, "stage.val_every") >= 4, stage
+
+
+@pytest.mark.slow
+def test_how_often_training_validates_does_not_change_the_trained_weights(tmp_path, one_torch_thread):
+    """So the card's digest holds whatever val_every the recipe uses (each step reseeds its own draws)."""
+    from degflow.cli.quickstart import budget_overrides, compose_config
+    from degflow.infra.checkpoint import save_weights_only
+    from degflow.training import train
+
+    steps = budget_overrides("tiny")
+    common = ["logger=none", "device=cpu", f"output_root={tmp_path}", "seed=0"]
+    train(compose_config("config", ["stage=rae", *common, *steps["rae"]]), tmp_path / "rae")
+    digests = set()
+    for every in (1, 4):
+        train(compose_config("config", ["stage=lfm", *common, f"rae_ckpt={tmp_path / 'rae' / 'checkpoints' / 'last.pt'}",
+                                         *steps["lfm"], f"stage.val_every={every}"]), tmp_path / f"lfm{every}")
+        digests.add(save_weights_only(tmp_path / f"lfm{every}" / "checkpoints" / "last.pt", tmp_path / f"{every}.pt"))
+    assert len(digests) == 1
+
+
 @pytest.mark.slow
 def test_the_shipped_model_reproduces_its_cards_degradation_profile(card, one_torch_thread):
     from degflow.cli.quickstart import profile_model

@@ -52,6 +52,9 @@ def test_train_true_at_the_tiny_budget_trains_both_stages_and_writes_a_reproduci
     for stage in ("rae", "lfm"):
         run = tmp_path / "a" / stage
         assert (run / "checkpoints" / "last.pt").is_file() and (run / "metrics.json").is_file()
+    for stage in ("rae", "lfm"):   # the loss curve's validation panel has more than one point
+        history = (tmp_path / "a" / stage / "history.jsonl").read_text().splitlines()
+        assert sum('"val/x2/psnr_y"' in line for line in history) >= 2, stage
     model = tmp_path / "a" / "model.pt"
     assert paths["model"] == model
     slim = load_checkpoint(model, kind="lfm")

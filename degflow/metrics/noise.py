@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from degflow.metrics.image import _filter_valid, _gaussian_window
+
 __all__ = [
     "KL_BIN_WIDTH",
     "KL_EDGE",
@@ -132,13 +134,6 @@ def histogram_kl(generated: Tensor, real: Tensor, hr: Tensor) -> Tensor:
     return (p_real * (p_real.log() - p_gen.log())).sum(dim=1)
 
 
-def _gaussian_window(dtype: torch.dtype, device: torch.device) -> Tensor:
-    ax = torch.arange(AKLD_WINDOW, dtype=dtype, device=device) - (AKLD_WINDOW - 1) / 2
-    g = torch.exp(-(ax**2) / (2 * AKLD_SIGMA**2))
-    g = g / g.sum()
-    return g[:, None] * g[None, :]                                                     # [7, 7]
-
-
 def local_variance(residual: Tensor) -> Tensor:
     """Local variance of a zero-mean residual: 7x7 Gaussian-weighted mean of ``r^2``.
 
@@ -148,8 +143,9 @@ def local_variance(residual: Tensor) -> Tensor:
     pad = AKLD_WINDOW // 2
     sq = residual.to(torch.float64) ** 2
     mode = "reflect" if min(h, w) > pad else "replicate"
-    win = _gaussian_window(torch.float64, residual.device).expand(c, 1, AKLD_WINDOW, AKLD_WINDOW)
-    return F.conv2d(F.pad(sq, (pad, pad, pad, pad), mode=mode), win, groups=c).clamp_min(1e-10)
+    g = _gaussian_window(AKLD_WINDOW, AKLD_SIGMA, torch.float64, residual.device)      # [7]: the window is g g^T
+    padded = F.pad(sq, (pad, pad, pad, pad), mode=mode).reshape(b * c, 1, h + 2 * pad, w + 2 * pad)
+    return _filter_valid(padded, g).reshape(b, c, h, w).clamp_min(1e-10)
 
 
 def akld(generated: Tensor, real: Tensor, hr: Tensor) -> Tensor:
