@@ -165,7 +165,7 @@ def test_patches_are_aligned_hr_lr_crops_with_the_same_flip(tmp_path):
 def test_each_training_set_holds_the_sources_and_scales_it_promises(tmp_path):
     real = _tree(tmp_path / "real", ["a", "b"], 32, [2, 3, 4], lr_level=False)       # HR/ + x{s}/ (RealSR layout)
     gen = _tree(tmp_path / "gen", ["a", "b"], 32, [1.5, 2, 3, 4])                   # synthesize.py's layout
-    for base in ("bicubic", "procedural"):
+    for base in ("bicubic", "procedural", "kernel", "kernel_noise"):
         _tree(tmp_path / "gen" / "baselines" / base, ["a", "b"], 32, [1.5, 2, 3, 4])
     photos = _tree(tmp_path / "photos", ["p", "q", "r"], 32, [1.5, 2, 3, 4])
     real_folder = pair_folder(real, [2, 3, 4], "real")
@@ -184,7 +184,9 @@ def test_each_training_set_holds_the_sources_and_scales_it_promises(tmp_path):
     assert content("degflow_photos") == sorted(content("degflow") + [("degflow:photos", s) for s in gen_scales])
     assert len(find_pairs(training_set("degflow_photos", **kw))) == 2 * 4 + 2 * 2 + 3 * 4
     assert list(TRAINING_SETS) == ["bicubic", "procedural", "real", "degflow", "oracle", "degflow_photos",
-                                   "degflow_stochastic"]
+                                   "degflow_stochastic", "kernel", "kernel_noise"]
+    for name in ("kernel", "kernel_noise"):                                         # like degflow: + the real pairs
+        assert content(name) == sorted([(name, s) for s in gen_scales] + [("real", 2.0), ("real", 4.0)])
     # (g): each sample folder samples/{k} pairs with the HR/ two levels up, plus the real pairs
     stoch = _tree(tmp_path / "stoch" / "samples" / "0", ["a", "b"], 32, [1.5, 2, 3, 4])
     (tmp_path / "stoch" / "samples" / "0" / "HR").rename(tmp_path / "stoch" / "HR")

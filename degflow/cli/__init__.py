@@ -25,6 +25,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "convert-official": ("convert_official", "the authors' released weights as a degflow checkpoint"),
     "checkpoint": ("checkpoint", "verify the digest of checkpoints, or add it to files written without one"),
     "sr-compare": ("sr_compare", "train and score SR networks on degflow, procedural, bicubic and real pairs"),
+    "fit-kernel": ("fit_kernel", "fit the kernel baseline on a data option's training pairs (a kernel file)"),
 }
 
 

@@ -46,6 +46,8 @@ TRAINING_SETS: dict[str, str] = {
     "oracle": "(e) real pairs at the test scales (and every generation scale where they exist)",
     "degflow_photos": "(f) (d) + degflow-generated LR of extra HR-only photos",
     "degflow_stochastic": "(g) (d) with N stochastic samples per HR (degflow + fitted noise) for the degflow LR",
+    "kernel": "(h) LR of the kernels fitted on the real training pairs at the generation scales + the real pairs",
+    "kernel_noise": "(i) (h) with the noise model fitted on the kernels' residuals",
 }
 
 
@@ -135,7 +137,7 @@ def training_set(name: str, *, real: PairFolder | None, generated: str | Path | 
         real: the real pairs of the training HR images (LR folders at every scale where real LR
             exists); ``None`` when there are none.
         generated: ``synthesize.py``'s output for the training HR images at ``gen_scales``
-            (``LR/x{s}`` degflow, ``baselines/{bicubic,procedural}/LR/x{s}``).
+            (``LR/x{s}`` degflow, ``baselines/{bicubic,procedural,kernel,kernel_noise}/LR/x{s}``).
         hr_root: folder holding the ``HR/`` of ``generated``.
         real_scales: the discrete scales real pairs are used at in (c), (d), (f).
         gen_scales: the (continuous) scales of the generated sets.
@@ -164,6 +166,8 @@ def training_set(name: str, *, real: PairFolder | None, generated: str | Path | 
         return [gen("baselines/bicubic", "bicubic")]
     if name == "procedural":
         return [gen("baselines/procedural", "procedural")]
+    if name in ("kernel", "kernel_noise"):
+        return [gen(f"baselines/{name}", name), real_at(real_scales, "sr_setup.real_scales")]
     if name == "real":
         return [real_at(real_scales, "sr_setup.real_scales")]
     if name == "oracle":

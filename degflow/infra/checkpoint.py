@@ -4,7 +4,7 @@ A degflow checkpoint is a plain dict of tensors and plain containers (no pickled
 so it loads with ``torch.load(..., weights_only=True)``:
 
     {
-      "format": "degflow", "format_version": 1, "kind": "rae" | "lfm" | "noise",
+      "format": "degflow", "format_version": 1, "kind": "rae" | "lfm" | "noise" | "kernel",
       "degflow_version": str,
       "step": int,
       "models": {name: {"class": "degflow.models.rae.RAE", "config": {...}, "state_dict": {...}}},
@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "degflow"
 FORMAT_VERSION = 1
-KINDS = ("rae", "lfm", "noise")   # noise: a fitted noise model (degflow/baselines/noise.py)
+KINDS = ("rae", "lfm", "noise", "kernel")   # noise: a fitted noise model (degflow/baselines/noise.py);
+#                                             kernel: a fitted kernel baseline (degflow/baselines/kernel_baseline.py)
 
 #: models shipped inside the package: a ``ckpt`` value -> its file (weights only, stage 2)
 SHIPPED_MODELS = {"demo": Path(__file__).resolve().parents[1] / "assets" / "demo" / "model.pt"}

@@ -15,6 +15,10 @@ image of that scale:
   noisy samples of degflow's LR per image and scale, each seeded by its (image, scale, sample);
   its metrics are the means over the samples, plus ``diversity``, the mean LPIPS between the
   samples of one image (SDFlow's measure); ``stochastic_mean``: the mean of those samples.
+- ``kernel`` / ``kernel_noise``: linear degradation kernels fitted by least squares on the data
+  option's training pairs, carried to any scale, without / with the noise model fitted on their
+  residuals (:mod:`degflow.baselines.kernel_baseline`; config keys ``kernel_file``, ``kernel_cache``),
+  the noise seeded per (image, scale) like ``procedural``.
 
 Metrics per (image, scale, method): Y-PSNR and SSIM in the SR convention with a
 configurable border shave (0 by default: LR vs LR), LPIPS (AlexNet), and the residual
@@ -40,6 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from degflow.baselines.kernel_baseline import KernelDegradation, kernel_noise_seed
 from degflow.baselines.procedural import procedural_seed, realesrgan
 from degflow.core.resize import bicubic_baseline, check_hr_size_output, lr_at_hr_size, resize_to_lr, upsample_to
 from degflow.core.scales import scale_label
@@ -76,11 +81,13 @@ log = logging.getLogger(__name__)
 #: Methods of a checkpoint evaluation (config key ``methods``).
 #: Methods that need a noise model (config key ``noise``).
 STOCHASTIC_METHODS: tuple[str, ...] = ("stochastic", "stochastic_mean")
-#: Methods evaluated unless ``methods`` says otherwise (the stochastic ones need a noise model).
+#: Methods that need the fitted kernel baseline (config keys ``kernel_file``, ``kernel_cache``).
+KERNEL_METHODS: tuple[str, ...] = ("kernel", "kernel_noise")
+#: Methods evaluated unless ``methods`` says otherwise (the stochastic and kernel ones need a fitted model).
 DEFAULT_METHODS: tuple[str, ...] = ("degflow", "bicubic", "procedural", "ae_interp")
-METHODS: tuple[str, ...] = DEFAULT_METHODS + STOCHASTIC_METHODS
+METHODS: tuple[str, ...] = DEFAULT_METHODS + STOCHASTIC_METHODS + KERNEL_METHODS
 #: Methods of a folder evaluation: the generated folder plus the HR-only baselines.
-FOLDER_METHODS: tuple[str, ...] = ("generated", "bicubic", "procedural")
+FOLDER_METHODS: tuple[str, ...] = ("generated", "bicubic", "procedural", *KERNEL_METHODS)
 #: Metric name -> (table header, higher is better).
 METRICS: dict[str, tuple[str, bool]] = {
     "psnr_y": ("PSNR-Y (dB)", True),
@@ -325,8 +332,10 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def _hr_baselines(methods: Sequence[str], hr: Tensor, scales: Sequence[float], name: str,
-                  seed: int) -> tuple[dict[str, dict[float, Tensor]], dict[str, float]]:
-    """bicubic / procedural LR images at HR size ``{method: {scale: [1, 3, H, W]}}`` and seconds."""
+                  seed: int, kernel: KernelDegradation | None = None
+                  ) -> tuple[dict[str, dict[float, Tensor]], dict[str, float]]:
+    """bicubic / procedural / kernel LR images at HR size ``{method: {scale: [1, 3, H, W]}}`` (the
+    kernel's true-size LR bicubic-upsampled, like the procedural one) and seconds."""
     images: dict[str, dict[float, Tensor]] = {}
     seconds: dict[str, float] = {}
     hr_cpu = hr.float().cpu()
@@ -335,6 +344,12 @@ def _hr_baselines(methods: Sequence[str], hr: Tensor, scales: Sequence[float], n
     if "procedural" in methods:
         images["procedural"], seconds["procedural"] = _timed(lambda: {
             s: realesrgan(hr_cpu, s, seed=procedural_seed(seed, name, s), size="hr") for s in scales})
+    for method, strength in (("kernel", 0.0), ("kernel_noise", 1.0)):
+        if method in methods:
+            images[method], seconds[method] = _timed(lambda: {s: upsample_to(kernel.degrade(
+                hr_cpu, s, noise_strength=strength,
+                generator=torch.Generator().manual_seed(kernel_noise_seed(seed, name, s))), *hr_cpu.shape[-2:])
+                for s in scales})
     return images, seconds
 
 
@@ -387,10 +402,28 @@ def _check_some_images(result: EvalResult, what: str) -> None:
         raise ValueError(f"no image of {what} could be evaluated ({len(result.failures)} failed; first: {first})")
 
 
+def _check_kernel(methods: Sequence[str], kernel: KernelDegradation | None) -> None:
+    wanted = [m for m in methods if m in KERNEL_METHODS]
+    if wanted and kernel is None:
+        raise ValueError(f"methods: {wanted} need the fitted kernel baseline: kernel_file=<file> (python -m degflow "
+                         f"fit-kernel), or, with a checkpoint, the data option's training pairs")
+    if "kernel_noise" in wanted and kernel.noise is None:
+        raise ValueError("methods: kernel_noise needs a kernel baseline fitted with its noise model")
+
+
+def _kernel_record(methods: Sequence[str], kernel: KernelDegradation | None) -> dict[str, Any]:
+    """What the results record of the kernel baseline: its data, fit and rule (none without it)."""
+    if kernel is None or not any(m in KERNEL_METHODS for m in methods):
+        return {}
+    return {"kernel": {"scales": [scale_label(s) for s in kernel.scales], "support_lr": kernel.support_lr,
+                       "data": {k: v for k, v in (kernel.provenance.get("data") or {}).items() if k != "names"},
+                       "fit": kernel.provenance.get("fit"), "file": kernel.provenance.get("file")}}
+
+
 # ------------------------------------------------------------------------------ checkpoint on a dataset
 def evaluate_dataset(synth: Synthesizer, dataset: Any, data_scales: Sequence[float],
                      scales: Sequence[float] | None, settings: EvalSettings,
-                     description: str = "") -> EvalResult:
+                     description: str = "", kernel: KernelDegradation | None = None) -> EvalResult:
     """Evaluate a model and the baselines on a dataset of aligned HR / real-LR images.
 
     Args:
@@ -400,12 +433,14 @@ def evaluate_dataset(synth: Synthesizer, dataset: Any, data_scales: Sequence[flo
         data_scales: the scales the data has (``data.val_scales``; 1 = HR is ignored).
         scales: scales to evaluate (config key ``scales``); None = every data scale > 1.
         settings: metric and method settings.
+        kernel: the fitted kernel baseline of methods ``kernel`` / ``kernel_noise``.
     Raises:
         ValueError naming the key for a requested scale the data lacks (``scales``), scales
         beyond the trained range without ``allow_extrapolation``, or ae_interp without the
         real images of the training scales (``methods``).
     """
     methods = _methods(settings.methods, METHODS)
+    _check_kernel(methods, kernel)
     available = [float(s) for s in data_scales if float(s) > 1.0]
     wanted = _requested(scales, {"the data": available},
                         f"data.val_scales={[scale_label(a) for a in data_scales]}")
@@ -425,7 +460,7 @@ def evaluate_dataset(synth: Synthesizer, dataset: Any, data_scales: Sequence[flo
                         settings={"data": description, "methods": list(methods), "shave": settings.shave,
                                   "solver": synth.solver.to_dict(), "checkpoint_sha256": synth.checkpoint_sha256,
                                   "procedural_seed": settings.procedural_seed,
-                                  "hr_size_output": settings.hr_size_output,
+                                  "hr_size_output": settings.hr_size_output, **_kernel_record(methods, kernel),
                                   **({} if noise is None else noise.record(settings.noise_seed, settings.samples))})
     collector = _Collector(result, _Scorer(settings, synth.device), settings)
     n = len(dataset) if settings.max_images is None else min(len(dataset), settings.max_images)
@@ -447,7 +482,7 @@ def evaluate_dataset(synth: Synthesizer, dataset: Any, data_scales: Sequence[flo
                     raise ValueError(f"real x{scale_label(s)} image has shape {tuple(real[s].shape)}, "
                                      f"the HR {tuple(hr.shape)}")
             outputs, costs = _model_outputs(synth, methods, hr, real, wanted, knots, settings, name, noise)
-            base, seconds = _hr_baselines(methods, hr, wanted, name, settings.procedural_seed)
+            base, seconds = _hr_baselines(methods, hr, wanted, name, settings.procedural_seed, kernel)
             outputs.update(base)
             costs.update({m: {"seconds": t, "nfe": None} for m, t in seconds.items()})
             collector.add(name, hr, {s: real[s] for s in wanted}, outputs, costs)
@@ -550,14 +585,15 @@ def _at_hr_size(x: Tensor, hr: Tensor, path: Path, scale: float) -> Tensor:
 
 def evaluate_folders(generated: str | Path, real: str | Path, hr: str | Path, scales: Sequence[float] | None,
                      settings: EvalSettings, seen_scales: Sequence[float] | None = None,
-                     device: str | torch.device = "cpu") -> EvalResult:
+                     device: str | torch.device = "cpu", kernel: KernelDegradation | None = None) -> EvalResult:
     """Compare a folder of generated LR images with a folder of real LR images.
 
     Layout: ``generated/x{s}/name.png`` (e.g. ``synthesize.py``'s ``out/LR`` or
     ``out/LR_hrsize``), ``real/x{s}/name.*`` and ``hr/name.*``; LR images at true LR size
     or HR size (true-size ones are bicubic-upsampled to HR size, as the data options do).
-    Method ``generated`` is the folder; ``bicubic`` / ``procedural`` in ``settings.methods``
-    are computed from the HR images. An image is evaluated when its HR image and every
+    Method ``generated`` is the folder; ``bicubic`` / ``procedural`` / ``kernel`` /
+    ``kernel_noise`` in ``settings.methods`` are computed from the HR images (the kernel ones
+    with ``kernel``, a fitted file). An image is evaluated when its HR image and every
     requested scale exist in both folders; others are reported in ``failures``.
 
     Raises:
@@ -567,6 +603,7 @@ def evaluate_folders(generated: str | Path, real: str | Path, hr: str | Path, sc
     # the folder is the generator; of the configured methods only the HR-only baselines apply
     methods = ("generated",) + tuple(m for m in _methods(settings.methods, METHODS, allow_empty=True)
                                      if m in FOLDER_METHODS)
+    _check_kernel(methods, kernel)
     gen_root, real_root, hr_root = Path(generated), Path(real), Path(hr)
     gen_dirs, real_dirs = _scale_folders(gen_root, "generated"), _scale_folders(real_root, "real")
     if not hr_root.is_dir():
@@ -590,7 +627,7 @@ def evaluate_folders(generated: str | Path, real: str | Path, hr: str | Path, sc
                         seen_scales=None if seen_scales is None else [float(s) for s in seen_scales],
                         settings={"generated": str(gen_root), "real": str(real_root), "hr": str(hr_root),
                                   "methods": list(methods), "shave": settings.shave,
-                                  "procedural_seed": settings.procedural_seed})
+                                  "procedural_seed": settings.procedural_seed, **_kernel_record(methods, kernel)})
     collector = _Collector(result, _Scorer(settings, torch.device(device)), settings)
     for name in names:
         try:
@@ -604,7 +641,7 @@ def evaluate_folders(generated: str | Path, real: str | Path, hr: str | Path, sc
                         raise ValueError(f"no {key} image x{scale_label(s)}/{name}.*")
                     dest[s] = _at_hr_size(read_image(files[name])[None], hr_img, files[name], s)
             outputs: dict[str, dict[float, Tensor]] = {"generated": gen_imgs}
-            base, seconds = _hr_baselines(methods, hr_img, wanted, name, settings.procedural_seed)
+            base, seconds = _hr_baselines(methods, hr_img, wanted, name, settings.procedural_seed, kernel)
             outputs.update(base)
             costs = {m: {"seconds": t, "nfe": None} for m, t in seconds.items()}
             collector.add(name, hr_img, real_imgs, outputs, costs)
@@ -752,6 +789,21 @@ def collect_sweep(root: str | Path, out_dir: str | Path | None = None, metric: s
     return paths
 
 
+def _kernel(config: Mapping[str, Any], methods: Sequence[str], data: Any, description: str) -> KernelDegradation | None:
+    """The kernel baseline when a kernel method is asked for: ``kernel_file``, else fitted on ``data``'s
+    training pairs (cached under ``kernel_cache``); None otherwise."""
+    from degflow.data.kernel_fit import bundle_pairs, kernel_baseline
+
+    if not any(m in KERNEL_METHODS for m in methods):
+        return None
+    if data is None and not config.get("kernel_file"):
+        raise ValueError("methods: kernel / kernel_noise in folder mode need kernel_file=<a fitted kernel file> "
+                         "(python -m degflow fit-kernel data=...)")
+    return kernel_baseline(bundle_pairs(data) if data is not None else None, description,
+                           kernel_file=config.get("kernel_file"), cache_dir=config.get("kernel_cache"),
+                           noise="kernel_noise" in methods)
+
+
 def run(config: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
     """One evaluation job from a plain config (``conf/evaluate.yaml``) into ``out_dir``.
 
@@ -784,8 +836,10 @@ def run(config: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
             if not config.get(key):
                 raise ValueError(f"{key}: folder mode (generated=...) needs real=<folder with x<s>/ real LR images>")
         hr = config.get("hr") or str(Path(config["generated"]).parent / "HR")
+        kernel = _kernel(config, settings.methods, None, "")
         result = evaluate_folders(config["generated"], config["real"], hr, scales, settings,
-                                  seen_scales=config.get("seen_scales"), device=resolve_device(config["device"]))
+                                  seen_scales=config.get("seen_scales"), device=resolve_device(config["device"]),
+                                  kernel=kernel)
         objective = result.objective("generated", metric)
     else:
         if not config.get("ckpt"):
@@ -796,8 +850,9 @@ def run(config: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
         data_settings = dict(config["data"])
         data = build_data(option_of_target(data_settings.pop("_target_", "")), **data_settings)
         split = ev.get("split", "test")
+        kernel = _kernel(config, settings.methods, data, data.description)
         result = evaluate_dataset(synth, evaluation_split(data, split), data.val_scales, scales, settings,
-                                  description=data.description)
+                                  description=data.description, kernel=kernel)
         result.settings.update(checkpoint=str(config["ckpt"]), split=split)
         model_row = "stochastic" if "stochastic" in result.methods else "degflow"
         objective = result.objective(model_row, metric) if model_row in result.methods else None

@@ -2,8 +2,9 @@
 
 :func:`write_lr_dataset` drives a :class:`~degflow.generation.Synthesizer` over a folder (the
 ``synthesize.py`` CLI is a thin wiring of it): output layout, ``manifest.jsonl``, resume,
-shards, comparison baselines (``bicubic``, ``procedural`` Real-ESRGAN and the ``ae_interp``
-oracle), the stochastic option's samples (``noise``, ``strength``, ``samples``), failure records. An image gets all its outputs and manifest lines or none.
+shards, comparison baselines (``bicubic``, ``procedural`` Real-ESRGAN, the ``ae_interp``
+oracle and the fitted ``kernel`` / ``kernel_noise``), the stochastic option's samples (``noise``, ``strength``,
+``samples``), failure records. An image gets all its outputs and manifest lines or none.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 
 from degflow import __version__
 from degflow.baselines import procedural
+from degflow.baselines.kernel_baseline import KernelDegradation, kernel_noise_seed, load_kernel_file
 from degflow.core.resize import (
     bicubic_baseline,
     check_hr_size_output,
@@ -59,7 +61,7 @@ log = logging.getLogger(__name__)
 #: Values of ``size`` (config key ``size``): true LR size, HR size (RealSR convention), both.
 OUTPUT_SIZES: tuple[str, ...] = ("lr", "hr", "both")
 #: Comparison baselines (config key ``baseline``).
-BASELINES: tuple[str, ...] = ("bicubic", "procedural", "ae_interp")
+BASELINES: tuple[str, ...] = ("bicubic", "procedural", "ae_interp", "kernel", "kernel_noise")
 #: Output layouts (config key ``layout``): degflow's own, or one that BasicSR's paired dataset and LIIF's
 #: paired folders read as they are (integer scales; docs/TOOLBOXES.md).
 LAYOUTS: tuple[str, ...] = ("degflow", "toolbox")
@@ -259,6 +261,7 @@ class SynthesisSpec:
     strength: float = 1.0
     samples: int = 1
     noise_seed: int = 0
+    kernel: KernelDegradation | None = None         # kernel / kernel_noise: the fitted kernels (config: kernel_file)
 
     @classmethod
     def create(cls, scales: Any = None, **options: Any) -> SynthesisSpec:
@@ -288,6 +291,15 @@ class SynthesisSpec:
         if "ae_interp" in baselines and (root is None or not root.is_dir()):
             raise ValueError("baseline=ae_interp needs baseline_lr_root= a folder of real LR images laid out as "
                              f"x{{scale}}/name.png, got {c['baseline_lr_root']!r}")
+        kernel = c.get("kernel")
+        if any(b in baselines for b in ("kernel", "kernel_noise")) and kernel is None:
+            if not c.get("kernel_file"):
+                raise ValueError("baseline=kernel|kernel_noise needs kernel_file= a fitted kernel file "
+                                 "(python -m degflow fit-kernel data=... out=kernel.pt)")
+            kernel = load_kernel_file(c["kernel_file"])
+        if "kernel_noise" in baselines and kernel.noise is None:
+            raise ValueError(f"baseline=kernel_noise: the kernel file holds no noise model "
+                             f"({(kernel.provenance.get('fit') or {}).get('noise', 'fitted without one')})")
         check_int(c["procedural_seed"], "procedural_seed")
         check_positive_int(c["max_scales"], "max_scales", allow_none=True)   # null: no limit
         requested = expand_scales(c["scales"], "scales")
@@ -310,13 +322,14 @@ class SynthesisSpec:
                    allow_extrapolation=c["allow_extrapolation"], shard=c["shard"], num_shards=c["num_shards"],
                    baselines=baselines, baseline_lr_root=root, procedural_seed=c["procedural_seed"],
                    max_scales=c["max_scales"], progress=c["progress"], layout=c["layout"], noise=noise,
-                   strength=strength, samples=samples, noise_seed=noise_seed)
+                   strength=strength, samples=samples, noise_seed=noise_seed,
+                   kernel=kernel if any(b in baselines for b in ("kernel", "kernel_noise")) else None)
 
 
 #: The settings of :class:`SynthesisSpec` as config keys (``baseline``: the list of baselines).
 SPEC_KEYS = ("scales", "size", "hr_size_output", "batch_size", "allow_extrapolation", "shard", "num_shards",
               "baseline", "baselines", "baseline_lr_root", "procedural_seed", "max_scales", "progress", "layout",
-              "noise", "strength", "samples", "noise_seed")
+              "noise", "strength", "samples", "noise_seed", "kernel_file", "kernel")
 
 
 def toolbox_multiple(scales: Sequence[float]) -> int:
@@ -431,8 +444,11 @@ def write_lr_dataset(
         settings["hr_size_output"] = hr_size_output
     if spec.layout != "degflow":
         settings["layout"] = spec.layout
-    if "procedural" in baselines:
+    if "procedural" in baselines or "kernel_noise" in baselines:
         settings["procedural_seed"] = procedural_seed
+    if spec.kernel is not None:
+        settings["kernel"] = {"sha256": (spec.kernel.provenance.get("file") or {}).get("sha256"),
+                              "data_fingerprint": spec.kernel.fingerprint}
     noise = None
     if spec.noise is not None:   # a resume refuses another noise model, strength, sample count or seed
         noise = StochasticOption.load(spec.noise, spec.strength, checkpoint_sha256=synth.checkpoint_sha256)
@@ -488,7 +504,7 @@ def _write_folder(synth: Synthesizer, input_dir: Path, out_dir: Path, spec: Synt
     job = _FolderJob(synth, out_dir, times, baselines, lr_root, spec.procedural_seed,
                      manifest, failed_file, bar, after_image, hr_size_output,
                      writer_thread=synth.device.type == "cuda" if writer_thread is None else writer_thread,
-                     noise=noise, noise_seed=spec.noise_seed, samples=spec.samples)
+                     noise=noise, noise_seed=spec.noise_seed, samples=spec.samples, kernel=spec.kernel)
     groups: dict[tuple[int, int], list[_Item]] = {}
     for item in todo:                           # batches of equal size, sized from the file headers
         try:
@@ -618,12 +634,13 @@ class _FolderJob:
                  lr_root: Path | None, seed: int, manifest: Path, failed_file: Path, bar,
                  after_image: Callable[[str], None] | None, hr_size_output: str = "decoded",
                  writer_thread: bool = False, noise: StochasticOption | None = None, noise_seed: int = 0,
-                 samples: int = 1):
+                 samples: int = 1, kernel: KernelDegradation | None = None):
         self.synth, self.out_dir, self.times = synth, out_dir, times
         self.noise, self.noise_seed, self.samples = noise, noise_seed, samples
         self.scales = list(times)
         self.hr_size_output = hr_size_output
         self.baselines, self.lr_root, self.seed = baselines, lr_root, seed
+        self.kernel = kernel
         self.manifest, self.failed_file, self.bar, self.after_image = manifest, failed_file, bar, after_image
         self.solver = asdict(synth.solver)
         self.failures: list[dict[str, str]] = []
@@ -787,6 +804,16 @@ class _FolderJob:
                                                                        self.hr_size_output)[0]
                 entry.update(nfe=result.nfe, tiles=result.tiles, seconds=result.seconds / len(rows), solver=self.solver,
                              sample=out.sample, seed=seed, **self.noise.record(self.noise_seed, self.samples))
+            elif out.kind in ("kernel", "kernel_noise"):
+                noisy = out.kind == "kernel_noise"
+                seed = kernel_noise_seed(self.seed, item.name[: -len(".png")], out.scale) if noisy else None
+                start = time.perf_counter()
+                lr = self.kernel.degrade(hr[b], out.scale, noise_strength=1.0 if noisy else 0.0,
+                                         generator=torch.Generator().manual_seed(seed) if noisy else None)
+                image = lr if out.size == "lr" else upsample_to(lr, height, width)
+                entry.update(t=None, seconds=time.perf_counter() - start,
+                             kernel_sha256=(self.kernel.provenance.get("file") or {}).get("sha256"),
+                             **({"seed": seed} if noisy else {}))
             else:
                 result, rows = results[out.kind]
                 image = result.images[out.scale][rows[b]]

@@ -182,8 +182,8 @@ def table(jobs: list[Job], sweep_dir: Path) -> tuple[list[str], list[list[Any]]]
     keys = swept_keys(jobs)
     scales = scale_columns(jobs)
     header = ["status", "job_id", *keys]
-    present = [m for m in METRICS if any(row.get(m) is not None for j in jobs
-                                         for row in (j.metrics.get("scales") or {}).values())]
+    present = [m for m in (*METRICS, "psnr_y_kernel") if any(row.get(m) is not None for j in jobs
+                                                            for row in (j.metrics.get("scales") or {}).values())]
     header += [f"{s}{'*' if held else ''}/{m}" for s, held in scales for m in present]
     header += ["heldout_psnr_y", "nfe", "seconds_per_image", "job_seconds", "step", "run_dir"]
     rows = []
@@ -225,7 +225,8 @@ def _report_lines(jobs: list[Job], sweep_dir: Path) -> tuple[list[str], list[str
         counts[job.status] = counts.get(job.status, 0) + 1
     before = [f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
               "Columns `x<s>/<metric>`: validation metric at scale s (`*` = scale held out from training); "
-              "`heldout_psnr_y`: mean Y-PSNR over held-out scales; `job_seconds`: wall time over all attempts."]
+              "`heldout_psnr_y`: mean Y-PSNR over held-out scales; `job_seconds`: wall time over all attempts; "
+              "`psnr_y_kernel`: the kernel baseline fitted on the training pairs (`eval.kernel_baseline=true`)."]
     failures = _failure_lines(jobs, sweep_dir)
     return before, (["## Failed or unfinished jobs", "", *failures] if failures else [])
 

@@ -43,11 +43,13 @@ from degflow.viz.tables import fmt, mean_sd
 log = logging.getLogger(__name__)
 
 METRICS = ("psnr_y", "ssim_y", "lpips")
-NEEDS_GENERATION = ("bicubic", "procedural", "degflow", "degflow_photos")
+NEEDS_GENERATION = ("bicubic", "procedural", "degflow", "degflow_photos", "kernel", "kernel_noise")
+KERNEL_SETS = ("kernel", "kernel_noise")
 #: training sets degraded on the fly (:mod:`degflow.sr.online`): trainset -> ``online.degradation``.
 ONLINE_SETS: dict[str, str] = {"online_degflow": "degflow", "online_degflow_real": "degflow",
                                "online_procedural": "procedural", "online_bicubic": "bicubic",
-                               "online_degflow_stochastic": "degflow"}
+                               "online_degflow_stochastic": "degflow",
+                               "online_kernel": "kernel", "online_kernel_noise": "kernel_noise"}
 #: online sets that mix in the real pairs of set ``degflow`` (at its share of real pairs).
 ONLINE_WITH_REAL = ("online_degflow_real",)
 #: what each online set holds (the table's legend).
@@ -62,7 +64,7 @@ ONLINE_DESCRIPTIONS: dict[str, str] = {
 STOCHASTIC_SETS = ("degflow_stochastic", "online_degflow_stochastic")
 #: row order of the tables.
 TABLE_ORDER = ("bicubic", "procedural", "real", "degflow", "oracle", "degflow_photos", "degflow_stochastic",
-               *ONLINE_SETS)
+               *KERNEL_SETS, *ONLINE_SETS)
 
 
 @contextlib.contextmanager
@@ -115,9 +117,11 @@ def _prepare_demo(setup: dict, root: Path) -> None:
                       **wanted})
 
 
-def _generate(cfg: dict, hr_dir: Path, out_dir: Path, baselines: list[str], stochastic: dict | None = None) -> float:
+def _generate(cfg: dict, hr_dir: Path, out_dir: Path, baselines: list[str], stochastic: dict | None = None,
+              kernel=None) -> float:
     """``synthesize.py``'s job on ``hr_dir`` at the generation scales (resumes; cached); wall seconds.
-    ``stochastic``: the config's ``stochastic`` node (noise, samples, strength, seed) for set (g)."""
+    ``stochastic``: the config's ``stochastic`` node (noise, samples, strength, seed) for set (g);
+    ``kernel``: the fitted kernel baseline of the ``kernel`` / ``kernel_noise`` baselines."""
     from degflow.generation import Synthesizer
     from degflow.jobs.lr_dataset import write_lr_dataset
 
@@ -128,7 +132,8 @@ def _generate(cfg: dict, hr_dir: Path, out_dir: Path, baselines: list[str], stoc
         noise = {} if stochastic is None else {"noise": stochastic["noise"], "samples": stochastic["samples"],
                                                "strength": stochastic["strength"], "noise_seed": stochastic["seed"]}
         summary = write_lr_dataset(synth, hr_dir, out_dir, [float(s) for s in setup["gen_scales"]], size="lr",
-                                   baselines=baselines, procedural_seed=cfg["procedural_seed"], progress=False, **noise)
+                                   baselines=baselines, procedural_seed=cfg["procedural_seed"], progress=False,
+                                   kernel=kernel, **noise)
     if summary.failed:
         raise RuntimeError(f"generation failed for {summary.failed} image(s) of {hr_dir}: see {out_dir}/failed.jsonl")
     seconds = time.perf_counter() - start
@@ -143,6 +148,20 @@ def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def _kernel(cfg: dict, real, real_scales: list[float]):
+    """The kernel baseline fitted on the real training pairs at ``sr_setup.real_scales`` (cached under the cache)."""
+    from degflow.data.kernel_fit import folder_pairs, kernel_baseline
+    from degflow.data.sr_pairs import PairFolder
+
+    if real is None or any(float(s) not in real.lr_dirs for s in real_scales):
+        raise ValueError(f"trainset={cfg['trainset']} fits its kernels on the real training pairs at "
+                         f"sr_setup.real_scales={real_scales}; they are missing")
+    folder = PairFolder(real.hr_dir, {float(s): real.lr_dirs[float(s)] for s in real_scales}, "real")
+    with _locked(Path(cfg["cache"]) / ".kernel.lock"):
+        return kernel_baseline(folder_pairs(folder), f"{cfg['sr_setup']['name']}: real training pairs",
+                               cache_dir=Path(cfg["cache"]) / "kernel", noise=cfg["trainset"].endswith("kernel_noise"))
 
 
 def prepare(cfg: dict) -> dict[str, Any]:
@@ -183,14 +202,18 @@ def prepare(cfg: dict) -> dict[str, Any]:
         beside = training_set("real", real=real, generated=None, hr_root=src, real_scales=setup["real_scales"],
                               gen_scales=setup["gen_scales"], test_scales=setup["test_scales"]) \
             if name in ONLINE_WITH_REAL else None
+        kernel = _kernel(cfg, real, setup["real_scales"]) if ONLINE_SETS[name] in KERNEL_SETS else None
         return {"folders": None, "online_hr": src / "train" / "HR", "online_real": beside, "tests": test_pairs,
-                "generation_seconds": {}, "generation_cache": None}
+                "generation_seconds": {}, "generation_cache": None, "kernel": kernel}
     gen_seconds: dict[str, float] = {}
     generated, photos = None, []
     if name in NEEDS_GENERATION:
         gen_root = cache / f"gen-{file_sha256(cfg['ckpt'])[:12]}"
         generated = gen_root / "train"
-        gen_seconds["train"] = _generate(cfg, src / "train" / "HR", generated, ["bicubic", "procedural"])
+        kernel = _kernel(cfg, real, setup["real_scales"]) if name in KERNEL_SETS else None
+        gen_seconds["train"] = _generate(cfg, src / "train" / "HR", generated,
+                                         ["bicubic", "procedural", *((name,) if kernel is not None else ())],
+                                         kernel=kernel)
         if name == "degflow_photos":
             for p in setup["photos"]:
                 out = gen_root / f"photos-{Path(p).name}"
@@ -306,7 +329,7 @@ def run_job(cfg: dict, run_dir: Path) -> dict:
         log.info("training set %s: %d pairs %s", cfg["trainset"], len(pairs), counts)
         data = load_pairs(pairs)
     else:
-        online = _online(cfg, prep["online_hr"], prep["online_real"], settings, device)
+        online = _online(cfg, prep["online_hr"], prep["online_real"], settings, device, prep["kernel"])
     scale = None
     if sr["network"] == "edsr":
         if len(setup["test_scales"]) != 1:
@@ -347,10 +370,11 @@ def run_job(cfg: dict, run_dir: Path) -> dict:
     }
 
 
-def _online(cfg: dict, hr_dir: Path, real: list | None, settings, device) -> dict[str, Any]:
+def _online(cfg: dict, hr_dir: Path, real: list | None, settings, device, kernel=None) -> dict[str, Any]:
     """The batch source of an ``online_*`` training set (:mod:`degflow.sr.online`); with ``real`` (pair
     folders), each batch comes from those pairs with probability ``online.real_fraction`` (null: their
-    share in set ``degflow``, real scales / (real + generation scales))."""
+    share in set ``degflow``, real scales / (real + generation scales)); ``kernel``: the kernel baseline
+    of ``online_kernel`` / ``online_kernel_noise``."""
     import torch
 
     from degflow.data.images import find_images, read_image
@@ -375,7 +399,7 @@ def _online(cfg: dict, hr_dir: Path, real: list | None, settings, device) -> dic
         st = _stochastic(cfg)
         noise = {"noise": st["noise"], "strength": st["strength"]}
     degradation = build_online_degradation(name, {"ckpt": cfg["ckpt"], "device": device, "max_scale": on["max_scale"],
-                                                  "solver": on["solver"], **noise})
+                                                  "solver": on["solver"], "kernel": kernel, **noise})
     sampler = ScaleSampler(low, high, on["per"], on["scale_law"])
     scale_log = ScaleLog()
     batcher = OnlineBatcher(degradation, sampler, settings.lr_patch, on["hr_crop"], log=scale_log,

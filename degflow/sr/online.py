@@ -8,6 +8,8 @@ choice of one config key (:data:`ONLINE_DEGRADATIONS`, ``online.degradation``):
 ``procedural``  the Real-ESRGAN second-order pipeline (:mod:`degflow.baselines.procedural`; its JPEG
                 step runs on the CPU whatever the device)
 ``bicubic``     antialiased bicubic downscaling
+``kernel``      the kernels fitted on real pairs (:mod:`degflow.baselines.kernel_baseline`); ``kernel_noise``
+                with a sample of their fitted noise drawn from each sample's seed
 
 Every degradation has one interface (:class:`OnlineDegradation`): HR crops ``[B, 3, Q, Q]`` in
 [-1, 1], one scale and one seed per sample -> the true-size LR of each sample (8-bit values), a
@@ -55,6 +57,7 @@ import torch
 from torch import Tensor
 
 from degflow.baselines import procedural
+from degflow.baselines.kernel_baseline import KernelDegradation, load_kernel_file
 from degflow.core.resize import resize_to_lr
 from degflow.core.scales import check_scale, scale_label
 from degflow.data.images import read_image
@@ -62,8 +65,8 @@ from degflow.data.sr_pairs import aligned_patch
 from degflow.data.transforms import NUM_DIHEDRAL, dihedral
 from degflow.generation.degrade import Degrader, quantize_8bit
 
-__all__ = ["ONLINE_DEGRADATIONS", "SCALE_LAWS", "SCALE_PER", "BicubicOnline", "DegflowOnline", "HRCropDataset", "OnlineBatch",
-           "OnlineBatcher", "OnlineCollate", "OnlineDegradation", "ProceduralOnline", "ScaleLog", "ScaleSampler",
+__all__ = ["ONLINE_DEGRADATIONS", "SCALE_LAWS", "SCALE_PER", "BicubicOnline", "DegflowOnline", "HRCropDataset", "KernelOnline",
+           "OnlineBatch", "OnlineBatcher", "OnlineCollate", "OnlineDegradation", "ProceduralOnline", "ScaleLog", "ScaleSampler",
            "build_online_degradation", "context_lr", "default_hr_crop", "mixed_source", "online_source", "random_hr_crop",
            "register_online_degradation"]
 
@@ -186,6 +189,52 @@ class DegflowOnline:
 
     def describe(self) -> dict[str, Any]:
         return self.degrader.describe()
+
+
+class KernelOnline:
+    """The fitted-kernel baseline (:class:`~degflow.baselines.kernel_baseline.KernelDegradation`), sample b
+    at its own scale; with ``noise`` a sample of the fitted noise drawn from a generator seeded with ``seeds[b]``."""
+
+    def __init__(self, kernel: KernelDegradation, noise: bool = False):
+        if noise and kernel.noise is None:
+            raise ValueError("online.degradation=kernel_noise: the kernel baseline holds no noise model")
+        self.kernel, self.noise = kernel, noise
+        self.name = "kernel_noise" if noise else "kernel"
+
+    def __call__(self, hr: Tensor, scales: Sequence[float], seeds: Sequence[int]) -> list[Tensor]:
+        _per_sample(hr, scales, seeds)
+        return [quantize_8bit(self.kernel.degrade(
+            x.float(), check_scale(s), noise_strength=1.0 if self.noise else 0.0,
+            generator=torch.Generator().manual_seed(int(seed)) if self.noise else None)).to(hr.dtype)
+            for x, s, seed in zip(hr, scales, seeds)]
+
+    def to(self, device: torch.device | str) -> "KernelOnline":
+        return self                     # the kernels follow the HR crops' device
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.name, "scales": [scale_label(s) for s in self.kernel.scales],
+                "data_fingerprint": self.kernel.fingerprint,
+                "kernel_sha256": (self.kernel.provenance.get("file") or {}).get("sha256")}
+
+
+def _kernel_online(options: Mapping[str, Any], noise: bool) -> OnlineDegradation:
+    kernel = options.get("kernel")
+    if kernel is None:
+        if not options.get("kernel_file"):
+            raise ValueError(f"online.degradation={'kernel_noise' if noise else 'kernel'} needs the fitted kernel "
+                             f"baseline (kernel= or kernel_file=, python -m degflow fit-kernel)")
+        kernel = load_kernel_file(options["kernel_file"])
+    return KernelOnline(kernel, noise)
+
+
+@register_online_degradation("kernel")
+def _kernel(options: Mapping[str, Any]) -> OnlineDegradation:
+    return _kernel_online(options, noise=False)
+
+
+@register_online_degradation("kernel_noise")
+def _kernel_noise(options: Mapping[str, Any]) -> OnlineDegradation:
+    return _kernel_online(options, noise=True)
 
 
 @register_online_degradation("bicubic")

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from degflow.core.losses import LossSettings, flow_matching_loss, sample_times, segment_weights, taylor_extrapolate
-from degflow.core.resize import bicubic_baseline, check_hr_size_output, lr_at_hr_size
+from degflow.core.resize import bicubic_baseline, check_hr_size_output, lr_at_hr_size, upsample_to
 from degflow.core.scales import scale_key
 from degflow.core.solvers import SolverSpec
 from degflow.core.spline import PATH_KINDS, evaluate_path
@@ -150,7 +150,7 @@ class LFMStage(Stage):
                  max_val_images: int | None = None, strip_images: int = 1, precision: str = "fp32",
                  protocol: EvalProtocol = EVAL_PROTOCOLS["ours"],
                  latent_cache: LatentCache | None = None, ema_decay: float | None = None,
-                 hr_size_output: str = "decoded"):
+                 hr_size_output: str = "decoded", kernel: Any = None):
         self.train_scales = tuple(float(s) for s in train_scales)
         if len(self.train_scales) < 2 or self.train_scales[0] != 1.0:
             raise ValueError(f"data.train_scales must start with 1 (the HR knot) and have at least two knots, "
@@ -169,6 +169,7 @@ class LFMStage(Stage):
         self.base_time_map = spline.time_map(self.train_scales)
         self.knots = KnotTimes(self.base_time_map.knot_times(self.train_scales), spline.learn_knots).to(device)
         self.val_set, self.val_scales = val_set, tuple(float(s) for s in val_scales)
+        self.kernel = kernel           # eval.kernel_baseline: the fitted kernel baseline, scored beside bicubic
         self.device, self.precision = device, precision
         self.rae_source = rae_source
         # the frozen networks of the step, held once in the compute dtype (fp32: the same objects);
@@ -278,7 +279,8 @@ class LFMStage(Stage):
     def validate(self, step: int) -> dict[str, Any]:
         synth = self.synthesizer()
         allow = max(self.val_scales) > self.train_scales[-1]
-        names = ("psnr_y", "ssim_y", "psnr_y_bicubic", "psnr_y_ae_interp") + (("lpips",) if self.lpips_metric else ())
+        names = ("psnr_y", "ssim_y", "psnr_y_bicubic", "psnr_y_ae_interp") + (("lpips",) if self.lpips_metric else ()) \
+            + (("psnr_y_kernel",) if self.kernel is not None else ())
         averages = ScaleAverages(self.val_scales, names)
         nfe, seconds, strip_rows = 0, 0.0, []
         for item in validation_items(self.val_set, self.max_val_images, self.device, self.protocol, self.progress):
@@ -300,6 +302,9 @@ class LFMStage(Stage):
                              psnr_y_ae_interp=self.protocol.psnr_y(oracles[s], target).mean())
                 if s != 1.0:                     # at x1 the "baseline" is the HR image itself
                     averages.add(s, psnr_y_bicubic=self.protocol.psnr_y(bicubic[s], target).mean())
+                    if self.kernel is not None:  # its true-size LR upsampled, like bicubic's
+                        kernel_lr = upsample_to(self.kernel.degrade(hr, s), *hr.shape[-2:])
+                        averages.add(s, psnr_y_kernel=self.protocol.psnr_y(kernel_lr, target).mean())
                 if self.lpips_metric is not None:
                     averages.add(s, lpips=self.lpips_metric(fake, target).mean())
             if averages.images < self.strip_images:
@@ -431,7 +436,18 @@ def build_lfm_stage(config: dict[str, Any], data, device: torch.device) -> LFMSt
         strip_images=config["eval"]["strip_images"], precision=config["precision"],
         protocol=eval_protocol(config["eval"]["protocol"]), latent_cache=cache,
         ema_decay=config["stage"].get("ema_decay"), hr_size_output=config["eval"]["hr_size_output"],
+        kernel=_kernel_baseline(config, data),
     )
     for module in stage.frozen_modules():  # after the stage holds its compute copies
         accelerate(module, config["channels_last"], config["compile"])
     return stage
+
+
+def _kernel_baseline(config: dict[str, Any], data):
+    """``eval.kernel_baseline``: the kernel baseline fitted on the training pairs (cached under
+    ``<output_root>/kernel_cache``), or None."""
+    if not config["eval"].get("kernel_baseline"):
+        return None
+    from degflow.data.kernel_fit import bundle_pairs, kernel_baseline
+
+    return kernel_baseline(bundle_pairs(data), data.description, cache_dir=Path(config["output_root"]) / "kernel_cache")
