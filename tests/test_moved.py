@@ -111,7 +111,7 @@ _BAD = {
     "quickstart": ["nosuchkey=1"], "train": ["nosuchkey=1"], "synthesize": ["nosuchkey=1"],
     "evaluate": ["nosuchkey=1"], "report": ["/nonexistent/sweep"], "merge-shards": ["/nonexistent/out"],
     "check-data": ["data=nosuchoption"], "convert-official": ["ae=a.pth"], "sr-compare": ["nosuchkey=1"],
-    "checkpoint": ["verify"], "fit-noise": ["nosuchkey=1"],
+    "checkpoint": ["verify"], "fit-noise": ["nosuchkey=1"], "fit-kernel": ["nosuchkey=1"],
 }
 _COMMANDS = [[sys.executable, "-m", "degflow", tool, *args] for tool, args in _BAD.items()] + [
     [sys.executable, "train.py", "nosuchkey=1"], [sys.executable, "synthesize.py", "nosuchkey=1"],
