@@ -305,7 +305,7 @@ def test_the_sr_comparison_trains_on_the_kernel_sets_offline_and_online_fitted_o
     ckpt = _write_lfm_checkpoint(tmp_path / "lfm.pt", SolverSpec.create("rk4", steps=2))
     out = tmp_path / "out"
     proc = _compare("-m", "sr_setup=demo", f"ckpt={ckpt}", f"out={out}", "trainset=kernel,online_kernel",
-                    "seed=0", *TINY_SR)
+                    "seed=0", "online.context=4", *TINY_SR)        # context 4: a crop of these 64-px photos holds it
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((out / "results.json").read_text())["aggregate"]["liif"]
     assert rows["kernel"]["pairs"] == {"kernel": {"x1.5": 5, "x2": 5, "x3": 5}, "real": {"x2": 5}}
