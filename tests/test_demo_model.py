@@ -122,3 +122,29 @@ def test_synthesize_py_ckpt_demo_writes_an_lr_set_with_the_shipped_model(tmp_pat
     assert (tmp_path / "set" / "LR" / "x2.5" / "a.png").is_file()
     manifest = (tmp_path / "set" / "manifest.jsonl").read_text()
     assert file_digest(SHIPPED_MODELS["demo"]).sha256 in manifest
+
+
+@pytest.mark.slow
+def test_the_card_script_trains_with_the_cards_command_at_the_tiny_budget_and_records_its_digest(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from degflow.cli.quickstart import budget_overrides
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "DEGFLOW_LPIPS_NO_DOWNLOAD": "1",
+           "TORCH_HOME": str(tmp_path / "torch_home")}
+    env.pop("DEGFLOW_LPIPS_WEIGHTS", None)                                  # offline, no LPIPS weights
+    out = tmp_path / "card"
+    shipped = (ASSETS / "card.json").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "experiments.reproduce.demo_model", "--budget", "tiny", "--out", str(out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads((out / "card.json").read_text(encoding="utf-8"))
+    model = out / "train" / "model.pt"
+    assert card["digest"] == file_digest(model).sha256 and card["bytes"] == model.stat().st_size
+    assert card["recipe"]["command"] == "python -m degflow.quickstart train=true threads=1 seed=0 budget=tiny"
+    assert card["recipe"]["overrides"] == budget_overrides("tiny")
+    assert list(card["profile"]["scales"]) == ["x1.5", "x2", "x2.5", "x3", "x3.5", "x4"]
+    assert set(card["profile"]["knots"]) == {"x2", "x4"} and set(card["evaluation"]["per_scale"]) >= {"degflow", "bicubic"}
+    assert (ASSETS / "card.json").read_bytes() == shipped                  # without --install nothing is shipped
