@@ -77,6 +77,22 @@ def test_quickstart_checks_its_prerequisites_before_any_work(tmp_path, offline_w
     assert not (tmp_path / "qs").exists()
 
 
+def test_an_lr_set_of_another_model_in_out_is_written_again_not_refused(tmp_path):
+    from degflow.cli.quickstart import replace_other_models_dataset
+    from degflow.infra.digests import checked_record_text
+
+    dataset = tmp_path / "dataset"
+    assert not replace_other_models_dataset(dataset, "a" * 64)              # nothing there yet
+    dataset.mkdir()
+    (dataset / "synthesis.json").write_text(checked_record_text({"checkpoint_sha256": "a" * 64}))
+    (dataset / "manifest.jsonl").write_text("")
+    assert not replace_other_models_dataset(dataset, "a" * 64) and dataset.is_dir()   # the same model resumes
+    assert replace_other_models_dataset(dataset, "b" * 64) and not dataset.exists()   # another model: written again
+    dataset.mkdir()
+    (dataset / "synthesis.json").write_text("{not json")
+    assert replace_other_models_dataset(dataset, "a" * 64) and not dataset.exists()   # unreadable record
+
+
 def test_quickstart_refuses_an_unknown_budget_and_photos_that_do_not_ship(tmp_path):
     with pytest.raises(ValueError, match=r"budget='huge' is not one of \['demo', 'tiny'\]"):
         budget_overrides("huge")

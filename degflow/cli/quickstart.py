@@ -17,7 +17,8 @@ the settings of ``budgets.<budget>`` in ``conf/quickstart.yaml`` (``budget=demo`
 recipe; ``tiny``: seconds, meaningless numbers), writes its weights-only file ``out/model.pt`` (the
 form of the shipped one; its sha256 is printed) and uses it. Every prerequisite of the whole job is
 checked before anything starts. Each step is a function, so the notebook runs the same code.
-Re-running resumes: a finished training run is not trained again.
+Re-running resumes: a finished training run is not trained again; an LR set in ``out/dataset`` made
+with another model is written again.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from degflow.infra.console import say
 log = logging.getLogger("degflow.quickstart")  # also when run as __main__
 
 __all__ = ["BUDGETS", "compose_config", "lpips_weights_folder", "check_quickstart", "train_demo_model",
-           "synthesize_photos", "scale_figure", "profile_model", "evaluate_model", "quickstart"]
+           "replace_other_models_dataset", "synthesize_photos", "scale_figure", "profile_model", "evaluate_model",
+           "quickstart"]
 
 BUDGETS = ("demo", "tiny")
 #: the zoomed square of the figure, HR pixels, and its magnification
@@ -149,6 +151,28 @@ def demo_photos(names: Sequence[str]) -> list[Path]:
     return [folder / n for n in names]
 
 
+def replace_other_models_dataset(dataset: str | Path, checkpoint_sha256: str) -> bool:
+    """Remove the quick start's LR set ``dataset`` when its settings record names another model (an
+    earlier ``train=true`` or ``ckpt=``) or cannot be read: the set is the quick start's own product,
+    written again, where ``synthesize.py`` would refuse to mix two models in one folder. Returns
+    whether it was removed."""
+    from degflow.infra.digests import read_checked_record
+
+    dataset = Path(dataset)
+    record = dataset / "synthesis.json"
+    if not record.is_file():
+        return False
+    try:
+        old, _ = read_checked_record(record.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        old = None
+    if old is not None and old.get("checkpoint_sha256") == checkpoint_sha256:
+        return False
+    say(log, f"{dataset} was made with another model; the quick start writes it again")
+    shutil.rmtree(dataset)
+    return True
+
+
 def synthesize_photos(ckpt: str | Path, out: str | Path, photos: Sequence[str], scales: Sequence[float],
                       device: str = "auto") -> Path:
     """Copy ``photos`` to ``out/photos`` and write the LR set ``out/dataset`` (synthesize.py's layout,
@@ -163,6 +187,7 @@ def synthesize_photos(ckpt: str | Path, out: str | Path, photos: Sequence[str], 
         if not (source / path.name).is_file():
             shutil.copyfile(path, source / path.name)
     synth = Synthesizer.from_checkpoint(ckpt, device=device)
+    replace_other_models_dataset(out / "dataset", synth.checkpoint_sha256)
     summary = write_lr_dataset(synth, source, out / "dataset", scales, size="both")
     if summary.failures:
         raise ValueError(f"synthesis of {source} failed for some images: {summary.line()}")
