@@ -5,6 +5,7 @@ degradation and its share of the step.
     OMP_NUM_THREADS=1 python -m experiments.tools.bench_online --threads 1
     python -m experiments.tools.bench_online --device cuda --batch 32 --precision fp32,bf16
     python -m experiments.tools.bench_online --ckpt path/to/lfm.pt         # a trained model's architecture
+    python -m experiments.tools.bench_online --solver default,euler/4      # synthesize.py's solver and a cheap one
 
 Writes ``experiments/tools/results/bench_online.json`` (``--out``; one entry per device kind) and prints
 a markdown table. Not a test: timings depend on the machine and its load (recorded: ``os.getloadavg``
@@ -19,7 +20,8 @@ HR crops of the demo photos (image, position, flip / rotation) -> :class:`degflo
 
 Degradations: ``degflow`` (a :class:`~degflow.generation.Degrader`: ``--ckpt``, or randomly initialised
 networks of ``conf/model/{rae,lfm}/small.yaml`` with ``--cond-channels``; the cost of a solve does not
-depend on the weights; the default solver rk4/16/cubic = 65 NFE; one entry per ``--precision``),
+depend on the weights; one entry per ``--precision`` and ``--solver``: ``default`` = synthesize.py's
+rk4/16/cubic, 65 NFE; ``euler/4`` = euler, 4 steps, cubic output, 5 NFE, as ``online.solver`` of the comparison),
 ``procedural`` (Real-ESRGAN second order; its JPEG step always on the CPU), ``bicubic``. Configurations are
 interleaved round by round (``--rounds`` x ``--steps`` steps after ``--warmup``), so load from other
 processes hits all of them alike; the table reports medians over rounds.
@@ -40,6 +42,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
+from degflow.core.solvers import SolverSpec
 from degflow.core.timemap import TimeMap
 from degflow.data.demo import demo_image_paths
 from degflow.data.images import read_image
@@ -66,14 +69,25 @@ def _preset(kind: str) -> dict:
     return cfg
 
 
-def degflow_degrader(args: argparse.Namespace, device: torch.device, precision: str) -> Degrader:
+def parse_solver(text: str) -> SolverSpec:
+    """``default`` (synthesize.py's solver) or ``method/steps`` (cubic output), e.g. ``euler/4``."""
+    if text == "default":
+        return DEFAULT_SOLVER
+    method, _, steps = text.partition("/")
+    if not steps.isdigit():
+        raise SystemExit(f"--solver: {text!r} is neither 'default' nor method/steps (e.g. euler/4)")
+    return SolverSpec.create(method, steps=int(steps), output_mode="cubic")
+
+
+def degflow_degrader(args: argparse.Namespace, device: torch.device, precision: str,
+                     solver: SolverSpec = DEFAULT_SOLVER) -> Degrader:
     """The checkpoint's model, or random small networks (the architecture sets the cost)."""
     if args.ckpt:
-        return Degrader.from_checkpoint(args.ckpt, device=device, precision=precision)
+        return Degrader.from_checkpoint(args.ckpt, device=device, solver=solver, precision=precision)
     torch.manual_seed(0)
     rae = RAE(**_preset("rae"))
     velocity = VelocityUNet(**{**_preset("lfm"), "cond_channels": args.cond_channels})
-    synth = Synthesizer(rae, velocity, TimeMap.nominal([1.0, 2.0, 4.0]), DEFAULT_SOLVER, device=device,
+    synth = Synthesizer(rae, velocity, TimeMap.nominal([1.0, 2.0, 4.0]), solver, device=device,
                         precision=precision)
     return Degrader(synth)
 
@@ -91,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--cond-channels", type=int, default=0, help="random networks: the velocity's condition")
     ap.add_argument("--degradations", default="degflow,procedural,bicubic")
     ap.add_argument("--precision", default="fp32", help="degflow: fp32 and/or bf16, comma separated")
+    ap.add_argument("--solver", default="default", help="degflow: default and/or method/steps, comma separated")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr-patch", type=int, default=24)
     ap.add_argument("--query-pixels", type=int, default=1024)
@@ -110,7 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name in args.degradations.split(","):
         if name == "degflow":
             for prec in args.precision.split(","):
-                configs[f"degflow {prec}"] = DegflowOnline(degflow_degrader(args, device, prec))
+                for text in args.solver.split(","):
+                    label = f"degflow {prec}" + ("" if text == "default" else f" {text}")
+                    configs[label] = DegflowOnline(degflow_degrader(args, device, prec, parse_solver(text)))
         elif name == "procedural":
             configs["procedural"] = ProceduralOnline()
         elif name == "bicubic":
