@@ -116,6 +116,19 @@ def test_a_batch_holds_aligned_patches_of_the_degraded_crop_and_logs_its_scales(
         OnlineBatcher(BicubicOnline(), ScaleSampler(1.5, 3.5), lr_patch=12, hr_crop=30, context=0)
 
 
+def test_one_integer_scale_gets_a_crop_divisible_by_it_so_the_hr_patch_is_exactly_s_times_the_lr_patch():
+    """A fixed-scale network (edsr, online.scale_range [4, 4]) needs HR = 4 x LR exactly: the default crop
+    of a degradation without a pad multiple (118 px here) is rounded up to a multiple of 4."""
+    assert default_hr_crop(24, 4.0, context=12, low=4.0) == 118
+    for deg in (BicubicOnline(), ProceduralOnline()):
+        batcher = OnlineBatcher(deg, ScaleSampler(4.0, 4.0), lr_patch=24, context=12)
+        assert batcher.hr_crop == 120
+        batch = batcher(_crops(2, 120), torch.Generator().manual_seed(0))
+        assert tuple(batch.lr.shape[-2:]) == (24, 24) and tuple(batch.hr.shape[-2:]) == (96, 96)
+    assert OnlineBatcher(BicubicOnline(), ScaleSampler(3.5, 3.5), lr_patch=24).hr_crop == \
+        default_hr_crop(24, 3.5, context=12, low=3.5)                    # a fractional scale: unchanged
+
+
 def test_the_lr_patch_keeps_its_context_away_from_the_crop_edges():
     """online.context HR pixels (ceil(context / s) LR pixels) between the LR patch and the edges of
     the degraded crop, at every scale of the range; the default crop is just large enough."""

@@ -378,7 +378,8 @@ class OnlineBatcher:
         lr_patch: LR patch side in pixels (``sr.lr_patch``).
         hr_crop: HR crop side the degradation sees (``online.hr_crop``); None: the smallest that
             holds the LR patch and its context at every scale of the sampler, rounded up to the
-            degradation's pad multiple (degflow) so no padding enters its latent.
+            degradation's pad multiple (degflow) so no padding enters its latent, and, for one integer
+            scale s (``[s, s]``: a fixed-scale network), to a multiple of s (HR patch = s x LR patch).
         context: HR pixels of the degraded crop kept between the LR patch and the crop's edges
             (``online.context``; :func:`context_lr` LR pixels): the degradation of a crop differs
             from that of the whole image near the crop's edges (degflow: by 33 dB Y-PSNR at the
@@ -395,6 +396,9 @@ class OnlineBatcher:
         self.degradation, self.sampler, self.lr_patch, self.log = degradation, sampler, lr_patch, log
         self.context = context
         multiple = degradation.degrader.synth.pad_multiple if isinstance(degradation, DegflowOnline) else 1
+        if sampler.low == sampler.high and float(sampler.high).is_integer():
+            # one integer scale (a fixed-scale network): the LR is exactly crop / s, the HR patch lr_patch x s
+            multiple = math.lcm(multiple, int(sampler.high))
         smallest = default_hr_crop(lr_patch, sampler.high, context=context, low=sampler.low)
         if hr_crop is None:
             hr_crop = default_hr_crop(lr_patch, sampler.high, multiple, context, sampler.low)
