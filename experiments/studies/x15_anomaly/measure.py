@@ -5,6 +5,7 @@ test set of ``sr-compare`` with ``sr_setup.val_scales``; never the test photos),
 network of an ``sr-compare`` output folder:
 
     python -m experiments.studies.x15_anomaly.measure --out <sr-compare out> --json <file>
+    # a run made with cache=<other folder>: --cache <that folder>
 
 Per network and validation scale (mean over the 5 validation bands, the scoring protocol of
 ``degflow/sr/scoring.py``: Y in [16, 235], 8-bit, shave = ceil(s)):
@@ -67,8 +68,8 @@ def liif_with_cell(model, lr: torch.Tensor, size: tuple[int, int], cell_scale: f
     return (F.interpolate(lr, size=size, mode="bicubic", align_corners=False) + res).clamp(-1, 1)
 
 
-def measure(out: Path) -> dict:
-    cache = out / "cache" / "demo"
+def measure(out: Path, cache_root: Path | None = None) -> dict:
+    cache = (out / "cache" if cache_root is None else cache_root) / "demo"
     prepared = json.loads((cache / "prepared.json").read_text())
     pairs = find_pairs([pair_folder(cache / "val", prepared["val_scales"], "demo_val")])
     data = [(p.scale, read_image(p.hr_path)[None], read_image(p.lr_path)[None]) for p in pairs]
@@ -112,10 +113,11 @@ def measure(out: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True, help="an sr-compare out folder (sr_setup=demo, val_scales set)")
+    ap.add_argument("--cache", type=Path, default=None, help="the run's cache= folder (default: <out>/cache)")
     ap.add_argument("--json", type=Path, default=Path(__file__).with_name("x15_anomaly.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    result = measure(args.out)
+    result = measure(args.out, args.cache)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     scales = [f"x{s:g}" for s in result["val_scales"]]
     for key in ("psnr", "bias", "psnr_offset", "psnr_cell4"):
