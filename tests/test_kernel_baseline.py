@@ -26,7 +26,6 @@ from degflow.baselines.kernel_baseline import (
     KernelFileError,
     fit_kernels,
     load_kernel_file,
-    save_kernel_file,
 )
 from degflow.core.scales import scale_key
 from degflow.data import build_data
@@ -271,10 +270,11 @@ def test_the_evaluation_scores_the_kernel_lr_upsampled_like_the_other_hr_only_ba
 
 
 def test_synthesis_writes_the_kernel_set_at_true_size_with_manifest_lines(camera_tree, tmp_path):
+    from test_synthesis import _write_lfm_checkpoint
+
     from degflow.core.solvers import SolverSpec
     from degflow.generation import Synthesizer
     from degflow.jobs.lr_dataset import write_lr_dataset
-    from test_synthesis import _write_lfm_checkpoint
 
     model = kernel_baseline(folder_pairs(pair_folder(camera_tree, [2.5, 4.0])), "camera", support_lr=2.0,
                             cache_dir=tmp_path / "cache")
@@ -298,9 +298,10 @@ def test_synthesis_writes_the_kernel_set_at_true_size_with_manifest_lines(camera
 
 @pytest.mark.slow
 def test_the_sr_comparison_trains_on_the_kernel_sets_offline_and_online_fitted_on_its_real_training_pairs(tmp_path):
-    from degflow.core.solvers import SolverSpec
     from test_sr import TINY_SR, _compare
     from test_synthesis import _write_lfm_checkpoint
+
+    from degflow.core.solvers import SolverSpec
 
     ckpt = _write_lfm_checkpoint(tmp_path / "lfm.pt", SolverSpec.create("rk4", steps=2))
     out = tmp_path / "out"
@@ -340,9 +341,10 @@ def test_the_online_kernel_degrades_each_sample_at_its_scale_from_its_seed(camer
 
 @pytest.mark.slow
 def test_stage2_validation_scores_the_kernel_baseline_and_the_sweep_report_shows_it(tmp_path):
+    from test_train import config, train_rae
+
     from degflow.jobs.sweep_report import Job, table
     from degflow.training import train
-    from test_train import config, train_rae
 
     train_rae(tmp_path / "rae" / "tiny", steps=2)
     metrics = train(config(["stage=lfm", f"output_root={tmp_path}", "stage.steps=1", "stage.val_every=1",

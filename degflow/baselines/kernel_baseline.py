@@ -30,7 +30,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from degflow import __version__
 from degflow.baselines.kernel import (
     apply_kernel,
     kernel_normal_equations,
@@ -45,8 +44,17 @@ from degflow.core.resize import as_image_batch, lr_size
 from degflow.core.scales import check_scale, scale_label
 from degflow.infra.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
-__all__ = ["KernelDegradation", "KernelFileError", "fit_kernels", "save_kernel_file", "load_kernel_file",
-           "kernel_noise_seed", "KERNEL_KIND", "KERNEL_FILE_VERSION", "RULE"]
+__all__ = [
+    "KERNEL_FILE_VERSION",
+    "KERNEL_KIND",
+    "RULE",
+    "KernelDegradation",
+    "KernelFileError",
+    "fit_kernels",
+    "kernel_noise_seed",
+    "load_kernel_file",
+    "save_kernel_file",
+]
 
 #: The checkpoint kind of a kernel file, and the version of its ``kernel`` payload.
 KERNEL_KIND = "kernel"

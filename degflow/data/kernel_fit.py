@@ -28,7 +28,6 @@ from torch import Tensor
 
 from degflow import __version__
 from degflow.baselines.kernel import apply_kernel
-from degflow.baselines.noise import fit as fit_noise
 from degflow.baselines.kernel_baseline import (
     KernelDegradation,
     KernelFileError,
@@ -36,6 +35,7 @@ from degflow.baselines.kernel_baseline import (
     load_kernel_file,
     save_kernel_file,
 )
+from degflow.baselines.noise import fit as fit_noise
 from degflow.core.resize import resize_to_lr
 from degflow.core.scales import scale_label
 from degflow.data.common import MemoryRecord, size_relation
@@ -43,8 +43,15 @@ from degflow.data.images import read_image
 from degflow.data.sr_pairs import PairFolder, find_pairs
 from degflow.metrics.image import psnr_y
 
-__all__ = ["TrainingPair", "bundle_pairs", "folder_pairs", "pairs_fingerprint", "kernel_baseline",
-           "SUPPORT_LR", "RIDGE"]
+__all__ = [
+    "RIDGE",
+    "SUPPORT_LR",
+    "TrainingPair",
+    "bundle_pairs",
+    "folder_pairs",
+    "kernel_baseline",
+    "pairs_fingerprint",
+]
 
 log = logging.getLogger(__name__)
 

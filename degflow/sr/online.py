@@ -208,7 +208,7 @@ class KernelOnline:
             generator=torch.Generator().manual_seed(int(seed)) if self.noise else None)).to(hr.dtype)
             for x, s, seed in zip(hr, scales, seeds)]
 
-    def to(self, device: torch.device | str) -> "KernelOnline":
+    def to(self, device: torch.device | str) -> KernelOnline:
         return self                     # the kernels follow the HR crops' device
 
     def describe(self) -> dict[str, Any]:

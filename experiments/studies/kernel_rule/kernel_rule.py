@@ -69,8 +69,8 @@ def measure(scales: list[float]) -> dict:
 
 def table(result: dict) -> str:
     scales = result["scales"]
-    lines = [f"demo validation split ({result['validation_images']} images), Y-PSNR (dB) of the kernel's LR, "
-             f"scored like degflow.evaluate", "| kernel | " + " | ".join(f"x{s}" for s in scales) + " |",
+    lines = [(f"demo validation split ({result['validation_images']} images), Y-PSNR (dB) of the kernel's LR, "
+              f"scored like degflow.evaluate"), "| kernel | " + " | ".join(f"x{s}" for s in scales) + " |",
              "|---|" + "---|" * len(scales)]
     for r, label in ROWS.items():
         lines.append(f"| {label} | " + " | ".join(f"{result['mean_psnr_y'][r][s]:.2f}" for s in scales) + " |")
