@@ -74,6 +74,28 @@ def test_train_py_stage_2_without_lpips_weights_exits_2_within_seconds_before_an
     assert "latent cache" not in proc.stdout + proc.stderr and "step" not in proc.stdout
     assert not list((tmp_path / "out").rglob("latent_cache*")) and not list((tmp_path / "out").rglob("*.pt"))
     assert seconds < 60, seconds   # start-up and the checks only (a few seconds on an idle machine)
+    # a refused run leaves no folder behind (Hydra made out/lfm/default/ with .hydra and train.log)
+    assert not list((tmp_path / "out").rglob("*")), sorted((tmp_path / "out").rglob("*"))
+
+
+def test_a_refused_run_keeps_an_earlier_run_folder_as_it_is(tmp_path):
+    from degflow.cli.train import _forget_new_run_folder
+
+    fresh = tmp_path / "lfm" / "fresh"
+    (fresh / ".hydra").mkdir(parents=True)
+    (fresh / ".hydra" / "config.yaml").write_text("x: 1\n")
+    (fresh / "train.log").write_text("")
+    _forget_new_run_folder(fresh)
+    assert not fresh.exists() and not (tmp_path / "lfm").exists()
+    earlier = tmp_path / "rae" / "earlier"
+    (earlier / ".hydra").mkdir(parents=True)
+    (earlier / "train.log").write_text("[step 10/40] loss=0.3\n")      # an earlier attempt's log lines
+    _forget_new_run_folder(earlier)
+    assert (earlier / "train.log").read_text() == "[step 10/40] loss=0.3\n"
+    (earlier / "train.log").write_text("")
+    (earlier / "checkpoints").mkdir()                                   # anything else: kept
+    _forget_new_run_folder(earlier)
+    assert (earlier / "checkpoints").is_dir() and (earlier / ".hydra").is_dir()
 
 
 def test_missing_data_cuda_and_stage_1_checkpoints_are_named_with_their_fix(tmp_path):

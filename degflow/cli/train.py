@@ -13,6 +13,7 @@ SIGTERM, 138 SIGUSR1, 140 SIGUSR2; a second signal stops at once, ``job.json`` t
 """
 
 import sys
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -33,23 +34,57 @@ def _on_main_process(value):
 OmegaConf.register_new_resolver("main_process_only", _on_main_process)
 
 
+#: What Hydra puts into a run folder before :func:`main` runs (``train.log`` still empty then).
+_HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", ".hydra", "train.log")
+
+
+def _forget_new_run_folder(run_dir: Path) -> None:
+    """Remove a run folder that only holds what Hydra made for this refused run (an empty
+    ``train.log`` and ``.hydra/``), then its stage folder when that is left empty. A folder with
+    anything else (an earlier run's log lines, checkpoints, records) is kept as it is."""
+    log_file = run_dir / "train.log"
+    if log_file.exists() and log_file.stat().st_size > 0:
+        return
+    allowed = {run_dir / name for name in _HYDRA_FILES}
+    if any(path not in allowed for path in run_dir.rglob("*")):
+        return
+    for name in _HYDRA_FILES:
+        path = run_dir / name
+        try:
+            path.rmdir() if path.is_dir() else path.unlink(missing_ok=True)
+        except OSError:
+            return
+    for folder in (run_dir, run_dir.parent):
+        try:
+            folder.rmdir()          # only when empty
+        except OSError:
+            return
+
+
 def main(cfg: DictConfig) -> float | None:
     import contextlib
 
     from degflow.infra.cluster import is_main_process, job_record, set_threads
     from degflow.infra.locks import FolderLock
     from degflow.training import TrainingStopped, train
+    from degflow.training.preflight import check_prerequisites
 
     hydra_cfg = HydraConfig.get()
     config, overrides = to_plain(cfg), list(hydra_cfg.overrides.task)
     run_dir = hydra_cfg.runtime.output_dir
+    try:   # seconds, before any work or record: a refused run leaves no folder behind
+        check_prerequisites(config)
+    except ValueError:
+        if is_main_process():
+            _forget_new_run_folder(Path(run_dir))
+        raise
     # one writer per run folder: a second process on it is refused before it logs or writes job.json
     lock = FolderLock(run_dir, "run", "training run folder") if is_main_process() else contextlib.nullcontext()
     with lock:
         threads = set_threads(config["threads"])
         with job_record(run_dir, overrides, threads):
             try:
-                metrics = train(config, run_dir, overrides)
+                metrics = train(config, run_dir, overrides, prerequisites_checked=True)
             except TrainingStopped as stopped:
                 raise SystemExit(stopped.exit_code) from None
     return metrics.get("objective")

@@ -224,9 +224,11 @@ def _split_rows(height: int, val_fraction: float) -> int:
     return height - max(1, round(val_fraction * height))
 
 
-def scan_demo(train_scales, val_scales, val_fraction, deep: bool = True) -> Report:
+def scan_demo(train_scales, val_scales, val_fraction, deep: bool = True,
+              roles: tuple[str, ...] = ("train", "val", "test")) -> Report:
     """What the validator prints for data=demo (the photos, their train / val split, the
-    test photos); problems for missing or unreadable photos."""
+    test photos); problems for missing or unreadable photos. The test photos are opened only
+    when ``roles`` has ``"test"``."""
     from degflow.data.images import ImageReadError, read_image_size
 
     ts = check_scales(train_scales, "data.train_scales")
@@ -244,7 +246,8 @@ def scan_demo(train_scales, val_scales, val_fraction, deep: bool = True) -> Repo
         f"validation) / {len(test)} test photos from {train[0].parent}; train scales "
         f"{format_scales(ts)}, val / test scales "
         f"{format_scales(vs)} (LR synthesized)")
-    for role, paths in (("train+val", train), ("test", test)):
+    for role, paths in (("train+val", train if {"train", "val"} & set(roles) else []),
+                        ("test", test if "test" in roles else [])):
         for p in paths:
             try:
                 x = read_image(p) if deep else None

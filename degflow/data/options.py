@@ -32,7 +32,7 @@ class DataOption:
     """One ``data=<name>`` choice: its factory and the validator's scan of a config dict."""
 
     factory: Callable[..., DataBundle]
-    scan: Callable[[dict[str, Any], bool], Report]
+    scan: Callable[[dict[str, Any], bool, tuple[str, ...]], Report]
 
     @property
     def target(self) -> str:
@@ -47,22 +47,22 @@ def _root(data: dict[str, Any], option: str) -> str:
     return root
 
 
-def _scan_demo(data: dict[str, Any], deep: bool) -> Report:
-    return scan_demo(data["train_scales"], data["val_scales"], data["val_fraction"], deep=deep)
+def _scan_demo(data: dict[str, Any], deep: bool, roles: tuple[str, ...] = ROLES) -> Report:
+    return scan_demo(data["train_scales"], data["val_scales"], data["val_fraction"], deep=deep, roles=roles)
 
 
-def _scan_realsr(data: dict[str, Any], deep: bool) -> Report:
+def _scan_realsr(data: dict[str, Any], deep: bool, roles: tuple[str, ...] = ROLES) -> Report:
     return scan_realsr(_root(data, "realsr"), data["camera"], data["train_split"], data["val_split"],
                        data["test_split"], data["val_fraction"], data["seed"], data["train_scales"],
-                       data["val_scales"], deep=deep, roles=ROLES)
+                       data["val_scales"], deep=deep, roles=roles)
 
 
-def _scan_paired(data: dict[str, Any], deep: bool) -> Report:
+def _scan_paired(data: dict[str, Any], deep: bool, roles: tuple[str, ...] = ROLES) -> Report:
     root = _root(data, "paired")
     has_test = data["test_root"] is not None or (Path(root).expanduser() / "test").is_dir()
     return scan_paired(root, data["train_scales"], data["val_scales"], data["val_fraction"],
                        data["val_root"], data["test_root"], data["seed"], deep=deep,
-                       roles=("train", "val", "test") if has_test else ("train", "val"))
+                       roles=tuple(r for r in roles if r != "test" or has_test))
 
 
 #: Every data option, by its config name (conf/data/<name>.yaml).

@@ -11,13 +11,15 @@ from degflow.data.common import Report
 __all__ = ["check_data"]
 
 
-def check_data(data: dict, deep: bool = True) -> Report:
+def check_data(data: dict, deep: bool = True, roles: tuple[str, ...] = ("train", "val", "test")) -> Report:
     """Scan the data option described by ``data`` (the plain, composed ``cfg.data`` dict,
     with its ``_target_`` and every setting of conf/data/<option>.yaml). Returns a Report.
-    Raises ValueError for configuration errors (an unknown ``_target_`` among them)."""
+    Only the splits in ``roles`` are touched (a training job's check passes ``("train", "val")``:
+    it never opens a test file). Raises ValueError for configuration errors (an unknown
+    ``_target_`` among them)."""
     from degflow.data.options import DATA_OPTIONS, option_of_target
 
-    report = DATA_OPTIONS[option_of_target(str(data.get("_target_", "")))].scan(data, deep)
+    report = DATA_OPTIONS[option_of_target(str(data.get("_target_", "")))].scan(data, deep, tuple(roles))
     crop = data.get("crop_size")
     if isinstance(crop, int) and not isinstance(crop, bool):
         for r in report.records.get("train", []):

@@ -62,10 +62,12 @@ def build_stage(config: dict[str, Any], data, device):
     raise ValueError(f"stage.name={name!r} is not one of {list(STAGES)} (choose with stage=rae|lfm)")
 
 
-def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = (), *,
+          prerequisites_checked: bool = False) -> dict[str, Any]:
     """Run one training job described by a resolved, plain ``config`` in ``run_dir``.
 
-    Checks the job's prerequisites first (:func:`degflow.training.preflight.check_prerequisites`),
+    Checks the job's prerequisites first (:func:`degflow.training.preflight.check_prerequisites`;
+    ``prerequisites_checked=True`` when the caller just did),
     then builds data, stage and logger, trains with resume-by-default, always finishes the logger.
     Log lines go to ``{run_dir}/train.log`` (Hydra's file when run by train.py); at the end the
     run says where its results, checkpoints and pictures are. One writer per run folder: a
@@ -76,7 +78,8 @@ def train(config: dict[str, Any], run_dir: str | Path, overrides: list[str] = ()
     rank 0 has a logger (see :mod:`degflow.training.distributed`).
     """
     run_dir = Path(run_dir)
-    check_prerequisites(config)  # seconds, before any work: a missing LPIPS backbone or data tree is said now
+    if not prerequisites_checked:   # seconds, before any work: a missing LPIPS backbone or data tree is said now
+        check_prerequisites(config)
     if not detect_environment().is_main:  # rank 0 alone writes train.log and tells where things are
         return _train(config, run_dir, overrides)
     with FolderLock(run_dir, "run", "training run folder", create=True), log_to_file(run_dir / LOG_FILE):

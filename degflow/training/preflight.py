@@ -8,7 +8,7 @@ line). Checked, in this order:
 1. the device (``device=cuda`` on a machine without CUDA);
 2. that ``output_root`` can be written (without creating anything);
 3. the data option's tree (its photos / ``data.root``; :func:`degflow.data.validate.check_data`,
-   file headers only);
+   file headers only, the training and validation splits: a training job never opens a test file);
 4. stage 2: the stage-1 checkpoint (``rae_ckpt``, or a finished RAE run under ``output_root``)
    unless the caller is about to train it, the LPIPS VGG backbone when ``loss.lpips_weight > 0``
    and the AlexNet backbone when validation reports LPIPS (``eval.lpips``).
@@ -59,7 +59,7 @@ def check_prerequisites(config: dict[str, Any], rae_will_exist: bool = False) ->
     """
     resolve_device(config["device"])
     check_writable(config["output_root"], "output_root")
-    report = check_data(config["data"], deep=False)
+    report = check_data(config["data"], deep=False, roles=("train", "val"))   # never a test file
     if report.problems:
         more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
         raise ValueError(f"data: {report.problems[0]}{more}; python -m degflow check-data shows them all")
