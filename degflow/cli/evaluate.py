@@ -45,9 +45,12 @@ class CollectSweep(Callback):
 
 
 def main(cfg: DictConfig) -> float | None:
+    from degflow.infra.cluster import set_threads
     from degflow.jobs.evaluation import run
 
-    outcome = run(to_plain(cfg), HydraConfig.get().runtime.output_dir)
+    config = to_plain(cfg)
+    set_threads(config.pop("threads"))      # the help lists it: torch CPU threads (auto or N)
+    outcome = run(config, HydraConfig.get().runtime.output_dir)
     paths = outcome["paths"]
     for kind, path in paths.items():
         shown = ", ".join(str(p) for p in path) if isinstance(path, list) else str(path)

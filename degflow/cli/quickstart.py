@@ -290,6 +290,7 @@ def evaluate_model(ckpt: str | Path, out: str | Path, scales: Sequence[float], b
     config = compose_config("evaluate", [f"ckpt={ckpt}", f"out={out}", f"device={device}", f"scales={listed(scales)}",
                                          f"data.val_scales={listed(sorted({1.0, *knots, *scales}))}", *lpips,
                                          *budget_overrides(budget)["evaluate"]])
+    config.pop("threads", None)     # the quick start set them once for all its steps
     return run(config, out)
 
 
