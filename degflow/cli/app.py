@@ -115,6 +115,31 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("process_label", process_label)
 
 
+#: What Hydra writes into a run folder before the task runs (children before their folder).
+HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", ".hydra")
+
+
+def forget_run_folder(run_dir: Path, files: Iterable[str], created: Iterable[Path] = ()) -> None:
+    """Remove the run folder of a refused run when it holds nothing but ``files`` (names relative
+    to it, children before their folder: what Hydra and the refused run wrote), then each folder
+    of ``created`` (made by this process) that is left empty. Anything else in ``run_dir`` (an
+    earlier run's files): keep it all."""
+    run_dir = Path(run_dir)
+    paths = [run_dir / name for name in files]
+    if any(path not in paths for path in run_dir.rglob("*")):
+        return
+    for path in paths:
+        try:
+            path.rmdir() if path.is_dir() else path.unlink(missing_ok=True)
+        except OSError:
+            return
+    for folder in (run_dir, *created):
+        try:
+            folder.rmdir()          # only when empty
+        except OSError:
+            pass
+
+
 def to_plain(cfg: DictConfig) -> dict[str, Any]:
     """Resolve a composed config into plain dicts/lists (``hydra`` node dropped)."""
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)

@@ -36,7 +36,15 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from degflow.cli.app import USAGE_ERRORS, hoist_multirun_flag, register_resolvers, run_cli, to_plain
+from degflow.cli.app import (
+    HYDRA_FILES,
+    USAGE_ERRORS,
+    forget_run_folder,
+    hoist_multirun_flag,
+    register_resolvers,
+    run_cli,
+    to_plain,
+)
 
 register_resolvers()
 
@@ -113,24 +121,13 @@ def main(cfg: DictConfig) -> int:
 
 #: Folders named by ``out=`` on the command line and whether each existed before this process ran.
 _EXISTED: dict[Path, bool] = {}
-_RUN_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", ".hydra", "synthesize.log",
-              "job.json", "error.txt")
+_RUN_FILES = (*HYDRA_FILES, "synthesize.log", "job.json", "error.txt")
 
 
 def _forget_run_folder(run_dir: Path) -> None:
     """Remove the log folder of a refused run (the files Hydra and the job record wrote), then
     ``out/logs`` and ``out`` when this process created them and they are empty."""
-    for name in _RUN_FILES:
-        path = run_dir / name
-        try:
-            path.rmdir() if path.is_dir() else path.unlink(missing_ok=True)
-        except OSError:
-            return                  # something else is in there: keep it all
-    for folder in (run_dir, *[f for f, existed in _EXISTED.items() if not existed]):
-        try:
-            folder.rmdir()          # only when empty
-        except OSError:
-            pass
+    forget_run_folder(run_dir, _RUN_FILES, created=[f for f, existed in _EXISTED.items() if not existed])
 
 
 def _note_out_folders(argv: list[str]) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from degflow.cli.app import hoist_multirun_flag, register_resolvers, run_cli, to_plain
+from degflow.cli.app import HYDRA_FILES, forget_run_folder, hoist_multirun_flag, register_resolvers, run_cli, to_plain
 
 register_resolvers()
 
@@ -34,10 +34,6 @@ def _on_main_process(value):
 OmegaConf.register_new_resolver("main_process_only", _on_main_process)
 
 
-#: What Hydra puts into a run folder before :func:`main` runs (``train.log`` still empty then).
-_HYDRA_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", ".hydra", "train.log")
-
-
 def _forget_new_run_folder(run_dir: Path) -> None:
     """Remove a run folder that only holds what Hydra made for this refused run (an empty
     ``train.log`` and ``.hydra/``), then its stage folder when that is left empty. A folder with
@@ -45,20 +41,7 @@ def _forget_new_run_folder(run_dir: Path) -> None:
     log_file = run_dir / "train.log"
     if log_file.exists() and log_file.stat().st_size > 0:
         return
-    allowed = {run_dir / name for name in _HYDRA_FILES}
-    if any(path not in allowed for path in run_dir.rglob("*")):
-        return
-    for name in _HYDRA_FILES:
-        path = run_dir / name
-        try:
-            path.rmdir() if path.is_dir() else path.unlink(missing_ok=True)
-        except OSError:
-            return
-    for folder in (run_dir, run_dir.parent):
-        try:
-            folder.rmdir()          # only when empty
-        except OSError:
-            return
+    forget_run_folder(run_dir, (*HYDRA_FILES, "train.log"), created=(run_dir.parent,))
 
 
 def main(cfg: DictConfig) -> float | None:
