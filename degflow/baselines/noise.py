@@ -59,7 +59,6 @@ Per-image seeds that do not depend on order, batching or shards: :func:`noise_se
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +70,7 @@ from torch import Tensor
 
 from degflow.core.scales import check_scale, scale_label
 from degflow.infra.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from degflow.infra.runtime import key_seed
 
 __all__ = ["OPPONENT", "TARGETS", "NoiseModel", "fit", "gradient_magnitude", "load_noise_model", "noise_seed"]
 
@@ -130,7 +130,7 @@ def noise_seed(base: int, image: str, scale: float, sample: int = 0) -> int:
     """The seed of one sample of one (image, scale): ``crc32("{base}:{image}:{scale label}:{sample}")``
     masked to 31 bits. It depends on nothing else (not the order, batch or shard of the image), so
     a dataset, an evaluation and a resumed run draw the same noise for the same key."""
-    return zlib.crc32(f"{base}:{image}:{scale_label(scale)}:{sample}".encode()) & 0x7FFFFFFF
+    return key_seed(base, image, scale_label(scale), sample)
 
 
 @dataclass(frozen=True)

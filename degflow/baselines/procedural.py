@@ -40,7 +40,6 @@ works on [0, 1] internally, like the original.
 from __future__ import annotations
 
 import math
-import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -50,6 +49,7 @@ from torch import Tensor
 from degflow.baselines.filters import filter2d, jpeg_compress
 from degflow.core.scales import scale_label
 from degflow.infra.checks import check_positive_int
+from degflow.infra.runtime import key_seed
 
 __all__ = [
     "KERNEL_KINDS",
@@ -394,4 +394,4 @@ def procedural_seed(base: int, image: str, scale: float) -> int:
     the two draw the same degradation for the same image, scale and ``base``
     (config key ``procedural_seed``).
     """
-    return zlib.crc32(f"{base}:{image}:{scale_label(scale)}".encode()) & 0x7FFFFFFF
+    return key_seed(base, image, scale_label(scale))

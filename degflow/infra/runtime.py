@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import zlib
 
 import numpy as np
 import torch
@@ -65,6 +66,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def key_seed(*parts: object) -> int:
+    """A seed named by its parts: ``crc32(":".join(str(p) for p in parts)) & 0x7FFFFFFF``. It
+    depends on nothing else (no order, batch, shard, process or machine), so every job that
+    draws for the same key (an image, a scale, a sample) draws the same numbers."""
+    return zlib.crc32(":".join(str(p) for p in parts).encode()) & 0x7FFFFFFF
 
 
 def set_tf32(enabled: bool) -> None:
