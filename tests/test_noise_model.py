@@ -216,3 +216,90 @@ def test_a_damaged_noise_file_is_refused_and_the_digest_is_returned(model, tmp_p
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="noise="):
         load_noise_model(path)
+
+
+# ------------------------------------------------------------------------------ conditional models
+def _conditional_pairs(n: int, seed: int, size: int = 96):
+    """Pairs whose residual has a known conditional mean (a 3x3 filter of the HR image minus the
+    prediction, plus an offset) and a variance that grows with the HR image's texture."""
+    pairs, truth = [], []
+    kernel = torch.tensor([[0.05, 0.1, 0.05], [0.1, 0.2, 0.1], [0.05, 0.1, 0.05]], dtype=torch.float64)
+    for i in range(n):
+        hr = _smooth_image(seed + i, size)
+        g = torch.Generator().manual_seed(seed + 50 + i)
+        bumps = F.interpolate(torch.rand(1, 1, size // 8, size // 8, generator=g, dtype=torch.float64),
+                              size=(size, size), mode="nearest")
+        hr = (hr + 0.4 * (bumps - 0.5) * (torch.arange(size, dtype=torch.float64) > size // 2)).clamp(-0.95, 0.95)
+        pred = (hr + 0.05 * _smooth_image(seed + 100 + i, size)).clamp(-0.95, 0.95)
+        d = F.pad(hr - pred, (1, 1, 1, 1), mode="replicate")
+        mean = F.conv2d(d, kernel.view(1, 1, 3, 3).expand(3, 1, 3, 3), groups=3) + 0.02
+        tex = (hr - F.avg_pool2d(F.pad(hr, (1, 1, 1, 1), mode="replicate"), 3, 1)).abs().mean(1, keepdim=True)
+        std = 0.01 + 0.5 * F.avg_pool2d(F.pad(tex, (2, 2, 2, 2), mode="replicate"), 5, 1)
+        real = pred + mean + std * _white(seed + 200 + i, pred.shape)
+        pairs.append((pred, real, 4.0, hr))
+        truth.append((mean, std.expand_as(pred) ** 2))
+    return pairs, truth
+
+
+def test_conditional_fit_recovers_the_mean_and_a_texture_dependent_variance():
+    pairs, _ = _conditional_pairs(6, 0)
+    model = fit(pairs, conditional=True, mean_window=3, patch=16, radius=5)
+    assert model.conditional and model.mean_filter.shape == (1, 3, 6, 3, 3) and model.log_variance.shape == (1, 6)
+    (pred, _, _, hr), = _conditional_pairs(1, 90)[0]
+    (mean, var), = _conditional_pairs(1, 90)[1]
+    got = model.mean_correction(pred, 4.0, hr)
+    assert float((got - mean).pow(2).mean().sqrt()) < 0.1 * float(mean.pow(2).mean().sqrt())
+    v = model.variance_map(pred, 4.0, hr)
+    textured, flat = var > var.median(), var <= var.median()
+    for where in (textured, flat):            # the level, where the HR image is textured and where it is flat
+        ratio = float(v[where].mean() / var[where].mean())
+        assert 0.7 < ratio < 1.4, ratio
+    assert float(v[textured].mean()) > 2 * float(v[flat].mean())
+
+
+def test_conditional_sampling_needs_the_hr_image_and_strength_zero_is_exact():
+    pairs, _ = _conditional_pairs(3, 10, size=64)
+    model = fit(pairs, conditional=True, patch=16, radius=5)
+    pred, _, _, hr = pairs[0]
+    x = pred.float()
+    assert torch.equal(model.sample(x, 4.0, torch.Generator().manual_seed(1), strength=0.0), x)
+    with pytest.raises(ValueError, match="conditioned on the HR image: pass hr="):
+        model.sample(x, 4.0, torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="hr must be the HR image at true LR size"):
+        model.sample(x, 4.0, torch.Generator().manual_seed(1), hr=hr[..., :32])
+    a, b = (model.sample(x, 4.0, torch.Generator().manual_seed(s), hr=hr) for s in (1, 1))
+    assert torch.equal(a, b) and not torch.equal(a, model.sample(x, 4.0, torch.Generator().manual_seed(2), hr=hr))
+    # strength < 1 applies that share of the mean correction; the noise scales with the strength
+    quiet = NoiseModel(**{**model.__dict__, "log_variance": torch.full_like(model.log_variance, 0.0)
+                          .index_fill_(1, torch.tensor([0]), -60.0)})
+    mu = model.mean_correction(x, 4.0, hr)
+    for st in (0.5, 1.0, 2.0):
+        got = quiet.sample(x.double(), 4.0, torch.Generator().manual_seed(3), strength=st, hr=hr)
+        assert torch.allclose(got, (x.double() + min(st, 1.0) * mu).clamp(-1, 1), atol=1e-9)
+    # between knots: 0 at scale 1, linear up to the knot
+    assert torch.allclose(model.mean_correction(x, 2.5, hr), 0.5 * mu)
+    assert torch.allclose(model.variance_map(x, 2.5, hr), 0.5 * model.variance_map(x, 4.0, hr))
+
+
+def test_conditional_fit_refuses_bad_settings_and_round_trips(tmp_path):
+    pairs, _ = _conditional_pairs(2, 20, size=64)
+    with pytest.raises(ValueError, match=r"pairs\[0\]: conditional=True needs the HR image"):
+        fit([p[:3] for p in pairs], conditional=True, patch=16, radius=5)
+    with pytest.raises(ValueError, match="target must be 'residual'.*conditional=False"):
+        fit(pairs, conditional=True, target="excess", patch=16, radius=5)
+    with pytest.raises(ValueError, match="mean_window must be an odd integer >= 1, got 4"):
+        fit(pairs, conditional=True, mean_window=4, patch=16, radius=5)
+    model = fit(pairs, conditional=True, patch=16, radius=5)
+    model.save(tmp_path / "c.pt")
+    back = load_noise_model(tmp_path / "c.pt")
+    assert back.conditional and torch.equal(back.mean_filter, model.mean_filter)
+    assert torch.equal(back.log_variance, model.log_variance) and back.meta["conditional"] is True
+    pred, _, _, hr = pairs[0]
+    assert torch.equal(back.sample(pred, 4.0, torch.Generator().manual_seed(4), hr=hr),
+                       model.sample(pred, 4.0, torch.Generator().manual_seed(4), hr=hr))
+    half = model.to_dict()
+    half["log_variance"] = None                                # a conditional part missing: not a noise model
+    with pytest.raises(ValueError, match="not a noise model"):
+        NoiseModel.from_dict(half)
+    old = {k: v for k, v in model.to_dict().items() if k not in ("mean_filter", "mean_bias", "log_variance")}
+    assert not NoiseModel.from_dict(old).conditional          # files written before conditional models load

@@ -69,11 +69,15 @@ def synth(ckpt) -> Synthesizer:
     return Synthesizer.from_checkpoint(ckpt, solver=SolverSpec.create(**EULER))
 
 
-@pytest.fixture(scope="module")
-def noise_file(synth, tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", params=["conditional", "table"])
+def noise_file(synth, tmp_path_factory, request) -> Path:
+    """Both kinds of noise model (the fit-noise default, conditional on the HR image, and the table alone):
+    every path below must pass the HR image where the model needs it."""
     bundle = SimpleNamespace(train=SimpleNamespace(records=_records()), train_scales=(1.0, 2.0, 4.0),
                              description="test records")
-    model = fit_noise(synth, bundle, crops=0, patch=8, radius=3, gradient_bins=2)
+    model = fit_noise(synth, bundle, crops=0, patch=8, radius=3, gradient_bins=2,
+                      conditional=request.param == "conditional", mean_window=3)
+    assert model.conditional == (request.param == "conditional")
     path = tmp_path_factory.mktemp("noise") / "noise.pt"
     model.save(path)
     return path
@@ -270,3 +274,22 @@ def test_the_option_is_the_degrade_noise_hook_and_the_online_degradation_uses_it
     assert all(torch.equal(x, y) for x, y in zip(first, a))        # the batch's first seed drives its generator
     plain = build_online_degradation("degflow", {"ckpt": str(ckpt)})(hr, [2.0, 2.0], [3, 9])
     assert all(torch.equal(x, y) for x, y in zip(plain, det))
+
+
+def test_noise_statistics_at_true_lr_size_are_measured_on_the_resized_images(synth, noise_file):
+    from degflow.jobs.evaluation import _Scorer
+    from degflow.metrics.noise import akld, histogram_kl, spectrum_distance
+
+    fake, real, hr = (_hr(40 + i)[None] for i in range(3))
+    got = _Scorer(EvalSettings(lpips=False, noise_stats="lr"), torch.device("cpu"))(fake, real, hr, 4.0)
+    small = [resize_to_lr(x, 4.0) for x in (fake, real, hr)]
+    assert got["akld"] == float(akld(*small)) and got["kl"] == float(histogram_kl(*small))
+    assert got["spec"] == float(spectrum_distance(*small, 1.0))
+    at_hr = _Scorer(EvalSettings(lpips=False), torch.device("cpu"))(fake, real, hr, 4.0)
+    assert at_hr["akld"] == float(akld(fake, real, hr)) and at_hr["psnr_y"] == got["psnr_y"]
+    result = _eval(synth, noise_file, strength=0.0, samples=2, noise_stats="lr")
+    assert result.settings["noise_stats"] == "lr"
+    per_scale = result.per_scale()
+    assert per_scale["stochastic"]["4"]["akld"] == per_scale["degflow"]["4"]["akld"]
+    with pytest.raises(ValueError, match=r"eval.noise_stats='x' is not one of \['hr', 'lr'\]"):
+        EvalSettings(noise_stats="x")

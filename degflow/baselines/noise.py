@@ -72,7 +72,8 @@ from degflow.core.scales import check_scale, scale_label
 from degflow.infra.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from degflow.infra.runtime import key_seed
 
-__all__ = ["OPPONENT", "TARGETS", "NoiseModel", "fit", "gradient_magnitude", "load_noise_model", "noise_seed"]
+__all__ = ["OPPONENT", "TARGETS", "VARIANCE_FEATURES", "NoiseModel", "fit", "gradient_magnitude", "load_noise_model",
+           "noise_seed", "variance_features"]
 
 #: Rows: the orthonormal opponent basis (luminance, red-blue, green-magenta) of RGB.
 OPPONENT = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, -1.0], [1.0, -2.0, 1.0]], dtype=torch.float64)
@@ -142,6 +143,13 @@ class NoiseModel:
     ``covariance`` ``[K, 3, 3]`` of the normalized residual in the opponent basis;
     ``spectra`` ``[K, 3, P, P]`` per opponent component, mean 1; ``radius``: colouring kernels
     are ``2 radius + 1`` wide; ``meta``: plain provenance (what it was fitted on).
+
+    Conditional models (``fit(conditional=True)``, module docstring) also hold ``mean_filter``
+    ``[K, 3, 6, w, w]`` and ``mean_bias`` ``[K, 3]`` (the residual's conditional mean: a linear
+    filter of the predicted LR and the HR image at true LR size) and ``log_variance``
+    ``[K, F]`` (``log sigma^2`` linear in the features of :func:`variance_features`); then
+    ``variance`` is the table of the corrected residual, kept for inspection, and sampling needs
+    the HR image.
     """
 
     scales: tuple[float, ...]
@@ -151,6 +159,14 @@ class NoiseModel:
     spectra: Tensor
     radius: int
     meta: dict[str, Any] = field(default_factory=dict)
+    mean_filter: Tensor | None = None
+    mean_bias: Tensor | None = None
+    log_variance: Tensor | None = None
+
+    @property
+    def conditional(self) -> bool:
+        """True when the model has a conditional mean and variance (its samples need the HR image)."""
+        return self.mean_filter is not None
 
     # ---------------------------------------------------------------- per scale
     def _weights(self, scale: float) -> tuple[int, int, float, float]:
@@ -175,12 +191,47 @@ class NoiseModel:
         spectra = (1 - c) * self.spectra[i] + c * self.spectra[j]
         return variance, covariance, spectra
 
-    def variance_map(self, lr: Tensor, scale: float) -> Tensor:
+    def variance_map(self, lr: Tensor, scale: float, hr: Tensor | None = None) -> Tensor:
         """Per-pixel noise variance of the predicted LR ``lr [B, 3, h, w]`` at ``scale``: ``[B, 3, h, w]``
-        float64 (intensity axis interpolated linearly between bin centres, gradient axis by bin)."""
+        float64. Table models: intensity axis interpolated linearly between bin centres, gradient axis
+        by bin. Conditional models (``hr``: the HR image at true LR size, required) evaluate the
+        log-linear variance at the prediction corrected by the conditional mean."""
         lr = _as_batch(lr, "lr")
-        table = self.at_scale(scale)[0].to(lr.device)                          # [3, I, G]
-        return _lookup(table, lr, self.gradient_edges.to(lr.device))
+        if not self.conditional:
+            table = self.at_scale(scale)[0].to(lr.device)                      # [3, I, G]
+            return _lookup(table, lr, self.gradient_edges.to(lr.device))
+        return self._conditional(lr, scale, hr)[1]
+
+    def mean_correction(self, lr: Tensor, scale: float, hr: Tensor) -> Tensor:
+        """The conditional mean of ``real - predicted`` at ``scale`` (conditional models): ``[B, 3, h, w]``
+        float64, interpolated between knots like the variance (0 at scale 1)."""
+        lr = _as_batch(lr, "lr")
+        return self._conditional(lr, scale, hr)[0]
+
+    def _conditional(self, lr: Tensor, scale: float, hr: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(mean [B, 3, h, w], variance [B, 3, h, w])`` of a conditional model, float64."""
+        if not self.conditional:
+            raise ValueError("this noise model has no conditional mean (fitted with conditional=False)")
+        if hr is None:
+            raise ValueError("this noise model is conditioned on the HR image: pass hr= (the HR image at true LR "
+                             "size, the size of lr)")
+        hr = _as_batch(hr, "hr")
+        if hr.shape != lr.shape:
+            raise ValueError(f"hr must be the HR image at true LR size, the shape of lr {tuple(lr.shape)}; "
+                             f"got {tuple(hr.shape)}")
+        assert self.mean_filter is not None and self.mean_bias is not None and self.log_variance is not None
+        i, j, a, b = self._weights(scale)
+        x, ref = lr.to(torch.float64), hr.to(torch.float64).to(lr.device)
+        dev = lr.device
+
+        mean, var = torch.zeros_like(x), torch.zeros_like(x)
+        for k, wgt in ((i, a), (j, b)):                 # each knot's mean and variance, then interpolated
+            if wgt > 0:
+                mu = _apply_filter(x, ref, self.mean_filter[k].to(dev), self.mean_bias[k].to(dev))
+                phi = variance_features((x + mu).clamp(-1, 1), x, ref)           # [B, 3, h, w, F]
+                mean = mean + wgt * mu
+                var = var + wgt * (phi @ self.log_variance[k].to(dev)).clamp(max=_LOG_VAR_MAX).exp()
+        return mean, var
 
     def field(self, shape: Sequence[int], scale: float, generators: Sequence[torch.Generator],
               device: torch.device | str = "cpu") -> Tensor:
@@ -201,13 +252,17 @@ class NoiseModel:
         return torch.einsum("ij,bjhw->bihw", mix, g)
 
     def sample(self, lr: Tensor, scale: float, generator: torch.Generator | Sequence[torch.Generator],
-               strength: float = 1.0) -> Tensor:
+               strength: float = 1.0, hr: Tensor | None = None) -> Tensor:
         """One noisy sample of the predicted LR ``lr`` (``[B, 3, h, w]`` or ``[3, h, w]`` in [-1, 1], true
-        LR size): ``clamp(lr + strength * sigma(lr, s) * f, -1, 1)`` in the dtype of ``lr``.
+        LR size): ``clamp(lr + strength * sigma(lr, s) * f, -1, 1)`` in the dtype of ``lr``; for a
+        conditional model ``clamp(lr + min(strength, 1) * mu + strength * sigma * f, -1, 1)`` with the
+        conditional mean ``mu`` and variance ``sigma^2`` of ``hr`` (the HR image at true LR size, the
+        shape of ``lr``; required).
 
         ``generator``: one ``torch.Generator`` (used for the images in order) or one per image (then
         each image's noise depends on its own generator only). ``strength`` >= 0 scales the noise
-        (0: ``lr`` itself, exactly; 1: as fitted; > 1: stronger).
+        (0: ``lr`` itself, exactly; 1: as fitted; > 1: stronger; the mean correction fades in up to 1
+        and stays there).
         """
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength) \
                 or strength < 0:
@@ -218,16 +273,21 @@ class NoiseModel:
             out = x.clone()
         else:
             gens = [generator] * x.shape[0] if isinstance(generator, torch.Generator) else list(generator)
-            sigma = self.variance_map(x, scale).sqrt()
-            noise = sigma * self.field(x.shape, scale, gens, x.device)
-            out = (x.to(torch.float64) + float(strength) * noise).clamp(-1, 1).to(x.dtype)
+            if self.conditional:
+                mean, variance = self._conditional(x, scale, None if hr is None else _as_batch(hr, "hr"))
+                base = x.to(torch.float64) + min(float(strength), 1.0) * mean
+            else:
+                variance, base = self.variance_map(x, scale), x.to(torch.float64)
+            noise = variance.sqrt() * self.field(x.shape, scale, gens, x.device)
+            out = (base + float(strength) * noise).clamp(-1, 1).to(x.dtype)
         return out[0] if single else out
 
     # ---------------------------------------------------------------- files
     def to_dict(self) -> dict[str, Any]:
         return {"scales": list(self.scales), "variance": self.variance, "gradient_edges": self.gradient_edges,
                 "covariance": self.covariance, "spectra": self.spectra, "radius": int(self.radius),
-                "meta": dict(self.meta)}
+                "meta": dict(self.meta), "mean_filter": self.mean_filter, "mean_bias": self.mean_bias,
+                "log_variance": self.log_variance}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NoiseModel:
@@ -237,7 +297,9 @@ class NoiseModel:
             model = cls(scales=scales, variance=d["variance"].to(torch.float64),
                         gradient_edges=d["gradient_edges"].to(torch.float64),
                         covariance=d["covariance"].to(torch.float64), spectra=d["spectra"].to(torch.float64),
-                        radius=int(d["radius"]), meta=dict(d.get("meta") or {}))
+                        radius=int(d["radius"]), meta=dict(d.get("meta") or {}),
+                        **{key: None if d.get(key) is None else d[key].to(torch.float64)
+                           for key in ("mean_filter", "mean_bias", "log_variance")})
         except (KeyError, TypeError, AttributeError, ValueError) as err:
             raise ValueError(f"not a noise model ({type(err).__name__}: {err})") from None
         k = len(scales)
@@ -246,7 +308,8 @@ class NoiseModel:
               and model.gradient_edges.shape == (model.variance.shape[3] - 1,)
               and model.covariance.shape == (k, 3, 3) and model.spectra.ndim == 4 and model.spectra.shape[:2] == (k, 3)
               and 0 <= model.radius < model.spectra.shape[-1] // 2
-              and bool((model.variance >= 0).all()) and bool(torch.isfinite(model.spectra).all()))
+              and bool((model.variance >= 0).all()) and bool(torch.isfinite(model.spectra).all())
+              and _conditional_ok(model, k))
         if not ok:
             raise ValueError("not a noise model: inconsistent shapes or values "
                              f"(scales {list(scales)}, variance {tuple(model.variance.shape)}, "
@@ -293,6 +356,101 @@ def _lookup(table: Tensor, x: Tensor, edges: Tensor) -> Tensor:
     return (1 - w) * at(lo) + w * at(hi)
 
 
+# ------------------------------------------------------------------------------ conditional parts
+#: Features of the conditional log-variance (:func:`variance_features`), in order.
+VARIANCE_FEATURES: tuple[str, ...] = ("1", "log HR texture", "log LR texture", "log mean-correction energy",
+                                      "intensity", "intensity^2")
+#: Offset of ``E[log chi^2_1]``: ``log r^2 + 1.2704`` is unbiased for ``log sigma^2`` of a Gaussian ``r``.
+_LOG_CHI2_OFFSET = 1.2704
+_LOG_VAR_MAX = 2.0               # variance at most e^2 (images in [-1, 1]): a guard against extrapolation
+_TEXTURE_FLOOR = 1e-6
+_RESIDUAL_FLOOR = 1e-8
+
+
+def _blur(x: Tensor, sigma: float = 1.0, size: int = 5) -> Tensor:
+    """Separable Gaussian blur of ``x [B, C, h, w]`` (replicated borders)."""
+    r = size // 2
+    t = torch.arange(size, dtype=x.dtype, device=x.device) - r
+    g = torch.exp(-t * t / (2 * sigma * sigma))
+    g = g / g.sum()
+    c = x.shape[1]
+    y = F.pad(x, (r, r, r, r), mode="replicate")
+    y = F.conv2d(y, g.view(1, 1, 1, size).expand(c, 1, 1, size), groups=c)
+    return F.conv2d(y, g.view(1, 1, size, 1).expand(c, 1, size, 1), groups=c)
+
+
+def _texture(x: Tensor) -> Tensor:
+    """``log`` of the local energy of the luminance's high-pass (``x`` minus its Gaussian blur):
+    ``[B, 3, h, w]`` -> ``[B, 1, h, w]``."""
+    y = x.mean(1, keepdim=True)
+    return (_blur((y - _blur(y)) ** 2) + _TEXTURE_FLOOR).log()
+
+
+def variance_features(corrected: Tensor, predicted: Tensor, hr: Tensor) -> Tensor:
+    """Per-pixel features of the conditional log-variance (:data:`VARIANCE_FEATURES`):
+    ``[B, 3, h, w]`` images in [-1, 1] at true LR size (the predicted LR corrected by the conditional
+    mean, the predicted LR, the HR image) -> ``[B, 3, h, w, F]`` float64. The texture of the HR
+    image is where a prediction's errors (blur, misregistration) concentrate; the intensity terms
+    are the signal dependence of sensor noise."""
+    c, x, ref = (t.to(torch.float64) for t in (corrected, predicted, hr))
+    shared = [torch.ones_like(c[:, :1]), _texture(ref), _texture(x),
+              (_blur((c - x).mean(1, keepdim=True) ** 2) + _TEXTURE_FLOOR).log()]
+    feats = [f.expand_as(c) for f in shared] + [c, c * c]
+    return torch.stack(feats, dim=-1)
+
+
+def _apply_filter(x: Tensor, hr: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """The mean filter: ``conv(cat[x, hr], weight [3, 6, w, w]) + bias [3]`` with replicated borders,
+    ``[B, 3, h, w]`` float64."""
+    r = weight.shape[-1] // 2
+    inp = F.pad(torch.cat([x, hr], 1).to(torch.float64), (r, r, r, r), mode="replicate")
+    return F.conv2d(inp, weight.to(torch.float64), bias.to(torch.float64))
+
+
+def _conditional_ok(model: NoiseModel, k: int) -> bool:
+    parts = (model.mean_filter, model.mean_bias, model.log_variance)
+    if all(p is None for p in parts):
+        return True
+    if any(p is None for p in parts):
+        return False
+    mf, mb, lv = parts
+    return (mf.ndim == 5 and mf.shape[:3] == (k, 3, 6) and mf.shape[3] == mf.shape[4] and mf.shape[3] % 2 == 1
+            and mb.shape == (k, 3) and lv.shape == (k, len(VARIANCE_FEATURES))
+            and all(bool(torch.isfinite(p).all()) for p in parts))
+
+
+def _fit_mean(data: list, window: int, ridge: float) -> tuple[Tensor, Tensor]:
+    """Ridge least squares of ``real - predicted`` on the ``window x window`` neighbourhoods of
+    ``[predicted, HR]`` plus a constant: ``(weight [3, 6, w, w], bias [3])``."""
+    r = window // 2
+    p = 6 * window * window + 1
+    xtx = torch.zeros(p, p, dtype=torch.float64)
+    xty = torch.zeros(p, 3, dtype=torch.float64)
+    for pred, real, _, hr in data:
+        inp = F.pad(torch.cat([pred, hr], 1), (r, r, r, r), mode="replicate")
+        cols = F.unfold(inp, window)                                            # [B, 6 w w, h w]
+        x = torch.cat([cols, torch.ones_like(cols[:, :1])], 1).transpose(1, 2).reshape(-1, p)
+        y = (real - pred).flatten(2).transpose(1, 2).reshape(-1, 3)
+        xtx, xty = xtx + x.T @ x, xty + x.T @ y
+    lam = ridge * torch.diagonal(xtx).mean()
+    w = torch.linalg.solve(xtx + lam * torch.eye(p, dtype=torch.float64), xty)   # [P, 3]
+    return w[:-1].T.reshape(3, 6, window, window).contiguous(), w[-1].clone()
+
+
+def _fit_log_variance(data: list, weight: Tensor, bias: Tensor) -> Tensor:
+    """Least squares of ``log(r^2) + 1.2704`` on :func:`variance_features` (``r``: the residual after
+    the mean filter): the log-linear variance ``[F]``."""
+    f = len(VARIANCE_FEATURES)
+    ata = torch.zeros(f, f, dtype=torch.float64)
+    atb = torch.zeros(f, dtype=torch.float64)
+    for pred, real, _, hr in data:
+        cor = (pred + _apply_filter(pred, hr, weight, bias)).clamp(-1, 1)
+        phi = variance_features(cor, pred, hr).reshape(-1, f)
+        t = ((real - cor) ** 2 + _RESIDUAL_FLOOR).log().reshape(-1) + _LOG_CHI2_OFFSET
+        ata, atb = ata + phi.T @ phi, atb + phi.T @ t
+    return torch.linalg.solve(ata + 1e-9 * torch.diagonal(ata).mean() * torch.eye(f, dtype=torch.float64), atb)
+
+
 # ------------------------------------------------------------------------------ fitting
 #: What the noise is fitted to (``fit(target=...)``): ``excess`` = the real LR's degradation residual
 #: ``real - HR`` minus the prediction's ``predicted - HR`` in second-order statistics (needs the HR at
@@ -300,7 +458,7 @@ def _lookup(table: Tensor, x: Tensor, edges: Tensor) -> Tensor:
 TARGETS: tuple[str, ...] = ("excess", "residual")
 
 
-def _pairs(pairs: Sequence[tuple], target: str) -> list[tuple[Tensor, Tensor, float, Tensor | None]]:
+def _pairs(pairs: Sequence[tuple], needs_hr: str | None) -> list[tuple[Tensor, Tensor, float, Tensor | None]]:
     out = []
     for i, item in enumerate(pairs):
         if not (isinstance(item, (tuple, list)) and len(item) in (3, 4)):
@@ -313,8 +471,8 @@ def _pairs(pairs: Sequence[tuple], target: str) -> list[tuple[Tensor, Tensor, fl
             raise ValueError(f"pairs[{i}]: predicted {tuple(pred.shape)}, real {tuple(real.shape)}"
                              + ("" if hr is None else f" and HR {tuple(hr.shape)}")
                              + " LR differ in shape (all at true LR size)")
-        if target == "excess" and hr is None:
-            raise ValueError(f"pairs[{i}]: target='excess' needs the HR image at true LR size as a 4th item "
+        if needs_hr and hr is None:
+            raise ValueError(f"pairs[{i}]: {needs_hr} needs the HR image at true LR size as a 4th item "
                              "(predicted, real, scale, HR)")
         s = check_scale(s, f"pairs[{i}] scale")
         if s == 1.0:
@@ -391,14 +549,8 @@ def _fit_knot(data: list, target: str, edges: Tensor, bins_i: int, bins_g: int, 
         channel = (s2.sum(1, keepdim=True) - s1.sum(1, keepdim=True) ** 2 / total) / total
         table = ((s2 - s1 * s1 / n.clamp_min(1) + prior * channel) / (n + prior).clamp_min(1e-12)).clamp_min(0)
         table = table.reshape(3, bins_i, bins_g)
-        cov, power, count, tiles = torch.zeros(3, 3, dtype=torch.float64), 0, 0, 0
-        for pred, real, _, _ in data:
-            u = (real - pred) / _lookup(table, pred, edges).clamp_min(1e-12).sqrt()
-            v = _opponent(u - u.mean(dim=(0, 2, 3), keepdim=True))
-            flat = v.transpose(0, 1).reshape(3, -1)
-            cov, count = cov + flat @ flat.T, count + flat.shape[1]
-            p, k = _welch(v, patch)
-            power, tiles = power + p, tiles + k
+        cov, power, count, tiles = _normalized_moments(
+            ((real - pred) / _lookup(table, pred, edges).clamp_min(1e-12).sqrt() for pred, real, _, _ in data), patch)
     else:                                        # what the real residual has beyond the predicted one
         n, sa, sb = (torch.zeros(3, nb, dtype=torch.float64) for _ in range(3))
         cov, power, count, tiles = torch.zeros(3, 3, dtype=torch.float64), 0, 0, 0
@@ -417,15 +569,35 @@ def _fit_knot(data: list, target: str, edges: Tensor, bins_i: int, bins_g: int, 
         table = ((excess + prior * channel) / (n + prior).clamp_min(1e-12)).clamp_min(0).reshape(3, bins_i, bins_g)
         cov = _psd(cov / count) * count
         power = power.clamp_min(0) if tiles else power
+    return table, *_correlation(cov, power, count, tiles, data[0][2], patch)
+
+
+def _normalized_moments(normalized: Any, patch: int) -> tuple[Tensor, Tensor | int, int, int]:
+    """Opponent-basis second moments and summed Welch periodograms of normalized residuals
+    ``u [B, 3, h, w]`` (each image's mean removed): ``(cov sum, power sum, pixels, tiles)``."""
+    cov, power, count, tiles = torch.zeros(3, 3, dtype=torch.float64), 0, 0, 0
+    for u in normalized:
+        v = _opponent(u - u.mean(dim=(0, 2, 3), keepdim=True))
+        flat = v.transpose(0, 1).reshape(3, -1)
+        cov, count = cov + flat @ flat.T, count + flat.shape[1]
+        p, k = _welch(v, patch)
+        power, tiles = power + p, tiles + k
+    return cov, power, count, tiles
+
+
+def _correlation(cov: Tensor, power: Tensor | int, count: int, tiles: int, scale: float,
+                 patch: int) -> tuple[Tensor, Tensor]:
+    """``(covariance [3, 3], spectra [3, P, P])`` from summed moments (ValueError without a tile)."""
     if tiles == 0:
-        raise ValueError(f"scale {scale_label(data[0][2])}: no LR image of at least patch={patch} pixels per side to "
+        raise ValueError(f"scale {scale_label(scale)}: no LR image of at least patch={patch} pixels per side to "
                          "measure the noise spectrum on; give larger images or a smaller patch")
-    cov, spectra = _finish(cov / count, power / tiles)
-    return table, cov, spectra
+    assert isinstance(power, Tensor)
+    return _finish(cov / count, power / tiles)
 
 
 def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int = 8, gradient_bins: int = 4,
-        patch: int = 32, radius: int = 7, prior: float = 64.0, meta: dict[str, Any] | None = None) -> NoiseModel:
+        patch: int = 32, radius: int = 7, prior: float = 64.0, conditional: bool = False, mean_window: int = 5,
+        ridge: float = 1e-3, meta: dict[str, Any] | None = None) -> NoiseModel:
     """Fit a :class:`NoiseModel` on ``(predicted LR, real LR, scale[, HR at true LR size])`` tuples (each
     image ``[B, 3, h, w]`` or ``[3, h, w]`` in [-1, 1], all of a tuple the same size: true LR size), one
     knot per distinct scale.
@@ -436,6 +608,12 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
     ``patch``: Welch tile side (LR pixels; every knot needs at least one image of that size);
     ``radius``: colouring kernels of side ``2 radius + 1`` (< patch / 2); ``prior``: pixels of shrinkage of
     each bin toward its channel's value; ``meta``: plain data stored with the model. ValueError for bad input.
+
+    ``conditional`` (needs the HR item; ``target="residual"`` only): per knot, first the conditional mean
+    of the residual, a ``mean_window`` x ``mean_window`` linear filter of ``[predicted, HR]`` fitted by ridge
+    least squares (``ridge`` times the mean diagonal of the normal matrix), then the log-linear variance of
+    what is left (:func:`variance_features`, least squares on ``log r^2``), then the correlations of the
+    residual normalized by that variance (module docstring).
     """
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is not one of {list(TARGETS)}")
@@ -447,7 +625,17 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
         raise ValueError(f"radius={radius} must be below patch / 2 = {patch // 2}")
     if isinstance(prior, bool) or not isinstance(prior, (int, float)) or not prior >= 0:
         raise ValueError(f"prior must be a number >= 0 (pixels), got {prior!r}")
-    data = _pairs(pairs, target)
+    if not isinstance(conditional, bool):
+        raise ValueError(f"conditional must be true or false, got {conditional!r}")
+    if conditional:
+        if target != "residual":
+            raise ValueError(f"conditional=True fits the residual real - predicted: target must be 'residual', got {target!r} "
+                             "(the excess fit is the table model's: conditional=False)")
+        if isinstance(mean_window, bool) or not isinstance(mean_window, int) or mean_window < 1 or mean_window % 2 == 0:
+            raise ValueError(f"mean_window must be an odd integer >= 1, got {mean_window!r}")
+        if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge > 0:
+            raise ValueError(f"ridge must be a number > 0, got {ridge!r}")
+    data = _pairs(pairs, "conditional=True" if conditional else "target='excess'" if target == "excess" else None)
     scales = sorted({d[2] for d in data})
 
     # gradient bin edges: quantiles of the predicted images' gradient magnitude (a strided subsample)
@@ -455,11 +643,34 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
     grads = grads[:: max(1, grads.numel() // 2_000_000)]
     q = torch.linspace(0, 1, gradient_bins + 1, dtype=torch.float64)[1:-1]
     edges = torch.quantile(grads, q) if gradient_bins > 1 else torch.zeros(0, dtype=torch.float64)
-    knots = [_fit_knot([d for d in data if d[2] == s], target, edges, intensity_bins, gradient_bins, patch, prior)
-             for s in scales]
-    info = {"target": target, "pairs": len(data),
-            "pixels_per_scale": {scale_label(s): int(sum(d[0].numel() // 3 for d in data if d[2] == s))
-                                 for s in scales}}
-    return NoiseModel(scales=tuple(scales), variance=torch.stack([k[0] for k in knots]), gradient_edges=edges,
-                      covariance=torch.stack([k[1] for k in knots]), spectra=torch.stack([k[2] for k in knots]),
-                      radius=radius, meta={**info, **(meta or {})})
+    info: dict[str, Any] = {"target": target, "pairs": len(data),
+                            "pixels_per_scale": {scale_label(s): int(sum(d[0].numel() // 3 for d in data if d[2] == s))
+                                                 for s in scales}}
+    if not conditional:
+        knots = [_fit_knot([d for d in data if d[2] == s], target, edges, intensity_bins, gradient_bins, patch, prior)
+                 for s in scales]
+        return NoiseModel(scales=tuple(scales), variance=torch.stack([k[0] for k in knots]), gradient_edges=edges,
+                          covariance=torch.stack([k[1] for k in knots]), spectra=torch.stack([k[2] for k in knots]),
+                          radius=radius, meta={**info, **(meta or {})})
+    tables, covs, spectra, filters, biases, logvars = [], [], [], [], [], []
+    for s in scales:
+        knot = [d for d in data if d[2] == s]
+        weight, bias = _fit_mean(knot, mean_window, float(ridge))
+        corrected = [((pred + _apply_filter(pred, hr, weight, bias)).clamp(-1, 1), real, sc, hr)
+                     for pred, real, sc, hr in knot]
+        table = _fit_knot(corrected, "residual", edges, intensity_bins, gradient_bins, patch, prior)[0]
+        logvar = _fit_log_variance(knot, weight, bias)
+
+        def normalized(knot: list = knot, corrected: list = corrected, logvar: Tensor = logvar) -> Any:
+            for (pred, _, _, hr), (cor, real, _, _) in zip(knot, corrected):
+                var = (variance_features(cor, pred, hr) @ logvar).clamp(max=_LOG_VAR_MAX).exp()
+                yield (real - cor) / var.sqrt()
+
+        cov, spec = _correlation(*_normalized_moments(normalized(), patch), s, patch)
+        for acc, val in zip((tables, covs, spectra, filters, biases, logvars), (table, cov, spec, weight, bias, logvar)):
+            acc.append(val)
+    info.update(conditional=True, mean_window=mean_window, ridge=float(ridge))
+    return NoiseModel(scales=tuple(scales), variance=torch.stack(tables), gradient_edges=edges,
+                      covariance=torch.stack(covs), spectra=torch.stack(spectra), radius=radius,
+                      meta={**info, **(meta or {})}, mean_filter=torch.stack(filters), mean_bias=torch.stack(biases),
+                      log_variance=torch.stack(logvars))

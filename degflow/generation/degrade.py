@@ -79,11 +79,12 @@ class NoiseHook(Protocol):
     """A stochastic part added to the deterministic LR (issue #27 plugs in here).
 
     Called once per sample with its true-size LR ``lr [1, 3, h, w]`` (float32, in [-1, 1], not yet
-    quantised), its scale and the call's generator; returns the new ``[1, 3, h, w]`` (clamped to
-    [-1, 1] afterwards). Draw every random number from ``generator`` so a seed reproduces the batch.
+    quantised), its scale, the call's generator and ``hr``, that sample's HR image at true LR size
+    (``[1, 3, h, w]`` in [-1, 1]); returns the new ``[1, 3, h, w]`` (clamped to [-1, 1] afterwards).
+    Draw every random number from ``generator`` so a seed reproduces the batch.
     """
 
-    def __call__(self, lr: Tensor, scale: float, generator: torch.Generator) -> Tensor: ...
+    def __call__(self, lr: Tensor, scale: float, generator: torch.Generator, hr: Tensor | None = None) -> Tensor: ...
 
 
 def quantize_8bit(x: Tensor) -> Tensor:
@@ -300,7 +301,7 @@ class Degrader:
             if size != "hr" or self.hr_size_output == "from_lr":
                 lr = resize_to_lr(one, s)
                 if noise is not None:
-                    lr = noise(lr, s, generator).float().clamp(-1.0, 1.0)
+                    lr = noise(lr, s, generator, hr=resize_to_lr(x[i:i + 1], s)).float().clamp(-1.0, 1.0)
             if size != "lr":
                 hr_sizes.append(one if self.hr_size_output == "decoded" else upsample_to(lr, height, width))
             lrs.append(lr)

@@ -6,7 +6,9 @@ adds a sample of a :class:`~degflow.baselines.noise.NoiseModel` (fitted by ``pyt
 fit-noise`` on the residual real LR - this checkpoint's own LR at its training knots) to the
 deterministic LR **at true LR size**, where sensor noise lives (docs/STOCHASTIC.md says why there
 and not in the latent). ``strength`` scales the noise: 0 returns the deterministic LR exactly,
-1 the fitted noise, > 1 more of it.
+1 the fitted noise, > 1 more of it. A conditional model (the ``fit-noise`` default) also corrects the
+LR by the residual's conditional mean given the LR and the HR image, so every path passes the HR
+image at true LR size (``hr=``).
 
 The same option is :class:`~degflow.generation.Degrader`'s noise hook (``degrader(hr, s, noise=option,
 seed=...)``: the SR training loops' online path, where one generator per batch draws the samples in order).
@@ -64,17 +66,18 @@ class StochasticOption:
         """The seed of sample ``sample`` of each image at ``scale`` (:func:`noise_seed`)."""
         return [noise_seed(base, name, scale, sample) for name in images]
 
-    def sample(self, lr: Tensor, scale: float, seeds: Sequence[int]) -> Tensor:
+    def sample(self, lr: Tensor, scale: float, seeds: Sequence[int], hr: Tensor | None = None) -> Tensor:
         """``lr [B, 3, h, w]`` (deterministic, true LR size, [-1, 1]) plus ``strength`` times a noise
-        sample; image b's noise from ``seeds[b]`` alone. Strength 0 returns ``lr`` unchanged (a copy)."""
+        sample; image b's noise from ``seeds[b]`` alone. Strength 0 returns ``lr`` unchanged (a copy).
+        ``hr``: the HR images at true LR size (the shape of ``lr``), needed by conditional models."""
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        return self.model.sample(lr, scale, generators, strength=self.strength)
+        return self.model.sample(lr, scale, generators, strength=self.strength, hr=hr)
 
-    def __call__(self, lr: Tensor, scale: float, generator: torch.Generator) -> Tensor:
+    def __call__(self, lr: Tensor, scale: float, generator: torch.Generator, hr: Tensor | None = None) -> Tensor:
         """The :class:`~degflow.generation.degrade.NoiseHook` of :class:`~degflow.generation.Degrader`:
         ``degrader(hr, scale, noise=option, seed=...)`` adds a sample to each true-size LR ``[1, 3, h, w]``,
-        drawn from the call's ``generator``."""
-        return self.model.sample(lr, scale, generator, strength=self.strength)
+        drawn from the call's ``generator`` (``hr``: that image's HR at true LR size)."""
+        return self.model.sample(lr, scale, generator, strength=self.strength, hr=hr)
 
     def record(self, base_seed: int, samples: int) -> dict[str, Any]:
         """What results files and manifests record about the option."""

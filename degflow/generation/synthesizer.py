@@ -473,7 +473,8 @@ class Synthesizer:
         out = {}
         for s, decoded in images.items():
             lr = resize_to_lr(decoded, s)
-            noisy = noise.sample(lr, s, noise.seeds(seed, [str(b) for b in range(lr.shape[0])], s))
+            noisy = noise.sample(lr, s, noise.seeds(seed, [str(b) for b in range(lr.shape[0])], s),
+                                 hr=resize_to_lr(hr.to(lr.device, lr.dtype), s))
             out[s] = noisy if size == "lr" else noisy_at_hr_size(decoded, lr, noisy, s, "decoded")
         return out
 

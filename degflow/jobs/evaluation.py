@@ -54,7 +54,7 @@ from degflow.data.images import find_images, read_image
 from degflow.data.options import build_data, option_of_target
 from degflow.generation import StochasticOption, Synthesizer
 from degflow.generation.stochastic import noisy_at_hr_size
-from degflow.infra.checks import check_int, check_number, check_positive_int
+from degflow.infra.checks import check_choice, check_int, check_number, check_positive_int
 from degflow.infra.files import atomic_write_text, atomic_write_texts
 from degflow.infra.runtime import resolve_device
 from degflow.metrics.image import psnr_y, ssim_y
@@ -98,6 +98,12 @@ METRICS: dict[str, tuple[str, bool]] = {
     "spec": ("Spectrum dist. (dB)", False),
     "diversity": ("Diversity (LPIPS)", True),
 }
+#: Where the noise statistics (KL, AKLD, spectrum distance) are measured (``eval.noise_stats``): ``hr``:
+#: on the images scored at HR size; ``lr``: on the three images (generated, real, HR) resized to true LR size,
+#: where sensor noise lives: at HR size the LR's noise is upsampled, so AKLD's 7 x 7 window sees about
+#: 49 / s^2 independent noise values (1.5 at x4) and scores any added noise, even a second real capture's, as
+#: worse than none (docs/STOCHASTIC.md).
+NOISE_STATS: tuple[str, ...] = ("hr", "lr")
 #: Metrics shown without a "best" mark (a description, not a score).
 _UNRANKED = ("diversity",)
 _SCALE_TOL = 1e-6
@@ -118,6 +124,7 @@ class EvalSettings:
     crop_size: int = 64                             # crops.size (HR pixels)
     crop_images: int = 1                            # crops.images
     hr_size_output: str = "decoded"                 # eval.hr_size_output (degflow.core.resize.HR_SIZE_OUTPUTS)
+    noise_stats: str = "hr"                         # eval.noise_stats: where KL / AKLD / spectrum are measured
     noise: str | None = None                        # noise: a fitted noise model file (stochastic methods)
     strength: float = 1.0                           # strength of the noise (0 = deterministic)
     samples: int = 4                                # samples per image and scale (stochastic methods)
@@ -125,6 +132,7 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         check_hr_size_output(self.hr_size_output, "eval.hr_size_output")
+        check_choice(self.noise_stats, NOISE_STATS, "eval.noise_stats")
         check_int(self.shave, "eval.shave", minimum=0, hint=" (border pixels)")
         check_positive_int(self.max_images, "eval.max_images", allow_none=True)
         check_number(self.strength, "strength", low=0.0)
@@ -289,18 +297,22 @@ class _Scorer:
     def __init__(self, settings: EvalSettings, device: torch.device):
         self.shave = settings.shave
         self.device = device
+        self.noise_stats = settings.noise_stats
         self.lpips = load_lpips("alex", settings.lpips_backbone_weights, device=device) if settings.lpips else None
 
     def __call__(self, fake: Tensor, real: Tensor, hr: Tensor, scale: float = 1.0) -> dict[str, float]:
         fake, real, hr = fake.float().cpu(), real.float().cpu(), hr.float().cpu()
         if fake.shape != real.shape:
             raise ValueError(f"generated image of shape {tuple(fake.shape)} vs real {tuple(real.shape)}")
+        stats, stats_scale = (fake, real, hr), scale
+        if self.noise_stats == "lr" and scale != 1.0:
+            stats, stats_scale = tuple(resize_to_lr(t, scale) for t in stats), 1.0
         out = {
             "psnr_y": float(psnr_y(fake, real, shave=self.shave)),
             "ssim_y": float(ssim_y(fake, real, shave=self.shave)),
-            "kl": float(histogram_kl(fake, real, hr)),
-            "akld": float(akld(fake, real, hr)),
-            "spec": float(spectrum_distance(fake, real, hr, scale)),
+            "kl": float(histogram_kl(*stats)),
+            "akld": float(akld(*stats)),
+            "spec": float(spectrum_distance(*stats, stats_scale)),
             "diversity": None,
         }
         if self.lpips is not None:
@@ -460,7 +472,8 @@ def evaluate_dataset(synth: Synthesizer, dataset: Any, data_scales: Sequence[flo
                         settings={"data": description, "methods": list(methods), "shave": settings.shave,
                                   "solver": synth.solver.to_dict(), "checkpoint_sha256": synth.checkpoint_sha256,
                                   "procedural_seed": settings.procedural_seed,
-                                  "hr_size_output": settings.hr_size_output, **_kernel_record(methods, kernel),
+                                  "hr_size_output": settings.hr_size_output, "noise_stats": settings.noise_stats,
+                                  **_kernel_record(methods, kernel),
                                   **({} if noise is None else noise.record(settings.noise_seed, settings.samples))})
     collector = _Collector(result, _Scorer(settings, synth.device), settings)
     n = len(dataset) if settings.max_images is None else min(len(dataset), settings.max_images)
@@ -531,9 +544,9 @@ def _model_outputs(synth: Synthesizer, methods: Sequence[str], hr: Tensor, real:
         start = time.perf_counter()
         samples: dict[float, list[Tensor]] = {}
         for s in scales:                         # noise at true LR size, scored at HR size like the LR
-            lr = resize_to_lr(res.images[s], s)
+            lr, ref = resize_to_lr(res.images[s], s), resize_to_lr(hr.to(res.images[s].device), s)
             samples[s] = [noisy_at_hr_size(res.images[s], lr, noise.sample(lr, s, noise.seeds(settings.noise_seed,
-                                                                                               [name], s, k)),
+                                                                                               [name], s, k), hr=ref),
                                            s, settings.hr_size_output) for k in range(settings.samples)]
         seconds = res.seconds + (time.perf_counter() - start) / settings.samples
         if "stochastic" in methods:
@@ -822,6 +835,7 @@ def run(config: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
         max_images=ev["max_images"], procedural_seed=config["procedural_seed"],
         allow_extrapolation=config["allow_extrapolation"], crop_size=config["crops"]["size"],
         crop_images=config["crops"]["images"], hr_size_output=ev["hr_size_output"],
+        noise_stats=ev.get("noise_stats", "hr"),
         noise=config.get("noise"), strength=config.get("strength", 1.0), samples=config.get("samples", 4),
         noise_seed=config.get("noise_seed", 0),
     )

@@ -798,7 +798,8 @@ class _FolderJob:
                 if key not in sampled:
                     lr = resize_to_lr(decoded, out.scale)
                     seed = self.noise.seeds(self.noise_seed, [item.name[: -len(".png")]], out.scale, out.sample)[0]
-                    sampled[key] = (lr, self.noise.sample(lr[None], out.scale, [seed])[0], seed)
+                    ref = resize_to_lr(hr[b][None].to(lr.device, lr.dtype), out.scale)
+                    sampled[key] = (lr, self.noise.sample(lr[None], out.scale, [seed], hr=ref)[0], seed)
                 lr, noisy, seed = sampled[key]
                 image = noisy if out.size == "lr" else noisy_at_hr_size(decoded[None], lr[None], noisy[None], out.scale,
                                                                        self.hr_size_output)[0]

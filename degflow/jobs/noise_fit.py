@@ -118,7 +118,8 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
     f = config["fit"]
     model = fit_noise(synth, bundle, seed=config["seed"], crops=f["crops"], crop_size=f["crop_size"],
                       target=f["target"], intensity_bins=f["intensity_bins"], gradient_bins=f["gradient_bins"], patch=f["patch"],
-                      radius=f["radius"], prior=f["prior"])
+                      radius=f["radius"], prior=f["prior"], conditional=f.get("conditional", False),
+                      mean_window=f.get("mean_window", 5), ridge=f.get("ridge", 1e-3))
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
     return {"path": out, "model": model}
