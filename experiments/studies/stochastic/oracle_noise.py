@@ -2,15 +2,20 @@
 drawn again with other noise seeds, so the true noise is known there.
 
 On the demo validation split (the bottom bands of the training photos; never the test photos), at
-x2 / x3 / x4, every candidate is scored against the real LR (data seed 0), at HR size from true-size
-LR (``eval.hr_size_output=from_lr``), with KL, AKLD and the spectrum distance:
+x2 / x3 / x4, every candidate is scored against the real LR (data seed 0) with KL, AKLD and the
+spectrum distance, twice: at HR size from true-size LR (``eval.noise_stats=hr``: the three images
+bicubic-upsampled to the HR grid) and at true LR size (``eval.noise_stats=lr``: the generated, real and
+HR images resized to true LR size):
 
 - ``deterministic``: the checkpoint's LR;
 - ``+ fitted noise xS``: plus one sample of the noise model at strength S;
 - ``+ true noise``: plus ``(real_1 - real_2) / sqrt(2)``, the difference of two other draws of the real
   degradation (data seeds 1 and 2): noise with the real noise's distribution, independent of draw 0;
 - ``second real draw``: the real LR of data seed 1 (the same scene, blur, colour and JPEG, another
-  noise draw): what a perfect stochastic generator would score.
+  noise draw): what a perfect stochastic generator would score;
+- ``mean of 8 real draws``: the mean of the real LR of data seeds 3-10 (the real degradation with its
+  noise averaged away): what a perfect *deterministic* generator would score. A noise statistic that
+  scores it better than the second real draw prefers no noise to the true noise.
 
     python -m experiments.studies.stochastic.oracle_noise --ckpt <demo lfm> --noise <noise model> \\
         --out experiments/studies/stochastic/oracle_noise.json
@@ -46,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     synth = Synthesizer.from_checkpoint(args.ckpt)
     noise = StochasticOption.load(args.noise, 1.0, checkpoint_sha256=synth.checkpoint_sha256)
     rows: dict[str, dict[str, list[list[float]]]] = {}
+    more = [build_data("demo", **{**settings, "seed": seed}).val for seed in range(3, 11)]
     for i in range(len(draws[0])):
         items = [d[i] for d in draws]
         hr = items[0]["hr"][None]
@@ -55,23 +61,31 @@ def main(argv: list[str] | None = None) -> int:
             if s not in SCALES:
                 continue
             real, one, two = (it["lr"][j][None] for it in items)
-            lr = resize_to_lr(decoded[s], s)
+            lr, ref = resize_to_lr(decoded[s], s), resize_to_lr(hr, s)
             det = lr_at_hr_size(decoded[s], s, "from_lr")
+            mean = torch.stack([d[i]["lr"][j] for d in more]).mean(0, keepdim=True)
             cands = {"deterministic": det, "+ true noise": (det + (one - two) / 2 ** 0.5).clamp(-1, 1),
-                     "second real draw": one}
+                     "second real draw": one, "mean of 8 real draws": mean}
             for st in STRENGTHS:
                 option = StochasticOption(noise.model, st)
-                sample = option.sample(lr, s, option.seeds(0, [str(i)], s))
+                sample = option.sample(lr, s, option.seeds(0, [str(i)], s), hr=ref)
                 cands[f"+ fitted noise x{st:g}"] = noisy_at_hr_size(decoded[s], lr, sample, s, "from_lr")
+            small_real = resize_to_lr(real, s)
             for name, x in cands.items():
+                small = resize_to_lr(x, s)
                 rows.setdefault(f"x{s:g}", {}).setdefault(name, []).append(
-                    [float(histogram_kl(x, real, hr)), float(akld(x, real, hr)), float(spectrum_distance(x, real, hr, s))])
-    table = {scale: {name: dict(zip(("kl", "akld", "spec"), torch.tensor(v).mean(0).tolist())) for name, v in by.items()}
+                    [float(histogram_kl(x, real, hr)), float(akld(x, real, hr)), float(spectrum_distance(x, real, hr, s)),
+                     float(histogram_kl(small, small_real, ref)), float(akld(small, small_real, ref)),
+                     float(spectrum_distance(small, small_real, ref, 1.0))])
+    keys = ("kl", "akld", "spec", "kl_lr", "akld_lr", "spec_lr")
+    table = {scale: {name: dict(zip(keys, torch.tensor(v).mean(0).tolist())) for name, v in by.items()}
              for scale, by in rows.items()}
-    lines = ["| scale | candidate | KL | AKLD | spectrum dist. (dB) |", "|---|---|---|---|---|"]
+    lines = ["| scale | candidate | KL at HR size | AKLD at HR size | spectrum dB at HR size | KL at LR size | "
+             "AKLD at LR size | spectrum dB at LR size |", "|---|---|---|---|---|---|---|---|"]
     for scale, by in table.items():
         for name, m in by.items():
-            lines.append(f"| {scale} | {name} | {m['kl']:.4f} | {m['akld']:.4f} | {m['spec']:.2f} |")
+            lines.append(f"| {scale} | {name} | {m['kl']:.4f} | {m['akld']:.4f} | {m['spec']:.2f} | {m['kl_lr']:.4f} | "
+                         f"{m['akld_lr']:.4f} | {m['spec_lr']:.2f} |")
     print("\n".join(lines), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {"command": "python -m experiments.studies.stochastic.oracle_noise " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -3,8 +3,8 @@
 For one stage-2 checkpoint and its data option: fit the noise model once per seed (``python -m degflow
 fit-noise``, training split only, seeded random crops), then evaluate every test set with the
 deterministic LR, the stochastic samples and their mean (``python -m degflow evaluate
-methods=[degflow,stochastic,stochastic_mean] eval.hr_size_output=from_lr``: LR at true LR size,
-scored against the real LR), the samples of seed S drawn with ``noise_seed=S``. The table puts the
+methods=[degflow,stochastic,stochastic_mean] eval.hr_size_output=from_lr eval.noise_stats=lr``: LR at
+true LR size, scored against the real LR; KL, AKLD and the spectrum at true LR size), the samples of seed S drawn with ``noise_seed=S``. The table puts the
 deterministic row beside each seed's stochastic row and says, per metric and scale, whether the
 stochastic rows beat the deterministic one by more than the spread of the seeds.
 
@@ -63,7 +63,9 @@ def table(evals: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[str, dic
         settings = first["settings"]
         lines += [f"### {name}", "", f"- split: `{settings.get('split')}`, images: {first['images']}, "
                   f"samples per image and scale: {settings.get('samples')}, strength: {settings.get('strength')}, "
-                  f"scored at HR size from true-size LR (`hr_size_output={settings.get('hr_size_output')}`)", ""]
+                  f"scored at HR size from true-size LR (`hr_size_output={settings.get('hr_size_output')}`), "
+                  f"noise statistics measured at {'true LR size' if settings.get('noise_stats') == 'lr' else 'HR size'} "
+                  f"(`eval.noise_stats={settings.get('noise_stats', 'hr')}`)", ""]
         data[name] = {}
         for scale in first["scales"]:
             det = first["per_scale"]["degflow"][scale]
@@ -101,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strength", type=float, default=1.0)
     p.add_argument("--scales", default=None, help="scales to evaluate, e.g. [1.5,2,3] (default: the data's)")
     p.add_argument("--fit-override", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--noise-stats", default="lr", choices=["lr", "hr"],
+                   help="where KL / AKLD / spectrum are measured (eval.noise_stats; default lr: true LR size)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads of each evaluation (default 1)")
     args = p.parse_args(argv)
     out = args.out.resolve()
     runner = Runner()
@@ -123,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 runner(["-m", "degflow", "evaluate", f"ckpt={args.ckpt}", *args.data, *extra.split(),
                         f"noise={noise[seed]}", f"noise_seed={seed}", f"samples={args.samples}",
                         f"strength={args.strength}", f"methods={list_arg(METHODS)}", "eval.hr_size_output=from_lr",
+                        f"eval.noise_stats={args.noise_stats}", f"threads={args.threads}",
                         "plots=false", *([f"scales={args.scales}"] if args.scales else []), f"out={folder}",
                         f"hydra.run.dir={out / 'logs' / name / f'seed-{seed}'}"], f"evaluate {name}, seed {seed}")
             evals[name][seed] = json.loads((folder / "eval.json").read_text(encoding="utf-8"))
