@@ -293,3 +293,21 @@ def test_noise_statistics_at_true_lr_size_are_measured_on_the_resized_images(syn
     assert per_scale["stochastic"]["4"]["akld"] == per_scale["degflow"]["4"]["akld"]
     with pytest.raises(ValueError, match=r"eval.noise_stats='x' is not one of \['hr', 'lr'\]"):
         EvalSettings(noise_stats="x")
+
+
+def test_fit_noise_command_runs_with_its_default_run_folder(tmp_path):
+    """`python -m degflow fit-noise ...` as documented (no hydra.run.dir): the run folder's name resolves
+    (it once failed on the unregistered ${process_label:} resolver) and a missing checkpoint is one
+    error line naming ckpt, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    done = subprocess.run([sys.executable, "-m", "degflow", "fit-noise", f"ckpt={tmp_path / 'missing.pt'}",
+                           f"out={tmp_path / 'noise.pt'}", "threads=1"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and lines[-1].startswith("error: ") and "ckpt" in lines[-1], done.stderr[-2000:]

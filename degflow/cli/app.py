@@ -183,6 +183,7 @@ def run_cli(task: Callable[[DictConfig], Any], config_name: str, *,
     """
     full_error = debug()
     quiet_logging_errors()
+    register_resolvers()            # every config may name ${process_label:} / ${run_slug:...} in its run folder
     started = False
     statuses: list[int] = []
 
