@@ -29,7 +29,7 @@ from degflow.core.solvers import SolverSpec
 from degflow.data.images import read_image
 from degflow.data.options import build_data, option_of_target
 from degflow.generation import Synthesizer
-from degflow.infra.checks import check_int
+from degflow.infra.checks import check_bool, check_int, check_number
 
 __all__ = ["fit_noise", "noise_fit_pairs", "real_lr_true_size", "run"]
 
@@ -110,12 +110,21 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
     out = Path(config["out"])
     if out.suffix != ".pt":
         raise ValueError(f"out={str(out)!r}: give the noise model's file name, ending in .pt")
+    f = config["fit"]
+    check_bool(f.get("conditional", False), "fit.conditional")
+    if f.get("conditional", False):          # the config keys, not the library's argument names, in errors
+        check_int(f.get("mean_window", 5), "fit.mean_window", minimum=1)
+        if f.get("mean_window", 5) % 2 == 0:
+            raise ValueError(f"fit.mean_window must be odd (a centred window), got {f['mean_window']}")
+        check_number(f.get("ridge", 1e-3), "fit.ridge", low=0.0, open_low=True)
+        if f.get("target") != "residual":
+            raise ValueError(f"fit.target={f.get('target')!r} needs fit.conditional=false (the conditional model "
+                             "fits the residual real - deterministic LR: fit.target=residual)")
     synth = Synthesizer.from_checkpoint(config["ckpt"], device=config["device"],
                                         solver=SolverSpec.create(**config["solver"]), precision=config["precision"],
                                         tile_size=config["tile_size"], tile_overlap=config["tile_overlap"])
     data_settings = dict(config["data"])
     bundle = build_data(option_of_target(data_settings.pop("_target_", "")), **data_settings)
-    f = config["fit"]
     model = fit_noise(synth, bundle, seed=config["seed"], crops=f["crops"], crop_size=f["crop_size"],
                       target=f["target"], intensity_bins=f["intensity_bins"], gradient_bins=f["gradient_bins"], patch=f["patch"],
                       radius=f["radius"], prior=f["prior"], conditional=f.get("conditional", False),
