@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from degflow.baselines.noise import fit, noise_seed
-from degflow.core.resize import bicubic_baseline, resize_to_lr, upsample_to
+from degflow.core.resize import bicubic_baseline, resize_to_lr, sample_to_lr, upsample_to
 from degflow.core.timemap import TimeMap
 from degflow.data.common import MemoryRecord, PairRecord
 from degflow.data.images import read_image, write_image
@@ -282,7 +282,7 @@ def test_noise_statistics_at_true_lr_size_are_measured_on_the_resized_images(syn
 
     fake, real, hr = (_hr(40 + i)[None] for i in range(3))
     got = _Scorer(EvalSettings(lpips=False, noise_stats="lr"), torch.device("cpu"))(fake, real, hr, 4.0)
-    small = [resize_to_lr(x, 4.0) for x in (fake, real, hr)]
+    small = [sample_to_lr(fake, 4.0), sample_to_lr(real, 4.0), resize_to_lr(hr, 4.0)]
     assert got["akld"] == float(akld(*small)) and got["kl"] == float(histogram_kl(*small))
     assert got["spec"] == float(spectrum_distance(*small, 1.0))
     at_hr = _Scorer(EvalSettings(lpips=False), torch.device("cpu"))(fake, real, hr, 4.0)

@@ -46,7 +46,8 @@ from torch import Tensor
 
 from degflow.baselines.kernel_baseline import KernelDegradation, kernel_noise_seed
 from degflow.baselines.procedural import procedural_seed, realesrgan
-from degflow.core.resize import bicubic_baseline, check_hr_size_output, lr_at_hr_size, resize_to_lr, upsample_to
+from degflow.core.resize import (bicubic_baseline, check_hr_size_output, lr_at_hr_size, resize_to_lr, sample_to_lr,
+                                 upsample_to)
 from degflow.core.scales import scale_label
 from degflow.core.solvers import SolverSpec
 from degflow.data.common import size_relation
@@ -99,8 +100,10 @@ METRICS: dict[str, tuple[str, bool]] = {
     "diversity": ("Diversity (LPIPS)", True),
 }
 #: Where the noise statistics (KL, AKLD, spectrum distance) are measured (``eval.noise_stats``): ``hr``:
-#: on the images scored at HR size; ``lr``: on the three images (generated, real, HR) resized to true LR size,
-#: where sensor noise lives: at HR size the LR's noise is upsampled, so AKLD's 7 x 7 window sees about
+#: on the images scored at HR size; ``lr``: at true LR size, where sensor noise lives: the generated and
+#: real LR sampled back to it (:func:`~degflow.core.resize.sample_to_lr`, the inverse of the bicubic
+#: upsampling that brought true-size LR to HR size; meant for ``eval.hr_size_output=from_lr``), the HR
+#: reference resized there (antialiased): at HR size the LR's noise is upsampled, so AKLD's 7 x 7 window sees about
 #: 49 / s^2 independent noise values (1.5 at x4) and scores any added noise, even a second real capture's, as
 #: worse than none (docs/STOCHASTIC.md).
 NOISE_STATS: tuple[str, ...] = ("hr", "lr")
@@ -305,8 +308,8 @@ class _Scorer:
         if fake.shape != real.shape:
             raise ValueError(f"generated image of shape {tuple(fake.shape)} vs real {tuple(real.shape)}")
         stats, stats_scale = (fake, real, hr), scale
-        if self.noise_stats == "lr" and scale != 1.0:
-            stats, stats_scale = tuple(resize_to_lr(t, scale) for t in stats), 1.0
+        if self.noise_stats == "lr" and scale != 1.0:   # the LR back at true size; the HR reference resized there
+            stats, stats_scale = (sample_to_lr(fake, scale), sample_to_lr(real, scale), resize_to_lr(hr, scale)), 1.0
         out = {
             "psnr_y": float(psnr_y(fake, real, shave=self.shave)),
             "ssim_y": float(ssim_y(fake, real, shave=self.shave)),
