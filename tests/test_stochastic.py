@@ -109,7 +109,7 @@ def test_real_lr_at_true_size_is_the_file_itself_when_stored_at_true_size(tmp_pa
     _, stored = rec.load([4.0])
     assert torch.equal(real_lr_true_size(rec, 4.0, stored[0]), read_image(tmp_path / "x4" / "a.png"))
     memory = MemoryRecord("b", hr, {4.0: upsample_to(lr, 32, 32)})
-    assert torch.equal(real_lr_true_size(memory, 4.0, memory.lr_images[4.0]), resize_to_lr(memory.lr_images[4.0], 4.0))
+    assert torch.equal(real_lr_true_size(memory, 4.0, memory.lr_images[4.0]), sample_to_lr(memory.lr_images[4.0], 4.0)[0])
 
 
 # ------------------------------------------------------------------------------ Python API

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from degflow.baselines.noise import NoiseModel, fit
-from degflow.core.resize import lr_size, resize_to_lr
+from degflow.core.resize import lr_size, resize_to_lr, sample_to_lr
 from degflow.core.scales import scale_label
 from degflow.core.solvers import SolverSpec
 from degflow.data.images import read_image
@@ -39,14 +39,17 @@ log = logging.getLogger(__name__)
 def real_lr_true_size(record: Any, scale: float, stored: Tensor) -> Tensor:
     """The real LR of ``record`` at ``scale`` at true LR size ``[3, round(H/s), round(W/s)]``: the file
     itself when it is stored at true size and has exactly that size, else ``stored`` (the LR at HR
-    size ``[3, H, W]`` as the data option loads it) resized by :func:`resize_to_lr`."""
+    size ``[3, H, W]`` as the data option loads it) sampled back to true size by
+    :func:`~degflow.core.resize.sample_to_lr` (the inverse of the bicubic upsampling that made it HR-size;
+    an antialiased resize would low-pass its noise a second time). The evaluation's
+    ``eval.noise_stats=lr`` reads real LR the same way."""
     h, w = stored.shape[-2:]
     files = getattr(record, "lr", None)
     if isinstance(files, Mapping) and scale in files and record.relation(scale) == "true":
         x = read_image(files[scale])
         if tuple(x.shape[-2:]) == lr_size(h, w, scale):
             return x
-    return resize_to_lr(stored, scale)
+    return sample_to_lr(stored[None], scale)[0]
 
 
 def noise_fit_pairs(synth: Synthesizer, records: Sequence[Any], scales: Sequence[float], *, crops: int,

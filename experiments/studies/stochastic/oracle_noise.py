@@ -3,9 +3,9 @@ drawn again with other noise seeds, so the true noise is known there.
 
 On the demo validation split (the bottom bands of the training photos; never the test photos), at
 x2 / x3 / x4, every candidate is scored against the real LR (data seed 0) with KL, AKLD and the
-spectrum distance, twice: at HR size from true-size LR (``eval.noise_stats=hr``: the three images
-bicubic-upsampled to the HR grid) and at true LR size (``eval.noise_stats=lr``: the generated, real and
-HR images resized to true LR size):
+spectrum distance, twice: at HR size from true-size LR (``eval.noise_stats=hr``: the LR images
+bicubic-upsampled to the HR grid) and at true LR size (``eval.noise_stats=lr``: the generated and real LR
+sampled back to true size, the HR image resized there):
 
 - ``deterministic``: the checkpoint's LR;
 - ``+ fitted noise xS``: plus one sample of the noise model at strength S;
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from degflow.core.resize import lr_at_hr_size, resize_to_lr
+from degflow.core.resize import lr_at_hr_size, resize_to_lr, sample_to_lr
 from degflow.data.options import build_data, option_defaults
 from degflow.generation import StochasticOption, Synthesizer
 from degflow.generation.stochastic import noisy_at_hr_size
@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                 option = StochasticOption(noise.model, st)
                 sample = option.sample(lr, s, option.seeds(0, [str(i)], s), hr=ref)
                 cands[f"+ fitted noise x{st:g}"] = noisy_at_hr_size(decoded[s], lr, sample, s, "from_lr")
-            small_real = resize_to_lr(real, s)
+            small_real = sample_to_lr(real, s)              # eval.noise_stats=lr: the LR back at true size
             for name, x in cands.items():
-                small = resize_to_lr(x, s)
+                small = sample_to_lr(x, s)
                 rows.setdefault(f"x{s:g}", {}).setdefault(name, []).append(
                     [float(histogram_kl(x, real, hr)), float(akld(x, real, hr)), float(spectrum_distance(x, real, hr, s)),
                      float(histogram_kl(small, small_real, ref)), float(akld(small, small_real, ref)),
