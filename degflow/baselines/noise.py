@@ -46,6 +46,22 @@ counts the prediction's own errors that the real LR does not share, the excess f
 prediction that is too clean (too little blur) as missing noise. Measured on validation data
 (docs/STOCHASTIC.md) neither is better everywhere; ``residual`` is the default.
 
+``conditional=True`` (needs ``HR``; the ``fit-noise`` default) models the real LR given the predicted LR
+``x`` and the HR image ``y`` at true LR size, per knot::
+
+    sample = clamp(x + min(strength, 1) * mu + strength * sigma * f, -1, 1)
+    mu = W * [x, y] + b           the residual's conditional mean: a w x w linear filter of the six
+                                  channels, ridge least squares on all pixels
+    log sigma^2 = v . (1, c, c^2) the noise level function of the corrected intensity c = x + mu, per
+                                  channel, least squares on log r^2 + 1.2704 (unbiased for Gaussian r)
+                                  over the flat pixels (HR texture at most its flat_quantile)
+    f                             as above, its covariance and spectra from the flat pixels and tiles
+
+Camera noise depends on the signal, not on the scene's texture; where the HR image is textured the
+residual also holds what the mean cannot predict (blur and misregistration of real pairs), which is
+not what differs between two captures, so the noise is measured where the scene is flat (the noise
+level function of single-image noise estimation, Liu et al., PAMI 2008) and applied everywhere.
+
 Between knots every quantity is interpolated linearly in s; from s = 1 (the HR image itself: no
 noise) to the first knot the variance rises linearly from 0 with the first knot's correlations;
 beyond the last knot the last knot's model holds.
@@ -73,7 +89,7 @@ from degflow.infra.checkpoint import CheckpointError, load_checkpoint, save_chec
 from degflow.infra.runtime import key_seed
 
 __all__ = ["OPPONENT", "TARGETS", "VARIANCE_FEATURES", "NoiseModel", "fit", "gradient_magnitude", "load_noise_model",
-           "noise_seed", "variance_features"]
+           "noise_seed", "texture", "variance_features"]
 
 #: Rows: the orthonormal opponent basis (luminance, red-blue, green-magenta) of RGB.
 OPPONENT = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, -1.0], [1.0, -2.0, 1.0]], dtype=torch.float64)
@@ -228,7 +244,7 @@ class NoiseModel:
         for k, wgt in ((i, a), (j, b)):                 # each knot's mean and variance, then interpolated
             if wgt > 0:
                 mu = _apply_filter(x, ref, self.mean_filter[k].to(dev), self.mean_bias[k].to(dev))
-                phi = variance_features((x + mu).clamp(-1, 1), x, ref)           # [B, 3, h, w, F]
+                phi = variance_features((x + mu).clamp(-1, 1))                   # [B, 3, h, w, F]
                 mean = mean + wgt * mu
                 var = var + wgt * (phi @ self.log_variance[k].to(dev)).clamp(max=_LOG_VAR_MAX).exp()
         return mean, var
@@ -357,9 +373,8 @@ def _lookup(table: Tensor, x: Tensor, edges: Tensor) -> Tensor:
 
 
 # ------------------------------------------------------------------------------ conditional parts
-#: Features of the conditional log-variance (:func:`variance_features`), in order.
-VARIANCE_FEATURES: tuple[str, ...] = ("1", "log HR texture", "log LR texture", "log mean-correction energy",
-                                      "intensity", "intensity^2")
+#: Features of the conditional log-variance, the noise level function (:func:`variance_features`), in order.
+VARIANCE_FEATURES: tuple[str, ...] = ("1", "intensity", "intensity^2")
 #: Offset of ``E[log chi^2_1]``: ``log r^2 + 1.2704`` is unbiased for ``log sigma^2`` of a Gaussian ``r``.
 _LOG_CHI2_OFFSET = 1.2704
 _LOG_VAR_MAX = 2.0               # variance at most e^2 (images in [-1, 1]): a guard against extrapolation
@@ -379,24 +394,29 @@ def _blur(x: Tensor, sigma: float = 1.0, size: int = 5) -> Tensor:
     return F.conv2d(y, g.view(1, 1, size, 1).expand(c, 1, size, 1), groups=c)
 
 
-def _texture(x: Tensor) -> Tensor:
-    """``log`` of the local energy of the luminance's high-pass (``x`` minus its Gaussian blur):
-    ``[B, 3, h, w]`` -> ``[B, 1, h, w]``."""
-    y = x.mean(1, keepdim=True)
+def texture(x: Tensor) -> Tensor:
+    """``log`` of the local energy of the luminance's high-pass (``x`` minus its Gaussian blur, std 1
+    pixel; energy averaged with the same Gaussian): ``[B, 3, h, w]`` -> ``[B, 1, h, w]`` float64. Low
+    values are flat regions, where the noise fit of conditional models looks."""
+    y = x.to(torch.float64).mean(1, keepdim=True)
     return (_blur((y - _blur(y)) ** 2) + _TEXTURE_FLOOR).log()
 
 
-def variance_features(corrected: Tensor, predicted: Tensor, hr: Tensor) -> Tensor:
-    """Per-pixel features of the conditional log-variance (:data:`VARIANCE_FEATURES`):
-    ``[B, 3, h, w]`` images in [-1, 1] at true LR size (the predicted LR corrected by the conditional
-    mean, the predicted LR, the HR image) -> ``[B, 3, h, w, F]`` float64. The texture of the HR
-    image is where a prediction's errors (blur, misregistration) concentrate; the intensity terms
-    are the signal dependence of sensor noise."""
-    c, x, ref = (t.to(torch.float64) for t in (corrected, predicted, hr))
-    shared = [torch.ones_like(c[:, :1]), _texture(ref), _texture(x),
-              (_blur((c - x).mean(1, keepdim=True) ** 2) + _TEXTURE_FLOOR).log()]
-    feats = [f.expand_as(c) for f in shared] + [c, c * c]
-    return torch.stack(feats, dim=-1)
+def variance_features(corrected: Tensor) -> Tensor:
+    """Per-pixel features of the conditional log-variance (:data:`VARIANCE_FEATURES`): the noise level
+    function of the corrected LR's intensity, per channel: ``[B, 3, h, w]`` in [-1, 1] -> ``[B, 3, h, w, 3]``
+    float64 (``log sigma^2 = v0 + v1 c + v2 c^2``)."""
+    c = corrected.to(torch.float64)
+    return torch.stack([torch.ones_like(c), c, c * c], dim=-1)
+
+
+def _flat_masks(data: list, quantile: float) -> list[Tensor]:
+    """Per pair, the pixels ``[B, 1, h, w]`` whose HR :func:`texture` is at most the ``quantile`` of
+    the knot's pixels (a strided subsample): the flat regions."""
+    tex = [texture(hr) for *_, hr in data]
+    flat = torch.cat([t.flatten() for t in tex])
+    threshold = torch.quantile(flat[:: max(1, flat.numel() // 2_000_000)], quantile)
+    return [t <= threshold for t in tex]
 
 
 def _apply_filter(x: Tensor, hr: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -437,18 +457,39 @@ def _fit_mean(data: list, window: int, ridge: float) -> tuple[Tensor, Tensor]:
     return w[:-1].T.reshape(3, 6, window, window).contiguous(), w[-1].clone()
 
 
-def _fit_log_variance(data: list, weight: Tensor, bias: Tensor) -> Tensor:
-    """Least squares of ``log(r^2) + 1.2704`` on :func:`variance_features` (``r``: the residual after
-    the mean filter): the log-linear variance ``[F]``."""
+def _fit_log_variance(corrected: list, flat: list[Tensor]) -> Tensor:
+    """Least squares of ``log(r^2) + 1.2704`` on :func:`variance_features` over the flat pixels
+    (``r = real - corrected``): the noise level function ``[F]``."""
     f = len(VARIANCE_FEATURES)
     ata = torch.zeros(f, f, dtype=torch.float64)
     atb = torch.zeros(f, dtype=torch.float64)
-    for pred, real, _, hr in data:
-        cor = (pred + _apply_filter(pred, hr, weight, bias)).clamp(-1, 1)
-        phi = variance_features(cor, pred, hr).reshape(-1, f)
-        t = ((real - cor) ** 2 + _RESIDUAL_FLOOR).log().reshape(-1) + _LOG_CHI2_OFFSET
+    for (cor, real, _, _), mask in zip(corrected, flat):
+        m = mask.expand_as(cor)
+        phi = variance_features(cor)[m]                                          # [N, F]
+        t = ((real - cor)[m] ** 2 + _RESIDUAL_FLOOR).log() + _LOG_CHI2_OFFSET
         ata, atb = ata + phi.T @ phi, atb + phi.T @ t
+    if not bool(ata[0, 0] > 0):
+        raise ValueError("no flat pixel to fit the noise level on")
     return torch.linalg.solve(ata + 1e-9 * torch.diagonal(ata).mean() * torch.eye(f, dtype=torch.float64), atb)
+
+
+def _flat_moments(normalized: list[Tensor], flat: list[Tensor], patch: int) -> tuple[Tensor, Tensor | int, int, int]:
+    """Like :func:`_normalized_moments`, from the flat parts only: the covariance over flat pixels, the
+    Welch spectrum over the ``patch`` tiles that are at least half flat."""
+    cov, power, count, tiles = torch.zeros(3, 3, dtype=torch.float64), 0, 0, 0
+    for u, mask in zip(normalized, flat):
+        v = _opponent(u - u.mean(dim=(0, 2, 3), keepdim=True))
+        m = mask.expand_as(v)
+        pix = v.transpose(0, 1)[m.transpose(0, 1)].reshape(3, -1)
+        cov, count = cov + pix @ pix.T, count + pix.shape[1]
+        if min(v.shape[-2:]) < patch:
+            continue
+        t, keep = _tiles(v, patch), _tiles(mask.to(torch.float64), patch).mean(dim=(1, 2, 3)) >= 0.5
+        t = t[keep]
+        if t.shape[0]:
+            t = (t - t.mean(dim=(-2, -1), keepdim=True)) * _hann(patch, torch.float64, v.device)
+            power, tiles = power + torch.fft.fft2(t).abs().pow(2).sum(0) / (patch * patch), tiles + t.shape[0]
+    return cov, power, count, tiles
 
 
 # ------------------------------------------------------------------------------ fitting
@@ -597,7 +638,7 @@ def _correlation(cov: Tensor, power: Tensor | int, count: int, tiles: int, scale
 
 def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int = 8, gradient_bins: int = 4,
         patch: int = 32, radius: int = 7, prior: float = 64.0, conditional: bool = False, mean_window: int = 5,
-        ridge: float = 1e-3, meta: dict[str, Any] | None = None) -> NoiseModel:
+        ridge: float = 1e-3, flat_quantile: float = 0.5, meta: dict[str, Any] | None = None) -> NoiseModel:
     """Fit a :class:`NoiseModel` on ``(predicted LR, real LR, scale[, HR at true LR size])`` tuples (each
     image ``[B, 3, h, w]`` or ``[3, h, w]`` in [-1, 1], all of a tuple the same size: true LR size), one
     knot per distinct scale.
@@ -611,9 +652,10 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
 
     ``conditional`` (needs the HR item; ``target="residual"`` only): per knot, first the conditional mean
     of the residual, a ``mean_window`` x ``mean_window`` linear filter of ``[predicted, HR]`` fitted by ridge
-    least squares (``ridge`` times the mean diagonal of the normal matrix), then the log-linear variance of
-    what is left (:func:`variance_features`, least squares on ``log r^2``), then the correlations of the
-    residual normalized by that variance (module docstring).
+    least squares (``ridge`` times the mean diagonal of the normal matrix), then the noise level function of
+    what is left (:func:`variance_features`, least squares on ``log r^2``) on the flat pixels (HR
+    :func:`texture` at most its ``flat_quantile``), then the correlations of the normalized residual on
+    those pixels and on the tiles that are at least half flat (module docstring).
     """
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is not one of {list(TARGETS)}")
@@ -635,6 +677,8 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
             raise ValueError(f"mean_window must be an odd integer >= 1, got {mean_window!r}")
         if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not ridge > 0:
             raise ValueError(f"ridge must be a number > 0, got {ridge!r}")
+        if isinstance(flat_quantile, bool) or not isinstance(flat_quantile, (int, float)) or not 0 < flat_quantile <= 1:
+            raise ValueError(f"flat_quantile must be a number in (0, 1], got {flat_quantile!r}")
     data = _pairs(pairs, "conditional=True" if conditional else "target='excess'" if target == "excess" else None)
     scales = sorted({d[2] for d in data})
 
@@ -659,17 +703,14 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
         corrected = [((pred + _apply_filter(pred, hr, weight, bias)).clamp(-1, 1), real, sc, hr)
                      for pred, real, sc, hr in knot]
         table = _fit_knot(corrected, "residual", edges, intensity_bins, gradient_bins, patch, prior)[0]
-        logvar = _fit_log_variance(knot, weight, bias)
-
-        def normalized(knot: list = knot, corrected: list = corrected, logvar: Tensor = logvar) -> Any:
-            for (pred, _, _, hr), (cor, real, _, _) in zip(knot, corrected):
-                var = (variance_features(cor, pred, hr) @ logvar).clamp(max=_LOG_VAR_MAX).exp()
-                yield (real - cor) / var.sqrt()
-
-        cov, spec = _correlation(*_normalized_moments(normalized(), patch), s, patch)
+        flat = _flat_masks(knot, flat_quantile)
+        logvar = _fit_log_variance(corrected, flat)
+        normalized = [(real - cor) / (variance_features(cor) @ logvar).clamp(max=_LOG_VAR_MAX).exp().sqrt()
+                      for cor, real, _, _ in corrected]
+        cov, spec = _correlation(*_flat_moments(normalized, flat, patch), s, patch)
         for acc, val in zip((tables, covs, spectra, filters, biases, logvars), (table, cov, spec, weight, bias, logvar)):
             acc.append(val)
-    info.update(conditional=True, mean_window=mean_window, ridge=float(ridge))
+    info.update(conditional=True, mean_window=mean_window, ridge=float(ridge), flat_quantile=float(flat_quantile))
     return NoiseModel(scales=tuple(scales), variance=torch.stack(tables), gradient_edges=edges,
                       covariance=torch.stack(covs), spectra=torch.stack(spectra), radius=radius,
                       meta={**info, **(meta or {})}, mean_filter=torch.stack(filters), mean_bias=torch.stack(biases),

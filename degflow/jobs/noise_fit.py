@@ -120,6 +120,7 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
         if f.get("mean_window", 5) % 2 == 0:
             raise ValueError(f"fit.mean_window must be odd (a centred window), got {f['mean_window']}")
         check_number(f.get("ridge", 1e-3), "fit.ridge", low=0.0, open_low=True)
+        check_number(f.get("flat_quantile", 0.5), "fit.flat_quantile", low=0.0, high=1.0, open_low=True)
         if f.get("target") != "residual":
             raise ValueError(f"fit.target={f.get('target')!r} needs fit.conditional=false (the conditional model "
                              "fits the residual real - deterministic LR: fit.target=residual)")
@@ -131,7 +132,8 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
     model = fit_noise(synth, bundle, seed=config["seed"], crops=f["crops"], crop_size=f["crop_size"],
                       target=f["target"], intensity_bins=f["intensity_bins"], gradient_bins=f["gradient_bins"], patch=f["patch"],
                       radius=f["radius"], prior=f["prior"], conditional=f.get("conditional", False),
-                      mean_window=f.get("mean_window", 5), ridge=f.get("ridge", 1e-3))
+                      mean_window=f.get("mean_window", 5), ridge=f.get("ridge", 1e-3),
+                      flat_quantile=f.get("flat_quantile", 0.5))
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
     return {"path": out, "model": model}
