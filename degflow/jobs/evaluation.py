@@ -56,7 +56,7 @@ from degflow.data.options import build_data, option_of_target
 from degflow.generation import StochasticOption, Synthesizer
 from degflow.generation.stochastic import noisy_at_hr_size
 from degflow.infra.checks import check_choice, check_int, check_number, check_positive_int
-from degflow.infra.files import atomic_write_text, atomic_write_texts
+from degflow.infra.files import atomic_write_texts
 from degflow.infra.runtime import resolve_device
 from degflow.metrics.image import psnr_y, ssim_y
 from degflow.metrics.noise import akld, histogram_kl, spectrum_distance
