@@ -121,6 +121,14 @@ def test_the_same_call_gives_the_same_batch_and_a_noise_hook_is_seeded(deg):
     c = deg(hr, 2.0, noise=noise, seed=4).lr
     clean = deg(hr, 2.0).lr
     assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, clean)
+    seen = []
+
+    def noise_with_hr(lr, scale, generator, hr=None):     # a hook that takes the HR image gets it, at LR size
+        seen.append(hr)
+        return lr
+
+    deg(hr, 2.0, noise=noise_with_hr, seed=3)
+    assert [tuple(h.shape) for h in seen] == [tuple(a[:1].shape)] * 2
     with pytest.raises(ValueError, match="seed= or generator="):
         deg(hr, 2.0, noise=noise)
     with pytest.raises(ValueError, match="from_lr"):

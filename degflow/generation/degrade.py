@@ -44,12 +44,13 @@ leaves the output unchanged.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -79,12 +80,23 @@ class NoiseHook(Protocol):
     """A stochastic part added to the deterministic LR (issue #27 plugs in here).
 
     Called once per sample with its true-size LR ``lr [1, 3, h, w]`` (float32, in [-1, 1], not yet
-    quantised), its scale, the call's generator and ``hr``, that sample's HR image at true LR size
-    (``[1, 3, h, w]`` in [-1, 1]); returns the new ``[1, 3, h, w]`` (clamped to [-1, 1] afterwards).
+    quantised), its scale, the call's generator and, when the hook takes an ``hr`` keyword, that
+    sample's HR image at true LR size (``[1, 3, h, w]`` in [-1, 1]; a three-argument hook is called
+    without it); returns the new ``[1, 3, h, w]`` (clamped to [-1, 1] afterwards).
     Draw every random number from ``generator`` so a seed reproduces the batch.
     """
 
     def __call__(self, lr: Tensor, scale: float, generator: torch.Generator, hr: Tensor | None = None) -> Tensor: ...
+
+
+def _takes_hr(hook: Any) -> bool:
+    """Whether a noise hook takes the ``hr=`` keyword (hooks written for the three-argument form
+    ``hook(lr, scale, generator)`` keep working: they are called without it)."""
+    try:
+        params = inspect.signature(hook).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "hr" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def quantize_8bit(x: Tensor) -> Tensor:
@@ -295,13 +307,15 @@ class Degrader:
             result = self.synth.generate(x, times, decode=wanted[:1])
             decoded = result.images[wanted[0]]
         lrs, hr_sizes = [], []
+        wants_hr = noise is not None and _takes_hr(noise)
         for i, s in enumerate(scales):
             one = decoded[i:i + 1]
             lr = None
             if size != "hr" or self.hr_size_output == "from_lr":
                 lr = resize_to_lr(one, s)
                 if noise is not None:
-                    lr = noise(lr, s, generator, hr=resize_to_lr(x[i:i + 1], s)).float().clamp(-1.0, 1.0)
+                    extra = {"hr": resize_to_lr(x[i:i + 1], s)} if wants_hr else {}
+                    lr = noise(lr, s, generator, **extra).float().clamp(-1.0, 1.0)
             if size != "lr":
                 hr_sizes.append(one if self.hr_size_output == "decoded" else upsample_to(lr, height, width))
             lrs.append(lr)
