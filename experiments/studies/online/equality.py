@@ -24,11 +24,12 @@ import torch
 from degflow.core.scales import expand_scales, scale_key
 from degflow.data.images import find_images, read_image
 from degflow.generation import Degrader
+from experiments._runner import publish
 
 REPO = Path(__file__).resolve().parents[3]
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--hr", type=Path, required=True)
@@ -65,11 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
         for s, lr in zip(scales, lrs):
             diff["per_sample_lr"] += int((lr != read_image(out / "LR" / scale_key(s) / n)).sum())
     result = {"images": names, "scales": len(scales), "solver": deg.solver.to_dict(), **diff}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return result
+    return publish(args.json, result, json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

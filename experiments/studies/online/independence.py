@@ -22,9 +22,10 @@ from degflow.data.images import read_image
 from degflow.generation import Degrader
 from degflow.generation.degrade import INDEPENDENCE_ATOL
 from degflow.sr.online import ScaleSampler, random_hr_crop
+from experiments._runner import publish
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--batch", type=int, default=8)
@@ -49,11 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"ckpt": args.ckpt, "batch": args.batch, "crop": args.crop, "scales": scales,
               "max_abs_diff": worst, "atol": INDEPENDENCE_ATOL, "changed_8bit_values": changed, "values": pixels,
               "repeat_identical": all(torch.equal(a, b) for a, b in zip(again, together_q))}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    return result
+    return publish(args.json, result, json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

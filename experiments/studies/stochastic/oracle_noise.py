@@ -24,7 +24,6 @@ sampled back to true size, the HR image resized there):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from degflow.data.options import build_data, option_defaults
 from degflow.generation import StochasticOption, Synthesizer
 from degflow.generation.stochastic import noisy_at_hr_size
 from degflow.metrics.noise import akld, histogram_kl, spectrum_distance
+from experiments._runner import publish
 
 SCALES = (2.0, 3.0, 4.0)
 STRENGTHS = (0.5, 1.0)
@@ -86,14 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, m in by.items():
             lines.append(f"| {scale} | {name} | {m['kl']:.4f} | {m['akld']:.4f} | {m['spec']:.2f} | {m['kl_lr']:.4f} | "
                          f"{m['akld_lr']:.4f} | {m['spec_lr']:.2f} |")
-    print("\n".join(lines), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {"command": "python -m experiments.studies.stochastic.oracle_noise " + " ".join(sys.argv[1:] if argv is None else argv),
               "checkpoint_sha256": synth.checkpoint_sha256, "noise_sha256": noise.sha256, "split": "val",
               "images": len(draws[0]), "results": table, "markdown": lines}
-    args.out.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    print(f"json: {args.out}", flush=True)
-    return 0
+    return publish(args.out, record, "\n".join(lines))
 
 
 if __name__ == "__main__":
