@@ -24,18 +24,19 @@ from torch import Tensor
 __all__ = ["filter2d", "gaussian_blur", "jpeg_compress", "jpeg_fractional", "jpeg_roundtrip"]
 
 
-def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur (radius ceil(3 sigma)) of ``x [B, C, H, W]``, reflected borders
-    (replicated when the image is smaller than the radius); ``sigma < 1e-3`` returns ``x``."""
+def gaussian_blur(x: Tensor, sigma: float, radius: int | None = None, border: str = "reflect") -> Tensor:
+    """Separable Gaussian blur of ``x [B, C, H, W]``: ``radius`` (default ceil(3 sigma)) taps each side,
+    ``border`` ``reflect`` (replicated when the image is smaller than the radius) or ``replicate``;
+    ``sigma < 1e-3`` returns ``x``."""
     if sigma < 1e-3:
         return x
-    radius = max(1, math.ceil(3.0 * sigma))
+    radius = max(1, math.ceil(3.0 * sigma)) if radius is None else radius
     t = torch.arange(-radius, radius + 1, dtype=torch.float64)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = (k / k.sum()).to(x.dtype)
+    k = (k / k.sum()).to(x.dtype).to(x.device)
     c = x.shape[1]
     h, w = x.shape[-2:]
-    mode = "reflect" if radius < min(h, w) else "replicate"
+    mode = "reflect" if border == "reflect" and radius < min(h, w) else "replicate"
     x = F.pad(x, (radius, radius, 0, 0), mode=mode)
     x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     x = F.pad(x, (0, 0, radius, radius), mode=mode)

@@ -84,6 +84,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from degflow.baselines.filters import gaussian_blur
 from degflow.core.scales import check_scale, scale_label
 from degflow.infra.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from degflow.infra.runtime import key_seed
@@ -382,24 +383,16 @@ _TEXTURE_FLOOR = 1e-6
 _RESIDUAL_FLOOR = 1e-8
 
 
-def _blur(x: Tensor, sigma: float = 1.0, size: int = 5) -> Tensor:
-    """Separable Gaussian blur of ``x [B, C, h, w]`` (replicated borders)."""
-    r = size // 2
-    t = torch.arange(size, dtype=x.dtype, device=x.device) - r
-    g = torch.exp(-t * t / (2 * sigma * sigma))
-    g = g / g.sum()
-    c = x.shape[1]
-    y = F.pad(x, (r, r, r, r), mode="replicate")
-    y = F.conv2d(y, g.view(1, 1, 1, size).expand(c, 1, 1, size), groups=c)
-    return F.conv2d(y, g.view(1, 1, size, 1).expand(c, 1, size, 1), groups=c)
-
-
 def texture(x: Tensor) -> Tensor:
     """``log`` of the local energy of the luminance's high-pass (``x`` minus its Gaussian blur, std 1
     pixel; energy averaged with the same Gaussian): ``[B, 3, h, w]`` -> ``[B, 1, h, w]`` float64. Low
     values are flat regions, where the noise fit of conditional models looks."""
     y = x.to(torch.float64).mean(1, keepdim=True)
-    return (_blur((y - _blur(y)) ** 2) + _TEXTURE_FLOOR).log()
+
+    def blur(v: Tensor) -> Tensor:                       # 5 taps, std 1 pixel
+        return gaussian_blur(v, 1.0, radius=2, border="replicate")
+
+    return (blur((y - blur(y)) ** 2) + _TEXTURE_FLOOR).log()
 
 
 def variance_features(corrected: Tensor) -> Tensor:
