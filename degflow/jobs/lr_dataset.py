@@ -771,6 +771,7 @@ class _FolderJob:
         anything that can fail for a reason known in advance was checked by :meth:`_check`."""
         degraded: dict[float, tuple[torch.Tensor, int, float]] = {}     # procedural: scale -> (LR, seed, s)
         sampled: dict[tuple[float, int], tuple[torch.Tensor, torch.Tensor, int]] = {}   # (scale, k) -> (LR, noisy, seed)
+        true_size: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}                  # scale -> (LR, HR at LR size)
         height, width = hr.shape[-2:]
         for out in item.pending:
             entry: dict[str, Any] = {"source": item.source, "output": out.rel, "kind": out.kind, "size": out.size,
@@ -796,9 +797,11 @@ class _FolderJob:
                 decoded = result.images[out.scale][rows[b]]
                 key = (out.scale, out.sample)
                 if key not in sampled:
-                    lr = resize_to_lr(decoded, out.scale)
+                    if out.scale not in true_size:          # the deterministic LR and the HR at LR size, once per scale
+                        lr = resize_to_lr(decoded, out.scale)
+                        true_size[out.scale] = (lr, resize_to_lr(hr[b][None].to(lr.device, lr.dtype), out.scale))
+                    lr, ref = true_size[out.scale]
                     seed = self.noise.seeds(self.noise_seed, [item.name[: -len(".png")]], out.scale, out.sample)[0]
-                    ref = resize_to_lr(hr[b][None].to(lr.device, lr.dtype), out.scale)
                     sampled[key] = (lr, self.noise.sample(lr[None], out.scale, [seed], hr=ref)[0], seed)
                 lr, noisy, seed = sampled[key]
                 image = noisy if out.size == "lr" else noisy_at_hr_size(decoded[None], lr[None], noisy[None], out.scale,
