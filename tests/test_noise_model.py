@@ -260,6 +260,36 @@ def test_conditional_fit_recovers_the_mean_and_the_noise_level_function_not_the_
     assert float(v[bright].mean()) > 3 * float(v[dark].mean())
 
 
+def test_the_levels_are_the_geometric_and_harmonic_means_of_a_log_normal_noise_level():
+    """Noise whose level varies about a constant, log-normally (spread s^2 = 0.8, constant on 8x8 blocks,
+    no conditional mean): the fit measures the spread; the geometric level is exp(E log v), the harmonic
+    level 1 / E[1 / v], both computed independently from the true variances (numpy)."""
+    s2, v0, size = 0.8, 1e-3, 96
+    pairs, true_var = [], []
+    for i in range(8):
+        hr = _smooth_image(400 + i, size)
+        e = math.sqrt(s2) * _white(500 + i, (1, 1, size // 8, size // 8))
+        var = v0 * F.interpolate(e, scale_factor=8, mode="nearest").exp().expand_as(hr)
+        pairs.append((hr, hr + var.sqrt() * _white(600 + i, hr.shape), 4.0, hr))
+        true_var.append(var.numpy())
+    v = np.concatenate([t.ravel() for t in true_var])
+    geo, har = (fit(pairs, conditional=True, mean_window=1, patch=16, radius=5, level=lv) for lv in ("geometric", "harmonic"))
+    assert geo.meta["level"] == "geometric" and har.meta["level"] == "harmonic"
+    spread = geo.meta["log_variance_spread"]["4"]
+    assert abs(spread - s2) < 0.25, spread                      # measured on the flat half: a few hundred blocks
+    assert har.meta["log_variance_spread"] == geo.meta["log_variance_spread"]
+    shift = torch.zeros(3, dtype=torch.float64)
+    shift[0] = spread / 2
+    assert torch.allclose(har.log_variance[0], geo.log_variance[0] - shift)   # the same fit, its level lowered
+    pred, _, _, hr = pairs[0]
+    for model, want in ((geo, math.exp(np.log(v).mean())), (har, 1.0 / np.mean(1.0 / v))):
+        got = float(model.variance_map(pred, 4.0, hr).mean())
+        assert abs(got / want - 1) < 0.15, (model.meta["level"], got, want)
+    assert 1.0 / np.mean(1.0 / v) < 0.75 * math.exp(np.log(v).mean())      # the two differ by exp(-s^2 / 2)
+    with pytest.raises(ValueError, match=r"level='median' is not one of \['harmonic', 'geometric'\]"):
+        fit(pairs, conditional=True, patch=16, radius=5, level="median")
+
+
 def test_conditional_sampling_needs_the_hr_image_and_strength_zero_is_exact():
     pairs, _ = _conditional_pairs(3, 10, size=64)
     model = fit(pairs, conditional=True, patch=16, radius=5)

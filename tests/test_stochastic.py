@@ -311,3 +311,9 @@ def test_fit_noise_command_runs_with_its_default_run_folder(tmp_path):
                           capture_output=True, text=True, timeout=300)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and lines[-1].startswith("error: ") and "ckpt" in lines[-1], done.stderr[-2000:]
+    done = subprocess.run([sys.executable, "-m", "degflow", "fit-noise", f"ckpt={tmp_path / 'missing.pt'}",
+                           f"out={tmp_path / 'noise.pt'}", "threads=1", "fit.level=median"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]   # checked under its key, before the ckpt
+    assert done.returncode == 2 and lines[-1] == "error: fit.level='median' is not one of ['harmonic', 'geometric']", \
+        done.stderr[-2000:]

@@ -62,6 +62,16 @@ residual also holds what the mean cannot predict (blur and misregistration of re
 not what differs between two captures, so the noise is measured where the scene is flat (the noise
 level function of single-image noise estimation, Liu et al., PAMI 2008) and applied everywhere.
 
+The level sampled (``level``). Least squares on ``log r^2`` gives the geometric mean ``v_geo`` of the
+local variance at an intensity; the true local level still varies about it (a camera's processing
+smooths some flat areas more than others, photos differ in exposure): its spread is measured on the
+flat pixels as ``s^2 = 2 log mean(r^2 / v_geo)`` (log-normal spread; 0.4 to 1 on the data of
+docs/STOCHASTIC.md). Where the true variance ``v`` is not known, the level that puts the least noise
+where a real capture has none, the smallest expected ``KL(N(0, v_g) || N(0, v))`` (AKLD's per-pixel
+divergence), is the harmonic mean ``1 / E[1 / v] = v_geo exp(-s^2 / 2)`` (``harmonic``, the default,
+chosen on validation data); the reverse divergence (a pooled histogram's, like KL's) is smallest at
+the arithmetic mean ``v_geo exp(+s^2 / 2)``; ``geometric`` keeps ``v_geo``, the midpoint of the two.
+
 Between knots every quantity is interpolated linearly in s; from s = 1 (the HR image itself: no
 noise) to the first knot the variance rises linearly from 0 with the first knot's correlations;
 beyond the last knot the last knot's model holds.
@@ -89,7 +99,7 @@ from degflow.core.scales import check_scale, scale_label
 from degflow.infra.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from degflow.infra.runtime import key_seed
 
-__all__ = ["OPPONENT", "TARGETS", "VARIANCE_FEATURES", "NoiseModel", "fit", "gradient_magnitude", "load_noise_model",
+__all__ = ["LEVELS", "OPPONENT", "TARGETS", "VARIANCE_FEATURES", "NoiseModel", "fit", "gradient_magnitude", "load_noise_model",
            "noise_seed", "texture", "variance_features"]
 
 #: Rows: the orthonormal opponent basis (luminance, red-blue, green-magenta) of RGB.
@@ -466,6 +476,18 @@ def _fit_log_variance(corrected: list, flat: list[Tensor]) -> Tensor:
     return torch.linalg.solve(ata + 1e-9 * torch.diagonal(ata).mean() * torch.eye(f, dtype=torch.float64), atb)
 
 
+def _level_spread(corrected: list, flat: list[Tensor], log_variance: Tensor) -> float:
+    """``s^2 = 2 log mean(r^2 / sigma^2)`` over the flat pixels (``r = real - corrected``, ``sigma^2`` the
+    fitted level): the spread of the true local log-variance about the fitted one, were it log-normal
+    (then ``E[r^2 / sigma^2] = exp(s^2 / 2)``); 0 when the level explains the noise (floored at 0)."""
+    total, count = 0.0, 0
+    for (cor, real, _, _), mask in zip(corrected, flat):
+        m = mask.expand_as(cor)
+        var = (variance_features(cor)[m] @ log_variance).clamp(max=_LOG_VAR_MAX).exp()
+        total, count = total + float(((real - cor)[m] ** 2 / var).sum()), count + int(m.sum())
+    return max(0.0, 2.0 * math.log(total / count)) if count and total > 0 else 0.0
+
+
 def _flat_moments(normalized: list[Tensor], flat: list[Tensor], patch: int) -> tuple[Tensor, Tensor | int, int, int]:
     """Like :func:`_normalized_moments`, from the flat parts only: the covariance over flat pixels, the
     Welch spectrum over the ``patch`` tiles that are at least half flat."""
@@ -490,6 +512,8 @@ def _flat_moments(normalized: list[Tensor], flat: list[Tensor], patch: int) -> t
 #: ``real - HR`` minus the prediction's ``predicted - HR`` in second-order statistics (needs the HR at
 #: true LR size); ``residual`` = the statistics of ``real - predicted`` itself.
 TARGETS: tuple[str, ...] = ("excess", "residual")
+#: The noise level a conditional model samples (``fit(level=...)``, module docstring).
+LEVELS: tuple[str, ...] = ("harmonic", "geometric")
 
 
 def _pairs(pairs: Sequence[tuple], needs_hr: str | None) -> list[tuple[Tensor, Tensor, float, Tensor | None]]:
@@ -631,7 +655,8 @@ def _correlation(cov: Tensor, power: Tensor | int, count: int, tiles: int, scale
 
 def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int = 8, gradient_bins: int = 4,
         patch: int = 32, radius: int = 7, prior: float = 64.0, conditional: bool = False, mean_window: int = 5,
-        ridge: float = 1e-3, flat_quantile: float = 0.5, meta: dict[str, Any] | None = None) -> NoiseModel:
+        ridge: float = 1e-3, flat_quantile: float = 0.5, level: str = "harmonic",
+        meta: dict[str, Any] | None = None) -> NoiseModel:
     """Fit a :class:`NoiseModel` on ``(predicted LR, real LR, scale[, HR at true LR size])`` tuples (each
     image ``[B, 3, h, w]`` or ``[3, h, w]`` in [-1, 1], all of a tuple the same size: true LR size), one
     knot per distinct scale.
@@ -648,7 +673,10 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
     least squares (``ridge`` times the mean diagonal of the normal matrix), then the noise level function of
     what is left (:func:`variance_features`, least squares on ``log r^2``) on the flat pixels (HR
     :func:`texture` at most its ``flat_quantile``), then the correlations of the normalized residual on
-    those pixels and on the tiles that are at least half flat (module docstring).
+    those pixels and on the tiles that are at least half flat (module docstring). ``level``
+    (:data:`LEVELS`): the noise level sampled where the true one is uncertain: ``geometric`` (the least
+    squares fit of ``log r^2``), or ``harmonic`` (the default: that level times ``exp(-s^2 / 2)``, ``s^2``
+    the spread of the local log-variance about it, measured on the flat pixels; module docstring).
     """
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is not one of {list(TARGETS)}")
@@ -672,6 +700,8 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
             raise ValueError(f"ridge must be a number > 0, got {ridge!r}")
         if isinstance(flat_quantile, bool) or not isinstance(flat_quantile, (int, float)) or not 0 < flat_quantile <= 1:
             raise ValueError(f"flat_quantile must be a number in (0, 1], got {flat_quantile!r}")
+        if level not in LEVELS:
+            raise ValueError(f"level={level!r} is not one of {list(LEVELS)}")
     data = _pairs(pairs, "conditional=True" if conditional else "target='excess'" if target == "excess" else None)
     scales = sorted({d[2] for d in data})
 
@@ -690,6 +720,7 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
                           covariance=torch.stack([k[1] for k in knots]), spectra=torch.stack([k[2] for k in knots]),
                           radius=radius, meta={**info, **(meta or {})})
     tables, covs, spectra, filters, biases, logvars = [], [], [], [], [], []
+    spreads: dict[str, float] = {}
     for s in scales:
         knot = [d for d in data if d[2] == s]
         weight, bias = _fit_mean(knot, mean_window, float(ridge))
@@ -698,12 +729,17 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
         table = _fit_knot(corrected, "residual", edges, intensity_bins, gradient_bins, patch, prior)[0]
         flat = _flat_masks(knot, flat_quantile)
         logvar = _fit_log_variance(corrected, flat)
+        spread = _level_spread(corrected, flat, logvar)
+        if level == "harmonic":                  # v_geo exp(-s^2 / 2) = 1 / E[1 / v] for log-normal v
+            logvar = logvar - spread / 2 * torch.eye(len(VARIANCE_FEATURES), dtype=torch.float64)[0]
+        spreads[scale_label(s)] = spread
         normalized = [(real - cor) / (variance_features(cor) @ logvar).clamp(max=_LOG_VAR_MAX).exp().sqrt()
                       for cor, real, _, _ in corrected]
         cov, spec = _correlation(*_flat_moments(normalized, flat, patch), s, patch)
         for acc, val in zip((tables, covs, spectra, filters, biases, logvars), (table, cov, spec, weight, bias, logvar)):
             acc.append(val)
-    info.update(conditional=True, mean_window=mean_window, ridge=float(ridge), flat_quantile=float(flat_quantile))
+    info.update(conditional=True, mean_window=mean_window, ridge=float(ridge), flat_quantile=float(flat_quantile),
+                level=level, log_variance_spread=spreads)
     return NoiseModel(scales=tuple(scales), variance=torch.stack(tables), gradient_edges=edges,
                       covariance=torch.stack(covs), spectra=torch.stack(spectra), radius=radius,
                       meta={**info, **(meta or {})}, mean_filter=torch.stack(filters), mean_bias=torch.stack(biases),

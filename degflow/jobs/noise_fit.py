@@ -22,14 +22,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from degflow.baselines.noise import NoiseModel, fit
+from degflow.baselines.noise import LEVELS, NoiseModel, fit
 from degflow.core.resize import lr_size, resize_to_lr, sample_to_lr
 from degflow.core.scales import scale_label
 from degflow.core.solvers import SolverSpec
 from degflow.data.images import read_image
 from degflow.data.options import build_data, option_of_target
 from degflow.generation import Synthesizer
-from degflow.infra.checks import check_bool, check_int, check_number
+from degflow.infra.checks import check_bool, check_choice, check_int, check_number
 
 __all__ = ["fit_noise", "noise_fit_pairs", "real_lr_true_size", "run"]
 
@@ -121,6 +121,7 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"fit.mean_window must be odd (a centred window), got {f['mean_window']}")
         check_number(f.get("ridge", 1e-3), "fit.ridge", low=0.0, open_low=True)
         check_number(f.get("flat_quantile", 0.5), "fit.flat_quantile", low=0.0, high=1.0, open_low=True)
+        check_choice(f.get("level", "harmonic"), LEVELS, "fit.level")
         if f.get("target") != "residual":
             raise ValueError(f"fit.target={f.get('target')!r} needs fit.conditional=false (the conditional model "
                              "fits the residual real - deterministic LR: fit.target=residual)")
@@ -133,7 +134,7 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
                       target=f["target"], intensity_bins=f["intensity_bins"], gradient_bins=f["gradient_bins"], patch=f["patch"],
                       radius=f["radius"], prior=f["prior"], conditional=f.get("conditional", False),
                       mean_window=f.get("mean_window", 5), ridge=f.get("ridge", 1e-3),
-                      flat_quantile=f.get("flat_quantile", 0.5))
+                      flat_quantile=f.get("flat_quantile", 0.5), level=f.get("level", "harmonic"))
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
     return {"path": out, "model": model}
