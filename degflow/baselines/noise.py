@@ -176,7 +176,9 @@ class NoiseModel:
     filter of the predicted LR and the HR image at true LR size) and ``log_variance``
     ``[K, F]`` (``log sigma^2`` linear in the features of :func:`variance_features`); then
     ``variance`` is the table of the corrected residual, kept for inspection, and sampling needs
-    the HR image.
+    the HR image. ``photo_level`` ``[K, 2]`` (``fit(photo_level=True)``): per knot ``(beta, p_ref)``,
+    the photo's level ``beta (p - p_ref)`` added to ``log sigma^2``, ``p`` the HR image's
+    :func:`hr_noise_level`; ``None``: no photo term (files written before it).
     """
 
     scales: tuple[float, ...]
@@ -189,6 +191,7 @@ class NoiseModel:
     mean_filter: Tensor | None = None
     mean_bias: Tensor | None = None
     log_variance: Tensor | None = None
+    photo_level: Tensor | None = None
 
     @property
     def conditional(self) -> bool:
@@ -250,14 +253,18 @@ class NoiseModel:
         i, j, a, b = self._weights(scale)
         x, ref = lr.to(torch.float64), hr.to(torch.float64).to(lr.device)
         dev = lr.device
+        level = None if self.photo_level is None else hr_noise_level(ref)                   # [B]
 
         mean, var = torch.zeros_like(x), torch.zeros_like(x)
         for k, wgt in ((i, a), (j, b)):                 # each knot's mean and variance, then interpolated
             if wgt > 0:
                 mu = _apply_filter(x, ref, self.mean_filter[k].to(dev), self.mean_bias[k].to(dev))
                 phi = variance_features((x + mu).clamp(-1, 1))                   # [B, 3, h, w, F]
+                log_var = phi @ self.log_variance[k].to(dev)
+                if level is not None:
+                    log_var = log_var + _photo_offset(level, self.photo_level[k]).view(-1, 1, 1, 1)
                 mean = mean + wgt * mu
-                var = var + wgt * (phi @ self.log_variance[k].to(dev)).clamp(max=_LOG_VAR_MAX).exp()
+                var = var + wgt * log_var.clamp(max=_LOG_VAR_MAX).exp()
         return mean, var
 
     def field(self, shape: Sequence[int], scale: float, generators: Sequence[torch.Generator],
@@ -314,7 +321,7 @@ class NoiseModel:
         return {"scales": list(self.scales), "variance": self.variance, "gradient_edges": self.gradient_edges,
                 "covariance": self.covariance, "spectra": self.spectra, "radius": int(self.radius),
                 "meta": dict(self.meta), "mean_filter": self.mean_filter, "mean_bias": self.mean_bias,
-                "log_variance": self.log_variance}
+                "log_variance": self.log_variance, "photo_level": self.photo_level}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NoiseModel:
@@ -326,7 +333,7 @@ class NoiseModel:
                         covariance=d["covariance"].to(torch.float64), spectra=d["spectra"].to(torch.float64),
                         radius=int(d["radius"]), meta=dict(d.get("meta") or {}),
                         **{key: None if d.get(key) is None else d[key].to(torch.float64)
-                           for key in ("mean_filter", "mean_bias", "log_variance")})
+                           for key in ("mean_filter", "mean_bias", "log_variance", "photo_level")})
         except (KeyError, TypeError, AttributeError, ValueError) as err:
             raise ValueError(f"not a noise model ({type(err).__name__}: {err})") from None
         k = len(scales)
@@ -405,6 +412,31 @@ def texture(x: Tensor) -> Tensor:
     return (blur((y - blur(y)) ** 2) + _TEXTURE_FLOOR).log()
 
 
+_IMMERKAER = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
+
+
+def hr_noise_level(hr: Tensor) -> Tensor:
+    """The HR image's own noise level, a proxy for the exposure it was taken at: ``log`` of the mean
+    absolute response of Immerkaer's mask (``[[1, -2, 1], [-2, 4, -2], [1, -2, 1]]``, blind to planes and
+    ramps) on the luminance, over the flat half of the image (:func:`texture` at most its median):
+    ``[B, 3, h, w]`` -> ``[B]`` float64; NaN for an image under 3 x 3 pixels."""
+    hr = _as_batch(hr, "hr").to(torch.float64)
+    if min(hr.shape[-2:]) < 3:
+        return torch.full((hr.shape[0],), float("nan"), dtype=torch.float64, device=hr.device)
+    y = hr.mean(1, keepdim=True)
+    mask = torch.tensor(_IMMERKAER, dtype=torch.float64, device=hr.device).view(1, 1, 3, 3)
+    response = F.conv2d(y, mask).abs().flatten(1)                               # [B, (h-2)(w-2)]
+    tex = texture(hr)[..., 1:-1, 1:-1].flatten(1)
+    flat = tex <= tex.median(dim=1, keepdim=True).values
+    return ((response * flat).sum(1) / flat.sum(1) + _TEXTURE_FLOOR).log()
+
+
+def _photo_offset(level: Tensor, term: Tensor) -> Tensor:
+    """``beta (p - p_ref)`` per image (``term = (beta, p_ref)``; 0 where ``p`` is not finite): ``[B]``."""
+    off = term[0].to(level) * (level - term[1].to(level))
+    return torch.where(torch.isfinite(off), off, torch.zeros_like(off))
+
+
 def variance_features(corrected: Tensor) -> Tensor:
     """Per-pixel features of the conditional log-variance (:data:`VARIANCE_FEATURES`): the noise level
     function of the corrected LR's intensity, per channel: ``[B, 3, h, w]`` in [-1, 1] -> ``[B, 3, h, w, 3]``
@@ -437,9 +469,11 @@ def _conditional_ok(model: NoiseModel, k: int) -> bool:
     if any(p is None for p in parts):
         return False
     mf, mb, lv = parts
+    pl = model.photo_level
     return (mf.ndim == 5 and mf.shape[:3] == (k, 3, 6) and mf.shape[3] == mf.shape[4] and mf.shape[3] % 2 == 1
             and mb.shape == (k, 3) and lv.shape == (k, len(VARIANCE_FEATURES))
-            and all(bool(torch.isfinite(p).all()) for p in parts))
+            and all(bool(torch.isfinite(p).all()) for p in parts)
+            and (pl is None or (pl.shape == (k, 2) and bool(torch.isfinite(pl).all()))))
 
 
 def _fit_mean(data: list, window: int, ridge: float) -> tuple[Tensor, Tensor]:
@@ -476,14 +510,43 @@ def _fit_log_variance(corrected: list, flat: list[Tensor]) -> Tensor:
     return torch.linalg.solve(ata + 1e-9 * torch.diagonal(ata).mean() * torch.eye(f, dtype=torch.float64), atb)
 
 
-def _level_spread(corrected: list, flat: list[Tensor], log_variance: Tensor) -> float:
+def _fit_photo_level(corrected: list, flat: list[Tensor], log_variance: Tensor) -> tuple[float, float, float]:
+    """The photo term: per pair the mean of ``log r^2 + 1.2704 - log sigma^2`` over its flat pixels (its level
+    relative to the noise level function) and its HR image's :func:`hr_noise_level` ``p``; weighted (by flat
+    pixels) least squares of the one on the other: ``(beta, p_ref, shift)``, ``p_ref`` the weighted mean of
+    ``p`` and ``shift`` the mean level at ``p_ref`` (added to the intercept). ``(0, 0, 0)`` without two
+    distinct levels."""
+    rows = []
+    for (cor, real, _, hr), mask in zip(corrected, flat):
+        m = mask.expand_as(cor)
+        if not bool(m.any()):
+            continue
+        e = ((real - cor)[m] ** 2 + _RESIDUAL_FLOOR).log() + _LOG_CHI2_OFFSET - variance_features(cor)[m] @ log_variance
+        level = float(hr_noise_level(hr).mean())
+        if math.isfinite(level):
+            rows.append((float(e.mean()), level, float(m.sum())))
+    if len(rows) < 2:
+        return 0.0, 0.0, 0.0
+    e, p, n = (torch.tensor(c, dtype=torch.float64) for c in zip(*rows))
+    p_ref, e_ref = float((n * p).sum() / n.sum()), float((n * e).sum() / n.sum())
+    sxx = float((n * (p - p_ref) ** 2).sum())
+    beta = float((n * (p - p_ref) * (e - e_ref)).sum()) / sxx if sxx > 0 else 0.0
+    return beta, p_ref, e_ref
+
+
+def _level_spread(corrected: list, flat: list[Tensor], log_variance: Tensor,
+                  photo: tuple[float, float] | None = None) -> float:
     """``s^2 = 2 log mean(r^2 / sigma^2)`` over the flat pixels (``r = real - corrected``, ``sigma^2`` the
     fitted level): the spread of the true local log-variance about the fitted one, were it log-normal
     (then ``E[r^2 / sigma^2] = exp(s^2 / 2)``); 0 when the level explains the noise (floored at 0)."""
     total, count = 0.0, 0
-    for (cor, real, _, _), mask in zip(corrected, flat):
+    term = None if photo is None else torch.tensor(photo, dtype=torch.float64)
+    for (cor, real, _, hr), mask in zip(corrected, flat):
         m = mask.expand_as(cor)
-        var = (variance_features(cor)[m] @ log_variance).clamp(max=_LOG_VAR_MAX).exp()
+        log_var = variance_features(cor)[m] @ log_variance
+        if term is not None:
+            log_var = log_var + float(_photo_offset(hr_noise_level(hr), term).mean())
+        var = log_var.clamp(max=_LOG_VAR_MAX).exp()
         total, count = total + float(((real - cor)[m] ** 2 / var).sum()), count + int(m.sum())
     return max(0.0, 2.0 * math.log(total / count)) if count and total > 0 else 0.0
 
@@ -655,7 +718,7 @@ def _correlation(cov: Tensor, power: Tensor | int, count: int, tiles: int, scale
 
 def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int = 8, gradient_bins: int = 4,
         patch: int = 32, radius: int = 7, prior: float = 64.0, conditional: bool = False, mean_window: int = 5,
-        ridge: float = 1e-3, flat_quantile: float = 0.5, level: str = "harmonic",
+        ridge: float = 1e-3, flat_quantile: float = 0.5, level: str = "harmonic", photo_level: bool = True,
         meta: dict[str, Any] | None = None) -> NoiseModel:
     """Fit a :class:`NoiseModel` on ``(predicted LR, real LR, scale[, HR at true LR size])`` tuples (each
     image ``[B, 3, h, w]`` or ``[3, h, w]`` in [-1, 1], all of a tuple the same size: true LR size), one
@@ -677,6 +740,8 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
     (:data:`LEVELS`): the noise level sampled where the true one is uncertain: ``geometric`` (the least
     squares fit of ``log r^2``), or ``harmonic`` (the default: that level times ``exp(-s^2 / 2)``, ``s^2``
     the spread of the local log-variance about it, measured on the flat pixels; module docstring).
+    ``photo_level``: a level per photo, linear in its HR image's :func:`hr_noise_level` (fitted on the
+    pairs' flat pixels after the noise level function; module docstring).
     """
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is not one of {list(TARGETS)}")
@@ -702,6 +767,8 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
             raise ValueError(f"flat_quantile must be a number in (0, 1], got {flat_quantile!r}")
         if level not in LEVELS:
             raise ValueError(f"level={level!r} is not one of {list(LEVELS)}")
+        if not isinstance(photo_level, bool):
+            raise ValueError(f"photo_level must be true or false, got {photo_level!r}")
     data = _pairs(pairs, "conditional=True" if conditional else "target='excess'" if target == "excess" else None)
     scales = sorted({d[2] for d in data})
 
@@ -721,6 +788,7 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
                           radius=radius, meta={**info, **(meta or {})})
     tables, covs, spectra, filters, biases, logvars = [], [], [], [], [], []
     spreads: dict[str, float] = {}
+    photos: list[tuple[float, float]] = []
     for s in scales:
         knot = [d for d in data if d[2] == s]
         weight, bias = _fit_mean(knot, mean_window, float(ridge))
@@ -729,18 +797,27 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
         table = _fit_knot(corrected, "residual", edges, intensity_bins, gradient_bins, patch, prior)[0]
         flat = _flat_masks(knot, flat_quantile)
         logvar = _fit_log_variance(corrected, flat)
-        spread = _level_spread(corrected, flat, logvar)
+        unit = torch.eye(len(VARIANCE_FEATURES), dtype=torch.float64)[0]          # the intercept
+        term = None
+        if photo_level:
+            beta, p_ref, shift = _fit_photo_level(corrected, flat, logvar)
+            logvar, term = logvar + shift * unit, (beta, p_ref)
+            photos.append(term)
+        spread = _level_spread(corrected, flat, logvar, term)
         if level == "harmonic":                  # v_geo exp(-s^2 / 2) = 1 / E[1 / v] for log-normal v
-            logvar = logvar - spread / 2 * torch.eye(len(VARIANCE_FEATURES), dtype=torch.float64)[0]
+            logvar = logvar - spread / 2 * unit
         spreads[scale_label(s)] = spread
-        normalized = [(real - cor) / (variance_features(cor) @ logvar).clamp(max=_LOG_VAR_MAX).exp().sqrt()
-                      for cor, real, _, _ in corrected]
+        offsets = [0.0 if term is None else float(_photo_offset(hr_noise_level(hr), torch.tensor(term)).mean())
+                   for *_, hr in corrected]
+        normalized = [(real - cor) / (variance_features(cor) @ logvar + off).clamp(max=_LOG_VAR_MAX).exp().sqrt()
+                      for (cor, real, _, _), off in zip(corrected, offsets)]
         cov, spec = _correlation(*_flat_moments(normalized, flat, patch), s, patch)
         for acc, val in zip((tables, covs, spectra, filters, biases, logvars), (table, cov, spec, weight, bias, logvar)):
             acc.append(val)
     info.update(conditional=True, mean_window=mean_window, ridge=float(ridge), flat_quantile=float(flat_quantile),
-                level=level, log_variance_spread=spreads)
+                level=level, log_variance_spread=spreads, photo_level=bool(photo_level))
     return NoiseModel(scales=tuple(scales), variance=torch.stack(tables), gradient_edges=edges,
                       covariance=torch.stack(covs), spectra=torch.stack(spectra), radius=radius,
                       meta={**info, **(meta or {})}, mean_filter=torch.stack(filters), mean_bias=torch.stack(biases),
-                      log_variance=torch.stack(logvars))
+                      log_variance=torch.stack(logvars),
+                      photo_level=torch.tensor(photos, dtype=torch.float64) if photo_level else None)

@@ -122,6 +122,7 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
         check_number(f.get("ridge", 1e-3), "fit.ridge", low=0.0, open_low=True)
         check_number(f.get("flat_quantile", 0.5), "fit.flat_quantile", low=0.0, high=1.0, open_low=True)
         check_choice(f.get("level", "harmonic"), LEVELS, "fit.level")
+        check_bool(f.get("photo_level", True), "fit.photo_level")
         if f.get("target") != "residual":
             raise ValueError(f"fit.target={f.get('target')!r} needs fit.conditional=false (the conditional model "
                              "fits the residual real - deterministic LR: fit.target=residual)")
@@ -134,7 +135,8 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
                       target=f["target"], intensity_bins=f["intensity_bins"], gradient_bins=f["gradient_bins"], patch=f["patch"],
                       radius=f["radius"], prior=f["prior"], conditional=f.get("conditional", False),
                       mean_window=f.get("mean_window", 5), ridge=f.get("ridge", 1e-3),
-                      flat_quantile=f.get("flat_quantile", 0.5), level=f.get("level", "harmonic"))
+                      flat_quantile=f.get("flat_quantile", 0.5), level=f.get("level", "harmonic"),
+                      photo_level=f.get("photo_level", True))
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
     return {"path": out, "model": model}
