@@ -290,6 +290,54 @@ def test_the_levels_are_the_geometric_and_harmonic_means_of_a_log_normal_noise_l
         fit(pairs, conditional=True, patch=16, radius=5, level="median")
 
 
+def test_hr_noise_level_reads_the_noise_of_the_flat_half_and_ignores_planes_and_ramps():
+    from degflow.baselines.noise import hr_noise_level, texture
+    img = _smooth_image(700, 64)[0]
+    noisy = (img + 0.02 * _white(701, img.shape)).unsqueeze(0)
+    level = float(hr_noise_level(noisy)[0])
+    # reference: Immerkaer's mask by numpy slicing on the luminance, averaged over the pixels whose texture
+    # is at most its median
+    y = noisy[0].mean(0).numpy()
+    r = np.abs(y[:-2, :-2] - 2 * y[:-2, 1:-1] + y[:-2, 2:] - 2 * y[1:-1, :-2] + 4 * y[1:-1, 1:-1] - 2 * y[1:-1, 2:]
+               + y[2:, :-2] - 2 * y[2:, 1:-1] + y[2:, 2:])
+    t = texture(noisy)[0, 0, 1:-1, 1:-1].numpy()
+    assert level == pytest.approx(math.log(r[t <= np.median(t)].mean() + 1e-6), abs=1e-9)
+    flat = [float(hr_noise_level((0.1 + q * _white(702, img.shape)).unsqueeze(0))[0]) for q in (0.02, 0.04)]
+    assert flat[1] - flat[0] == pytest.approx(math.log(2), abs=1e-3)   # twice the noise, twice the level
+    ramp = torch.linspace(-0.5, 0.5, 32, dtype=torch.float64).expand(1, 3, 32, 32)
+    assert float(hr_noise_level(ramp)[0]) == pytest.approx(math.log(1e-6), abs=1e-6)   # blind to ramps
+    assert bool(hr_noise_level(torch.zeros(1, 3, 2, 8)).isnan().all())                 # too small to read
+
+
+def test_photo_level_follows_the_hr_images_own_noise():
+    """Photos taken at different exposures: HR image i carries noise of std q_i, its real LR noise of
+    variance 4 q_i^2 (one noise level function cannot fit them all); the photo term recovers
+    log sigma^2 = 2 log q + const (beta 2 against the HR level, which is log q + const) and the level
+    of an unseen photo."""
+    size, pairs = 64, []
+    qs = [0.004, 0.008, 0.016, 0.032] * 2
+    def photo(i, q):
+        clean = _smooth_image(800 + i, size)
+        hr = clean + q * _white(900 + i, clean.shape)
+        return clean, hr, clean + 2 * q * _white(950 + i, clean.shape)
+    for i, q in enumerate(qs):
+        clean, hr, real = photo(i, q)
+        pairs.append((clean, real, 4.0, hr))
+    with_photo = fit(pairs, conditional=True, mean_window=1, patch=16, radius=5, level="geometric")
+    without = fit(pairs, conditional=True, mean_window=1, patch=16, radius=5, level="geometric", photo_level=False)
+    assert with_photo.meta["photo_level"] is True and without.photo_level is None
+    beta = float(with_photo.photo_level[0, 0])
+    assert 1.7 < beta < 2.3, beta
+    for i, q in ((40, 0.003), (41, 0.04)):                     # unseen photos, a little beyond the fitted ones
+        clean, hr, _ = photo(i, q)
+        got = float(with_photo.variance_map(clean, 4.0, hr).mean())
+        assert abs(got / (4 * q * q) - 1) < 0.2, (q, got)
+        flat = float(without.variance_map(clean, 4.0, hr).mean())          # one level for every photo
+        assert abs(math.log(flat / (4 * q * q))) > math.log(2), (q, flat)
+    with pytest.raises(ValueError, match="photo_level must be true or false, got 1"):
+        fit(pairs, conditional=True, patch=16, radius=5, photo_level=1)
+
+
 def test_conditional_sampling_needs_the_hr_image_and_strength_zero_is_exact():
     pairs, _ = _conditional_pairs(3, 10, size=64)
     model = fit(pairs, conditional=True, patch=16, radius=5)
@@ -336,5 +384,12 @@ def test_conditional_fit_refuses_bad_settings_and_round_trips(tmp_path):
     half["log_variance"] = None                                # a conditional part missing: not a noise model
     with pytest.raises(ValueError, match="not a noise model"):
         NoiseModel.from_dict(half)
+    assert back.photo_level is not None and torch.equal(back.photo_level, model.photo_level)
+    before = {k: v for k, v in model.to_dict().items() if k != "photo_level"}
+    assert NoiseModel.from_dict(before).photo_level is None   # files written before the photo term load
+    bad = model.to_dict()
+    bad["photo_level"] = torch.zeros(2, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="not a noise model"):
+        NoiseModel.from_dict(bad)
     old = {k: v for k, v in model.to_dict().items() if k not in ("mean_filter", "mean_bias", "log_variance")}
     assert not NoiseModel.from_dict(old).conditional          # files written before conditional models load
