@@ -53,14 +53,22 @@ prediction that is too clean (too little blur) as missing noise. Measured on val
     mu = W * [x, y] + b           the residual's conditional mean: a w x w linear filter of the six
                                   channels, ridge least squares on all pixels
     log sigma^2 = v . (1, c, c^2) the noise level function of the corrected intensity c = x + mu, per
-                                  channel, least squares on log r^2 + 1.2704 (unbiased for Gaussian r)
-                                  over the flat pixels (HR texture at most its flat_quantile)
+                  + beta (p - p_ref)  channel, least squares on log r^2 + 1.2704 (unbiased for Gaussian r)
+                                  over the flat pixels (HR texture at most its flat_quantile); p: the HR
+                                  image's own noise level (hr_noise_level), the photo's exposure
     f                             as above, its covariance and spectra from the flat pixels and tiles
 
 Camera noise depends on the signal, not on the scene's texture; where the HR image is textured the
 residual also holds what the mean cannot predict (blur and misregistration of real pairs), which is
 not what differs between two captures, so the noise is measured where the scene is flat (the noise
 level function of single-image noise estimation, Liu et al., PAMI 2008) and applied everywhere.
+
+The photo term (``photo_level``): the photos of one camera are taken at different exposures, and a
+photo's noise level differs from the noise level function's by a factor of about 2.5 in variance on
+the Canon pairs of docs/STOCHASTIC.md; the HR image, taken by the same camera at the same setting,
+carries a trace of it. After the noise level function, each pair's mean of ``log r^2 + 1.2704 -
+log sigma^2`` over its flat pixels is regressed (weighted by those pixels) on its HR image's
+:func:`hr_noise_level` ``p``: ``beta`` and ``p_ref`` per knot, the level at ``p_ref`` in the intercept.
 
 The level sampled (``level``). Least squares on ``log r^2`` gives the geometric mean ``v_geo`` of the
 local variance at an intensity; the true local level still varies about it (a camera's processing
