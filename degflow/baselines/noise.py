@@ -73,11 +73,11 @@ log sigma^2`` over its flat pixels is regressed (weighted by those pixels) on it
 The level sampled (``level``). Least squares on ``log r^2`` gives the geometric mean ``v_geo`` of the
 local variance at an intensity; the true local level still varies about it (a camera's processing
 smooths some flat areas more than others, photos differ in exposure): its spread is measured on the
-flat pixels as ``s^2 = 2 log mean(r^2 / v_geo)`` (log-normal spread; 0.4 to 1 on the data of
-docs/STOCHASTIC.md). Where the true variance ``v`` is not known, the level that puts the least noise
+flat pixels as ``s^2 = 2 log mean(r^2 / v_geo)`` (log-normal spread; 0.3 to 0.8 on the data of
+docs/STOCHASTIC.md, with the photo term). Where the true variance ``v`` is not known, the level that puts the least noise
 where a real capture has none, the smallest expected ``KL(N(0, v_g) || N(0, v))`` (AKLD's per-pixel
 divergence), is the harmonic mean ``1 / E[1 / v] = v_geo exp(-s^2 / 2)`` (``harmonic``, the default,
-chosen on validation data); the reverse divergence (a pooled histogram's, like KL's) is smallest at
+chosen on validation data and by cross-validation on the training photos); the reverse divergence (a pooled histogram's, like KL's) is smallest at
 the arithmetic mean ``v_geo exp(+s^2 / 2)``; ``geometric`` keeps ``v_geo``, the midpoint of the two.
 
 Between knots every quantity is interpolated linearly in s; from s = 1 (the HR image itself: no
@@ -107,8 +107,8 @@ from degflow.core.scales import check_scale, scale_label
 from degflow.infra.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from degflow.infra.runtime import key_seed
 
-__all__ = ["LEVELS", "OPPONENT", "TARGETS", "VARIANCE_FEATURES", "NoiseModel", "fit", "gradient_magnitude", "load_noise_model",
-           "noise_seed", "texture", "variance_features"]
+__all__ = ["LEVELS", "OPPONENT", "TARGETS", "VARIANCE_FEATURES", "NoiseModel", "fit", "gradient_magnitude", "hr_noise_level",
+           "load_noise_model", "noise_seed", "texture", "variance_features"]
 
 #: Rows: the orthonormal opponent basis (luminance, red-blue, green-magenta) of RGB.
 OPPONENT = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, -1.0], [1.0, -2.0, 1.0]], dtype=torch.float64)
@@ -815,7 +815,8 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
         if level == "harmonic":                  # v_geo exp(-s^2 / 2) = 1 / E[1 / v] for log-normal v
             logvar = logvar - spread / 2 * unit
         spreads[scale_label(s)] = spread
-        offsets = [0.0 if term is None else float(_photo_offset(hr_noise_level(hr), torch.tensor(term)).mean())
+        offsets = [0.0 if term is None else
+                   float(_photo_offset(hr_noise_level(hr), torch.tensor(term, dtype=torch.float64)).mean())
                    for *_, hr in corrected]
         normalized = [(real - cor) / (variance_features(cor) @ logvar + off).clamp(max=_LOG_VAR_MAX).exp().sqrt()
                       for (cor, real, _, _), off in zip(corrected, offsets)]
