@@ -31,7 +31,7 @@ from degflow.data.options import build_data, option_of_target
 from degflow.generation import Synthesizer
 from degflow.infra.checks import check_bool, check_choice, check_int, check_number
 
-__all__ = ["fit_noise", "noise_fit_pairs", "real_lr_true_size", "run"]
+__all__ = ["crop_pairs", "fit_noise", "noise_fit_pairs", "real_lr_true_size", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +63,27 @@ def noise_fit_pairs(synth: Synthesizer, records: Sequence[Any], scales: Sequence
     for rec in records:
         hr, lrs = rec.load(scales)
         decoded = synth.generate(hr[None], list(scales)).images
-        for k, s in enumerate(scales):
-            pred = resize_to_lr(decoded[s][0].cpu(), s)
-            real = real_lr_true_size(rec, s, lrs[k])
-            ref = resize_to_lr(hr, s)                       # the HR image at true LR size
-            if crops == 0:
-                pairs.append((pred, real, s, ref))
-                continue
-            h, w = pred.shape[-2:]
-            ch, cw = min(crop_size, h), min(crop_size, w)
-            for _ in range(crops):
-                top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
-                left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
-                box = (..., slice(top, top + ch), slice(left, left + cw))
-                pairs.append((pred[box], real[box], s, ref[box]))
+        whole = [(resize_to_lr(decoded[s][0].cpu(), s), real_lr_true_size(rec, s, lrs[k]), s,
+                  resize_to_lr(hr, s))                      # the HR image at true LR size
+                 for k, s in enumerate(scales)]
+        pairs += whole if crops == 0 else crop_pairs(whole, crops=crops, crop_size=crop_size, generator=gen)
     return pairs
+
+
+def crop_pairs(pairs: Sequence[tuple[Tensor, Tensor, float, Tensor]], *, crops: int, crop_size: int,
+               generator: torch.Generator) -> list[tuple[Tensor, Tensor, float, Tensor]]:
+    """``crops`` random aligned crops of ``crop_size`` LR pixels (at most the image) of each
+    ``(predicted, real, scale, HR)`` pair (images ``[3, h, w]``), drawn from ``generator`` in order."""
+    out = []
+    for pred, real, s, ref in pairs:
+        h, w = pred.shape[-2:]
+        ch, cw = min(crop_size, h), min(crop_size, w)
+        for _ in range(crops):
+            top = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
+            left = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
+            box = (..., slice(top, top + ch), slice(left, left + cw))
+            out.append((pred[box], real[box], s, ref[box]))
+    return out
 
 
 def fit_noise(synth: Synthesizer, bundle: Any, *, seed: int = 0, crops: int = 8, crop_size: int = 64,

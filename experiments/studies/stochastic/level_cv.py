@@ -27,26 +27,12 @@ from degflow.cli.quickstart import compose_config
 from degflow.core.scales import scale_label
 from degflow.data.options import build_data, option_of_target
 from degflow.generation import Synthesizer
-from degflow.jobs.noise_fit import noise_fit_pairs
+from degflow.jobs.noise_fit import crop_pairs, noise_fit_pairs
 from degflow.metrics.noise import akld, histogram_kl, spectrum_distance
 from experiments._runner import publish
 
 VARIANTS = {"geometric": ("geometric", False), "harmonic": ("harmonic", False),
             "geometric + photo": ("geometric", True), "harmonic + photo": ("harmonic", True)}
-
-
-def _crops(pairs: list, seed: int, per: int = 8, size: int = 64) -> list:
-    """``per`` random aligned crops of ``size`` LR pixels of each pair (fit-noise's defaults)."""
-    gen, out = torch.Generator().manual_seed(seed), []
-    for pred, real, s, hr in pairs:
-        h, w = pred.shape[-2:]
-        ch, cw = min(size, h), min(size, w)
-        for _ in range(per):
-            top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
-            left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
-            box = (..., slice(top, top + ch), slice(left, left + cw))
-            out.append((pred[box], real[box], s, hr[box]))
-    return out
 
 
 def _scores(x: torch.Tensor, real: torch.Tensor, hr: torch.Tensor) -> list[float]:
@@ -72,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[tuple[str, str], list[list[float]]] = {}
     for fold in range(args.folds):
         held = [i for i in range(len(photos)) if i % args.folds == fold]
-        train = _crops([pair for i, ph in enumerate(photos) if i % args.folds != fold for pair in ph], fold)
+        train = crop_pairs([pair for i, ph in enumerate(photos) if i % args.folds != fold for pair in ph],
+                           crops=8, crop_size=64, generator=torch.Generator().manual_seed(fold))   # fit-noise's
         models = {name: fit(train, conditional=True, level=lv, photo_level=ph) for name, (lv, ph) in VARIANTS.items()}
         for i in held:
             for pred, real, s, hr in photos[i]:
