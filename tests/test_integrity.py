@@ -175,3 +175,19 @@ def test_a_second_stop_signal_records_the_stop_and_ends_the_process_at_once(tmp_
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == -signal.SIGTERM and "not stopped" not in proc.stdout
     assert (tmp_path / "recorded").read_text() == str(int(signal.SIGTERM))
+
+
+def test_a_signal_after_trainings_own_stop_is_the_jobs_second(tmp_path):
+    """Training takes the first signal itself (a checkpoint at the step boundary), then stops the job
+    (``stopping``): a signal that arrives while the job unwinds or records its end stops the process at
+    once with the record ended, instead of starting a second stop that cuts the record short (the
+    race test_faults' double-SIGTERM test used to lose about one run in three)."""
+    code = ("import os, signal, time, pathlib; from degflow.infra.exits import JobSignals, stopping\n"
+            f"done = pathlib.Path({str(tmp_path / 'recorded')!r})\n"
+            "with JobSignals(on_hard_stop=lambda s: done.write_text(str(s))):\n"
+            "    stopping(signal.SIGTERM)\n"
+            "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(5)\n"
+            "print('not stopped')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGTERM and "not stopped" not in proc.stdout, proc.stderr[-2000:]
+    assert (tmp_path / "recorded").read_text() == str(int(signal.SIGTERM))

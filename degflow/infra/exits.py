@@ -18,7 +18,9 @@ handled by :class:`JobSignals`:
   (a temporary file, an image without its manifest lines) is removed by the next run.
 
 Training has its own handler while it trains (:mod:`degflow.training.stop`: it stops at the
-next step boundary, after a checkpoint) and hands a second signal on to this one.
+next step boundary, after a checkpoint) and hands a second signal on to this one; when it stops
+the job it says so (:func:`stopping`), so a signal that arrives while the job unwinds and records
+its end is the second one, not the start of another stop.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 
-__all__ = ["JobSignals", "graceful", "stop_point"]
+__all__ = ["JobSignals", "graceful", "stop_point", "stopping"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,16 @@ def graceful() -> Iterator[None]:
         yield
     finally:
         _graceful[0] -= 1
+
+
+def stopping(signum: int) -> None:
+    """The job is stopping on ``signum``, taken by another handler (training's, which stops at a step
+    boundary): a further stop signal is the job's second one and stops the process at once, after its
+    record is ended, instead of starting a stop of its own in the middle of this one's (which could cut
+    the record short while it is being written)."""
+    for handler in _active:
+        if handler.signum is None:
+            handler.signum = int(signum)
 
 
 def stop_point() -> None:

@@ -28,7 +28,7 @@ import signal
 import threading
 from pathlib import Path
 
-from degflow.infra.exits import JobSignals, stop_point
+from degflow.infra.exits import JobSignals, stop_point, stopping
 
 log = logging.getLogger(__name__)
 
@@ -144,4 +144,5 @@ class StopSignals:
                 return
         stopped = TrainingStopped(signum, step, total, checkpoint)
         log.warning("%s", stopped)
+        stopping(signum)        # the job ends now: another signal while it unwinds is the second one
         raise stopped
