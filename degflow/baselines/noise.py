@@ -106,6 +106,7 @@ from degflow.baselines.filters import gaussian_blur
 from degflow.core.scales import check_scale, scale_label
 from degflow.infra.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from degflow.infra.runtime import key_seed
+from degflow.metrics.noise import immerkaer_response
 
 __all__ = ["LEVELS", "OPPONENT", "TARGETS", "VARIANCE_FEATURES", "NoiseModel", "fit", "gradient_magnitude", "hr_noise_level",
            "load_noise_model", "noise_seed", "texture", "variance_features"]
@@ -420,9 +421,6 @@ def texture(x: Tensor) -> Tensor:
     return (blur((y - blur(y)) ** 2) + _TEXTURE_FLOOR).log()
 
 
-_IMMERKAER = ((1.0, -2.0, 1.0), (-2.0, 4.0, -2.0), (1.0, -2.0, 1.0))
-
-
 def hr_noise_level(hr: Tensor) -> Tensor:
     """The HR image's own noise level, a proxy for the exposure it was taken at: ``log`` of the mean
     absolute response of Immerkaer's mask (``[[1, -2, 1], [-2, 4, -2], [1, -2, 1]]``, blind to planes and
@@ -431,9 +429,7 @@ def hr_noise_level(hr: Tensor) -> Tensor:
     hr = _as_batch(hr, "hr").to(torch.float64)
     if min(hr.shape[-2:]) < 3:
         return torch.full((hr.shape[0],), float("nan"), dtype=torch.float64, device=hr.device)
-    y = hr.mean(1, keepdim=True)
-    mask = torch.tensor(_IMMERKAER, dtype=torch.float64, device=hr.device).view(1, 1, 3, 3)
-    response = F.conv2d(y, mask).abs().flatten(1)                               # [B, (h-2)(w-2)]
+    response = immerkaer_response(hr.mean(1, keepdim=True)).flatten(1)          # [B, (h-2)(w-2)]
     tex = texture(hr)[..., 1:-1, 1:-1].flatten(1)
     flat = tex <= tex.median(dim=1, keepdim=True).values
     return ((response * flat).sum(1) / flat.sum(1) + _TEXTURE_FLOOR).log()

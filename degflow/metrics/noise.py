@@ -61,6 +61,7 @@ __all__ = [
     "local_variance",
     "akld",
     "noise_sigma",
+    "immerkaer_response",
     "SPECTRUM_BANDS",
     "residual_spectrum",
     "spectrum_distance",
@@ -228,9 +229,16 @@ def noise_sigma(gray: Tensor) -> Tensor:
     Returns:
         ``[B]`` float64, in the units of ``gray``.
     """
+    r = immerkaer_response(gray, "noise_sigma").flatten(1)                       # [B, (H-2)(W-2)]
+    return math.sqrt(math.pi / 2) * r.sum(1) / (6.0 * r.shape[1])
+
+
+def immerkaer_response(gray: Tensor, caller: str = "immerkaer_response") -> Tensor:
+    """``|I * M|`` with Immerkaer's mask ``M = [[1, -2, 1], [-2, 4, -2], [1, -2, 1]]`` (zero on planes
+    and ramps) over the valid pixels: ``[B, 1, H, W]`` (H, W >= 3) -> ``[B, 1, H - 2, W - 2]`` float64;
+    its mean times ``sqrt(pi / 2) / 6`` is the noise std of :func:`noise_sigma`."""
     if gray.ndim != 4 or gray.shape[1] != 1 or min(gray.shape[-2:]) < 3:
-        raise ValueError(f"noise_sigma: expected a [B, 1, H, W] grey batch with H, W >= 3, got {tuple(gray.shape)}")
+        raise ValueError(f"{caller}: expected a [B, 1, H, W] grey batch with H, W >= 3, got {tuple(gray.shape)}")
     m = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]], dtype=torch.float64,
                      device=gray.device).view(1, 1, 3, 3)
-    r = F.conv2d(gray.to(torch.float64), m).abs().flatten(1)                      # [B, (H-2)(W-2)]
-    return math.sqrt(math.pi / 2) * r.sum(1) / (6.0 * r.shape[1])
+    return F.conv2d(gray.to(torch.float64), m).abs()
