@@ -514,19 +514,21 @@ def _fit_log_variance(corrected: list, flat: list[Tensor]) -> Tensor:
     return torch.linalg.solve(ata + 1e-9 * torch.diagonal(ata).mean() * torch.eye(f, dtype=torch.float64), atb)
 
 
-def _fit_photo_level(corrected: list, flat: list[Tensor], log_variance: Tensor) -> tuple[float, float, float]:
+def _fit_photo_level(corrected: list, flat: list[Tensor], log_variance: Tensor,
+                     levels: list[Tensor]) -> tuple[float, float, float]:
     """The photo term: per pair the mean of ``log r^2 + 1.2704 - log sigma^2`` over its flat pixels (its level
-    relative to the noise level function) and its HR image's :func:`hr_noise_level` ``p``; weighted (by flat
+    relative to the noise level function) and its HR image's :func:`hr_noise_level` ``p`` (``levels``, per
+    pair ``[B]``); weighted (by flat
     pixels) least squares of the one on the other: ``(beta, p_ref, shift)``, ``p_ref`` the weighted mean of
     ``p`` and ``shift`` the mean level at ``p_ref`` (added to the intercept). ``(0, 0, 0)`` without two
     distinct levels."""
     rows = []
-    for (cor, real, _, hr), mask in zip(corrected, flat):
+    for (cor, real, _, _), mask, p in zip(corrected, flat, levels):
         m = mask.expand_as(cor)
         if not bool(m.any()):
             continue
         e = ((real - cor)[m] ** 2 + _RESIDUAL_FLOOR).log() + _LOG_CHI2_OFFSET - variance_features(cor)[m] @ log_variance
-        level = float(hr_noise_level(hr).mean())
+        level = float(p.mean())
         if math.isfinite(level):
             rows.append((float(e.mean()), level, float(m.sum())))
     if len(rows) < 2:
@@ -538,19 +540,15 @@ def _fit_photo_level(corrected: list, flat: list[Tensor], log_variance: Tensor) 
     return beta, p_ref, e_ref
 
 
-def _level_spread(corrected: list, flat: list[Tensor], log_variance: Tensor,
-                  photo: tuple[float, float] | None = None) -> float:
+def _level_spread(corrected: list, flat: list[Tensor], log_variance: Tensor, offsets: list[float]) -> float:
     """``s^2 = 2 log mean(r^2 / sigma^2)`` over the flat pixels (``r = real - corrected``, ``sigma^2`` the
-    fitted level): the spread of the true local log-variance about the fitted one, were it log-normal
-    (then ``E[r^2 / sigma^2] = exp(s^2 / 2)``); 0 when the level explains the noise (floored at 0)."""
+    fitted level plus each pair's photo offset, ``offsets``): the spread of the true local log-variance
+    about the fitted one, were it log-normal (then ``E[r^2 / sigma^2] = exp(s^2 / 2)``); 0 when the
+    level explains the noise (floored at 0)."""
     total, count = 0.0, 0
-    term = None if photo is None else torch.tensor(photo, dtype=torch.float64)
-    for (cor, real, _, hr), mask in zip(corrected, flat):
+    for (cor, real, _, _), mask, off in zip(corrected, flat, offsets):
         m = mask.expand_as(cor)
-        log_var = variance_features(cor)[m] @ log_variance
-        if term is not None:
-            log_var = log_var + float(_photo_offset(hr_noise_level(hr), term).mean())
-        var = log_var.clamp(max=_LOG_VAR_MAX).exp()
+        var = (variance_features(cor)[m] @ log_variance + off).clamp(max=_LOG_VAR_MAX).exp()
         total, count = total + float(((real - cor)[m] ** 2 / var).sum()), count + int(m.sum())
     return max(0.0, 2.0 * math.log(total / count)) if count and total > 0 else 0.0
 
@@ -802,18 +800,18 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
         flat = _flat_masks(knot, flat_quantile)
         logvar = _fit_log_variance(corrected, flat)
         unit = torch.eye(len(VARIANCE_FEATURES), dtype=torch.float64)[0]          # the intercept
-        term = None
+        offsets = [0.0] * len(corrected)                                         # each pair's photo term
         if photo_level:
-            beta, p_ref, shift = _fit_photo_level(corrected, flat, logvar)
-            logvar, term = logvar + shift * unit, (beta, p_ref)
-            photos.append(term)
-        spread = _level_spread(corrected, flat, logvar, term)
+            levels = [hr_noise_level(hr) for *_, hr in corrected]
+            beta, p_ref, shift = _fit_photo_level(corrected, flat, logvar, levels)
+            logvar = logvar + shift * unit
+            photos.append((beta, p_ref))
+            term = torch.tensor((beta, p_ref), dtype=torch.float64)
+            offsets = [float(_photo_offset(p, term).mean()) for p in levels]
+        spread = _level_spread(corrected, flat, logvar, offsets)
         if level == "harmonic":                  # v_geo exp(-s^2 / 2) = 1 / E[1 / v] for log-normal v
             logvar = logvar - spread / 2 * unit
         spreads[scale_label(s)] = spread
-        offsets = [0.0 if term is None else
-                   float(_photo_offset(hr_noise_level(hr), torch.tensor(term, dtype=torch.float64)).mean())
-                   for *_, hr in corrected]
         normalized = [(real - cor) / (variance_features(cor) @ logvar + off).clamp(max=_LOG_VAR_MAX).exp().sqrt()
                       for (cor, real, _, _), off in zip(corrected, offsets)]
         cov, spec = _correlation(*_flat_moments(normalized, flat, patch), s, patch)
