@@ -302,3 +302,30 @@ def test_the_slurm_launcher_gets_one_job_per_training_set_and_seed_in_a_dry_run(
     assert "#SBATCH --cpus-per-task=4" in proc.stdout
     assert str(tmp_path / "runs") in proc.stdout
     assert not (tmp_path / "results.md").exists()                 # nothing ran, nothing collected
+
+
+def test_a_job_that_waits_for_another_building_the_shared_set_reports_only_its_own_generation_time(tmp_path):
+    """Jobs sharing a cache build a generated set once (a file lock); the one that waited finds it
+    complete and must not report the other job's build time as its own generation seconds."""
+    import fcntl
+    import threading
+    import time
+
+    from degflow.sr import compare
+
+    ckpt = _write_lfm_checkpoint(tmp_path / "lfm.pt", SolverSpec.create("rk4", steps=2))
+    hr_dir = tmp_path / "hr"
+    write_image(hr_dir / "a.png", _rand_image(24, 24, 1))
+    cfg = {"ckpt": str(ckpt), "device": "cpu", "procedural_seed": 0, "sr_setup": {"gen_scales": [2]}}
+    out = tmp_path / "cache" / "train"
+    assert compare._generate(cfg, hr_dir, out, []) > 0                      # builds it
+    got = {}
+    with open(out.parent / f".{out.name}.lock", "a+") as lock:             # another job holds the lock ...
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        job = threading.Thread(target=lambda: got.setdefault("s", compare._generate(cfg, hr_dir, out, [])))
+        job.start()
+        time.sleep(1.5)
+        assert job.is_alive()                                             # ... and this one waits for it
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    job.join(60)
+    assert 0 < got["s"] < 1.5
