@@ -246,7 +246,7 @@ def _conditional_pairs(n: int, seed: int, size: int = 96, texture_error: float =
 
 def test_conditional_fit_recovers_the_mean_and_the_noise_level_function_not_the_texture_error():
     pairs, _ = _conditional_pairs(6, 0, texture_error=0.1)
-    model = fit(pairs, conditional=True, mean_window=3, patch=16, radius=5)
+    model = fit(pairs, conditional=True, mean_window=3, patch=16, radius=5, variance="residual")
     assert model.conditional and model.mean_filter.shape == (1, 3, 6, 3, 3) and model.log_variance.shape == (1, 3)
     test_pairs, truth = _conditional_pairs(1, 90)
     (pred, _, _, hr), (mean, var, textured) = test_pairs[0], truth[0]
@@ -273,7 +273,8 @@ def test_the_levels_are_the_geometric_and_harmonic_means_of_a_log_normal_noise_l
         pairs.append((hr, hr + var.sqrt() * _white(600 + i, hr.shape), 4.0, hr))
         true_var.append(var.numpy())
     v = np.concatenate([t.ravel() for t in true_var])
-    geo, har = (fit(pairs, conditional=True, mean_window=1, patch=16, radius=5, level=lv) for lv in ("geometric", "harmonic"))
+    geo, har = (fit(pairs, conditional=True, mean_window=1, patch=16, radius=5, level=lv, variance="residual")
+                for lv in ("geometric", "harmonic"))
     assert geo.meta["level"] == "geometric" and har.meta["level"] == "harmonic"
     spread = geo.meta["log_variance_spread"]["4"]
     assert abs(spread - s2) < 0.25, spread                      # measured on the flat half: a few hundred blocks
@@ -323,8 +324,9 @@ def test_photo_level_follows_the_hr_images_own_noise():
     for i, q in enumerate(qs):
         clean, hr, real = photo(i, q)
         pairs.append((clean, real, 4.0, hr))
-    with_photo = fit(pairs, conditional=True, mean_window=1, patch=16, radius=5, level="geometric")
-    without = fit(pairs, conditional=True, mean_window=1, patch=16, radius=5, level="geometric", photo_level=False)
+    with_photo = fit(pairs, conditional=True, mean_window=1, patch=16, radius=5, level="geometric", variance="residual")
+    without = fit(pairs, conditional=True, mean_window=1, patch=16, radius=5, level="geometric", photo_level=False,
+                  variance="residual")
     assert with_photo.meta["photo_level"] is True and without.photo_level is None
     beta = float(with_photo.photo_level[0, 0])
     assert 1.7 < beta < 2.3, beta
@@ -340,7 +342,7 @@ def test_photo_level_follows_the_hr_images_own_noise():
 
 def test_conditional_sampling_needs_the_hr_image_and_strength_zero_is_exact():
     pairs, _ = _conditional_pairs(3, 10, size=64)
-    model = fit(pairs, conditional=True, patch=16, radius=5)
+    model = fit(pairs, conditional=True, patch=16, radius=5, variance="residual")
     pred, _, _, hr = pairs[0]
     x = pred.float()
     assert torch.equal(model.sample(x, 4.0, torch.Generator().manual_seed(1), strength=0.0), x)
@@ -391,5 +393,62 @@ def test_conditional_fit_refuses_bad_settings_and_round_trips(tmp_path):
     bad["photo_level"] = torch.zeros(2, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match="not a noise model"):
         NoiseModel.from_dict(bad)
-    old = {k: v for k, v in model.to_dict().items() if k not in ("mean_filter", "mean_bias", "log_variance")}
+    old = {k: v for k, v in model.to_dict().items()
+           if k not in ("mean_filter", "mean_bias", "log_variance", "energy", "energy_floor")}
     assert not NoiseModel.from_dict(old).conditional          # files written before conditional models load
+    # the energy model (the default variance) round trips; files written before it sample the residual level
+    assert model.meta["variance"] == "energy" and back.energy_floor == model.energy_floor == 0.05
+    assert torch.equal(back.energy, model.energy)
+    residual = NoiseModel.from_dict({k: v for k, v in model.to_dict().items() if k not in ("energy", "energy_floor")})
+    assert residual.energy is None and not torch.equal(residual.variance_map(pred, 4.0, hr), model.variance_map(pred, 4.0, hr))
+    for key, val in (("energy", torch.zeros(1, 3, dtype=torch.float64)), ("energy_floor", None), ("energy_floor", 1.5)):
+        bad = model.to_dict()
+        bad[key] = val
+        with pytest.raises(ValueError, match="not a noise model"):
+            NoiseModel.from_dict(bad)
+    with pytest.raises(ValueError, match=r"variance='white' is not one of \['energy', 'residual'\]"):
+        fit(pairs, conditional=True, patch=16, radius=5, variance="white")
+    with pytest.raises(ValueError, match=r"energy_floor must be a number in \[0, 1\], got 2"):
+        fit(pairs, conditional=True, patch=16, radius=5, energy_floor=2)
+
+
+def test_the_energy_variance_tops_the_predictions_own_residual_energy_up_to_the_real_one():
+    """Real LR = HR + camera noise (variance v); the prediction = HR + an error of its own that the real
+    LR does not share and the mean filter cannot remove (heavy ridge), locally 0 to 0.8 v in energy. The
+    residual level counts that error as noise and adds it again: the sample's residual energy overshoots
+    the real one. The energy variance adds what the real residual has beyond the prediction's own:
+    the sample's local residual energy is the real one, wherever the prediction's own error is."""
+    from degflow.baselines.noise import energy_features, local_energy
+
+    v, size = 4e-4, 96
+    pairs = []
+    for i in range(8):
+        hr = _smooth_image(1000 + i, size)
+        amp = (_smooth_image(1100 + i, size)[:, :1] + 1) / 2 * math.sqrt(0.8 * v)       # [1, 1, h, w] in [0, .9 sd]
+        err = amp * torch.sign(_white(1200 + i, (1, 1, size, size))).expand_as(hr)     # the prediction's own error
+        pairs.append(((hr + err).clamp(-1, 1), hr + math.sqrt(v) * _white(1300 + i, hr.shape), 4.0, hr))
+    kw = dict(conditional=True, mean_window=1, ridge=1e3, patch=16, radius=5)
+    energy, residual = fit(pairs, **kw), fit(pairs, **kw, variance="residual")
+    assert energy.energy.shape == (1, 5) and residual.energy is None and energy.meta["energy_spread"]["4"] >= 0
+    ratios = {}
+    for name, model in (("energy", energy), ("residual", residual)):
+        got, want = [], []
+        for k, (pred, real, _, hr) in enumerate(pairs[:4]):
+            x = model.sample(pred, 4.0, torch.Generator().manual_seed(k), hr=hr)
+            got.append(float(local_energy(x - hr).mean()))
+            want.append(float(local_energy(real - hr).mean()))
+        ratios[name] = sum(got) / sum(want)
+    assert 0.85 < ratios["energy"] < 1.15, ratios
+    assert ratios["residual"] > 1.3, ratios
+    pred, real, _, hr = pairs[0]
+    phi, own = energy_features(pred, hr, with_own=True)
+    assert phi.shape == (1, 3, size, size, 5) and torch.allclose(phi[..., 4], (own + 1e-6).log())
+    # where the prediction's own error is large the noise is small (the floor), where it is small, large
+    var = energy.variance_map(pred, 4.0, hr)
+    mu = energy.mean_correction(pred, 4.0, hr)
+    own_c = local_energy((pred + mu).clamp(-1, 1) - hr)
+    lo, hi = own_c < torch.quantile(own_c, 0.2), own_c > torch.quantile(own_c, 0.8)
+    assert float(var[lo].mean()) > 2 * float(var[hi].mean())
+    rough = (hr + 0.2 * torch.sign(_white(1400, hr.shape))).clamp(-1, 1)      # its own energy far above the real one
+    floorless = NoiseModel(**{**energy.__dict__, "energy_floor": 0.0})
+    assert float(floorless.variance_map(rough, 4.0, hr).max()) == 0.0 < float(energy.variance_map(rough, 4.0, hr).min())

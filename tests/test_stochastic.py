@@ -317,3 +317,10 @@ def test_fit_noise_command_runs_with_its_default_run_folder(tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.strip()]   # checked under its key, before the ckpt
     assert done.returncode == 2 and lines[-1] == "error: fit.level='median' is not one of ['harmonic', 'geometric']", \
         done.stderr[-2000:]
+    for key, value, line in (("fit.variance", "white", "error: fit.variance='white' is not one of ['energy', 'residual']"),
+                             ("fit.energy_floor", "2", "fit.energy_floor")):
+        done = subprocess.run([sys.executable, "-m", "degflow", "fit-noise", f"ckpt={tmp_path / 'missing.pt'}",
+                               f"out={tmp_path / 'noise.pt'}", "threads=1", f"{key}={value}"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+        assert done.returncode == 2 and lines[-1].startswith("error: ") and line in lines[-1], done.stderr[-2000:]

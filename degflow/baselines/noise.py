@@ -106,10 +106,11 @@ from degflow.baselines.filters import gaussian_blur
 from degflow.core.scales import check_scale, scale_label
 from degflow.infra.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from degflow.infra.runtime import key_seed
-from degflow.metrics.noise import immerkaer_response
+from degflow.metrics.noise import immerkaer_response, local_variance
 
-__all__ = ["LEVELS", "OPPONENT", "TARGETS", "VARIANCE_FEATURES", "NoiseModel", "fit", "gradient_magnitude", "hr_noise_level",
-           "load_noise_model", "noise_seed", "texture", "variance_features"]
+__all__ = ["ENERGY_FEATURES", "LEVELS", "OPPONENT", "TARGETS", "VARIANCES", "VARIANCE_FEATURES", "NoiseModel",
+           "energy_features", "fit", "gradient_magnitude", "hr_noise_level", "load_noise_model", "local_energy",
+           "noise_seed", "texture", "variance_features"]
 
 #: Rows: the orthonormal opponent basis (luminance, red-blue, green-magenta) of RGB.
 OPPONENT = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, -1.0], [1.0, -2.0, 1.0]], dtype=torch.float64)
@@ -188,6 +189,11 @@ class NoiseModel:
     the HR image. ``photo_level`` ``[K, 2]`` (``fit(photo_level=True)``): per knot ``(beta, p_ref)``,
     the photo's level ``beta (p - p_ref)`` added to ``log sigma^2``, ``p`` the HR image's
     :func:`hr_noise_level`; ``None``: no photo term (files written before it).
+    ``energy`` ``[K, E]`` and ``energy_floor`` (``fit(variance="energy")``, module docstring): the
+    log local energy of the real LR's residual linear in :func:`energy_features`; a sample's noise
+    variance is that energy less the corrected LR's own, at least ``energy_floor`` times it.
+    ``None``: the noise level function ``log_variance`` is the noise variance (``variance="residual"``,
+    and files written before the energy model).
     """
 
     scales: tuple[float, ...]
@@ -201,6 +207,8 @@ class NoiseModel:
     mean_bias: Tensor | None = None
     log_variance: Tensor | None = None
     photo_level: Tensor | None = None
+    energy: Tensor | None = None
+    energy_floor: float | None = None
 
     @property
     def conditional(self) -> bool:
@@ -262,18 +270,26 @@ class NoiseModel:
         i, j, a, b = self._weights(scale)
         x, ref = lr.to(torch.float64), hr.to(torch.float64).to(lr.device)
         dev = lr.device
-        level = None if self.photo_level is None else hr_noise_level(ref)                   # [B]
+        energy = self.energy is not None
+        level = None if self.photo_level is None or energy else hr_noise_level(ref)         # [B]
 
         mean, var = torch.zeros_like(x), torch.zeros_like(x)
         for k, wgt in ((i, a), (j, b)):                 # each knot's mean and variance, then interpolated
             if wgt > 0:
                 mu = _apply_filter(x, ref, self.mean_filter[k].to(dev), self.mean_bias[k].to(dev))
-                phi = variance_features((x + mu).clamp(-1, 1))                   # [B, 3, h, w, F]
-                log_var = phi @ self.log_variance[k].to(dev)
-                if level is not None:
-                    log_var = log_var + _photo_offset(level, self.photo_level[k]).view(-1, 1, 1, 1)
+                cor = (x + mu).clamp(-1, 1)
+                if energy:
+                    assert self.energy is not None and self.energy_floor is not None
+                    phi, own = energy_features(cor, ref, with_own=True)             # [B, 3, h, w, E], [B, 3, h, w]
+                    target = (phi @ self.energy[k].to(dev)).clamp(max=_LOG_VAR_MAX).exp()
+                    knot_var = torch.maximum(target - own, self.energy_floor * target)
+                else:
+                    log_var = variance_features(cor) @ self.log_variance[k].to(dev)
+                    if level is not None:
+                        log_var = log_var + _photo_offset(level, self.photo_level[k]).view(-1, 1, 1, 1)
+                    knot_var = log_var.clamp(max=_LOG_VAR_MAX).exp()
                 mean = mean + wgt * mu
-                var = var + wgt * log_var.clamp(max=_LOG_VAR_MAX).exp()
+                var = var + wgt * knot_var
         return mean, var
 
     def field(self, shape: Sequence[int], scale: float, generators: Sequence[torch.Generator],
@@ -330,7 +346,8 @@ class NoiseModel:
         return {"scales": list(self.scales), "variance": self.variance, "gradient_edges": self.gradient_edges,
                 "covariance": self.covariance, "spectra": self.spectra, "radius": int(self.radius),
                 "meta": dict(self.meta), "mean_filter": self.mean_filter, "mean_bias": self.mean_bias,
-                "log_variance": self.log_variance, "photo_level": self.photo_level}
+                "log_variance": self.log_variance, "photo_level": self.photo_level, "energy": self.energy,
+                "energy_floor": self.energy_floor}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NoiseModel:
@@ -341,8 +358,9 @@ class NoiseModel:
                         gradient_edges=d["gradient_edges"].to(torch.float64),
                         covariance=d["covariance"].to(torch.float64), spectra=d["spectra"].to(torch.float64),
                         radius=int(d["radius"]), meta=dict(d.get("meta") or {}),
+                        energy_floor=None if d.get("energy_floor") is None else float(d["energy_floor"]),
                         **{key: None if d.get(key) is None else d[key].to(torch.float64)
-                           for key in ("mean_filter", "mean_bias", "log_variance", "photo_level")})
+                           for key in ("mean_filter", "mean_bias", "log_variance", "photo_level", "energy")})
         except (KeyError, TypeError, AttributeError, ValueError) as err:
             raise ValueError(f"not a noise model ({type(err).__name__}: {err})") from None
         k = len(scales)
@@ -466,18 +484,66 @@ def _apply_filter(x: Tensor, hr: Tensor, weight: Tensor, bias: Tensor) -> Tensor
     return F.conv2d(inp, weight.to(torch.float64), bias.to(torch.float64))
 
 
+#: Features of the energy model's log local energy (:func:`energy_features`), in order.
+ENERGY_FEATURES: tuple[str, ...] = ("1", "intensity", "intensity^2", "HR texture", "log own energy")
+_ENERGY_EPS = 1e-6               # added to local energies before the log (a 0.13-grey-level residual)
+
+
+def local_energy(x: Tensor) -> Tensor:
+    """Local energy of a residual ``x [B, C, h, w]`` (images in [-1, 1]): the 7 x 7 Gaussian-weighted
+    (std 1.4 pixels) mean of ``x^2`` per channel, float64, AKLD's local variance
+    (:func:`degflow.metrics.noise.local_variance`): the scale at which the energy model matches the
+    real residual."""
+    return local_variance(x)
+
+
+def energy_features(corrected: Tensor, hr: Tensor, with_own: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Per-pixel features of the energy model's log local energy (:data:`ENERGY_FEATURES`): the
+    corrected LR's intensity ``c`` and ``c^2`` per channel, the HR image's :func:`texture` and ``log`` of
+    the corrected LR's own residual energy ``e = local_energy(corrected - hr)`` (+ 1e-6):
+    ``[B, 3, h, w]`` twice (in [-1, 1], the same size) -> ``[B, 3, h, w, 5]`` float64, and ``e``
+    ``[B, 3, h, w]`` too when ``with_own``."""
+    c, y = corrected.to(torch.float64), hr.to(torch.float64)
+    own = local_energy(c - y)
+    phi = torch.stack([torch.ones_like(c), c, c * c, texture(y).expand_as(c), (own + _ENERGY_EPS).log()], dim=-1)
+    return (phi, own) if with_own else phi
+
+
+def _fit_log_energy(corrected: list) -> tuple[Tensor, float]:
+    """Least squares of ``log(local_energy(real - HR) + 1e-6)`` on :func:`energy_features` over every
+    pixel of the ``(corrected, real, scale, HR)`` pairs: the coefficients ``[E]`` and the spread
+    ``s^2 = 2 log mean(E_real / exp(fit))`` of the real local energy about the fit (floored at 0)."""
+    e = len(ENERGY_FEATURES)
+    ata = torch.zeros(e, e, dtype=torch.float64)
+    atb = torch.zeros(e, dtype=torch.float64)
+    for cor, real, _, hr in corrected:
+        phi = energy_features(cor, hr).reshape(-1, e)
+        t = (local_energy(real - hr) + _ENERGY_EPS).log().reshape(-1)
+        ata, atb = ata + phi.T @ phi, atb + phi.T @ t
+    coef = torch.linalg.solve(ata + 1e-9 * torch.diagonal(ata).mean() * torch.eye(e, dtype=torch.float64), atb)
+    total, count = 0.0, 0
+    for cor, real, _, hr in corrected:
+        fitted = energy_features(cor, hr) @ coef
+        t = (local_energy(real - hr) + _ENERGY_EPS).log()
+        total, count = total + float((t - fitted).exp().sum()), count + t.numel()
+    return coef, max(0.0, 2.0 * math.log(total / count)) if count and total > 0 else 0.0
+
+
 def _conditional_ok(model: NoiseModel, k: int) -> bool:
     parts = (model.mean_filter, model.mean_bias, model.log_variance)
     if all(p is None for p in parts):
-        return True
+        return model.energy is None and model.energy_floor is None
     if any(p is None for p in parts):
         return False
     mf, mb, lv = parts
-    pl = model.photo_level
+    pl, en, floor = model.photo_level, model.energy, model.energy_floor
     return (mf.ndim == 5 and mf.shape[:3] == (k, 3, 6) and mf.shape[3] == mf.shape[4] and mf.shape[3] % 2 == 1
             and mb.shape == (k, 3) and lv.shape == (k, len(VARIANCE_FEATURES))
             and all(bool(torch.isfinite(p).all()) for p in parts)
-            and (pl is None or (pl.shape == (k, 2) and bool(torch.isfinite(pl).all()))))
+            and (pl is None or (pl.shape == (k, 2) and bool(torch.isfinite(pl).all())))
+            and (en is None) == (floor is None)
+            and (en is None or (en.shape == (k, len(ENERGY_FEATURES)) and bool(torch.isfinite(en).all())
+                                and 0.0 <= float(floor) <= 1.0)))
 
 
 def _fit_mean(data: list, window: int, ridge: float) -> tuple[Tensor, Tensor]:
@@ -579,6 +645,10 @@ def _flat_moments(normalized: list[Tensor], flat: list[Tensor], patch: int) -> t
 TARGETS: tuple[str, ...] = ("excess", "residual")
 #: The noise level a conditional model samples (``fit(level=...)``, module docstring).
 LEVELS: tuple[str, ...] = ("harmonic", "geometric")
+#: What a conditional model's noise variance is (``fit(variance=...)``, module docstring): ``energy``
+#: tops the corrected LR's own local residual energy up to the real LR's; ``residual`` is the level of
+#: ``real - corrected``.
+VARIANCES: tuple[str, ...] = ("energy", "residual")
 
 
 def _pairs(pairs: Sequence[tuple], needs_hr: str | None) -> list[tuple[Tensor, Tensor, float, Tensor | None]]:
@@ -721,7 +791,7 @@ def _correlation(cov: Tensor, power: Tensor | int, count: int, tiles: int, scale
 def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int = 8, gradient_bins: int = 4,
         patch: int = 32, radius: int = 7, prior: float = 64.0, conditional: bool = False, mean_window: int = 5,
         ridge: float = 1e-3, flat_quantile: float = 0.5, level: str = "harmonic", photo_level: bool = True,
-        meta: dict[str, Any] | None = None) -> NoiseModel:
+        variance: str = "energy", energy_floor: float = 0.05, meta: dict[str, Any] | None = None) -> NoiseModel:
     """Fit a :class:`NoiseModel` on ``(predicted LR, real LR, scale[, HR at true LR size])`` tuples (each
     image ``[B, 3, h, w]`` or ``[3, h, w]`` in [-1, 1], all of a tuple the same size: true LR size), one
     knot per distinct scale.
@@ -743,7 +813,11 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
     squares fit of ``log r^2``), or ``harmonic`` (the default: that level times ``exp(-s^2 / 2)``, ``s^2``
     the spread of the local log-variance about it, measured on the flat pixels; module docstring).
     ``photo_level``: a level per photo, linear in its HR image's :func:`hr_noise_level` (fitted on the
-    pairs' flat pixels after the noise level function; module docstring).
+    pairs' flat pixels after the noise level function; module docstring). ``variance``
+    (:data:`VARIANCES`): what a sample's noise variance is: ``energy`` (the default) the real LR's
+    local residual energy predicted from :func:`energy_features` (least squares on every pixel, at
+    the ``level`` chosen), less the corrected LR's own, at least ``energy_floor`` (in [0, 1]) times
+    it; ``residual`` the noise level function itself (module docstring).
     """
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is not one of {list(TARGETS)}")
@@ -771,6 +845,11 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
             raise ValueError(f"level={level!r} is not one of {list(LEVELS)}")
         if not isinstance(photo_level, bool):
             raise ValueError(f"photo_level must be true or false, got {photo_level!r}")
+        if variance not in VARIANCES:
+            raise ValueError(f"variance={variance!r} is not one of {list(VARIANCES)}")
+        if isinstance(energy_floor, bool) or not isinstance(energy_floor, (int, float)) \
+                or not 0 <= energy_floor <= 1:
+            raise ValueError(f"energy_floor must be a number in [0, 1], got {energy_floor!r}")
     data = _pairs(pairs, "conditional=True" if conditional else "target='excess'" if target == "excess" else None)
     scales = sorted({d[2] for d in data})
 
@@ -788,8 +867,9 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
         return NoiseModel(scales=tuple(scales), variance=torch.stack([k[0] for k in knots]), gradient_edges=edges,
                           covariance=torch.stack([k[1] for k in knots]), spectra=torch.stack([k[2] for k in knots]),
                           radius=radius, meta={**info, **(meta or {})})
-    tables, covs, spectra, filters, biases, logvars = [], [], [], [], [], []
+    tables, covs, spectra, filters, biases, logvars, energies = [], [], [], [], [], [], []
     spreads: dict[str, float] = {}
+    energy_spreads: dict[str, float] = {}
     photos: list[tuple[float, float]] = []
     for s in scales:
         knot = [d for d in data if d[2] == s]
@@ -812,15 +892,24 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
         if level == "harmonic":                  # v_geo exp(-s^2 / 2) = 1 / E[1 / v] for log-normal v
             logvar = logvar - spread / 2 * unit
         spreads[scale_label(s)] = spread
+        if variance == "energy":
+            coef, energy_spreads[scale_label(s)] = _fit_log_energy(corrected)
+            if level == "harmonic":
+                coef = coef - energy_spreads[scale_label(s)] / 2 * torch.eye(len(ENERGY_FEATURES), dtype=torch.float64)[0]
+            energies.append(coef)
         normalized = [(real - cor) / (variance_features(cor) @ logvar + off).clamp(max=_LOG_VAR_MAX).exp().sqrt()
                       for (cor, real, _, _), off in zip(corrected, offsets)]
         cov, spec = _correlation(*_flat_moments(normalized, flat, patch), s, patch)
         for acc, val in zip((tables, covs, spectra, filters, biases, logvars), (table, cov, spec, weight, bias, logvar)):
             acc.append(val)
     info.update(conditional=True, mean_window=mean_window, ridge=float(ridge), flat_quantile=float(flat_quantile),
-                level=level, log_variance_spread=spreads, photo_level=bool(photo_level))
+                level=level, log_variance_spread=spreads, photo_level=bool(photo_level), variance=variance)
+    if variance == "energy":
+        info.update(energy_floor=float(energy_floor), energy_spread=energy_spreads)
     return NoiseModel(scales=tuple(scales), variance=torch.stack(tables), gradient_edges=edges,
                       covariance=torch.stack(covs), spectra=torch.stack(spectra), radius=radius,
                       meta={**info, **(meta or {})}, mean_filter=torch.stack(filters), mean_bias=torch.stack(biases),
                       log_variance=torch.stack(logvars),
-                      photo_level=torch.tensor(photos, dtype=torch.float64) if photo_level else None)
+                      photo_level=torch.tensor(photos, dtype=torch.float64) if photo_level else None,
+                      energy=torch.stack(energies) if energies else None,
+                      energy_floor=float(energy_floor) if energies else None)

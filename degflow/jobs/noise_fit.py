@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from degflow.baselines.noise import LEVELS, NoiseModel, fit
+from degflow.baselines.noise import LEVELS, VARIANCES, NoiseModel, fit
 from degflow.core.resize import lr_size, resize_to_lr, sample_to_lr
 from degflow.core.scales import scale_label
 from degflow.core.solvers import SolverSpec
@@ -129,6 +129,8 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
         check_number(f.get("flat_quantile", 0.5), "fit.flat_quantile", low=0.0, high=1.0, open_low=True)
         check_choice(f.get("level", "harmonic"), LEVELS, "fit.level")
         check_bool(f.get("photo_level", True), "fit.photo_level")
+        check_choice(f.get("variance", "energy"), VARIANCES, "fit.variance")
+        check_number(f.get("energy_floor", 0.05), "fit.energy_floor", low=0.0, high=1.0)
         if f.get("target") != "residual":
             raise ValueError(f"fit.target={f.get('target')!r} needs fit.conditional=false (the conditional model "
                              "fits the residual real - deterministic LR: fit.target=residual)")
@@ -142,7 +144,8 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
                       radius=f["radius"], prior=f["prior"], conditional=f.get("conditional", False),
                       mean_window=f.get("mean_window", 5), ridge=f.get("ridge", 1e-3),
                       flat_quantile=f.get("flat_quantile", 0.5), level=f.get("level", "harmonic"),
-                      photo_level=f.get("photo_level", True))
+                      photo_level=f.get("photo_level", True), variance=f.get("variance", "energy"),
+                      energy_floor=f.get("energy_floor", 0.05))
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
     return {"path": out, "model": model}
