@@ -400,7 +400,8 @@ def test_conditional_fit_refuses_bad_settings_and_round_trips(tmp_path):
     assert model.meta["variance"] == "energy" and back.energy_floor == model.energy_floor == 0.05
     assert torch.equal(back.energy, model.energy)
     residual = NoiseModel.from_dict({k: v for k, v in model.to_dict().items() if k not in ("energy", "energy_floor")})
-    assert residual.energy is None and not torch.equal(residual.variance_map(pred, 4.0, hr), model.variance_map(pred, 4.0, hr))
+    assert residual.energy is None
+    assert not torch.equal(residual.variance_map(pred, 4.0, hr), model.variance_map(pred, 4.0, hr))
     for key, val in (("energy", torch.zeros(1, 3, dtype=torch.float64)), ("energy_floor", None), ("energy_floor", 1.5)):
         bad = model.to_dict()
         bad[key] = val
@@ -427,7 +428,7 @@ def test_the_energy_variance_tops_the_predictions_own_residual_energy_up_to_the_
         amp = (_smooth_image(1100 + i, size)[:, :1] + 1) / 2 * math.sqrt(0.8 * v)       # [1, 1, h, w] in [0, .9 sd]
         err = amp * torch.sign(_white(1200 + i, (1, 1, size, size))).expand_as(hr)     # the prediction's own error
         pairs.append(((hr + err).clamp(-1, 1), hr + math.sqrt(v) * _white(1300 + i, hr.shape), 4.0, hr))
-    kw = dict(conditional=True, mean_window=1, ridge=1e3, patch=16, radius=5)
+    kw = {"conditional": True, "mean_window": 1, "ridge": 1e3, "patch": 16, "radius": 5}
     energy, residual = fit(pairs, **kw), fit(pairs, **kw, variance="residual")
     assert energy.energy.shape == (1, 5) and residual.energy is None and energy.meta["energy_spread"]["4"] >= 0
     ratios = {}

@@ -57,11 +57,13 @@ prediction that is too clean (too little blur) as missing noise. Measured on val
                                   over the flat pixels (HR texture at most its flat_quantile); p: the HR
                                   image's own noise level (hr_noise_level), the photo's exposure
     f                             as above, its covariance and spectra from the flat pixels and tiles
+    (sigma^2 as below with the default variance="energy"; the noise level function normalizes r for f)
 
-Camera noise depends on the signal, not on the scene's texture; where the HR image is textured the
-residual also holds what the mean cannot predict (blur and misregistration of real pairs), which is
-not what differs between two captures, so the noise is measured where the scene is flat (the noise
-level function of single-image noise estimation, Liu et al., PAMI 2008) and applied everywhere.
+The noise level function: camera noise depends on the signal, not on the scene's texture; where the
+HR image is textured the residual also holds what the mean cannot predict (blur and misregistration of
+real pairs), which is not what differs between two captures, so the noise is measured where the scene
+is flat (the noise level function of single-image noise estimation, Liu et al., PAMI 2008) and applied
+everywhere.
 
 The photo term (``photo_level``): the photos of one camera are taken at different exposures, and a
 photo's noise level differs from the noise level function's by a factor of about 2.5 in variance on
@@ -79,6 +81,27 @@ where a real capture has none, the smallest expected ``KL(N(0, v_g) || N(0, v))`
 divergence), is the harmonic mean ``1 / E[1 / v] = v_geo exp(-s^2 / 2)`` (``harmonic``, the default,
 chosen on validation data and by cross-validation on the training photos); the reverse divergence (a pooled histogram's, like KL's) is smallest at
 the arithmetic mean ``v_geo exp(+s^2 / 2)``; ``geometric`` keeps ``v_geo``, the midpoint of the two.
+
+The variance sampled (``variance``). ``r = real - corrected`` holds the real LR's noise and also the
+corrected LR's own error where the real LR does not share it (``r = (real - y) - (corrected - y)``):
+a sample ``corrected + n`` whose noise has ``r``'s level carries that error twice, once in the corrected
+LR and once in the noise. On the Canon pairs of docs/STOCHASTIC.md this happens where the scene is
+flattest (the camera's processing smoothed the real LR there; the prediction is rougher): the samples'
+residual energy overshoots the real one there, which AKLD punishes most. ``energy`` (the default,
+chosen by cross-validation on the training photos and confirmed on the validation splits) matches the
+sample's residual energy to the real one instead, at the scale AKLD compares them (:func:`local_energy`,
+a 7 x 7 Gaussian window)::
+
+    log E = u . (1, c, c^2, t, log e)   the real LR's local residual energy E = local_energy(real - y),
+                                        least squares on every pixel, at the level chosen (harmonic:
+                                        lowered by its spread, measured like s^2 above); t: the HR
+                                        image's texture, e = local_energy(corrected - y): the corrected
+                                        LR's own residual energy (energy_features)
+    sigma^2 = max(E - e, energy_floor * E)
+
+so the noise tops the corrected LR's own residual up to the real one: much where the prediction is
+cleaner than the real LR, little (the floor) where it is already as rough. ``residual`` samples the
+noise level function of ``r`` itself (the default before; the photo term applies to it only).
 
 Between knots every quantity is interpolated linearly in s; from s = 1 (the HR image itself: no
 noise) to the first knot the variance rises linearly from 0 with the first knot's correlations;

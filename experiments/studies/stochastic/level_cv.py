@@ -1,13 +1,14 @@
-"""Which noise level should the conditional noise model sample? K-fold cross-validation by photo on
-the TRAINING split of a data option (validation and test images are never read).
+"""Which noise variance and level should the conditional noise model sample? K-fold cross-validation by
+photo on the TRAINING split of a data option (validation and test images are never read).
 
 The training photos are split into ``--folds`` folds (photo i in fold i mod K). For each fold the noise
 model is fitted the way ``fit-noise`` fits it (8 random 64-pixel crops per photo and knot, seeded by the
-fold) on the other folds' photos, once per variant (``fit.level`` geometric / harmonic x
-``fit.photo_level`` false / true), and scored on the held-out photos, whole, at every knot: KL, AKLD
-and the spectrum distance of ``--samples`` samples and of the deterministic LR against the real LR, at
-true LR size (what ``eval.noise_stats=lr`` measures). A variant chosen here has seen no image it is
-scored on, and the validation split stays for the confirmation.
+fold) on the other folds' photos, once per variant (``fit.variance=residual`` with ``fit.level``
+geometric / harmonic x ``fit.photo_level`` false / true, and ``fit.variance=energy``, the default), and
+scored on the held-out photos, whole, at every knot: KL, AKLD and the spectrum distance of
+``--samples`` samples and of the deterministic LR against the real LR, at true LR size (what
+``eval.noise_stats=lr`` measures). A variant chosen here has seen no image it is scored on, and the
+validation split stays for the confirmation.
 
     python -m experiments.studies.stochastic.level_cv --ckpt <lfm> --data data=demo --out level_cv_demo.json
     python -m experiments.studies.stochastic.level_cv --ckpt <canon lfm> --data data=paired data.root=<split> \\
@@ -31,8 +32,10 @@ from degflow.jobs.noise_fit import crop_pairs, noise_fit_pairs
 from degflow.metrics.noise import akld, histogram_kl, spectrum_distance
 from experiments._runner import publish
 
-VARIANTS = {"geometric": ("geometric", False), "harmonic": ("harmonic", False),
-            "geometric + photo": ("geometric", True), "harmonic + photo": ("harmonic", True)}
+VARIANTS = {"residual, geometric": ("geometric", False, "residual"), "residual, harmonic": ("harmonic", False, "residual"),
+            "residual, geometric + photo": ("geometric", True, "residual"),
+            "residual, harmonic + photo": ("harmonic", True, "residual"),
+            "energy (the default)": ("harmonic", True, "energy")}
 
 
 def _scores(x: torch.Tensor, real: torch.Tensor, hr: torch.Tensor) -> list[float]:
@@ -60,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         held = [i for i in range(len(photos)) if i % args.folds == fold]
         train = crop_pairs([pair for i, ph in enumerate(photos) if i % args.folds != fold for pair in ph],
                            crops=8, crop_size=64, generator=torch.Generator().manual_seed(fold))   # fit-noise's
-        models = {name: fit(train, conditional=True, level=lv, photo_level=ph) for name, (lv, ph) in VARIANTS.items()}
+        models = {name: fit(train, conditional=True, level=lv, photo_level=ph, variance=var)
+                  for name, (lv, ph, var) in VARIANTS.items()}
         for i in held:
             for pred, real, s, hr in photos[i]:
                 x, r, h = pred[None], real[None], hr[None]
@@ -73,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     means = {f"x{s} {name}": [sum(c) / len(c) for c in zip(*v)] for (s, name), v in rows.items()}
     lines = [(f"K-fold cross-validation by photo on the training split ({len(photos)} photos, {args.folds} folds, "
              f"{args.samples} samples per photo and scale; statistics at true LR size)"), "",
-             "| scale, level sampled | KL | AKLD | spectrum dB |", "|---|---|---|---|"]
+             "| scale, variance and level sampled | KL | AKLD | spectrum dB |", "|---|---|---|---|"]
     lines += [f"| {key} | {v[0]:.4f} | {v[1]:.4f} | {v[2]:.2f} |" for key, v in means.items()]
     record = {"command": "python -m experiments.studies.stochastic.level_cv "
                          + " ".join(sys.argv[1:] if argv is None else argv),
