@@ -100,7 +100,9 @@ a 7 x 7 Gaussian window)::
     sigma^2 = max(E - e, energy_floor * E)
 
 so the noise tops the corrected LR's own residual up to the real one: much where the prediction is
-cleaner than the real LR, little (the floor) where it is already as rough. ``residual`` samples the
+cleaner than the real LR, little (the floor) where it is already as rough. Between knots (and from
+``E = 0`` at s = 1 up to the first knot) ``E`` is interpolated and ``e`` is the corrected LR's own energy
+at s. ``residual`` samples the
 noise level function of ``r`` itself (the default before; the photo term applies to it only).
 
 Between knots every quantity is interpolated linearly in s; from s = 1 (the HR image itself: no
@@ -296,16 +298,14 @@ class NoiseModel:
         energy = self.energy is not None
         level = None if self.photo_level is None or energy else hr_noise_level(ref)         # [B]
 
-        mean, var = torch.zeros_like(x), torch.zeros_like(x)
+        mean, var = torch.zeros_like(x), torch.zeros_like(x)   # energy models: var accumulates the real LR's energy
         for k, wgt in ((i, a), (j, b)):                 # each knot's mean and variance, then interpolated
             if wgt > 0:
                 mu = _apply_filter(x, ref, self.mean_filter[k].to(dev), self.mean_bias[k].to(dev))
                 cor = (x + mu).clamp(-1, 1)
                 if energy:
-                    assert self.energy is not None and self.energy_floor is not None
-                    phi, own = energy_features(cor, ref, with_own=True)             # [B, 3, h, w, E], [B, 3, h, w]
-                    target = (phi @ self.energy[k].to(dev)).clamp(max=_LOG_VAR_MAX).exp()
-                    knot_var = torch.maximum(target - own, self.energy_floor * target)
+                    assert self.energy is not None
+                    knot_var = (energy_features(cor, ref) @ self.energy[k].to(dev)).clamp(max=_LOG_VAR_MAX).exp()
                 else:
                     log_var = variance_features(cor) @ self.log_variance[k].to(dev)
                     if level is not None:
@@ -313,6 +313,10 @@ class NoiseModel:
                     knot_var = log_var.clamp(max=_LOG_VAR_MAX).exp()
                 mean = mean + wgt * mu
                 var = var + wgt * knot_var
+        if energy:       # the real LR's energy, interpolated in s (0 at s = 1), less the corrected LR's own at s
+            assert self.energy_floor is not None
+            own = local_energy((x + mean).clamp(-1, 1) - ref)
+            var = torch.maximum(var - own, self.energy_floor * var)
         return mean, var
 
     def field(self, shape: Sequence[int], scale: float, generators: Sequence[torch.Generator],
