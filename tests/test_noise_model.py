@@ -453,3 +453,24 @@ def test_the_energy_variance_tops_the_predictions_own_residual_energy_up_to_the_
     rough = (hr + 0.2 * torch.sign(_white(1400, hr.shape))).clamp(-1, 1)      # its own energy far above the real one
     floorless = NoiseModel(**{**energy.__dict__, "energy_floor": 0.0})
     assert float(floorless.variance_map(rough, 4.0, hr).max()) == 0.0 < float(energy.variance_map(rough, 4.0, hr).min())
+
+
+def test_the_energy_model_below_the_first_knot_has_no_mean_and_a_quadratic_energy():
+    """Below the first knot nothing was fitted: energy models apply no mean correction there and the real
+    LR's energy grows from 0 at s = 1 with the square of (s - 1) / (knot - 1); residual models keep the
+    linear ramp of both. Between knots the energy is interpolated linearly."""
+    from degflow.baselines.noise import local_energy
+
+    pairs, _ = _conditional_pairs(3, 30, size=64)
+    model = fit(pairs, conditional=True, patch=16, radius=5)
+    pred, _, _, hr = pairs[0]
+    assert torch.equal(model.mean_correction(pred, 2.5, hr), torch.zeros_like(pred, dtype=torch.float64))
+    at_knot = model.variance_map(pred, 4.0, hr)
+    own_knot = local_energy((pred + model.mean_correction(pred, 4.0, hr)).clamp(-1, 1) - hr)
+    target = torch.where(at_knot > model.energy_floor * (at_knot + own_knot) + 1e-12, at_knot + own_knot,
+                         at_knot / model.energy_floor)            # the knot's real-LR energy E, either branch
+    own = local_energy(pred.to(torch.float64) - hr)               # no mean correction below the knot
+    want = torch.maximum(0.25 * target - own, model.energy_floor * 0.25 * target)   # ((2.5 - 1) / 3)^2 = 1/4
+    assert torch.allclose(model.variance_map(pred, 2.5, hr), want, rtol=1e-6, atol=1e-12)
+    residual = fit(pairs, conditional=True, patch=16, radius=5, variance="residual")
+    assert torch.allclose(residual.mean_correction(pred, 2.5, hr), 0.5 * residual.mean_correction(pred, 4.0, hr))

@@ -100,14 +100,17 @@ a 7 x 7 Gaussian window)::
     sigma^2 = max(E - e, energy_floor * E)
 
 so the noise tops the corrected LR's own residual up to the real one: much where the prediction is
-cleaner than the real LR, little (the floor) where it is already as rough. Between knots (and from
-``E = 0`` at s = 1 up to the first knot) ``E`` is interpolated and ``e`` is the corrected LR's own energy
-at s. ``residual`` samples the
+cleaner than the real LR, little (the floor) where it is already as rough. Between knots ``E`` is
+interpolated and ``e`` is the corrected LR's own energy at s. Below the first knot nothing was fitted:
+``E`` grows from 0 at s = 1 with the square of ``(s - 1) / (knot - 1)`` (a residual's energy grows with
+the square of a small degradation) and no mean correction is applied (the prediction's error there is
+not the knot's scaled down: on the demo validation split a scaled correction made KL worse at x1.5
+with every weight tried; both chosen there among linear and quadratic ramps). ``residual`` samples the
 noise level function of ``r`` itself (the default before; the photo term applies to it only).
 
 Between knots every quantity is interpolated linearly in s; from s = 1 (the HR image itself: no
-noise) to the first knot the variance rises linearly from 0 with the first knot's correlations;
-beyond the last knot the last knot's model holds.
+noise) to the first knot the variance rises linearly from 0 with the first knot's correlations
+(energy models: as above); beyond the last knot the last knot's model holds.
 
 Files: :meth:`NoiseModel.save` / :func:`load_noise_model` (a degflow checkpoint of kind ``noise``:
 plain tensors and containers, sealed with its digest and verified on load like every checkpoint,
@@ -299,6 +302,7 @@ class NoiseModel:
         level = None if self.photo_level is None or energy else hr_noise_level(ref)         # [B]
 
         mean, var = torch.zeros_like(x), torch.zeros_like(x)   # energy models: var accumulates the real LR's energy
+        below = energy and float(scale) < self.scales[0]          # energy models below the first knot: no mean
         for k, wgt in ((i, a), (j, b)):                 # each knot's mean and variance, then interpolated
             if wgt > 0:
                 mu = _apply_filter(x, ref, self.mean_filter[k].to(dev), self.mean_bias[k].to(dev))
@@ -311,8 +315,8 @@ class NoiseModel:
                     if level is not None:
                         log_var = log_var + _photo_offset(level, self.photo_level[k]).view(-1, 1, 1, 1)
                     knot_var = log_var.clamp(max=_LOG_VAR_MAX).exp()
-                mean = mean + wgt * mu
-                var = var + wgt * knot_var
+                mean = mean + (0.0 if below else wgt) * mu
+                var = var + (wgt * wgt if below else wgt) * knot_var
         if energy:       # the real LR's energy, interpolated in s (0 at s = 1), less the corrected LR's own at s
             assert self.energy_floor is not None
             own = local_energy((x + mean).clamp(-1, 1) - ref)
