@@ -442,8 +442,8 @@ def test_the_energy_variance_tops_the_predictions_own_residual_energy_up_to_the_
     assert 0.85 < ratios["energy"] < 1.15, ratios
     assert ratios["residual"] > 1.3, ratios
     pred, real, _, hr = pairs[0]
-    phi, own = energy_features(pred, hr, with_own=True)
-    assert phi.shape == (1, 3, size, size, 5) and torch.allclose(phi[..., 4], (own + 1e-6).log())
+    phi = energy_features(pred, hr)
+    assert phi.shape == (1, 3, size, size, 5) and torch.allclose(phi[..., 4], (local_energy(pred - hr) + 1e-6).log())
     # where the prediction's own error is large the noise is small (the floor), where it is small, large
     var = energy.variance_map(pred, 4.0, hr)
     mu = energy.mean_correction(pred, 4.0, hr)

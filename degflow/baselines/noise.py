@@ -279,7 +279,8 @@ class NoiseModel:
 
     def mean_correction(self, lr: Tensor, scale: float, hr: Tensor) -> Tensor:
         """The conditional mean of ``real - predicted`` at ``scale`` (conditional models): ``[B, 3, h, w]``
-        float64, interpolated between knots like the variance (0 at scale 1)."""
+        float64, interpolated between knots like the variance (0 at scale 1; energy models: 0 below the
+        first knot, module docstring)."""
         lr = _as_batch(lr, "lr")
         return self._conditional(lr, scale, hr)[0]
 
@@ -528,16 +529,14 @@ def local_energy(x: Tensor) -> Tensor:
     return local_variance(x)
 
 
-def energy_features(corrected: Tensor, hr: Tensor, with_own: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+def energy_features(corrected: Tensor, hr: Tensor) -> Tensor:
     """Per-pixel features of the energy model's log local energy (:data:`ENERGY_FEATURES`): the
     corrected LR's intensity ``c`` and ``c^2`` per channel, the HR image's :func:`texture` and ``log`` of
     the corrected LR's own residual energy ``e = local_energy(corrected - hr)`` (+ 1e-6):
-    ``[B, 3, h, w]`` twice (in [-1, 1], the same size) -> ``[B, 3, h, w, 5]`` float64, and ``e``
-    ``[B, 3, h, w]`` too when ``with_own``."""
+    ``[B, 3, h, w]`` twice (in [-1, 1], the same size) -> ``[B, 3, h, w, 5]`` float64."""
     c, y = corrected.to(torch.float64), hr.to(torch.float64)
-    own = local_energy(c - y)
-    phi = torch.stack([torch.ones_like(c), c, c * c, texture(y).expand_as(c), (own + _ENERGY_EPS).log()], dim=-1)
-    return (phi, own) if with_own else phi
+    own = (local_energy(c - y) + _ENERGY_EPS).log()
+    return torch.stack([torch.ones_like(c), c, c * c, texture(y).expand_as(c), own], dim=-1)
 
 
 def _fit_log_energy(corrected: list) -> tuple[Tensor, float]:
@@ -925,8 +924,9 @@ def fit(pairs: Sequence[tuple], *, target: str = "residual", intensity_bins: int
         spreads[scale_label(s)] = spread
         if variance == "energy":
             coef, energy_spreads[scale_label(s)] = _fit_log_energy(corrected)
-            if level == "harmonic":
-                coef = coef - energy_spreads[scale_label(s)] / 2 * torch.eye(len(ENERGY_FEATURES), dtype=torch.float64)[0]
+            if level == "harmonic":              # the intercept lowered by half the spread, as for the level
+                coef = coef.clone()
+                coef[0] -= energy_spreads[scale_label(s)] / 2
             energies.append(coef)
         normalized = [(real - cor) / (variance_features(cor) @ logvar + off).clamp(max=_LOG_VAR_MAX).exp().sqrt()
                       for (cor, real, _, _), off in zip(corrected, offsets)]
