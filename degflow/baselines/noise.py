@@ -544,18 +544,15 @@ def _fit_log_energy(corrected: list) -> tuple[Tensor, float]:
     pixel of the ``(corrected, real, scale, HR)`` pairs: the coefficients ``[E]`` and the spread
     ``s^2 = 2 log mean(E_real / exp(fit))`` of the real local energy about the fit (floored at 0)."""
     e = len(ENERGY_FEATURES)
+    rows = [(energy_features(cor, hr), (local_energy(real - hr) + _ENERGY_EPS).log()) for cor, real, _, hr in corrected]
     ata = torch.zeros(e, e, dtype=torch.float64)
     atb = torch.zeros(e, dtype=torch.float64)
-    for cor, real, _, hr in corrected:
-        phi = energy_features(cor, hr).reshape(-1, e)
-        t = (local_energy(real - hr) + _ENERGY_EPS).log().reshape(-1)
+    for phi, t in rows:
+        phi, t = phi.reshape(-1, e), t.reshape(-1)
         ata, atb = ata + phi.T @ phi, atb + phi.T @ t
     coef = torch.linalg.solve(ata + 1e-9 * torch.diagonal(ata).mean() * torch.eye(e, dtype=torch.float64), atb)
-    total, count = 0.0, 0
-    for cor, real, _, hr in corrected:
-        fitted = energy_features(cor, hr) @ coef
-        t = (local_energy(real - hr) + _ENERGY_EPS).log()
-        total, count = total + float((t - fitted).exp().sum()), count + t.numel()
+    total = sum(float((t - phi @ coef).exp().sum()) for phi, t in rows)
+    count = sum(t.numel() for _, t in rows)
     return coef, max(0.0, 2.0 * math.log(total / count)) if count and total > 0 else 0.0
 
 
