@@ -7,8 +7,8 @@ median, as the fit) the mean of ``log r^2 + 1.2704`` (``r`` = real LR - correcte
 the model's ``log sigma^2``: the photo's noise level relative to the model's, in log variance. Beside
 it, the no-reference noise level (Immerkaer) of the HR photo's and the real LR's luminance.
 
-    python -m experiments.studies.stochastic.noise_level_per_photo --ckpt <canon lfm> --noise <fit seed 0> \\
-        --root <canon split> --out noise_level_per_photo.json
+    python -m experiments.studies.stochastic.noise_level_per_photo --ckpt <canon lfm> \\
+        --noise <fit seed 0, fit.variance=residual> --root <canon split> --out noise_level_per_photo.json
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     bundle = build_data("paired", **{**settings, "root": str(args.root), "train_scales": [1, args.scale]})
     synth = Synthesizer.from_checkpoint(args.ckpt)
     model = load_noise_model(args.noise)
-    if not model.conditional:
-        raise SystemExit("error: --noise must be a conditional noise model (fit-noise fit.conditional=true)")
+    if not model.conditional or model.energy is not None:     # the noise level function is what is compared
+        raise SystemExit("error: --noise must be a conditional noise model with the residual variance "
+                         "(fit-noise fit.conditional=true fit.variance=residual): this study compares each photo's "
+                         "noise level with its noise level function")
     s, rows = args.scale, []
     for rec in list(bundle.train.records)[: args.images]:
         hr, lrs = rec.load([s])
